@@ -1,0 +1,476 @@
+"""Job files: one TOML per job in the jobs directory, resolved into fully specified runs.
+
+Schema (every key optional except `dataset`; the job's name is the file stem)::
+
+    dataset  = "birds"        # a dataset name (a subdirectory of a dataset root) or a path
+                              # that resolves to one; nothing outside the roots is accepted
+    variant  = "large_44k"    # selva_engine.variants name
+    priority = 0              # higher runs first
+    [lora]        rank, alpha ("auto" = rank), target, rslora, lora_dropout
+    [train]       lr, steps, warmup_steps, batch_size, grad_accum, save_every, precision,
+                  seed, timestep_sampling, logit_normal_sigma, lr_schedule, lora_plus_ratio,
+                  weight_decay, grad_clip, latent_sampling, log_every
+    [sample]      steps, cfg, negative_prompt   (-> sample_steps, sample_cfg, ...)
+    [validation]  val_clips ("auto" or an integer), overfit_patience
+    [trigger]     on_change (retrain when the dataset changes), settle_minutes
+    [eval]        enabled, adapters   (placeholder for selva-eval, issue 6)
+    [[sweep]]     id = "name" plus overrides written as sub-tables of the same sections:
+                      [[sweep]]
+                      id = "r8"
+                      lora.rank = 8
+                      train.lr = 2e-4
+
+Precedence, applied in one place (`_merge`): job file > daemon `[defaults]` > TrainConfig
+built-in defaults; a sweep entry overrides the merged job settings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from selva_engine.options import CHOICES, TrainConfig
+from selva_engine.variants import VARIANTS
+from selvad.config import (
+    ConfigError,
+    DaemonConfig,
+    Problems,
+    describe,
+    join_key,
+    parse_section,
+    read_toml,
+)
+from selvad.config import coerce as _coerce
+
+__all__ = [
+    "HASH_EXCLUDED",
+    "SAFE_NAME",
+    "EvalConfig",
+    "Job",
+    "JobError",
+    "RunSpec",
+    "SweepEntry",
+    "TriggerConfig",
+    "check_defaults",
+    "config_hash",
+    "init_job_text",
+    "load_job",
+    "resolve_dataset",
+    "write_job_file",
+]
+
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+TRAIN_KEYS = ("lr", "steps", "warmup_steps", "batch_size", "grad_accum", "save_every",
+              "precision", "seed", "timestep_sampling", "logit_normal_sigma", "lr_schedule",
+              "lora_plus_ratio", "weight_decay", "grad_clip", "latent_sampling", "log_every")
+# job section -> {job key: TrainConfig field}
+SETTING_SECTIONS: dict[str, dict[str, str]] = {
+    "lora": {k: k for k in ("rank", "alpha", "target", "rslora", "lora_dropout")},
+    "train": {k: k for k in TRAIN_KEYS},
+    "sample": {"steps": "sample_steps", "cfg": "sample_cfg",
+               "negative_prompt": "sample_negative_prompt"},
+    "validation": {"val_clips": "val_clips", "overfit_patience": "overfit_patience"},
+}
+FIELD_KEY = {f: f"{s}.{k}" for s, keys in SETTING_SECTIONS.items() for k, f in keys.items()}
+FIELD_KEY["variant"] = "variant"
+# TrainConfig fields the daemon fills itself; they never change what a run learns.
+HASH_EXCLUDED = ("data_dir", "output_dir", "selva_dir", "resume", "device", "cache_dir")
+DEFAULTS_KEYS = ("variant", "priority", *SETTING_SECTIONS, "trigger", "eval")
+JOB_KEYS = ("dataset", *DEFAULTS_KEYS, "sweep")
+_HINTS = typing.get_type_hints(TrainConfig)
+
+
+class JobError(ConfigError):
+    """A job file is invalid; `problems` lists every `file:key: problem` message."""
+
+
+@dataclass(frozen=True)
+class TriggerConfig:
+    """When a dataset change queues a training run (extraction is always queued)."""
+
+    on_change: bool = True  # retrain when the dataset's files change
+    settle_minutes: float = 5.0  # quiet time after the last change before training is queued
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Placeholder for the evaluator (issue 6): which adapters to compare after a run."""
+
+    enabled: bool = False
+    adapters: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SweepEntry:
+    """One `[[sweep]]` entry: its id and the TrainConfig fields it overrides."""
+
+    id: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """A fully resolved run, ready to be queued; `config.output_dir` is set by the worker."""
+
+    job: str
+    sweep_id: str  # "" when the job has no sweep
+    dataset: str
+    kind: str  # "train" | "extract"
+    priority: int
+    config: TrainConfig
+    config_hash: str
+
+
+@dataclass(frozen=True)
+class Job:
+    """A validated job file; `base` holds the merged settings before sweep overrides."""
+
+    name: str
+    path: Path
+    dataset: str  # dataset name (directory name under its root)
+    dataset_dir: Path
+    priority: int
+    trigger: TriggerConfig
+    eval: EvalConfig
+    base: TrainConfig
+    sweeps: tuple[SweepEntry, ...] = ()
+
+    def resolve_runs(self) -> list[RunSpec]:
+        """One RunSpec per sweep entry (or a single one), each with its config hash."""
+        configs = [("", self.base)] if not self.sweeps else [
+            (s.id, replace(self.base, **s.overrides)) for s in self.sweeps
+        ]
+        return [RunSpec(self.name, sid, self.dataset, "train", self.priority, c, config_hash(c))
+                for sid, c in configs]
+
+    def extract_run(self) -> RunSpec:
+        """The extraction run of this job's dataset: keyed by what the cache depends on."""
+        key = {"kind": "extract", "variant": self.base.variant}
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+        return RunSpec(self.name, "", self.dataset, "extract", self.priority, self.base, digest)
+
+
+def config_hash(cfg: TrainConfig) -> str:
+    """sha256 of the canonical JSON of `cfg`'s options, without paths and the device."""
+    d = cfg.to_dict()
+    for key in HASH_EXCLUDED:
+        d.pop(key, None)
+    text = json.dumps(d, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _read_settings(data: dict[str, Any], p: Problems, prefix: str) -> dict[str, tuple[Any, str]]:
+    """TrainConfig fields set by the setting sections of `data` -> (value, key path)."""
+    out: dict[str, tuple[Any, str]] = {}
+    if "variant" in data:
+        v, kp = data["variant"], join_key(prefix, "variant")
+        if v not in VARIANTS:
+            p.add(kp, "unknown variant", got=v, expected=" | ".join(VARIANTS))
+        else:
+            out["variant"] = (v, kp)
+    for sec, keys in SETTING_SECTIONS.items():
+        if sec not in data:
+            continue
+        table, sp = data[sec], join_key(prefix, sec)
+        if not isinstance(table, dict):
+            p.add(sp, "expected a table", got=table, expected=f"[{sec}] with keys")
+            continue
+        for key, value in table.items():
+            kp = join_key(sp, key)
+            if key not in keys:
+                other = [s for s, k in SETTING_SECTIONS.items() if key in k and s != sec]
+                if other:
+                    p.add(kp, f"this key belongs in [{other[0]}]", expected=f"{other[0]}.{key}")
+                else:
+                    p.unknown(kp, key, list(keys))
+                continue
+            name = keys[key]
+            try:
+                out[name] = (_coerce(value, _HINTS[name]), kp)
+            except TypeError:
+                p.add(kp, "wrong type", got=value, expected=describe(_HINTS[name]))
+    return out
+
+
+def _read_table(cls: type, data: dict[str, Any], key: str, p: Problems, prefix: str) -> dict:
+    """Keys explicitly set in the `[key]` table of `data`, type-checked via `cls`."""
+    if key not in data:
+        return {}
+    parsed = parse_section(cls, data[key], join_key(prefix, key), p)
+    table = data[key] if isinstance(data[key], dict) else {}
+    return {k: getattr(parsed, k) for k in table if hasattr(parsed, k)}
+
+
+def _check_top(data: dict[str, Any], allowed: Sequence[str], p: Problems, prefix: str) -> None:
+    for key in data:
+        if key not in allowed:
+            p.unknown(join_key(prefix, key), key, list(allowed))
+
+
+def _check_other(data: dict, p: Problems, prefix: str) -> tuple[int | None, dict, dict]:
+    priority = data.get("priority")
+    if priority is not None and (not isinstance(priority, int) or isinstance(priority, bool)):
+        p.add(join_key(prefix, "priority"), "wrong type", got=priority, expected="an integer")
+        priority = None
+    trigger = _read_table(TriggerConfig, data, "trigger", p, prefix)
+    if trigger.get("settle_minutes", 0) < 0:
+        p.add(join_key(prefix, "trigger.settle_minutes"), "must not be negative",
+              got=trigger.pop("settle_minutes"), expected="a number >= 0")
+    return priority, trigger, _read_table(EvalConfig, data, "eval", p, prefix)
+
+
+def _report(cfg: TrainConfig, origin: dict[str, tuple[Any, str]], p: Problems,
+            fallback: str, only: set[str] | None = None) -> None:
+    """Record TrainConfig.problems() under the key path each bad value came from."""
+    for name, message in cfg.problems():
+        if only is not None and name not in only:
+            continue
+        kp = origin[name][1] if name in origin else join_key(fallback, FIELD_KEY.get(name, name))
+        p.add(kp, f"invalid value: {message}")
+
+
+def check_defaults(table: Any, p: Problems) -> dict[str, Any]:
+    """Validate a daemon `[defaults]` table with the job schema; returns it unchanged.
+
+    Problems are recorded in `p` under `defaults.<key>`; `dataset` and `[[sweep]]` are
+    refused because they only make sense per job.
+    """
+    if not isinstance(table, dict):
+        p.add("defaults", "expected a table", got=table, expected="[defaults] with job keys")
+        return {}
+    _check_top(table, DEFAULTS_KEYS, p, "defaults")
+    settings = _read_settings(table, p, "defaults")
+    _check_other(table, p, "defaults")
+    cfg = TrainConfig(**{k: v for k, (v, _) in settings.items()})
+    _report(cfg, settings, p, "defaults", only=set(settings))
+    return table
+
+
+def resolve_dataset(value: Any, roots: Sequence[Path]) -> tuple[str, Path]:
+    """Map a job's `dataset` value to (name, directory) inside one of the dataset `roots`.
+
+    A plain name is looked up in every root (it may not exist yet: it then belongs to the
+    first root); a path (absolute, or relative to a root) must resolve, symlinks followed,
+    to a direct subdirectory of a root. Raises ValueError saying why otherwise.
+    """
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("expected a dataset name or path")
+    if not roots:
+        raise ValueError("no dataset roots are configured")
+    cand = Path(value).expanduser()
+    if not cand.is_absolute():
+        found = [r / value for r in roots if (r / value).exists()]
+        if len(found) > 1:
+            raise ValueError(f"found in several roots ({', '.join(map(str, found))}); "
+                             "give the full path")
+        cand = found[0] if found else roots[0] / value
+    real = Path(os.path.realpath(cand))
+    for root in roots:
+        if real.parent == Path(os.path.realpath(root)):
+            if not SAFE_NAME.match(real.name):
+                raise ValueError(f"dataset directory name {real.name!r} is not a safe name")
+            return real.name, root / real.name
+    raise ValueError(f"resolves to {real}, which is not a direct subdirectory of a dataset "
+                     f"root ({', '.join(map(str, roots))})")
+
+
+def _merge(*layers: dict[str, tuple[Any, str]]) -> dict[str, tuple[Any, str]]:
+    """Precedence, written once: later layers win (built-in < [defaults] < job < sweep)."""
+    out: dict[str, tuple[Any, str]] = {}
+    for layer in layers:
+        out.update(layer)
+    return out
+
+
+def load_job(path: Path | str, cfg: DaemonConfig) -> Job:
+    """Read and validate the job file at `path` against daemon config `cfg`.
+
+    The job name is the file stem and must be a safe name. Raises JobError listing every
+    problem as `file:key.path: problem (got X, expected Y)`; a problem caused by a value
+    from the daemon `[defaults]` names the daemon config file instead.
+    """
+    path = Path(path)
+    p = Problems(path)
+    if not SAFE_NAME.match(path.stem):
+        p.add("(file name)", "job name is not a safe name", got=path.stem,
+              expected="letters, digits, '.', '_', '-', starting with a letter or digit")
+    try:
+        data = read_toml(path)
+    except ConfigError as exc:
+        raise JobError(exc.problems) from exc
+    _check_top(data, JOB_KEYS, p, "")
+    dp = Problems(cfg.path or "selvad.toml")  # [defaults] was validated at config load
+    d_settings = _read_settings(cfg.defaults, dp, "defaults")
+    d_priority, d_trigger, d_eval = _check_other(cfg.defaults, dp, "defaults")
+    settings = _read_settings(data, p, "")
+    priority, trigger, eval_ = _check_other(data, p, "")
+    dataset, dataset_dir = "", Path()
+    if "dataset" not in data:
+        p.add("dataset", "missing required key", expected="a dataset name or path")
+    else:
+        try:
+            dataset, dataset_dir = resolve_dataset(data["dataset"], cfg.paths.dataset_roots)
+        except ValueError as exc:
+            p.add("dataset", str(exc), got=data["dataset"])
+    merged = _merge(d_settings, settings)
+    dev = cfg.device.name if cfg.device.name in CHOICES["device"] else "cuda"  # index: worker
+    base = TrainConfig(
+        **{k: v for k, (v, _) in merged.items()},
+        data_dir=str(dataset_dir) if dataset else "",
+        output_dir="",
+        selva_dir=str(cfg.paths.weights_dir or ""),
+        cache_dir=str(cfg.paths.effective_cache_dir),
+        device=dev,
+    )
+    _report(base, settings, p, "", only=set(settings))
+    for name, message in base.problems():  # bad values inherited from [defaults]
+        if name not in settings and name in d_settings:
+            p.items.append(f"{dp.file}:{d_settings[name][1]}: invalid value: {message}")
+    sweeps = _read_sweeps(data.get("sweep", []), base, p)
+    p.items.extend(dp.items)
+    if p.items:
+        raise JobError(p.items)
+    return Job(
+        name=path.stem,
+        path=path,
+        dataset=dataset,
+        dataset_dir=dataset_dir,
+        priority=priority if priority is not None else (d_priority or 0),
+        trigger=TriggerConfig(**{**d_trigger, **trigger}),
+        eval=EvalConfig(**{**d_eval, **eval_}),
+        base=base,
+        sweeps=sweeps,
+    )
+
+
+def _read_sweeps(entries: Any, base: TrainConfig, p: Problems) -> tuple[SweepEntry, ...]:
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        p.add("sweep", "expected [[sweep]] tables", got=entries)
+        return ()
+    out: list[SweepEntry] = []
+    seen: set[str] = set()
+    for i, entry in enumerate(entries):
+        prefix = f"sweep[{i}]"
+        _check_top(entry, ("id", *SETTING_SECTIONS), p, prefix)
+        sid = entry.get("id")
+        if not isinstance(sid, str) or not SAFE_NAME.match(sid):
+            p.add(f"{prefix}.id", "missing or unsafe sweep id", got=sid,
+                  expected="a name of letters, digits, '.', '_', '-'")
+            continue
+        if sid in seen:
+            p.add(f"{prefix}.id", "duplicate sweep id", got=sid, expected="unique ids")
+        seen.add(sid)
+        overrides = _read_settings({k: v for k, v in entry.items() if k != "id"}, p, prefix)
+        cfg = replace(base, **{k: v for k, (v, _) in overrides.items()})
+        _report(cfg, overrides, p, prefix, only=set(overrides))
+        out.append(SweepEntry(sid, {k: v for k, (v, _) in overrides.items()}))
+    return tuple(out)
+
+
+# One line of documentation per job key, used by init_job_text.
+_DOCS: dict[str, str] = {
+    "rank": "LoRA rank r: 16 for most datasets; 32-64 only with 100+ varied clips",
+    "alpha": 'LoRA alpha; "auto" = rank (scale 1)',
+    "target": 'module-name suffixes to wrap; add "linear1" only with 150+ clips',
+    "rslora": "scale alpha/sqrt(r) instead of alpha/r (helps at high ranks)",
+    "lora_dropout": "dropout on the LoRA input while training (0.05-0.1 against overfitting)",
+    "lr": "peak learning rate",
+    "steps": "micro-batches to train (7 clips: 2000-4000; 50+ clips: 4000-8000)",
+    "warmup_steps": "linear warm-up in optimizer steps",
+    "batch_size": "clips per micro-batch",
+    "grad_accum": "micro-batches per optimizer step (raise when VRAM is short)",
+    "save_every": "checkpoint + sample + validation every N steps",
+    "precision": "bf16 | fp16 | fp32",
+    "seed": "random seed of the run",
+    "timestep_sampling": "uniform | logit_normal (more weight on mid timesteps)",
+    "logit_normal_sigma": "spread of logit_normal timestep sampling",
+    "lr_schedule": "constant | cosine (after warm-up)",
+    "lora_plus_ratio": "LoRA+: learning rate of lora_B relative to lora_A",
+    "weight_decay": "AdamW weight decay",
+    "grad_clip": "global gradient-norm clip",
+    "latent_sampling": "mode (posterior mean) | posterior (mean + std * noise)",
+    "log_every": "steps per progress line",
+    "sample_steps": "Euler steps of each checkpoint sample",
+    "sample_cfg": "classifier-free guidance strength of the samples",
+    "sample_negative_prompt": "negative prompt of the samples",
+    "val_clips": 'held-out clips for validation loss; "auto" = 1 when >= 8 clips, else 0',
+    "overfit_patience": "warn after N checkpoints of rising validation loss",
+}
+
+
+def _toml_line(key: str, value: Any) -> str:
+    # tomli_w writes arrays over several lines; fold them so the line can be commented out.
+    text = tomli_w.dumps({key: "auto" if value is None else value})
+    return " ".join(part.strip() for part in text.splitlines()).replace(", ]", " ]")
+
+
+def init_job_text(name: str, dataset: str, variant: str = "large_44k") -> str:
+    """A complete, commented job file for job `name` training on `dataset` with `variant`.
+
+    Only `dataset` and `variant` are set; every other key is written commented out at its
+    built-in default, so the daemon's `[defaults]` still apply until a line is uncommented.
+    Values are rendered with tomli_w. The result parses with `load_job`.
+    """
+    t = TrainConfig()
+    lines = [
+        f"# selvad job {name!r}: one LoRA training job (the job name is the file name).",
+        "# Lines starting with '#' show built-in defaults; uncomment a line to override it.",
+        "# Precedence: this file > [defaults] of the daemon config > built-in defaults.",
+        "",
+        "# Dataset: a subdirectory name of a dataset root, or a path inside one.",
+        _toml_line("dataset", dataset),
+        "# Model variant: " + ", ".join(VARIANTS),
+        _toml_line("variant", variant),
+        "# Higher priority runs first among queued runs.",
+        "# " + _toml_line("priority", 0),
+    ]
+    for sec, keys in SETTING_SECTIONS.items():
+        lines += ["", f"[{sec}]"]
+        for key, fname in keys.items():
+            lines += [f"# {_DOCS[fname]}", "# " + _toml_line(key, getattr(t, fname))]
+    tr = TriggerConfig()
+    lines += ["", "[trigger]", "# Retrain automatically when the dataset's clips change.",
+              "# " + _toml_line("on_change", tr.on_change),
+              "# Minutes without changes before a training run is queued.",
+              "# " + _toml_line("settle_minutes", tr.settle_minutes),
+              "", "# Sweeps: several runs from this job, each overriding some keys.",
+              "# [[sweep]]", '# id = "rank8"', "# lora.rank = 8", "# train.lr = 2e-4",
+              "# [[sweep]]", '# id = "rank32"', "# lora.rank = 32", ""]
+    return "\n".join(lines)
+
+
+def write_job_file(jobs_dir: Path | str, name: str, dataset: str,
+                   variant: str = "large_44k") -> Path:
+    """Write `init_job_text(...)` to `<jobs_dir>/<name>.toml` atomically; never overwrite.
+
+    The text goes to a temp file that is fsync'ed and then hard-linked to the final name,
+    which fails with FileExistsError if a job of that name exists (no race with a second
+    writer). Raises ValueError for an unsafe name or unknown variant. Returns the path.
+    """
+    if not SAFE_NAME.match(name):
+        raise ValueError(f"job name {name!r} is not a safe name (letters, digits, . _ -)")
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; valid: {', '.join(VARIANTS)}")
+    jobs_dir = Path(jobs_dir)
+    jobs_dir.mkdir(parents=True, exist_ok=True)
+    target = jobs_dir / f"{name}.toml"
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=jobs_dir)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(init_job_text(name, dataset, variant).encode("utf-8"))
+            f.flush()
+            os.fsync(f.fileno())
+        os.link(tmp, target)  # atomic, and refuses to replace an existing file
+    finally:
+        os.unlink(tmp)
+    return target
