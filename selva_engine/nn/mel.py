@@ -87,10 +87,12 @@ class MelConverter(nn.Module):
         log_base: float = 10.0,
         mag_eps: float = 1e-9,
         clamp_min: float = 1e-5,
+        pad: int | None = None,
     ) -> None:
         super().__init__()
-        if (n_fft - hop) % 2:
+        if pad is None and (n_fft - hop) % 2:
             raise ValueError(f"n_fft - hop must be even for symmetric padding (got {n_fft}, {hop})")
+        self._pad = (n_fft - hop) // 2 if pad is None else int(pad)
         self.sampling_rate = sampling_rate
         self.n_fft = n_fft
         self.hop = hop
@@ -120,8 +122,8 @@ class MelConverter(nn.Module):
 
     @property
     def pad(self) -> int:
-        """Reflect padding in samples on each side."""
-        return (self.n_fft - self.hop) // 2
+        """Reflect padding in samples on each side ((n_fft - hop) / 2 unless overridden)."""
+        return self._pad
 
     def num_frames(self, num_samples: int) -> int:
         """Mel frames produced for a waveform of `num_samples` samples."""
