@@ -74,7 +74,9 @@ def run_generator(sidecar: dict, golden_dir: Path, io: dict[str, np.ndarray]) ->
             raise ValueError(f"unknown sampling variant in {key}")
         empty_s = model.empty_conditions(b, negative_text_features=neg)
         traj: list[torch.Tensor] = []
-        x1 = fm.to_data(lambda t, z: model.guided_flow(z, t, cond, empty_s, cfg), x["x0"], trajectory=traj)
+        x1 = fm.to_data(
+            lambda t, z, e=empty_s, w=cfg: model.guided_flow(z, t, cond, e, w), x["x0"], trajectory=traj
+        )
         prefix = f"output.sample{variant}"
         out[f"{prefix}.x1"] = _np(x1)
         out[f"{prefix}.trajectory"] = _np(torch.stack(traj))

@@ -244,14 +244,15 @@ def _real(name: str, mode: str, latent: int, heads: int, depth: int, fused: int,
     )
 
 
-def _tiny(name: str, mode: str) -> Variant:
+def _tiny(name: str, mode: str, latent: int) -> Variant:
     # Same architecture, small widths: 2 joint blocks (last pre-only) + 1 fused block,
     # head_dim 64 like the real models. Text features come from a tiny CLIP text tower of
-    # width 64; the VAE latent has 8 channels.
+    # width 64. Like the real modes, 44k has twice the latent channels of 16k (16 vs 8), so a
+    # checkpoint of one tiny mode cannot load silently as the other.
     return Variant(
         name=name,
         mode=mode,
-        latent_dim=8,
+        latent_dim=latent,
         hidden_dim=128,
         depth=3,
         fused_depth=1,
@@ -259,7 +260,7 @@ def _tiny(name: str, mode: str) -> Variant:
         text_dim=64,
         tiny=True,
         generator_file=f"generator_{name}_sup_5.pth",
-        vae_embed_dim=8,
+        vae_embed_dim=latent,
         vae_hidden_dim=16,
     )
 
@@ -272,8 +273,8 @@ VARIANTS: dict[str, Variant] = {
         _real("medium_44k", "44k", 40, 14, 12, 8),
         _real("large_44k", "44k", 40, 14, 21, 14),
         _real("large_44k_v2", "44k", 40, 14, 21, 14, v2=True),
-        _tiny("tiny_16k", "16k"),
-        _tiny("tiny_44k", "44k"),
+        _tiny("tiny_16k", "16k", 8),
+        _tiny("tiny_44k", "44k", 16),
     )
 }
 
