@@ -37,6 +37,7 @@ from .data_errors import (
     OrphanAudioError,
     PairingError,
     PickledDataError,
+    PromptEntryError,
     PromptsFileError,
 )
 from .variants import Variant
@@ -58,6 +59,7 @@ __all__ = [
     "OrphanAudioError",
     "PairingError",
     "PickledDataError",
+    "PromptEntryError",
     "PromptsFileError",
     "RawAudio",
     "find_pairs",
@@ -207,11 +209,13 @@ def read_prompts(directory: Path | str) -> tuple[dict[str, str], list[PromptsFil
         prompts[name] = prompt.strip()
         if not (directory / name).is_file() or not name.endswith(".npz"):
             stem = name[:-4] if name.endswith(".npz") else Path(name).stem
-            hint = (f"use '{stem}.npz' (the .npz file name with its extension)"
-                    if (directory / f"{stem}.npz").is_file() and name != f"{stem}.npz"
+            guess = f"{stem}.npz" if (directory / f"{stem}.npz").is_file() else None
+            if guess == name:
+                guess = None
+            hint = (f"use '{guess}' (the .npz file name with its extension)" if guess
                     else "fix the name or delete the stale line")
-            problems.append(PromptsFileError(where, f"names {name!r}, which is not an .npz "
-                                             "file in this dataset", hint))
+            problems.append(PromptEntryError(where, f"names {name!r}, which is not an .npz "
+                                             "file in this dataset", hint, name, guess))
     return prompts, problems
 
 

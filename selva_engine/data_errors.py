@@ -19,6 +19,7 @@ __all__ = [
     "OrphanAudioError",
     "PairingError",
     "PickledDataError",
+    "PromptEntryError",
     "PromptsFileError",
 ]
 
@@ -95,3 +96,22 @@ class PromptsFileError(DatasetError):
     """`prompts.txt` is unreadable, has a line without ':', or names a missing `.npz`."""
 
     code = "prompts"
+
+
+class PromptEntryError(PromptsFileError):
+    """A `prompts.txt` line names a file that is not an `.npz` of the dataset.
+
+    `entry` is the name as written; `suggestion` is the `.npz` name the user probably meant
+    (e.g. "dog_001.npz" for "dog_001" or "dog_001.wav"), or None for a stale line.
+    """
+
+    code = "prompts-unknown-file"
+
+    def __init__(self, path: Path | str, problem: str, fix: str, entry: str = "",
+                 suggestion: str | None = None) -> None:
+        super().__init__(path, problem, fix)
+        self.entry = entry
+        self.suggestion = suggestion
+
+    def __reduce__(self):
+        return (type(self), (self.path, self.problem, self.fix, self.entry, self.suggestion))

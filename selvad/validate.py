@@ -1,0 +1,289 @@
+"""Dataset validation: every file of a clip directory checked, findings reported, never a crash.
+
+Errors (block training): missing directory or no `.npz`; an `.npz` without audio; several
+audio files for one stem; a bad `.npz` (corrupt, half-written, pickled objects, missing keys,
+wrong shapes, NaN/inf); audio that is unreadable, not audio, empty, half-written (WAV data
+chunk shorter than its header says) or silent (peak < 1e-4); `prompts.txt` that is not UTF-8,
+has a line without ':', or names a clip without its `.npz` extension (e.g. `dog_001:` or
+`dog_001.wav:` when `dog_001.npz` exists: that clip would silently lose its prompt).
+
+Warnings (do not block): audio without `.npz` (ignored); a `prompts.txt` line naming no clip
+at all (stale); clipping (> 0.1 % of samples at |x| >= 0.999); DC offset (|mean| > 0.05);
+a sample rate below the model's; several channels mixed to mono (and channels that cancel
+when averaged); audio or features shorter (zero-padded) or longer (trimmed) than the clip
+length by more than 50 ms; audio and feature durations that differ by more than 0.5 s;
+lossy formats (.mp3, .ogg/Vorbis/Opus); empty prompts; inconsistent prompts (see
+`_check_prompts`). Advice comes from `selvad.advice`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import struct
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from selva_engine.audio_io import read_audio, to_mono
+from selva_engine.data import (
+    LOSSY_SUFFIXES,
+    PROMPTS_FILE,
+    DatasetError,
+    OrphanAudioError,
+    PromptEntryError,
+    find_pairs,
+    load_features,
+    read_prompts,
+)
+from selva_engine.options import TrainConfig
+from selva_engine.variants import SequenceConfig, Variant, get_variant, variant_names
+
+from .advice import advise
+from .validation_report import ERROR, WARNING, ClipEntry, Finding, ValidationReport, write_report
+
+__all__ = ["Finding", "ValidationReport", "main", "validate_dataset", "write_report"]
+
+SILENT_PEAK = 1e-4  # full scale = 1.0
+CLIP_LEVEL = 0.999
+CLIP_FRACTION = 0.001  # of all samples
+DC_LIMIT = 0.05
+LENGTH_TOLERANCE_S = 0.05  # 44k's 353280 samples are 8.011 s: an 8.000 s file is fine
+DURATION_MISMATCH_S = 0.5
+LOSSY_SUBTYPES = frozenset({"VORBIS", "OPUS", "MPEG_LAYER_I", "MPEG_LAYER_II", "MPEG_LAYER_III"})
+_REEXPORT = "re-export the clip as 16/24-bit PCM WAV or FLAC"
+
+
+def _wav_missing_bytes(path: Path) -> int:
+    """Bytes the WAV `data` chunk declares beyond the end of the file (0 when complete)."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return 0
+        pos = 12
+        while pos + 8 <= size:
+            f.seek(pos)
+            cid, csize = struct.unpack("<4sI", f.read(8))
+            if cid == b"data":
+                if csize in (0, 0xFFFFFFFF):  # streaming writers leave the size open
+                    return 0
+                return max(0, pos + 8 + csize - size)
+            pos += 8 + csize + (csize & 1)
+    return 0
+
+
+def _check_audio(report: ValidationReport, rel: str, path: Path,
+                 npz_duration: float | None) -> bool:
+    """Analyse one audio file (one read); add findings; return False when it blocks."""
+    model_sr = report.sampling_rate
+    target_s = report.num_audio_frames / model_sr
+    try:
+        raw = read_audio(path)
+    except DatasetError as err:
+        report.add(ERROR, rel, err.code, err.problem, err.fix)
+        return False
+    usable = True
+    if path.suffix.lower() == ".wav" and (missing := _wav_missing_bytes(path)) > 0:
+        report.add(ERROR, rel, "truncated-audio", f"half-written or truncated: {missing} bytes "
+                   "of audio data are missing", "copy the file again completely")
+        usable = False
+    data = raw.data  # (frames, channels) float32
+    peak = float(np.abs(data).max())
+    if peak < SILENT_PEAK:
+        report.add(ERROR, rel, "silent", f"silent (peak {peak:.1e} < {SILENT_PEAK:g})",
+                   "replace the clip or remove it; training on silence teaches silence")
+        usable = False
+    clipped = float(np.count_nonzero(np.abs(data) >= CLIP_LEVEL)) / data.size
+    if clipped > CLIP_FRACTION:
+        report.add(WARNING, rel, "clipped", f"clipped: {clipped:.2%} of samples at full scale",
+                   "re-export with lower gain; the model learns the distortion")
+    mono = to_mono(data)
+    dc = float(mono.mean(dtype=np.float64))
+    if abs(dc) > DC_LIMIT:
+        report.add(WARNING, rel, "dc-offset", f"DC offset {dc:+.3f}",
+                   "apply a high-pass filter / remove DC before exporting")
+    if raw.sampling_rate < model_sr:
+        report.add(WARNING, rel, "low-sample-rate",
+                   f"sample rate {raw.sampling_rate} Hz is below the model's {model_sr} Hz: "
+                   f"nothing above {raw.sampling_rate // 2} Hz to learn",
+                   f"use a source recorded at {model_sr} Hz or more if you have one")
+    if raw.channels > 1:
+        report.add(WARNING, rel, "mixed-to-mono",
+                   f"{raw.channels} channels are averaged to mono", "export mono to hear what "
+                   "the model is trained on")
+        ch_rms = float(np.sqrt(np.mean(data.astype(np.float64) ** 2)))
+        mono_rms = float(np.sqrt(np.mean(mono.astype(np.float64) ** 2)))
+        if peak >= SILENT_PEAK and mono_rms < 0.5 * ch_rms:
+            report.add(WARNING, rel, "phase-cancel", "channels cancel when averaged to mono "
+                       f"(mono level {20 * np.log10(max(mono_rms, 1e-12) / ch_rms):.1f} dB)",
+                       "check the channel polarity, or export one channel")
+    seconds = raw.duration
+    if seconds < target_s - LENGTH_TOLERANCE_S:
+        report.add(WARNING, rel, "short-audio", f"{seconds:.2f} s long: zero-padded to "
+                   f"{report.duration:g} s", "use clips of at least the clip length")
+    elif seconds > target_s + LENGTH_TOLERANCE_S:
+        report.add(WARNING, rel, "long-audio", f"{seconds:.2f} s long: only the first "
+                   f"{report.duration:g} s are used", "cut the clip to the part you want")
+    if npz_duration is not None and abs(npz_duration - seconds) > DURATION_MISMATCH_S:
+        report.add(WARNING, rel, "duration-mismatch", f"audio is {seconds:.2f} s but its "
+                   f"features cover {npz_duration:.2f} s", "check both come from the same video")
+    if path.suffix.lower() in LOSSY_SUFFIXES or raw.subtype in LOSSY_SUBTYPES:
+        report.add(WARNING, rel, "lossy", f"lossy format ({raw.format}/{raw.subtype}): "
+                   "compression artefacts are learned too", "use WAV or FLAC if you have it")
+    return usable
+
+
+def _check_prompts(report: ValidationReport) -> None:
+    """Flag prompt inconsistencies of the usable clips.
+
+    Rules: (1) prompts from more than one source (prompts.txt, npz, directory name) are a
+    dataset warning, since a forgotten prompts.txt line silently falls back; (2) an empty
+    prompt is a per-clip warning; (3) when more than half of the clips (and at least 3) share
+    one prompt, each clip with another prompt gets a warning (a typo or a leftover). A
+    dataset where every clip has its own prompt is fine.
+    """
+    clips = report.clips
+    sources = Counter(c.prompt_source for c in clips)
+    if len(sources) > 1:
+        parts = ", ".join(f"{n} from {s}" for s, n in sorted(sources.items()))
+        report.add(WARNING, "", "mixed-prompt-sources", f"prompts come from several sources "
+                   f"({parts})", f"give every clip a line in {PROMPTS_FILE}, or none")
+    for c in clips:
+        if not c.prompt.strip():
+            report.add(WARNING, f"{c.stem}.npz", "empty-prompt", "the prompt is empty (the "
+                       "text stream gets no description)", f"add '{c.stem}.npz: ...' to "
+                       f"{PROMPTS_FILE}")
+    counts = Counter(c.prompt for c in clips)
+    if not counts:
+        return
+    top, n_top = counts.most_common(1)[0]
+    if n_top >= 3 and n_top * 2 > len(clips) and len(counts) > 1:
+        for c in clips:
+            if c.prompt != top:
+                report.add(WARNING, f"{c.stem}.npz", "inconsistent-prompt",
+                           f"prompt {c.prompt!r} differs from the one of {n_top} of "
+                           f"{len(clips)} clips ({top!r})",
+                           f"make it match in {PROMPTS_FILE} if it is a typo")
+
+
+def _check_dataset(report: ValidationReport, directory: Path, variant: Variant,
+                   seq: SequenceConfig) -> None:
+    pairs, pair_problems = find_pairs(directory)
+    if not any(p.is_file() and p.suffix.lower() == ".npz" for p in directory.iterdir()):
+        report.add(ERROR, "", "empty-dataset", "no .npz files in this directory",
+                   "export features with the SelVA Feature Extractor node (one stem.npz per "
+                   "clip) and put each clip's audio next to it")
+    for err in pair_problems:
+        severity = WARNING if isinstance(err, OrphanAudioError) else ERROR
+        report.add(severity, err.path.name, err.code, err.problem, err.fix)
+    prompts, prompt_problems = read_prompts(directory)
+    for perr in prompt_problems:
+        line = perr.path.name.rpartition(":")[2]
+        where = f"line {line}: " if line.isdigit() else ""
+        severity = ERROR
+        if isinstance(perr, PromptEntryError) and perr.suggestion is None:
+            severity = WARNING  # a stale line: the clip it named is gone
+        report.add(severity, PROMPTS_FILE, perr.code, where + perr.problem, perr.fix)
+    for pair in pairs:
+        npz_rel = pair.npz_path.name
+        feats = None
+        try:
+            feats = load_features(pair.npz_path, variant, seq.duration)
+        except DatasetError as err:
+            report.add(ERROR, npz_rel, err.code, err.problem, err.fix)
+        except Exception as exc:  # never crash on bad input
+            report.add(ERROR, npz_rel, "bad-features", f"unexpected error: {exc!r}",
+                       "re-export the clip with the SelVA Feature Extractor node")
+        if feats is not None:
+            for what, got, want in (("clip", feats.clip_frames, seq.clip_seq_len),
+                                    ("sync", feats.sync_frames, seq.sync_seq_len)):
+                if got != want:
+                    action = "zero-padded" if got < want else "truncated"
+                    report.add(WARNING, npz_rel, f"{what}-length",
+                               f"{what}_features has {got} frames, {action} to {want} "
+                               f"({seq.duration:g} s)", "extract features at the clip length")
+        audio_rel = pair.audio_path.name
+        try:
+            audio_ok = _check_audio(report, audio_rel, pair.audio_path,
+                                    feats.duration if feats is not None else None)
+        except Exception as exc:  # never crash on bad input
+            report.add(ERROR, audio_rel, "bad-audio", f"unexpected error: {exc!r}", _REEXPORT)
+            audio_ok = False
+        if feats is None or not audio_ok:
+            continue
+        if npz_rel in prompts:
+            report.clips.append(ClipEntry(pair.stem, prompts[npz_rel], PROMPTS_FILE))
+        elif feats.npz_prompt is not None:
+            report.clips.append(ClipEntry(pair.stem, feats.npz_prompt, "npz"))
+        else:
+            report.clips.append(ClipEntry(pair.stem, directory.resolve().name, "directory"))
+    _check_prompts(report)
+
+
+def validate_dataset(directory: Path | str, variant: Variant | str = "large_44k",
+                     sequence: SequenceConfig | None = None, config: TrainConfig | None = None,
+                     targets: Sequence[str] | None = None) -> ValidationReport:
+    """Check every file of a dataset directory for `variant`; return the report.
+
+    `sequence` overrides the variant's 8 s sequence config (clip length, rate, sample count);
+    `config`/`targets` (a job's TrainConfig and LoRA targets) refine the advice. Reads each
+    file once; any exception becomes an error finding, so this never raises on bad input
+    (only on an unknown variant name: ValueError). No side effects.
+    """
+    var = get_variant(variant) if isinstance(variant, str) else variant
+    seq = sequence or var.sequence()
+    directory = Path(directory)
+    report = ValidationReport(
+        dataset=str(directory), variant=var.name, sampling_rate=seq.sampling_rate,
+        duration=seq.duration, num_audio_frames=seq.num_audio_frames,
+        checked_at=datetime.now(UTC).isoformat(timespec="seconds"))
+    if not directory.is_dir():
+        report.add(ERROR, "", "missing-directory", "dataset directory does not exist",
+                   "create it and put stem.npz + stem.wav pairs in it")
+    else:
+        try:
+            _check_dataset(report, directory, var, seq)
+        except Exception as exc:  # e.g. permission denied listing the directory
+            report.add(ERROR, "", "unreadable-directory", f"cannot check the dataset: {exc!r}",
+                       "check the directory's permissions")
+    report.advice = advise(len(report.clips), config, targets)
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`selvad validate DIR [--variant V] [--json] [--target ...] [--steps N] [--output F]`.
+
+    Prints the report (terminal text, or JSON with --json) to stdout and optionally writes
+    it to F (.toml or .json). Returns the exit status: 0 when nothing blocks training, 1 when
+    there are errors (argparse exits 2 on bad arguments).
+    """
+    parser = argparse.ArgumentParser(prog="selvad validate",
+                                     description="Check a dataset directory of clip pairs.")
+    parser.add_argument("directory", help="dataset directory (stem.npz + stem.wav pairs)")
+    parser.add_argument("--variant", default=TrainConfig().variant, choices=variant_names(),
+                        help="model variant to check against (rate, clip length, widths)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    parser.add_argument("--target", nargs="+", help="LoRA targets of the planned job (advice)")
+    parser.add_argument("--steps", type=int, help="training steps of the planned job (advice)")
+    parser.add_argument("--output", help="also write the report to this .toml/.json file")
+    args = parser.parse_args(argv)
+    config = None
+    if args.steps is not None or args.target:
+        config = TrainConfig(steps=args.steps or TrainConfig().steps,
+                             target=tuple(args.target or TrainConfig().target))
+    report = validate_dataset(args.directory, args.variant, config=config)
+    out = report.to_json() if args.json else report.format_human()
+    sys.stdout.write(out)
+    sys.stdout.flush()
+    if args.output:
+        write_report(report, os.fspath(args.output))
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
