@@ -90,7 +90,7 @@ class ClipPair:
     audio_path: Path
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # holds arrays: compare fields explicitly
 class ClipFeatures:
     """Visual features of one clip, fitted to the model's sequence lengths.
 
@@ -109,7 +109,7 @@ class ClipFeatures:
     sync_frames: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # holds arrays: compare fields explicitly
 class Clip:
     """A trainable clip: features loaded, prompt resolved, audio path kept (not loaded)."""
 
