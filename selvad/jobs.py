@@ -165,6 +165,9 @@ def config_hash(cfg: TrainConfig) -> str:
     d = cfg.to_dict()
     for key in HASH_EXCLUDED:
         d.pop(key, None)
+    for key, value in d.items():  # lr = 1 and lr = 1.0 are the same run
+        if "float" in str(_HINTS[key]) and isinstance(value, int) and not isinstance(value, bool):
+            d[key] = float(value)
     text = json.dumps(d, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(text.encode()).hexdigest()
 

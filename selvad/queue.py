@@ -1,0 +1,447 @@
+"""Persistent run queue in SQLite (WAL) and the run state machine.
+
+States and the only legal moves (`transition` enforces them)::
+
+    queued -> extracting -> training -> done | failed | cancelled
+    extracting -> done                  (an extraction-only run ends after extracting)
+    queued -> cancelled
+    extracting | training -> queued     (daemon shutdown, or resume after a crash)
+    failed | cancelled -> queued        (retry)
+
+The CLI never talks to the daemon directly: it writes rows into `requests` (cancel, retry,
+enqueue, skip) that the daemon reads with `pending_requests` and marks handled. Each thread
+gets its own connection; writes run in `BEGIN IMMEDIATE` transactions so that two
+processes never claim the same run. The dataset manifest helpers live here too, because a
+run is identified by its config hash plus its manifest hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, MutableMapping
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "ACTIONS",
+    "AUDIO_EXTENSIONS",
+    "KINDS",
+    "STATES",
+    "IllegalTransition",
+    "Request",
+    "Run",
+    "RunQueue",
+    "dataset_manifest",
+    "manifest_hash",
+    "transition",
+]
+
+STATES = ("queued", "extracting", "training", "done", "failed", "cancelled")
+ACTIVE = ("extracting", "training")
+TERMINAL = ("done", "failed", "cancelled")
+KINDS = ("train", "extract")
+ACTIONS = ("cancel", "retry", "enqueue", "skip")
+_LEGAL: dict[str, tuple[str, ...]] = {
+    "queued": ("extracting", "cancelled"),
+    "extracting": ("training", "done", "failed", "cancelled", "queued"),
+    "training": ("done", "failed", "cancelled", "queued"),
+    "done": (),
+    "failed": ("queued",),
+    "cancelled": ("queued",),
+}
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".aiff", ".aif", ".mp3", ".m4a", ".opus")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    job TEXT NOT NULL,
+    sweep_id TEXT NOT NULL DEFAULT '',
+    dataset TEXT NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('train', 'extract')),
+    state TEXT NOT NULL CHECK (state IN
+        ('queued', 'extracting', 'training', 'done', 'failed', 'cancelled')),
+    priority INTEGER NOT NULL DEFAULT 0,
+    config_json TEXT NOT NULL,
+    config_hash TEXT NOT NULL,
+    manifest_json TEXT NOT NULL,
+    manifest_hash TEXT NOT NULL,
+    created_at REAL NOT NULL,      -- unix seconds
+    started_at REAL,
+    finished_at REAL,
+    error TEXT,
+    output_dir TEXT,
+    step INTEGER,
+    total_steps INTEGER,
+    loss REAL,
+    samples_per_s REAL,
+    eta_s REAL,                    -- seconds
+    updated_at REAL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    pid INTEGER
+);
+CREATE INDEX IF NOT EXISTS runs_state ON runs (state, kind, priority, created_at);
+CREATE INDEX IF NOT EXISTS runs_identity ON runs (job, sweep_id, kind, config_hash, manifest_hash);
+CREATE TABLE IF NOT EXISTS requests (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    action TEXT NOT NULL CHECK (action IN ('cancel', 'retry', 'enqueue', 'skip')),
+    run_id TEXT,
+    job TEXT,
+    created_at REAL NOT NULL,
+    handled_at REAL,
+    result TEXT
+);
+"""
+
+
+class IllegalTransition(ValueError):
+    """A run state change that the state machine does not allow."""
+
+    def __init__(self, old: str, new: str) -> None:
+        self.old, self.new = old, new
+        allowed = ", ".join(_LEGAL.get(old, ())) or "nothing (final state)"
+        super().__init__(f"illegal run state change {old} -> {new} (from {old}: {allowed})")
+
+
+def transition(old: str, new: str) -> str:
+    """Check the state change `old` -> `new`; return `new` or raise IllegalTransition."""
+    if old not in _LEGAL or new not in _LEGAL or new not in _LEGAL[old]:
+        raise IllegalTransition(old, new)
+    return new
+
+
+@dataclass(frozen=True)
+class Run:
+    """One row of `runs`; `config` and `manifest` are the decoded JSON columns."""
+
+    id: str
+    job: str
+    sweep_id: str
+    dataset: str
+    kind: str
+    state: str
+    priority: int
+    config: dict[str, Any]
+    config_hash: str
+    manifest: dict[str, Any]
+    manifest_hash: str
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    error: str | None = None
+    output_dir: str | None = None
+    step: int | None = None
+    total_steps: int | None = None
+    loss: float | None = None
+    samples_per_s: float | None = None
+    eta_s: float | None = None
+    updated_at: float | None = None
+    attempts: int = 0
+    pid: int | None = None
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> Run:
+        """Decode a database row (JSON columns parsed)."""
+        d = dict(row)
+        d["config"] = json.loads(d.pop("config_json"))
+        d["manifest"] = json.loads(d.pop("manifest_json"))
+        return cls(**d)
+
+    def to_dict(self, with_manifest: bool = False) -> dict[str, Any]:
+        """Plain data for `--json` output; the (large) manifest only when asked for."""
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        if not with_manifest:
+            d.pop("manifest")
+        return d
+
+
+@dataclass(frozen=True)
+class Request:
+    """One row of `requests`: something the CLI asked the daemon to do."""
+
+    id: int
+    action: str
+    run_id: str | None
+    job: str | None
+    created_at: float
+    handled_at: float | None = None
+    result: str | None = None
+
+
+def new_run_id(now: float | None = None) -> str:
+    """A sortable, unique run id like "20261125-081500-ab12" (UTC time + random hex)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(time.time() if now is None else now))
+    return f"{stamp}-{secrets.token_hex(2)}"
+
+
+def _canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+class RunQueue:
+    """The queue database at `path` (created on first use); safe across threads/processes.
+
+    `busy_timeout` (seconds) is how long a writer waits for another one's lock. Use
+    `close()` to close the calling thread's connection.
+    """
+
+    def __init__(self, path: Path | str, busy_timeout: float = 10.0) -> None:
+        self.path = Path(path)
+        self.busy_timeout = busy_timeout
+        self._local = threading.local()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn().executescript(_SCHEMA)
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None or getattr(self._local, "pid", None) != os.getpid():
+            conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
+            conn.row_factory = sqlite3.Row
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")  # durable enough with WAL
+            self._local.conn, self._local.pid = conn, os.getpid()
+        return conn
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def close(self) -> None:
+        """Close this thread's connection (others close when their thread ends)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    # -- runs ---------------------------------------------------------------------------
+
+    def enqueue(self, job: str, dataset: str, config: dict[str, Any], manifest: dict[str, Any],
+                priority: int = 0, kind: str = "train", sweep_id: str = "",
+                config_hash: str | None = None, force: bool = False) -> Run | None:
+        """Queue a run; return it, or None if the same run already exists and is not failed
+        or cancelled ("the same job on the same data is never queued twice").
+
+        Identity is (job, sweep_id, kind, config_hash, manifest_hash); `config_hash`
+        defaults to the sha256 of the canonical config JSON. `force` skips the check
+        (an explicit `selvad enqueue`).
+        """
+        if kind not in KINDS:
+            raise ValueError(f"unknown run kind {kind!r}; expected one of {', '.join(KINDS)}")
+        chash = config_hash or hashlib.sha256(_canonical(config).encode()).hexdigest()
+        mhash = manifest_hash(manifest)
+        now = time.time()
+        with self._write() as db:
+            if not force:
+                dup = db.execute(
+                    "SELECT id FROM runs WHERE job=? AND sweep_id=? AND kind=? AND config_hash=?"
+                    " AND manifest_hash=? AND state NOT IN ('failed', 'cancelled') LIMIT 1",
+                    (job, sweep_id, kind, chash, mhash),
+                ).fetchone()
+                if dup is not None:
+                    return None
+            run_id = new_run_id(now)
+            while db.execute("SELECT 1 FROM runs WHERE id=?", (run_id,)).fetchone():
+                run_id = new_run_id(now)
+            db.execute(
+                "INSERT INTO runs (id, job, sweep_id, dataset, kind, state, priority, config_json,"
+                " config_hash, manifest_json, manifest_hash, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?)",
+                (run_id, job, sweep_id, dataset, kind, priority, _canonical(config), chash,
+                 _canonical(manifest), mhash, now, now),
+            )
+        return self.get(run_id)
+
+    def get(self, run_id: str) -> Run | None:
+        """The run with id `run_id`, or None."""
+        row = self._conn().execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()
+        return Run.from_row(row) if row else None
+
+    def next_run(self) -> Run | None:
+        """The queued run to start next: extraction runs first, then priority, then age."""
+        row = self._conn().execute(
+            "SELECT * FROM runs WHERE state='queued' ORDER BY kind='extract' DESC,"
+            " priority DESC, created_at ASC, id ASC LIMIT 1"
+        ).fetchone()
+        return Run.from_row(row) if row else None
+
+    def claim(self, run_id: str, pid: int | None = None) -> Run | None:
+        """Move a queued run to `extracting` for this process; None if it is not queued
+        any more (someone else claimed or cancelled it). Counts an attempt."""
+        now = time.time()
+        with self._write() as db:
+            cur = db.execute(
+                "UPDATE runs SET state='extracting', started_at=?, updated_at=?, pid=?,"
+                " attempts=attempts+1, finished_at=NULL, error=NULL"
+                " WHERE id=? AND state='queued'",
+                (now, now, os.getpid() if pid is None else pid, run_id),
+            )
+            claimed = cur.rowcount == 1
+        return self.get(run_id) if claimed else None
+
+    def set_state(self, run_id: str, new: str, error: str | None = None,
+                  output_dir: str | None = None) -> Run:
+        """Change a run's state through `transition` (raising IllegalTransition or KeyError).
+
+        Final states set `finished_at`; `error` is kept on `failed`; going back to
+        `queued` clears the pid, finish time and error. `output_dir` is stored when given.
+        """
+        now = time.time()
+        with self._write() as db:
+            row = db.execute("SELECT state FROM runs WHERE id=?", (run_id,)).fetchone()
+            if row is None:
+                raise KeyError(f"no run with id {run_id!r}")
+            transition(row["state"], new)
+            sets = {"state": new, "updated_at": now}
+            if new in TERMINAL:
+                sets.update(finished_at=now, pid=None, error=error)
+            elif new == "queued":
+                sets.update(finished_at=None, pid=None, error=None)
+            elif error is not None:
+                sets["error"] = error
+            if output_dir is not None:
+                sets["output_dir"] = output_dir
+            cols = ", ".join(f"{k}=?" for k in sets)
+            db.execute(f"UPDATE runs SET {cols} WHERE id=?", (*sets.values(), run_id))
+        run = self.get(run_id)
+        assert run is not None
+        return run
+
+    def update_progress(self, run_id: str, *, step: int | None = None,
+                        total_steps: int | None = None, loss: float | None = None,
+                        samples_per_s: float | None = None, eta_s: float | None = None) -> None:
+        """Store the latest progress of a run (fields left None keep their value)."""
+        vals = {"step": step, "total_steps": total_steps, "loss": loss,
+                "samples_per_s": samples_per_s, "eta_s": eta_s}
+        sets = {k: v for k, v in vals.items() if v is not None}
+        sets["updated_at"] = time.time()
+        cols = ", ".join(f"{k}=?" for k in sets)
+        with self._write() as db:
+            db.execute(f"UPDATE runs SET {cols} WHERE id=?", (*sets.values(), run_id))
+
+    def list_runs(self, job: str | None = None, states: Iterable[str] | None = None,
+                  limit: int | None = None) -> list[Run]:
+        """Runs, oldest first, optionally only of `job` and/or in `states`."""
+        where, args = [], []
+        if job is not None:
+            where.append("job=?")
+            args.append(job)
+        if states is not None:
+            states = list(states)
+            where.append(f"state IN ({', '.join('?' * len(states))})")
+            args.extend(states)
+        sql = "SELECT * FROM runs" + (f" WHERE {' AND '.join(where)}" if where else "")
+        sql += " ORDER BY created_at DESC, id DESC"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"  # the newest `limit` runs
+        rows = self._conn().execute(sql, args).fetchall()
+        return [Run.from_row(r) for r in reversed(rows)]
+
+    def interrupted_runs(self) -> list[Run]:
+        """Runs left `extracting`/`training` (found at start-up: the daemon died mid-run)."""
+        return self.list_runs(states=ACTIVE)
+
+    # -- requests -----------------------------------------------------------------------
+
+    def request(self, action: str, run_id: str | None = None, job: str | None = None) -> int:
+        """Record a CLI request; cancel/retry/skip need `run_id`, enqueue needs `job`.
+        Returns the request id."""
+        if action not in ACTIONS:
+            raise ValueError(f"unknown action {action!r}; expected one of {', '.join(ACTIONS)}")
+        if action == "enqueue" and not job:
+            raise ValueError("an 'enqueue' request needs a job name")
+        if action != "enqueue" and not run_id:
+            raise ValueError(f"a {action!r} request needs a run id")
+        with self._write() as db:
+            cur = db.execute(
+                "INSERT INTO requests (action, run_id, job, created_at) VALUES (?, ?, ?, ?)",
+                (action, run_id, job, time.time()),
+            )
+            return int(cur.lastrowid or 0)
+
+    def pending_requests(self) -> list[Request]:
+        """Requests not handled yet, oldest first."""
+        rows = self._conn().execute(
+            "SELECT * FROM requests WHERE handled_at IS NULL ORDER BY id"
+        ).fetchall()
+        return [Request(**dict(r)) for r in rows]
+
+    def mark_handled(self, request_id: int, result: str = "") -> None:
+        """Mark a request done, with a short `result` the CLI can show."""
+        with self._write() as db:
+            db.execute("UPDATE requests SET handled_at=?, result=? WHERE id=?",
+                       (time.time(), result, request_id))
+
+    def get_request(self, request_id: int) -> Request | None:
+        """One request by id (the CLI polls it to show the daemon's answer)."""
+        row = self._conn().execute("SELECT * FROM requests WHERE id=?", (request_id,)).fetchone()
+        return Request(**dict(row)) if row else None
+
+
+# -- dataset manifest --------------------------------------------------------------------
+
+
+def _is_dataset_file(name: str) -> bool:
+    if name.startswith(".") or name.startswith("~"):
+        return False
+    low = name.lower()
+    return low.endswith(".npz") or low.endswith(AUDIO_EXTENSIONS) or low == "prompts.txt"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def dataset_manifest(directory: Path | str,
+                     cache: MutableMapping[tuple[str, int, int], str] | None = None
+                     ) -> dict[str, Any]:
+    """Describe the training files of a dataset directory (top level only).
+
+    Returns {"files": [{"name", "size", "mtime_ns", "sha256"}, ...]} sorted by name, for
+    `.npz`, audio files and `prompts.txt` (hidden and `~` files skipped). `cache` maps
+    (absolute path, size, mtime_ns) to a hash so unchanged files are not read again; it is
+    updated in place. Files that vanish while scanning are left out.
+    """
+    directory = Path(directory)
+    files = []
+    for entry in sorted(os.scandir(directory), key=lambda e: e.name):
+        if not _is_dataset_file(entry.name) or not entry.is_file():
+            continue
+        try:
+            st = entry.stat()
+            key = (os.path.abspath(entry.path), st.st_size, st.st_mtime_ns)
+            digest = cache.get(key) if cache is not None else None
+            if digest is None:
+                digest = _sha256(Path(entry.path))
+                if cache is not None:
+                    cache[key] = digest
+        except FileNotFoundError:
+            continue
+        files.append({"name": entry.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                      "sha256": digest})
+    return {"files": files}
+
+
+def manifest_hash(manifest: dict[str, Any]) -> str:
+    """sha256 over the (name, size, sha256) of each file: a touch that keeps the content
+    (new mtime) does not change it, any edit, addition, removal or rename does."""
+    ident = [[f["name"], f["size"], f["sha256"]] for f in manifest.get("files", [])]
+    return hashlib.sha256(_canonical(ident).encode()).hexdigest()
