@@ -8,6 +8,7 @@ trainer does; torch is imported only when a resample is needed.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,32 +26,31 @@ _READ_FIX = "re-export the clip as 16/24-bit PCM WAV or FLAC"
 class RawAudio:
     """One audio file as stored: samples (frames, channels) float32 in [-1, 1], rate in Hz.
 
-    `declared_frames` is the frame count the file header reports (libsndfile may shorten it
-    for a truncated file); `format`/`subtype` are libsndfile's names (e.g. "WAV", "PCM_24").
+    `data` may be only the first part of the file when `read_audio` was given `max_seconds`;
+    `frames` is the length of the whole file as libsndfile reports it (it already shortens
+    it for a truncated WAV); `format`/`subtype` are libsndfile's names (e.g. "WAV", "PCM_24").
     """
 
     path: Path
-    data: np.ndarray  # (frames, channels) float32
+    data: np.ndarray  # (frames read, channels) float32
     sampling_rate: int  # Hz
     channels: int
     format: str
     subtype: str
-    declared_frames: int
-
-    @property
-    def frames(self) -> int:
-        return int(self.data.shape[0])
+    frames: int  # whole file
 
     @property
     def duration(self) -> float:
-        """Length in seconds."""
+        """Length of the whole file in seconds."""
         return self.frames / float(self.sampling_rate)
 
 
-def read_audio(path: Path | str) -> RawAudio:
+def read_audio(path: Path | str, max_seconds: float | None = None) -> RawAudio:
     """Read an audio file once (header + samples) with soundfile, keeping all channels.
 
-    Returns a `RawAudio` with float32 samples of shape (frames, channels). Raises
+    Returns a `RawAudio` with float32 samples of shape (frames, channels); with `max_seconds`
+    only that many seconds from the start are read (training uses the first 8 s, so an
+    hour-long file costs no more than a clip). Raises
     `AudioFileError` naming the file when it is missing, not audio, unreadable, or holds no
     samples. Any bit depth or rate libsndfile understands is accepted.
     """
@@ -62,8 +62,9 @@ def read_audio(path: Path | str) -> RawAudio:
     try:
         with sf.SoundFile(str(path)) as f:
             sr, channels = int(f.samplerate), int(f.channels)
-            fmt, subtype, declared = str(f.format), str(f.subtype), int(f.frames)
-            data = f.read(dtype="float32", always_2d=True)  # (frames, channels)
+            fmt, subtype, total = str(f.format), str(f.subtype), int(f.frames)
+            count = -1 if max_seconds is None else max(1, math.ceil(max_seconds * sr))
+            data = f.read(frames=count, dtype="float32", always_2d=True)  # (frames, channels)
     except Exception as exc:  # libsndfile raises several types for bad input
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise AudioFileError(path, f"not a readable audio file ({first})", _READ_FIX) from exc
@@ -73,7 +74,7 @@ def read_audio(path: Path | str) -> RawAudio:
         raise AudioFileError(path, f"invalid sample rate {sr}", _READ_FIX)
     if not np.isfinite(data).all():
         raise AudioFileError(path, "audio holds NaN or infinite samples", _READ_FIX)
-    return RawAudio(path, data, sr, channels, fmt, subtype, declared)
+    return RawAudio(path, data, sr, channels, fmt, subtype, total)
 
 
 def to_mono(data: np.ndarray) -> np.ndarray:
@@ -111,6 +112,7 @@ def load_audio(path: Path | str, sampling_rate: int, num_samples: int) -> np.nda
     44k for 8 s). No loudness normalisation. Raises `AudioFileError` for unreadable, empty or
     non-audio files. Returns an array of shape (num_samples,).
     """
-    raw = read_audio(path)
+    # Read a little beyond the kept length so the resampler's window sees real samples.
+    raw = read_audio(path, max_seconds=num_samples / float(sampling_rate) + 0.25)
     mono = resample(to_mono(raw.data), raw.sampling_rate, int(sampling_rate))
     return fit_length(mono, int(num_samples))

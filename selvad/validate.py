@@ -83,7 +83,7 @@ def _check_audio(report: ValidationReport, rel: str, path: Path,
     model_sr = report.sampling_rate
     target_s = report.num_audio_frames / model_sr
     try:
-        raw = read_audio(path)
+        raw = read_audio(path, max_seconds=target_s + 1.0)  # stats on the part trained on
     except DatasetError as err:
         report.add(ERROR, rel, err.code, err.problem, err.fix)
         return False

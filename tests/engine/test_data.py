@@ -297,3 +297,14 @@ def test_load_dataset_collect(tmp_path):
     types = sorted(type(p).__name__ for p in scan.problems)
     assert types == ["AudioFileError", "FeatureFileError", "MissingAudioError"]
     assert any("orphan.wav" in w for w in scan.warnings)
+
+
+def test_long_file_reads_only_the_needed_prefix(tmp_path):
+    p = tmp_path / "long.wav"
+    x = np.random.default_rng(3).standard_normal(44100 * 30).astype(np.float32) * 0.1
+    sf.write(p, x, 44100, subtype="FLOAT")
+    got = D.load_audio(p, 16000, 128000)
+    full = D.fit_length(D.resample(x, 44100, 16000), 128000)
+    np.testing.assert_allclose(got, full, atol=1e-6)
+    raw = D.read_audio(p, max_seconds=1.0)
+    assert raw.data.shape == (44100, 1) and raw.frames == 44100 * 30 and raw.duration == 30.0
