@@ -14,8 +14,6 @@ from typing import Any
 
 import tomli_w
 
-from selva_engine.io import atomic_write_text
-
 __all__ = ["ERROR", "WARNING", "ClipEntry", "Finding", "ValidationReport", "write_report"]
 
 ERROR = "error"
@@ -145,6 +143,8 @@ def write_report(report: ValidationReport, path: Path | str) -> Path:
 
     Creates parent directories; returns the path written.
     """
+    from selva_engine.io import atomic_write_text  # imports torch: only when writing
+
     path = Path(path)
     text = report.to_json() if path.suffix.lower() == ".json" else report.to_toml()
     return atomic_write_text(path, text)
