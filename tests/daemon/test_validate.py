@@ -107,6 +107,8 @@ MUTATIONS = {
                          ("error", "prompts.txt", "prompts")),
     "prompts missing extension": (lambda d: (d / "prompts.txt").write_text("c0: dog\n"),
                                   ("error", "prompts.txt", "prompts-unknown-file")),
+    "prompts not utf8": (lambda d: (d / "prompts.txt").write_bytes(b"c0.npz: caf\xe9\n"),
+                         ("error", "prompts.txt", "prompts")),
     "prompts stale line": (lambda d: (d / "prompts.txt").write_text("gone.npz: dog\n"),
                            ("warning", "prompts.txt", "prompts-unknown-file")),
     "inconsistent prompt": (lambda d: npz(d / "c0.npz", prompt=np.array("dog barkign")),
