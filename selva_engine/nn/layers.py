@@ -8,6 +8,10 @@ Tensors are channel-last: (B, T, C).
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -23,6 +27,7 @@ __all__ = [
     "TimestepEmbedder",
     "apply_rope",
     "attention",
+    "attention_backend",
     "modulate",
     "rope_table",
     "swiglu_width",
@@ -129,9 +134,37 @@ def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     return out.reshape(x.shape).to(x.dtype)
 
 
+_ATTENTION_BACKEND = "sdpa"
+
+
+@contextmanager
+def attention_backend(name: str) -> Iterator[None]:
+    """Temporarily switch attention: "sdpa" (fused kernels) or "naive" (explicit per-head
+    softmax(QK^T / sqrt(d)) V, kept only as the benchmark baseline)."""
+    global _ATTENTION_BACKEND
+    if name not in ("sdpa", "naive"):
+        raise ValueError(f"unknown attention backend {name!r}; expected 'sdpa' or 'naive'")
+    previous, _ATTENTION_BACKEND = _ATTENTION_BACKEND, name
+    try:
+        yield
+    finally:
+        _ATTENTION_BACKEND = previous
+
+
+def _naive_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    heads = []
+    for h in range(q.shape[1]):
+        scores = q[:, h] @ k[:, h].transpose(-1, -2) / math.sqrt(q.shape[-1])  # (B, T, T)
+        heads.append(torch.softmax(scores.float(), dim=-1).to(v.dtype) @ v[:, h])
+    return torch.stack(heads, dim=1)
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Full bidirectional attention over (B, H, T, d); returns (B, T, H*d) head-major."""
-    out = F.scaled_dot_product_attention(q, k, v)
+    if _ATTENTION_BACKEND == "naive":
+        out = _naive_attention(q, k, v)
+    else:
+        out = F.scaled_dot_product_attention(q, k, v)
     b, h, t, d = out.shape
     return out.transpose(1, 2).reshape(b, t, h * d)
 
