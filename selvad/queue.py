@@ -11,8 +11,8 @@ States and the only legal moves (`transition` enforces them)::
 The CLI never talks to the daemon directly: it writes rows into `requests` (cancel, retry,
 enqueue, skip) that the daemon reads with `pending_requests` and marks handled. Each thread
 gets its own connection; writes run in `BEGIN IMMEDIATE` transactions so that two
-processes never claim the same run. The dataset manifest helpers live here too, because a
-run is identified by its config hash plus its manifest hash.
+processes never claim the same run. run is identified by its config hash plus its manifest hash (see selvad.manifest, whose
+helpers are re-exported here).
 """
 
 from __future__ import annotations
@@ -24,11 +24,13 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, MutableMapping
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
+
+from selvad.manifest import AUDIO_EXTENSIONS, dataset_manifest, manifest_hash
 
 __all__ = [
     "ACTIONS",
@@ -57,7 +59,6 @@ _LEGAL: dict[str, tuple[str, ...]] = {
     "failed": ("queued",),
     "cancelled": ("queued",),
 }
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".aiff", ".aif", ".mp3", ".m4a", ".opus")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -390,58 +391,3 @@ class RunQueue:
         """One request by id (the CLI polls it to show the daemon's answer)."""
         row = self._conn().execute("SELECT * FROM requests WHERE id=?", (request_id,)).fetchone()
         return Request(**dict(row)) if row else None
-
-
-# -- dataset manifest --------------------------------------------------------------------
-
-
-def _is_dataset_file(name: str) -> bool:
-    if name.startswith(".") or name.startswith("~"):
-        return False
-    low = name.lower()
-    return low.endswith(".npz") or low.endswith(AUDIO_EXTENSIONS) or low == "prompts.txt"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def dataset_manifest(directory: Path | str,
-                     cache: MutableMapping[tuple[str, int, int], str] | None = None
-                     ) -> dict[str, Any]:
-    """Describe the training files of a dataset directory (top level only).
-
-    Returns {"files": [{"name", "size", "mtime_ns", "sha256"}, ...]} sorted by name, for
-    `.npz`, audio files and `prompts.txt` (hidden and `~` files skipped). `cache` maps
-    (absolute path, size, mtime_ns) to a hash so unchanged files are not read again; it is
-    updated in place. Files that vanish while scanning are left out.
-    """
-    directory = Path(directory)
-    files = []
-    for entry in sorted(os.scandir(directory), key=lambda e: e.name):
-        if not _is_dataset_file(entry.name) or not entry.is_file():
-            continue
-        try:
-            st = entry.stat()
-            key = (os.path.abspath(entry.path), st.st_size, st.st_mtime_ns)
-            digest = cache.get(key) if cache is not None else None
-            if digest is None:
-                digest = _sha256(Path(entry.path))
-                if cache is not None:
-                    cache[key] = digest
-        except FileNotFoundError:
-            continue
-        files.append({"name": entry.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
-                      "sha256": digest})
-    return {"files": files}
-
-
-def manifest_hash(manifest: dict[str, Any]) -> str:
-    """sha256 over the (name, size, sha256) of each file: a touch that keeps the content
-    (new mtime) does not change it, any edit, addition, removal or rename does."""
-    ident = [[f["name"], f["size"], f["sha256"]] for f in manifest.get("files", [])]
-    return hashlib.sha256(_canonical(ident).encode()).hexdigest()

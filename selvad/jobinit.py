@@ -1,0 +1,119 @@
+"""`selvad init-job`: a new job file with every key documented and commented out.
+
+Only `dataset` and `variant` are set, so the daemon's `[defaults]` keep applying to every
+other key until the user uncomments it. Values are rendered with tomli_w.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from selva_engine.options import TrainConfig
+from selva_engine.variants import VARIANTS
+from selvad.jobs import SAFE_NAME, SETTING_SECTIONS, TriggerConfig
+
+__all__ = ["init_job_text", "write_job_file"]
+
+
+# One line of documentation per job key, used by init_job_text.
+_DOCS: dict[str, str] = {
+    "rank": "LoRA rank r: 16 for most datasets; 32-64 only with 100+ varied clips",
+    "alpha": 'LoRA alpha; "auto" = rank (scale 1)',
+    "target": 'module-name suffixes to wrap; add "linear1" only with 150+ clips',
+    "rslora": "scale alpha/sqrt(r) instead of alpha/r (helps at high ranks)",
+    "lora_dropout": "dropout on the LoRA input while training (0.05-0.1 against overfitting)",
+    "lr": "peak learning rate",
+    "steps": "micro-batches to train (7 clips: 2000-4000; 50+ clips: 4000-8000)",
+    "warmup_steps": "linear warm-up in optimizer steps",
+    "batch_size": "clips per micro-batch",
+    "grad_accum": "micro-batches per optimizer step (raise when VRAM is short)",
+    "save_every": "checkpoint + sample + validation every N steps",
+    "precision": "bf16 | fp16 | fp32",
+    "seed": "random seed of the run",
+    "timestep_sampling": "uniform | logit_normal (more weight on mid timesteps)",
+    "logit_normal_sigma": "spread of logit_normal timestep sampling",
+    "lr_schedule": "constant | cosine (after warm-up)",
+    "lora_plus_ratio": "LoRA+: learning rate of lora_B relative to lora_A",
+    "weight_decay": "AdamW weight decay",
+    "grad_clip": "global gradient-norm clip",
+    "latent_sampling": "mode (posterior mean) | posterior (mean + std * noise)",
+    "log_every": "steps per progress line",
+    "sample_steps": "Euler steps of each checkpoint sample",
+    "sample_cfg": "classifier-free guidance strength of the samples",
+    "sample_negative_prompt": "negative prompt of the samples",
+    "val_clips": 'held-out clips for validation loss; "auto" = 1 when >= 8 clips, else 0',
+    "overfit_patience": "warn after N checkpoints of rising validation loss",
+}
+
+
+def _toml_line(key: str, value: Any) -> str:
+    # tomli_w writes arrays over several lines; fold them so the line can be commented out.
+    text = tomli_w.dumps({key: "auto" if value is None else value})
+    return " ".join(part.strip() for part in text.splitlines()).replace(", ]", " ]")
+
+
+def init_job_text(name: str, dataset: str, variant: str = "large_44k") -> str:
+    """A complete, commented job file for job `name` training on `dataset` with `variant`.
+
+    Only `dataset` and `variant` are set; every other key is written commented out at its
+    built-in default, so the daemon's `[defaults]` still apply until a line is uncommented.
+    Values are rendered with tomli_w. The result parses with `load_job`.
+    """
+    t = TrainConfig()
+    lines = [
+        f"# selvad job {name!r}: one LoRA training job (the job name is the file name).",
+        "# Lines starting with '#' show built-in defaults; uncomment a line to override it.",
+        "# Precedence: this file > [defaults] of the daemon config > built-in defaults.",
+        "",
+        "# Dataset: a subdirectory name of a dataset root, or a path inside one.",
+        _toml_line("dataset", dataset),
+        "# Model variant: " + ", ".join(VARIANTS),
+        _toml_line("variant", variant),
+        "# Higher priority runs first among queued runs.",
+        "# " + _toml_line("priority", 0),
+    ]
+    for sec, keys in SETTING_SECTIONS.items():
+        lines += ["", f"[{sec}]"]
+        for key, fname in keys.items():
+            lines += [f"# {_DOCS[fname]}", "# " + _toml_line(key, getattr(t, fname))]
+    tr = TriggerConfig()
+    lines += ["", "[trigger]", "# Retrain automatically when the dataset's clips change.",
+              "# " + _toml_line("on_change", tr.on_change),
+              "# Minutes without changes before a training run is queued.",
+              "# " + _toml_line("settle_minutes", tr.settle_minutes),
+              "", "# Sweeps: several runs from this job, each overriding some keys.",
+              "# [[sweep]]", '# id = "rank8"', "# lora.rank = 8", "# train.lr = 2e-4",
+              "# [[sweep]]", '# id = "rank32"', "# lora.rank = 32", ""]
+    return "\n".join(lines)
+
+
+def write_job_file(jobs_dir: Path | str, name: str, dataset: str,
+                   variant: str = "large_44k") -> Path:
+    """Write `init_job_text(...)` to `<jobs_dir>/<name>.toml` atomically; never overwrite.
+
+    The text goes to a temp file that is fsync'ed and then hard-linked to the final name,
+    which fails with FileExistsError if a job of that name exists (no race with a second
+    writer). Raises ValueError for an unsafe name or unknown variant. Returns the path.
+    """
+    if not SAFE_NAME.match(name):
+        raise ValueError(f"job name {name!r} is not a safe name (letters, digits, . _ -)")
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; valid: {', '.join(VARIANTS)}")
+    jobs_dir = Path(jobs_dir)
+    jobs_dir.mkdir(parents=True, exist_ok=True)
+    target = jobs_dir / f"{name}.toml"
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=jobs_dir)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(init_job_text(name, dataset, variant).encode("utf-8"))
+            f.flush()
+            os.fsync(f.fileno())
+        os.link(tmp, target)  # atomic, and refuses to replace an existing file
+    finally:
+        os.unlink(tmp)
+    return target
