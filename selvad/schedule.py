@@ -20,6 +20,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -30,13 +31,16 @@ __all__ = [
     "TrainingWindow",
     "WindowError",
     "build_scheduler",
+    "checkpoints_to_prune",
     "parse_window",
+    "prune_run_dir",
     "reschedule",
     "window_open",
 ]
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")  # index = datetime.weekday()
 _TIME = r"(\d{1,2})(?::(\d{2}))?"
+_STEP_CKPT_RE = re.compile(r"^adapter_step(\d+)\.pt$")
 _WINDOW_RE = re.compile(rf"^\s*(?:(?P<days>[a-z,\-]+)\s+)?{_TIME}\s*-\s*{_TIME}\s*$")
 
 
@@ -186,3 +190,27 @@ def reschedule(
                 max_instances=1,
                 misfire_grace_time=max(1, int(seconds)),
             )
+
+
+def checkpoints_to_prune(names: Sequence[str], keep_last: int, finished: bool = True) -> list[str]:
+    """Which step checkpoints (`adapter_stepNNNNN.pt`) of one run directory to delete.
+
+    The newest `keep_last` are kept; `adapter_final.pt`, `adapter_best.pt` and every other
+    file never match. An unfinished run always keeps its newest checkpoint (its resume
+    point), whatever `keep_last` says. Returns names, oldest first.
+    """
+    steps = sorted((int(m.group(1)), n) for n in names if (m := _STEP_CKPT_RE.match(n)))
+    keep = max(keep_last, 0 if finished else 1)
+    doomed = steps[: max(len(steps) - keep, 0)]
+    return [n for _, n in doomed]
+
+
+def prune_run_dir(run_dir: Path | str, keep_last: int, finished: bool = True) -> list[Path]:
+    """Delete the step checkpoints `checkpoints_to_prune` picks in `run_dir`; returns them."""
+    run_dir = Path(run_dir)
+    names = [p.name for p in run_dir.iterdir() if p.is_file()] if run_dir.is_dir() else []
+    removed = []
+    for name in checkpoints_to_prune(names, keep_last, finished):
+        (run_dir / name).unlink(missing_ok=True)
+        removed.append(run_dir / name)
+    return removed

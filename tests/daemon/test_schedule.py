@@ -7,7 +7,15 @@ from datetime import datetime
 
 import pytest
 
-from selvad.schedule import WindowError, build_scheduler, next_opening, parse_window, window_open
+from selvad.schedule import (
+    WindowError,
+    build_scheduler,
+    checkpoints_to_prune,
+    next_opening,
+    parse_window,
+    prune_run_dir,
+    window_open,
+)
 
 MON = datetime(2026, 11, 23)  # a Monday
 
@@ -69,3 +77,23 @@ def test_scheduler_runs_periodic_jobs() -> None:
         assert ran.wait(5.0)
     finally:
         sched.shutdown(wait=False)
+
+
+def test_checkpoints_to_prune_keeps_newest_final_and_best() -> None:
+    names = ["adapter_step01000.pt", "adapter_step00500.pt", "adapter_step01500.pt",
+             "adapter_final.pt", "adapter_best.pt", "sample_step00500.wav", "meta.json"]
+    assert checkpoints_to_prune(names, 2) == ["adapter_step00500.pt"]
+    assert checkpoints_to_prune(names, 0) == [
+        "adapter_step00500.pt", "adapter_step01000.pt", "adapter_step01500.pt"]
+    assert checkpoints_to_prune(names, 0, finished=False) == [
+        "adapter_step00500.pt", "adapter_step01000.pt"]  # the resume point stays
+    assert checkpoints_to_prune(names, 10) == []
+
+
+def test_prune_run_dir(tmp_path) -> None:
+    for n in ("adapter_step00001.pt", "adapter_step00002.pt", "adapter_final.pt"):
+        (tmp_path / n).write_bytes(b"x")
+    assert [p.name for p in prune_run_dir(tmp_path, 1)] == ["adapter_step00001.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter_final.pt",
+                                                          "adapter_step00002.pt"]
+    assert prune_run_dir(tmp_path / "missing", 1) == []
