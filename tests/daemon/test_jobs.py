@@ -88,7 +88,7 @@ def test_all_problems_with_keys(daemon_cfg: DaemonConfig) -> None:
     assert len(probs) == 8, text
 
 
-def test_bad_default_is_blamed_on_daemon_config(make_config, tmp_path: Path) -> None:
+def test_sweep_problem_names_the_sweep_entry(make_config, tmp_path: Path) -> None:
     cfg = load_config(make_config('[defaults.train]\nsteps = 10\n'))
     (tmp_path / "datasets" / "birds").mkdir()
     # A valid job; the sweep is what makes save_every invalid.
