@@ -15,8 +15,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import torch
-
 __all__ = [
     "UnsafeFileError",
     "atomic_write",
@@ -89,6 +87,8 @@ def atomic_write_json(path: Path | str, obj: Any) -> Path:
 
 def atomic_torch_save(path: Path | str, obj: Any) -> Path:
     """Atomically `torch.save(obj)` to `path` (serialised in memory first, then renamed)."""
+    import torch  # imported here so that the daemon can use this module without torch
+
     buf = io.BytesIO()
     torch.save(obj, buf)
     return atomic_write_bytes(path, buf.getvalue())
@@ -101,6 +101,8 @@ def safe_torch_load(path: Path | str, *, what: str = "file", fix: str = "") -> A
     truncated, not a torch file, or contains pickled objects beyond tensors and plain
     containers. `what` names the file's role in the message (e.g. "generator checkpoint").
     """
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} not found: {path}" + (f" ({fix})" if fix else ""))

@@ -1,0 +1,231 @@
+"""Command lines of the engine: `selva-train` (the original train_lora.py flags) and
+`selva-sample` (LoRA Loader + Sampler without ComfyUI).
+
+Exit status of selva-train: 0 done, 3 interrupted (a checkpoint of the current step was
+saved; resume with --resume latest), 2 bad options or input, 1 any other failure.
+With --json every progress event is one JSON object per line on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+from .options import CHOICES, TrainConfig
+
+__all__ = ["build_train_parser", "sample_main", "train_main"]
+
+EXIT_INTERRUPTED = 3
+
+
+def build_train_parser() -> argparse.ArgumentParser:
+    """Parser with every flag of the original train_lora.py (same names and defaults) plus ours."""
+    d = TrainConfig()
+    p = argparse.ArgumentParser(prog="selva-train", description="Train a SelVA LoRA adapter.")
+    p.add_argument("--data_dir", required=True, help="directory of stem.npz + stem.wav pairs")
+    p.add_argument("--output_dir", default=d.output_dir)
+    p.add_argument("--variant", default=d.variant)
+    p.add_argument("--selva_dir", default=os.environ.get("SELVA_DIR", ""),
+                   help="weights directory (ComfyUI models/selva layout); default $SELVA_DIR")
+    p.add_argument("--rank", type=int, default=d.rank)
+    p.add_argument("--alpha", type=float, default=None, help="default: rank")
+    p.add_argument("--target", nargs="+", default=list(d.target))
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--warmup_steps", type=int, default=d.warmup_steps)
+    p.add_argument("--batch_size", type=int, default=d.batch_size)
+    p.add_argument("--grad_accum", type=int, default=d.grad_accum)
+    p.add_argument("--save_every", type=int, default=d.save_every)
+    p.add_argument("--resume", default="", help="adapter_stepNNNNN.pt or 'latest'")
+    p.add_argument("--precision", choices=CHOICES["precision"], default=d.precision)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--timestep_sampling", "--timestep_mode", dest="timestep_sampling",
+                   choices=CHOICES["timestep_sampling"], default=d.timestep_sampling)
+    p.add_argument("--logit_normal_sigma", type=float, default=d.logit_normal_sigma)
+    p.add_argument("--lr_schedule", choices=CHOICES["lr_schedule"], default=d.lr_schedule)
+    p.add_argument("--lora_plus_ratio", type=float, default=d.lora_plus_ratio)
+    p.add_argument("--weight_decay", type=float, default=d.weight_decay)
+    p.add_argument("--lora_dropout", type=float, default=d.lora_dropout)
+    p.add_argument("--rslora", action="store_true", help="scale alpha/sqrt(rank)")
+    p.add_argument("--grad_clip", type=float, default=d.grad_clip)
+    p.add_argument("--latent_sampling", choices=CHOICES["latent_sampling"], default=d.latent_sampling)
+    p.add_argument("--val_clips", type=int, default=None, help="default: 1 with >= 8 clips, else 0")
+    p.add_argument("--overfit_patience", type=int, default=d.overfit_patience)
+    p.add_argument("--log_every", type=int, default=d.log_every)
+    p.add_argument("--sample_steps", type=int, default=d.sample_steps)
+    p.add_argument("--sample_cfg", type=float, default=d.sample_cfg)
+    p.add_argument("--sample_negative_prompt", default=d.sample_negative_prompt)
+    p.add_argument("--device", default=d.device)
+    p.add_argument("--cache_dir", default=d.cache_dir)
+    p.add_argument("--config_json", default="", help="read all options from this JSON file")
+    p.add_argument("--json", action="store_true", help="progress events as JSON lines on stdout")
+    return p
+
+
+def _human(event: dict) -> str | None:
+    kind = event.get("event")
+    if kind == "progress":
+        eta = event["eta_s"]
+        return (f"step {event['step']}/{event['steps']}  loss {event['loss']:.4f} "
+                f"(smoothed {event['smoothed_loss']:.4f})  lr {event['lr']:.2e}  "
+                f"grad {event['grad_norm']:.3f}  {event['samples_per_s']:.1f} samples/s  "
+                f"ETA {int(eta // 60)}m{int(eta % 60):02d}s")
+    if kind == "checkpoint":
+        val = f", val loss {event['val_loss']:.4f}" if event.get("val_loss") is not None else ""
+        return f"checkpoint {event['path']} (sample {Path(event['sample']).name}{val})"
+    if kind == "warning":
+        return f"warning: {event['message']}"
+    if kind in ("extract_start", "extract_done", "train_start", "resumed", "done", "interrupted"):
+        rest = {k: v for k, v in event.items() if k not in ("event", "time")}
+        return f"{kind}: " + ", ".join(f"{k}={v}" for k, v in rest.items())
+    return None
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    """`selva-train`: parse flags, train, print progress; returns the exit status."""
+    args = build_train_parser().parse_args(argv)
+    names = {f.name for f in fields(TrainConfig)} - {"extra"}
+    if args.config_json:
+        options = json.loads(Path(args.config_json).read_text())
+    else:
+        options = {k: v for k, v in vars(args).items() if k in names}
+    try:
+        cfg = TrainConfig.from_dict(options)
+    except (KeyError, TypeError) as exc:
+        print(f"selva-train: {exc}", file=sys.stderr)
+        return 2
+
+    def events(event: dict) -> None:
+        if args.json:
+            print(json.dumps(event, default=str), flush=True)
+        else:
+            line = _human(event)
+            if line:
+                print(line, flush=True)
+
+    from .data_errors import DatasetError
+    from .io import UnsafeFileError
+    from .lora import AdapterError
+    from .train import TrainError, train
+    from .weights import MissingWeightsError
+
+    try:
+        result = train(cfg, events=events)
+    except (TrainError, DatasetError, MissingWeightsError, AdapterError, UnsafeFileError,
+            FileNotFoundError, ValueError) as exc:
+        if args.json:
+            print(json.dumps({"event": "error", "error": type(exc).__name__, "message": str(exc)}), flush=True)
+        print(f"selva-train: error: {exc}", file=sys.stderr)
+        return 2
+    return 0 if result.status == "done" else EXIT_INTERRUPTED
+
+
+def sample_main(argv: list[str] | None = None) -> int:
+    """`selva-sample`: one .wav from an .npz (+ adapter at a strength); returns the exit status."""
+    p = argparse.ArgumentParser(prog="selva-sample", description="Generate audio for one clip.")
+    p.add_argument("--npz", required=True, help="features file written by the SelVA Feature Extractor")
+    p.add_argument("--output", required=True, help="output .wav path")
+    p.add_argument("--adapter", default="", help="adapter_final.pt / adapter_stepNNNNN.pt (none: baseline)")
+    p.add_argument("--strength", type=float, default=1.0)
+    p.add_argument("--variant", default="large_44k")
+    p.add_argument("--selva_dir", default=os.environ.get("SELVA_DIR", ""))
+    p.add_argument("--prompt", default=None, help="default: the prompt stored in the .npz")
+    p.add_argument("--negative_prompt", default="")
+    p.add_argument("--cfg", type=float, default=4.5)
+    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--duration", type=float, default=8.0)
+    p.add_argument("--device", default="auto")
+    args = p.parse_args(argv)
+
+    from .data_errors import DatasetError
+    from .io import UnsafeFileError
+    from .lora import AdapterError
+    from .synth import synthesize
+    from .weights import MissingWeightsError
+
+    try:
+        path = synthesize(
+            npz=Path(args.npz), output=Path(args.output), variant=args.variant,
+            selva_dir=args.selva_dir, adapter=args.adapter or None, strength=args.strength,
+            prompt=args.prompt, negative_prompt=args.negative_prompt, cfg=args.cfg,
+            steps=args.steps, seed=args.seed, duration=args.duration, device=args.device,
+        )
+    except (DatasetError, MissingWeightsError, AdapterError, UnsafeFileError, FileNotFoundError,
+            ValueError) as exc:
+        print(f"selva-sample: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {path}")
+    return 0
+
+
+def extract_main(argv: list[str] | None = None) -> int:
+    """`python -m selva_engine.cli extract ...`: fill the extraction cache for a dataset.
+
+    Prints JSON events with --json. Exit 0 on success, 2 on bad input or missing weights.
+    """
+    p = argparse.ArgumentParser(prog="selva-extract", description="Encode a dataset into the cache.")
+    p.add_argument("--data_dir", required=True)
+    p.add_argument("--variant", default="large_44k")
+    p.add_argument("--selva_dir", default=os.environ.get("SELVA_DIR", ""))
+    p.add_argument("--cache_dir", required=True)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+
+    from .data import load_dataset
+    from .data_errors import DatasetError
+    from .extract import FeatureCache, extract_clips
+    from .io import UnsafeFileError
+    from .variants import get_variant
+    from .weights import MissingWeightsError, resolve
+
+    def emit(event: dict) -> None:
+        print(json.dumps(event, default=str) if args.json else _human(event) or json.dumps(event), flush=True)
+
+    try:
+        variant = get_variant(args.variant)
+        weights = resolve(args.selva_dir, variant.name)
+        scan = load_dataset(args.data_dir, variant, collect=True)
+        for problem in scan.problems:
+            emit({"event": "warning", "message": f"skipping clip: {problem}"})
+        device = args.device if args.device != "auto" else ("cuda" if _cuda() else "cpu")
+        emit({"event": "extract_start", "clips": len(scan.clips)})
+        _, _, stats = extract_clips(scan.clips, variant, weights=weights,
+                                    cache=FeatureCache(args.cache_dir), device=device, progress=emit)
+        emit({"event": "extract_done", **stats.to_dict()})
+    except (DatasetError, MissingWeightsError, UnsafeFileError, FileNotFoundError, ValueError) as exc:
+        emit({"event": "error", "error": type(exc).__name__, "message": str(exc)})
+        return 2
+    return 0
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m selva_engine.cli {train,extract,sample} ...` (what the daemon's worker runs)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = {"train": train_main, "extract": extract_main, "sample": sample_main}
+    if not argv or argv[0] not in commands:
+        print(f"usage: python -m selva_engine.cli {{{','.join(commands)}}} [options]", file=sys.stderr)
+        return 2
+    return commands[argv[0]](argv[1:])
+
+
+def eval_main(argv: list[str] | None = None) -> int:
+    """`selva-eval`: compare adapters on a dataset (see selva_engine.evaluate)."""
+    from .evaluate import main
+
+    return main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
