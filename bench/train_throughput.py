@@ -1,0 +1,163 @@
+"""Benchmark: trainer step throughput (samples/s) and peak memory, ours vs the original loop.
+
+The baseline follows ComfyUI-SelVA's train_lora.py loop, measured in the same run on the
+same model: one clip per forward pass (batch assembled clip by clip, gradients summed),
+features moved from host memory to the device at every step, conditions recomputed inside
+every forward, and the whole generator cast to the training dtype (LoRA weights included).
+Ours: one batched forward, all clip tensors resident on the device, conditions
+preprocessed once per clip, fp32 LoRA weights under bf16 autocast on a GPU.
+
+CPU: the tiny_16k variant (fp32). GPU: small_16k-shaped random weights, bf16.
+The last line is `speedup: X.XX` (ours over the baseline). Target: >= 2 at batch 4.
+
+    python bench/train_throughput.py [--batch 4] [--steps 10] [--rounds 3] [--device auto]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import time
+
+import numpy as np
+import torch
+
+from selva_engine.flow import FlowMatching, sample_timesteps
+from selva_engine.lora import apply_lora, lora_parameters
+from selva_engine.nn.generator import Generator
+from selva_engine.variants import get_variant
+
+
+def random_model(variant: str, device: torch.device) -> Generator:
+    torch.manual_seed(0)
+    model = Generator(**get_variant(variant).generator_kwargs())
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.02)
+        model.latent_std.fill_(1.0)
+        model.latent_mean.zero_()
+    return model.requires_grad_(False).to(device)
+
+
+def dataset(variant: str, clips: int) -> list[dict[str, np.ndarray]]:
+    v, s = get_variant(variant), get_variant(variant).sequence()
+    rng = np.random.default_rng(0)
+    return [{"x1": rng.standard_normal((s.latent_seq_len, v.latent_dim)).astype(np.float32),
+             "clip": rng.standard_normal((s.clip_seq_len, v.clip_dim)).astype(np.float32),
+             "sync": rng.standard_normal((s.sync_seq_len, v.sync_dim)).astype(np.float32),
+             "text": rng.standard_normal((v.text_seq_len, v.text_dim)).astype(np.float32)}
+            for _ in range(clips)]
+
+
+class Ours:
+    """Our trainer's step (selva_engine.train): batched, resident, cached conditions."""
+
+    def __init__(self, base: Generator, data, device, precision: str) -> None:
+        self.model = copy.deepcopy(base)
+        apply_lora(self.model, rank=16, targets=["attn.qkv"], dtype=torch.float32)
+        self.model.train()
+        a, b = lora_parameters(self.model)
+        self.params = a + b
+        self.opt = torch.optim.AdamW(self.params, lr=1e-4)
+        self.device = device
+        self.autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
+                         else contextlib.nullcontext())
+        stack = {k: torch.from_numpy(np.stack([d[k] for d in data])).to(device) for k in data[0]}
+        self.x1 = stack["x1"]
+        with torch.no_grad(), self.autocast:
+            self.cond = self.model.preprocess_conditions(stack["clip"], stack["sync"], stack["text"])
+        self.fm = FlowMatching()
+        self.g = torch.Generator().manual_seed(0)
+
+    def step(self, idx: list[int]) -> None:
+        i = torch.tensor(idx, device=self.device)
+        x1 = self.model.normalize(self.x1[i])
+        x0 = torch.randn(x1.shape, generator=self.g).to(self.device)
+        t = sample_timesteps(len(idx), generator=self.g).to(self.device)
+        with self.autocast:
+            v = self.model.predict_flow(self.fm.path(x0, x1, t), t, self.cond.index(i))
+        loss = self.fm.loss(v.float(), x0, x1).mean()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+
+
+class Baseline:
+    """The original loop: per-clip forwards, per-step host->device copies, recomputed
+    conditions, wholesale dtype cast (LoRA weights and AdamW state in that dtype)."""
+
+    def __init__(self, base: Generator, data, device, precision: str) -> None:
+        self.dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        self.model = copy.deepcopy(base)
+        apply_lora(self.model, rank=16, targets=["attn.qkv"])
+        self.model.to(self.dtype).train()
+        a, b = lora_parameters(self.model)
+        self.params = a + b
+        self.opt = torch.optim.AdamW(self.params, lr=1e-4)
+        self.data, self.device = data, device
+        self.fm = FlowMatching()
+        self.g = torch.Generator().manual_seed(0)
+
+    def step(self, idx: list[int]) -> None:
+        for j in idx:
+            item = {k: torch.from_numpy(v)[None].to(self.device, self.dtype) for k, v in self.data[j].items()}
+            x1 = self.model.normalize(item["x1"])
+            x0 = torch.randn(x1.shape, generator=self.g).to(self.device, self.dtype)
+            t = torch.rand(1, generator=self.g).to(self.device, self.dtype)
+            v = self.model(self.fm.path(x0, x1, t), item["clip"], item["sync"], item["text"], t)
+            (self.fm.loss(v.float(), x0.float(), x1.float()).mean() / len(idx)).backward()
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+
+
+def measure(trainer, batch: int, clips: int, steps: int, device: torch.device) -> tuple[float, float]:
+    """(samples/s, peak MiB or nan) over `steps` steps after two warm-up steps."""
+    order = [[(s * batch + k) % clips for k in range(batch)] for s in range(steps + 2)]
+    trainer.step(order[0])
+    trainer.step(order[1])
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    for idx in order[2:]:
+        trainer.step(idx)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    rate = steps * batch / (time.perf_counter() - start)
+    peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else float("nan")
+    return rate, peak
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--clips", type=int, default=8)
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
+                          else ("cpu" if args.device == "auto" else args.device))
+    variant, precision = ("small_16k", "bf16") if device.type == "cuda" else ("tiny_16k", "fp32")
+    base = random_model(variant, device)
+    data = dataset(variant, args.clips)
+    print(f"device {device}, {variant}-shaped random weights, {precision}, batch {args.batch}, "
+          f"LoRA r16 attn.qkv, {args.steps} steps x {args.rounds} rounds (best round kept)")
+    best = {"ours": (0.0, float("nan")), "baseline": (0.0, float("nan"))}
+    trainers = {"ours": Ours(base, data, device, precision), "baseline": Baseline(base, data, device, precision)}
+    for _ in range(args.rounds):  # interleaved so that machine load affects both alike
+        for name, trainer in trainers.items():
+            rate, peak = measure(trainer, args.batch, args.clips, args.steps, device)
+            if rate > best[name][0]:
+                best[name] = (rate, peak)
+    for name, (rate, peak) in best.items():
+        mem = f"peak {peak:8.1f} MiB" if peak == peak else "peak n/a (CPU)"
+        print(f"{name:9s} {rate:8.2f} samples/s  {mem}")
+    print(f"speedup: {best['ours'][0] / best['baseline'][0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
