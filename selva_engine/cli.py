@@ -77,6 +77,11 @@ def _human(event: dict) -> str | None:
     if kind == "checkpoint":
         val = f", val loss {event['val_loss']:.4f}" if event.get("val_loss") is not None else ""
         return f"checkpoint {event['path']} (sample {Path(event['sample']).name}{val})"
+    if kind == "recommendation":
+        if not event.get("id"):
+            return f"recommendation: none ({event.get('reason', '')})"
+        low, high = event["strength_range"]
+        return f"recommended checkpoint: {event['id']} ({event['reason']}); try strength {low}-{high}"
     if kind == "warning":
         return f"warning: {event['message']}"
     if kind in ("extract_start", "extract_done", "train_start", "resumed", "done", "interrupted"):

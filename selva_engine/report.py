@@ -15,7 +15,8 @@ import numpy as np
 
 from .io import atomic_write_bytes, atomic_write_json
 
-__all__ = ["ema", "loudness_normalize", "plot_curves", "write_loss_plots", "write_meta", "write_wav"]
+__all__ = ["ema", "loudness_normalize", "plot_curves", "write_loss_plots", "write_meta",
+           "write_metric_plot", "write_wav"]
 
 EMA_BETA = 0.9
 
@@ -75,6 +76,31 @@ def write_loss_plots(out_dir: Path | str, steps: Sequence[int], losses: Sequence
                                  [(name, s, v) for name, (s, v) in val.items()],
                                  title="fixed-noise loss at checkpoints"))
     return paths
+
+
+METRIC_PANELS = ("hf_energy_ratio", "spectral_centroid_hz", "spectral_flatness", "temporal_variance",
+                 "log_spectral_distance_db", "mel_cepstral_distortion")
+
+
+def write_metric_plot(path: Path | str, steps: Sequence[int], metrics: Sequence[dict]) -> Path:
+    """metrics.png: one panel per spectral metric of the checkpoint samples over steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    names = [n for n in METRIC_PANELS if any(n in m for m in metrics)]
+    fig = Figure(figsize=(10, 2.2 * max(1, (len(names) + 1) // 2)), dpi=100)
+    for k, name in enumerate(names):
+        ax = fig.add_subplot((len(names) + 1) // 2, 2, k + 1)
+        pts = [(s, m[name]) for s, m in zip(steps, metrics, strict=True) if name in m]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3)
+        ax.set_title(name, fontsize=9)
+        ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return atomic_write_bytes(path, buf.getvalue())
 
 
 def write_meta(out_dir: Path | str, meta: dict[str, Any]) -> Path:

@@ -30,6 +30,7 @@ from .flow import FlowMatching, sample_timesteps
 from .lora import apply_lora, lora_parameters, lora_state_dict, save_adapter
 from .nn.generator import Conditions, load_generator
 from .options import TrainConfig
+from .recommend import Candidate, recommend
 from .trainloop import BatchSampler, FixedLossProbe, make_scheduler, overfitting
 from .variants import get_variant
 
@@ -306,6 +307,7 @@ def train(
           "lora_layers": len(wrapped), "trainable_params": sum(p.numel() for p in params_a + params_b)})
 
     codec_holder: dict[str, Any] = {}
+    run_flags: dict[str, Any] = {"overfitting": False, "recommendation": None}
     sample_idx = train_idx[0]
     neg_text = (torch.from_numpy(extra_text[cfg.sample_negative_prompt])[None].to(device)
                 if cfg.sample_negative_prompt else None)
@@ -340,19 +342,36 @@ def train(
                                                              "val": [stems[i] for i in val_idx]},
         })
         if overfitting(history["val_loss"], history["train_fixed_loss"], cfg.overfit_patience):
+            run_flags["overfitting"] = True
             warn(f"validation loss rose for {cfg.overfit_patience} checkpoints in a row while the "
                  "training loss fell: the adapter is overfitting; prefer adapter_best.pt")
         report.write_loss_plots(out_dir, history["step"], history["loss"], {
             "train clips (fixed noise)": (history["ckpt_step"], history["train_fixed_loss"]),
             **({"held-out clips": (history["ckpt_step"], history["val_loss"])} if val_idx else {}),
         })
+        run_flags["recommendation"] = recommend(
+            [Candidate(checkpoint_name(s), str(out_dir / checkpoint_name(s)), s,
+                       None if v != v else v, tf, json.loads(m))
+             for s, v, tf, m in zip(history["ckpt_step"], history["val_loss"],
+                                    history["train_fixed_loss"], history["metrics"], strict=True)],
+            reference_hf=codec_holder["reference_metrics"].get("hf_energy_ratio"),
+            overfitting=run_flags["overfitting"],
+        ).to_dict()
         report.write_meta(out_dir, {**meta, "best": best or None, "final": final,
+                                    "recommendation": run_flags["recommendation"],
+                                    "sample_clip": stems[sample_idx],
+                                    "sample_reference_metrics": codec_holder["reference_metrics"],
                                     "val_clip_stems": [stems[i] for i in val_idx],
                                     "checkpoints": [checkpoint_name(s) for s in history["ckpt_step"]],
                                     "metrics": {str(s): json.loads(m) for s, m in
                                                 zip(history["ckpt_step"], history["metrics"], strict=True)}})
-        emit({"event": "checkpoint", "step": at_step, "path": str(ckpt_path), "sample": str(sample_path),
-              "val_loss": val_loss, "train_fixed_loss": train_fixed, "metrics": metrics})
+        record = {"event": "checkpoint", "step": at_step, "path": str(ckpt_path),
+                  "sample": str(sample_path), "val_loss": val_loss, "train_fixed_loss": train_fixed,
+                  "metrics": metrics}
+        _append_jsonl(progress_path, {"time": round(time.time(), 3), **record})
+        report.write_metric_plot(out_dir / "metrics.png", history["ckpt_step"],
+                                 [json.loads(m) for m in history["metrics"]])
+        emit(record)
         return ckpt_path
 
     def _write_sample(at_step: int) -> tuple[Path, dict]:
@@ -375,6 +394,8 @@ def train(
         path = report.write_wav(out_dir / f"sample_step{at_step:05d}.wav", wave, seq.sampling_rate)
         ref = load_audio(clips[sample_idx].audio_path, seq.sampling_rate, seq.num_audio_frames)
         metrics = compute_metrics(wave, seq.sampling_rate, reference=ref).to_dict()
+        if "reference_metrics" not in codec_holder:
+            codec_holder["reference_metrics"] = compute_metrics(ref, seq.sampling_rate).to_dict()
         return path, metrics
 
     # ---------------------------------------------------------------- the loop
@@ -452,8 +473,10 @@ def train(
         result.final_adapter = save_adapter(out_dir / "adapter_final.pt", lora_state_dict(model), meta)
         if best:
             result.best_adapter = out_dir / "adapter_best.pt"
+        rec = run_flags["recommendation"] or {}
+        emit({"event": "recommendation", **rec})
         emit({"event": "done", "step": step, "adapter": str(result.final_adapter),
-              "best": best or None})
+              "best": best or None, "recommended": rec.get("id")})
     codec = codec_holder.pop("codec", None)
     if codec is not None and hasattr(codec, "free"):
         codec.free()

@@ -55,8 +55,11 @@ def test_outputs_and_learning(tmp_path, dataset, tiny_weights):
     step_ckpt = torch.load(out / "adapter_step00040.pt", weights_only=True)
     assert {"state_dict", "meta", "optimizer", "scheduler", "step", "rng"} <= set(step_ckpt)
     assert step_ckpt["step"] == 40
-    lines = [json.loads(x) for x in (out / "progress.jsonl").read_text().splitlines()]
+    records = [json.loads(x) for x in (out / "progress.jsonl").read_text().splitlines()]
+    lines = [x for x in records if x["event"] == "progress"]
     assert [x["step"] for x in lines] == [10, 20, 30, 40, 50, 60, 70, 80]
+    assert [x["step"] for x in records if x["event"] == "checkpoint"] == [40, 80]
+    assert (out / "metrics.png").is_file()
     assert {"loss", "smoothed_loss", "lr", "grad_norm", "samples_per_s", "eta_s"} <= set(lines[0])
     losses = [x["loss"] for x in lines]
     assert np.mean(losses[-2:]) < 0.8 * np.mean(losses[:2])  # it learns the tones

@@ -1,0 +1,92 @@
+"""Which checkpoint to use, and at what adapter strength.
+
+The original tool's notes say lower training loss is not better audio. Our rule: take the
+checkpoint with the lowest fixed-noise validation loss (held-out clips; the training-clip
+probe when no clip is held out), unless its sample shows the "white noise on top" symptom
+(high-frequency energy ratio well above the reference audio's); then take the best one
+without the symptom. The strength range widens when the pick is clean and narrows toward
+lower strengths when the run shows overfitting or noise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+__all__ = ["Candidate", "Recommendation", "noise_symptom", "recommend"]
+
+# A sample shows the noise symptom when its hf ratio exceeds the reference's by both margins.
+NOISE_RATIO_FACTOR = 2.0
+NOISE_ABS_MARGIN = 0.05
+
+
+@dataclass
+class Candidate:
+    """One checkpoint or adapter: its file, step, losses and sample metrics."""
+
+    id: str
+    path: str
+    step: int | None = None
+    val_loss: float | None = None
+    train_fixed_loss: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Recommendation:
+    """The pick, why, and the strength range to try in the LoRA Loader."""
+
+    id: str | None
+    path: str | None
+    reason: str
+    strength_range: tuple[float, float]
+    rejected: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["strength_range"] = list(self.strength_range)
+        return d
+
+
+def noise_symptom(metrics: dict[str, float], reference_hf: float | None) -> bool:
+    """True when the sample's hf_energy_ratio is far above the reference audio's."""
+    hf = metrics.get("hf_energy_ratio")
+    if hf is None or reference_hf is None:
+        return False
+    return hf > NOISE_RATIO_FACTOR * reference_hf and hf > reference_hf + NOISE_ABS_MARGIN
+
+
+def _score(c: Candidate) -> float | None:
+    if c.val_loss is not None and c.val_loss == c.val_loss:
+        return c.val_loss
+    if c.train_fixed_loss is not None and c.train_fixed_loss == c.train_fixed_loss:
+        return c.train_fixed_loss
+    return None
+
+
+def recommend(candidates: list[Candidate], reference_hf: float | None = None,
+              overfitting: bool = False) -> Recommendation:
+    """Pick the lowest-loss candidate without the noise symptom (see the module docstring)."""
+    scored = sorted((s, c.id, c) for c in candidates if (s := _score(c)) is not None)
+    if not scored:
+        return Recommendation(None, None, "no checkpoint has a validation loss yet", (0.5, 1.0))
+    uses_val = any(c.val_loss is not None and c.val_loss == c.val_loss for _, _, c in scored)
+    loss_name = "validation loss on held-out clips" if uses_val else "fixed-noise loss on training clips"
+    rejected = []
+    for score, _, cand in scored:
+        if noise_symptom(cand.metrics, reference_hf):
+            rejected.append(f"{cand.id}: sample shows the white-noise symptom (hf ratio "
+                            f"{cand.metrics['hf_energy_ratio']:.3f} vs reference {reference_hf:.3f})")
+            continue
+        best = scored[0][2]
+        if cand is best:
+            reason = f"lowest {loss_name} ({score:.4f})"
+        else:
+            reason = (f"lowest {loss_name} ({score:.4f}) among checkpoints without the noise "
+                      f"symptom; {best.id} scored lower ({scored[0][0]:.4f}) but sounds noisy")
+        low, high = (0.5, 0.9) if overfitting or rejected else (0.7, 1.1)
+        if overfitting:
+            reason += "; the run overfits, so try it below full strength"
+        return Recommendation(cand.id, cand.path, reason, (low, high), rejected)
+    return Recommendation(None, None, "every checkpoint shows the white-noise symptom; retrain with "
+                          "fewer steps or a lower lr, or use the adapter at low strength",
+                          (0.2, 0.5), rejected)
