@@ -68,6 +68,9 @@ def _use_json(fmt: str, stream: TextIO) -> bool:
     return not (callable(isatty) and isatty())
 
 
+_LIBRARY_ROOTS = ("torch", "watchdog", "apscheduler")
+
+
 def setup_logging(format: str = "auto", level: str = "info",
                   stream: TextIO | None = None) -> logging.Handler:
     """Configure structlog and the stdlib root logger; safe to call again (e.g. on reload).
@@ -123,6 +126,15 @@ def setup_logging(format: str = "auto", level: str = "info",
     root.setLevel(numeric)
     for name in _NOISY:
         logging.getLogger(name).setLevel(numeric if numeric <= logging.DEBUG else logging.WARNING)
+    # torch installs its own stderr handler on the "torch" logger and stops propagation
+    # (torch._logging); route it through ours so its records become structured events too.
+    names = [n for n in list(logging.root.manager.loggerDict)
+             if n in _LIBRARY_ROOTS or n.startswith(tuple(f"{r}." for r in _LIBRARY_ROOTS))]
+    for name in names:
+        lib = logging.getLogger(name)
+        for old in list(lib.handlers):
+            lib.removeHandler(old)
+        lib.propagate = True
     logging.captureWarnings(True)
     return handler
 
