@@ -14,17 +14,12 @@ import torch
 from .data import load_features
 from .lora import apply_adapter, load_adapter, remove_lora
 from .nn.generator import load_generator
+from .options import resolve_device
 from .report import write_wav
 from .sample import decode_to_audio, generate_latents
 from .variants import Variant, get_variant
 
 __all__ = ["Synthesizer", "synthesize"]
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 class Synthesizer:
@@ -42,7 +37,7 @@ class Synthesizer:
         from .weights import resolve
 
         self.variant = get_variant(variant) if isinstance(variant, str) else variant
-        self.device = _device(device)
+        self.device = resolve_device(device)
         self.duration = duration
         self.weights = resolve(selva_dir, self.variant.name)
         self.model = load_generator(self.weights.generator, self.variant, device=self.device,

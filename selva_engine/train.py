@@ -29,7 +29,7 @@ from .extract import ExtractedClip, FeatureCache, extract_clips
 from .flow import FlowMatching, sample_timesteps
 from .lora import apply_lora, lora_parameters, lora_state_dict, save_adapter
 from .nn.generator import Conditions, load_generator
-from .options import TrainConfig
+from .options import TrainConfig, resolve_device
 from .recommend import Candidate, recommend
 from .trainloop import BatchSampler, FixedLossProbe, make_scheduler, overfitting
 from .variants import get_variant
@@ -56,14 +56,6 @@ class TrainResult:
     best_adapter: Path | None = None
     last_checkpoint: Path | None = None
     history: dict[str, Any] = field(default_factory=dict)
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise TrainError("device 'cuda' requested but no CUDA GPU is available (use device = \"cpu\")")
-    return torch.device(name)
 
 
 def _precision(requested: str, device: torch.device, warn: Callable[[str], None]) -> str:
@@ -185,7 +177,10 @@ def train(
     from .weights import resolve  # resolves and checks every weight file of the variant
 
     variant = get_variant(cfg.variant)
-    device = _device(cfg.device)
+    try:
+        device = resolve_device(cfg.device)
+    except ValueError as exc:
+        raise TrainError(str(exc)) from None
     precision = _precision(cfg.precision, device, warn)
     weights = resolve(cfg.selva_dir, variant.name)
 
