@@ -1,0 +1,282 @@
+"""`selvad`: the daemon (`run`) and the commands that talk to it through its state database.
+
+The CLI never talks to the daemon directly: `status`/`runs` read the queue database named by
+the config (`--config`, default $SELVAD_CONFIG or /etc/selvad/selvad.toml), and
+`enqueue`/`cancel`/`retry` write a request row that the daemon answers at its next tick
+(the answer is printed when it comes within `--wait` seconds). Exit status: 0 success,
+1 failure (an error the command reports), 2 bad arguments or an invalid config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from selvad.config import DEFAULT_CONFIG_PATH, ConfigError, DaemonConfig, load_config
+from selvad.queue import STATES, Run, RunQueue
+
+__all__ = ["format_duration", "main", "progress_bar"]
+
+OK_RESULTS = ("cancelled", "cancelling", "queued", "may start")  # request answers meaning success
+
+
+def default_config() -> Path:
+    """$SELVAD_CONFIG, or /etc/selvad/selvad.toml."""
+    return Path(os.environ.get("SELVAD_CONFIG") or DEFAULT_CONFIG_PATH)
+
+
+def format_duration(seconds: float | None) -> str:
+    """'1h02m', '3m05s', '42s' ('?' for None)."""
+    if seconds is None:
+        return "?"
+    s = int(max(seconds, 0))
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    if s >= 60:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s}s"
+
+
+def progress_bar(step: int | None, total: int | None, width: int = 30) -> str:
+    """A text bar like '[#########.....................]  30%' for step/total."""
+    if not step or not total:
+        return "[" + "." * width + "]   0%"
+    frac = min(max(step / total, 0.0), 1.0)
+    filled = int(round(frac * width))
+    return "[" + "#" * filled + "." * (width - filled) + f"] {frac:4.0%}"
+
+
+def _fail(message: str, code: int = 1) -> int:
+    print(f"selvad: {message}", file=sys.stderr)
+    return code
+
+
+def _config(args: argparse.Namespace) -> DaemonConfig:
+    return load_config(args.config)
+
+
+def _queue(cfg: DaemonConfig, must_exist: bool = True) -> RunQueue | None:
+    path = cfg.paths.queue_path
+    if must_exist and not path.exists():
+        return None
+    return RunQueue(path)
+
+
+def _no_db(cfg: DaemonConfig) -> int:
+    return _fail(f"no state database at {cfg.paths.queue_path} (has the daemon run with "
+                 f"{cfg.path}? start it with `selvad run --config {cfg.path}`)")
+
+
+# -- commands ------------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """`selvad run`: the daemon itself, until SIGTERM."""
+    from selvad.service import Daemon
+
+    try:
+        daemon = Daemon(args.config)
+        return daemon.run()
+    except OSError as exc:
+        return _fail(str(exc))
+
+
+def _run_line(run: Run) -> str:
+    sweep = f"[{run.sweep_id}]" if run.sweep_id else ""
+    step = f"{run.step}/{run.total_steps}" if run.step is not None and run.total_steps else "-"
+    loss = f"{run.loss:.4f}" if run.loss is not None else "-"
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(run.created_at))
+    line = f"{run.id}  {run.state:<10} {run.kind:<7} {run.job}{sweep:<8} {step:>11}  {loss:>8}  {when}"
+    if run.error:
+        line += f"\n    error: {run.error.splitlines()[0][:200]}"
+    return line
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """`selvad status`: counts per state, the current run with a progress bar, the queue."""
+    cfg = _config(args)
+    q = _queue(cfg)
+    if q is None:
+        return _no_db(cfg)
+    runs = q.list_runs()
+    counts = {s: sum(r.state == s for r in runs) for s in STATES}
+    current = [r for r in runs if r.state in ("extracting", "training")]
+    queued = [r for r in runs if r.state == "queued"]
+    recent = [r for r in runs if r.state in ("done", "failed", "cancelled")][-5:]
+    if args.json:
+        print(json.dumps({"config": str(cfg.path), "counts": counts,
+                          "current": [r.to_dict() for r in current],
+                          "queued": [r.to_dict() for r in queued],
+                          "recent": [r.to_dict() for r in recent]}, indent=2, default=str))
+        return 0
+    print("runs: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    if not current:
+        print("current: none (idle)")
+    for r in current:
+        sweep = f" [{r.sweep_id}]" if r.sweep_id else ""
+        print(f"current: {r.id}  {r.job}{sweep}  dataset {r.dataset}  {r.kind}  {r.state}")
+        if r.kind == "train":
+            loss = f"  loss {r.loss:.4f}" if r.loss is not None else ""
+            rate = f"  {r.samples_per_s:.1f} samples/s" if r.samples_per_s else ""
+            print(f"  {progress_bar(r.step, r.total_steps)}  step {r.step or 0}/"
+                  f"{r.total_steps or '?'}{loss}{rate}  ETA {format_duration(r.eta_s)}")
+    if queued:
+        print(f"queued ({len(queued)}):")
+        for r in queued:
+            print("  " + _run_line(r))
+    if recent:
+        print("recent:")
+        for r in recent:
+            print("  " + _run_line(r))
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    """`selvad runs JOB`: every run of one job, oldest first."""
+    cfg = _config(args)
+    q = _queue(cfg)
+    if q is None:
+        return _no_db(cfg)
+    runs = q.list_runs(job=args.job)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in runs], indent=2, default=str))
+        return 0
+    if not runs:
+        print(f"no runs of job {args.job!r} yet")
+        return 0
+    print(f"{'run id':<20}  {'state':<10} {'kind':<7} {'job':<12} {'step':>11}  {'loss':>8}  created")
+    for r in runs:
+        print(_run_line(r))
+    return 0
+
+
+def _request(args: argparse.Namespace, action: str, run_id: str | None = None,
+             job: str | None = None) -> int:
+    cfg = _config(args)
+    q = _queue(cfg, must_exist=action == "enqueue")
+    if q is None:
+        return _no_db(cfg)
+    if run_id is not None and q.get(run_id) is None:
+        return _fail(f"no run with id {run_id!r} (see `selvad runs JOB` or `selvad status`)")
+    if job is not None and not (cfg.paths.jobs_dir / f"{job}.toml").is_file():
+        return _fail(f"no job file {cfg.paths.jobs_dir / (job + '.toml')} "
+                     f"(write one with `selvad init-job {job} --dataset DIR`)")
+    req_id = q.request(action, run_id=run_id, job=job)
+    deadline = time.monotonic() + args.wait
+    while time.monotonic() < deadline:
+        req = q.get_request(req_id)
+        if req is not None and req.handled_at is not None:
+            print(req.result or "done")
+            return 0 if (req.result or "").startswith(OK_RESULTS) else 1
+        time.sleep(0.2)
+    print(f"request {req_id} ({action}) recorded; no answer from the daemon within "
+          f"{args.wait:g} s (is it running? `systemctl status selvad`); it is handled when "
+          "the daemon runs")
+    return 0
+
+
+def cmd_init_job(args: argparse.Namespace) -> int:
+    """`selvad init-job NAME --dataset DIR`: a commented job file in the jobs directory."""
+    from selvad.jobs import write_job_file
+
+    cfg = _config(args)
+    try:
+        path = write_job_file(cfg.paths.jobs_dir, args.name, args.dataset, args.variant)
+    except FileExistsError:
+        return _fail(f"{cfg.paths.jobs_dir / (args.name + '.toml')} exists already; edit it "
+                     "or choose another name")
+    except (ValueError, OSError) as exc:
+        return _fail(str(exc))
+    print(f"wrote {path}\nedit it, then the daemon queues it when saved "
+          f"(check the dataset first: selvad validate {args.dataset} --variant {args.variant})")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """`selvad demo [DIR]`: see selvad.demo."""
+    from selvad.demo import run_demo
+
+    return run_demo(Path(args.dir), steps=args.steps, weights=args.weights, variant=args.variant,
+                    keep=args.keep)
+
+
+# -- parser --------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `selvad` argument parser (every subcommand takes --config)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, default=default_config(),
+                        help="daemon config file (default: $SELVAD_CONFIG or "
+                             f"{DEFAULT_CONFIG_PATH})")
+    p = argparse.ArgumentParser(prog="selvad", description="SelVA LoRA training daemon.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("run", parents=[common], help="run the daemon (what systemd starts)")
+    v = sub.add_parser("validate", help="check a dataset directory", add_help=False)
+    v.add_argument("rest", nargs=argparse.REMAINDER)
+    s = sub.add_parser("status", parents=[common], help="queue overview and the current run")
+    s.add_argument("--json", action="store_true")
+    r = sub.add_parser("runs", parents=[common], help="runs of one job")
+    r.add_argument("job")
+    r.add_argument("--json", action="store_true")
+    for name, what, helptext in (("enqueue", "job", "queue a job's runs now"),
+                                 ("cancel", "run", "cancel a queued or running run"),
+                                 ("retry", "run", "queue a failed/cancelled run again")):
+        c = sub.add_parser(name, parents=[common], help=helptext)
+        c.add_argument(what, help="job name" if what == "job" else "run id")
+        c.add_argument("--wait", type=float, default=10.0,
+                       help="seconds to wait for the daemon's answer (default 10)")
+    i = sub.add_parser("init-job", parents=[common], help="write a commented job file")
+    i.add_argument("name")
+    i.add_argument("--dataset", required=True, help="dataset name or directory")
+    i.add_argument("--variant", default="large_44k")
+    d = sub.add_parser("demo", help="train a tiny adapter end to end with the real daemon")
+    d.add_argument("dir", nargs="?", default="selvad-demo")
+    d.add_argument("--steps", type=int, default=100, help="training steps (default 100)")
+    d.add_argument("--weights", default=os.environ.get("SELVA_DIR", ""),
+                   help="real SelVA weights directory (default $SELVA_DIR; none = tiny model)")
+    d.add_argument("--variant", default="", help="variant of --weights (e.g. small_16k)")
+    d.add_argument("--keep", action="store_true", help="reuse DIR if it exists")
+    for name in ("train", "sample"):
+        e = sub.add_parser(name, help=f"selva-{name} (the engine's command line)", add_help=False)
+        e.add_argument("rest", nargs=argparse.REMAINDER)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `selvad` console script; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("validate", "train", "sample"):  # own parsers, own --help
+        if argv[0] == "validate":
+            from selvad.validate import main as validate_main
+
+            return validate_main(argv[1:])
+        from selva_engine import cli as engine
+
+        return engine.train_main(argv[1:]) if argv[0] == "train" else engine.sample_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    handlers = {
+        "run": cmd_run, "status": cmd_status, "runs": cmd_runs, "init-job": cmd_init_job,
+        "demo": cmd_demo,
+        "enqueue": lambda a: _request(a, "enqueue", job=a.job),
+        "cancel": lambda a: _request(a, "cancel", run_id=a.run),
+        "retry": lambda a: _request(a, "retry", run_id=a.run),
+    }
+    try:
+        return handlers[args.command](args)
+    except ConfigError as exc:
+        print("selvad: invalid configuration:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,380 @@
+"""The daemon: watch, validate, queue, run one run at a time, talk to systemd.
+
+One main thread owns all decisions; other threads only hand it work. The watcher thread
+(selvad.watch) and the apscheduler thread (rescan, retention) append events to an inbox
+and set a wake-up Event; the main loop, ticking every `TICK` seconds, then:
+
+1. reloads the config after SIGHUP (RELOADING=1 ... READY=1; a running run goes on),
+2. handles inbox events: a job file created/modified is loaded (a broken one is logged and
+   ignored) and its runs queued; a dataset that settled is validated (an invalid one is
+   logged and its jobs are not queued), extraction is queued for every variant its jobs
+   use, and jobs with `trigger.on_change` get training queued after `settle_minutes`,
+3. answers CLI requests stored in the queue database (see selvad.service_requests),
+4. starts the next run when none is running (training only inside a training window),
+5. sends WATCHDOG=1 and a STATUS= line.
+
+The queue refuses duplicates (same job, config hash and dataset manifest), so re-reported
+files and unchanged job files queue nothing. SIGTERM/SIGINT: STOPPING=1, the child is asked
+to checkpoint, its run goes back to `queued` and the daemon exits 0; the next start
+resumes it. Runs found `extracting`/`training` at start-up (the daemon died) are requeued.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections import deque
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from selvad import notify
+from selvad.child import stop_orphan
+from selvad.config import DaemonConfig, load_config
+from selvad.jobs import Job, RunSpec
+from selvad.log import get_logger, setup_logging
+from selvad.queue import ACTIVE, Run, RunQueue, dataset_manifest, manifest_hash
+from selvad.schedule import build_scheduler, reschedule, window_open
+from selvad.service_events import EventHandler
+from selvad.service_requests import RequestHandler
+from selvad.watch import Watcher
+from selvad.worker import RunProcess
+
+__all__ = ["STOP_TIMEOUT", "TICK", "Daemon", "run"]
+
+TICK = 0.25  # seconds between main-loop passes when nothing wakes it earlier
+STOP_TIMEOUT = 100.0  # seconds a stopping child may take to checkpoint (unit: 120 s)
+STATUS_EVERY = 2.0  # seconds between STATUS= updates
+
+
+class Daemon:
+    """The selvad service for the config file at `config_path` (see the module docstring).
+
+    Construct, then call `run()` from the main thread (it installs signal handlers and
+    returns the exit status). `request_stop()` / `request_reload()` do what SIGTERM /
+    SIGHUP do, for embedding and tests.
+    """
+
+    def __init__(self, config_path: Path | str) -> None:
+        self.config_path = Path(config_path)
+        self.cfg: DaemonConfig = load_config(self.config_path)
+        self.log = get_logger("selvad.service")
+        self.wake = threading.Event()
+        self.inbox: deque[Any] = deque()
+        self.jobs: dict[str, Job] = {}
+        self.current: RunProcess | None = None
+        self.skip_window: set[str] = set()
+        self.queue: RunQueue | None = None
+        self.watcher: Watcher | None = None
+        self.scheduler: Any = None
+        self._stop = False
+        self._reload = False
+        self._hashes: dict[tuple[str, int, int], str] = {}
+        self._last_status = ("", 0.0)
+        self._last_watchdog = 0.0
+        self._window_was_open: bool | None = None
+        self.events = EventHandler(self)
+        self.requests = RequestHandler(self)
+
+    # -- signals -------------------------------------------------------------------------
+
+    def request_stop(self, *_: Any) -> None:
+        """Begin a graceful shutdown (the SIGTERM/SIGINT handler)."""
+        self._stop = True
+        self.wake.set()
+
+    def request_reload(self, *_: Any) -> None:
+        """Re-read the config at the next tick (the SIGHUP handler)."""
+        self._reload = True
+        self.wake.set()
+
+    def post(self, item: Any) -> None:
+        """Hand an event to the main loop (called from the watcher/scheduler threads)."""
+        self.inbox.append(item)
+        self.wake.set()
+
+    # -- start-up ------------------------------------------------------------------------
+
+    def _prepare_dirs(self) -> None:
+        p = self.cfg.paths
+        for what, d in (("state_dir", p.state_dir), ("output_root", p.output_root),
+                        ("cache_dir", p.effective_cache_dir)):
+            try:
+                d.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise OSError(f"{self.config_path}:paths.{what}: cannot create {d} "
+                              f"({exc.strerror or exc}); create it or fix the path") from exc
+        for root in p.dataset_roots:
+            if not root.is_dir():
+                self.log.warning("config.missing_dataset_root", path=str(root),
+                                 fix="create it; it is watched as soon as it exists")
+        if not p.jobs_dir.is_dir():
+            try:
+                p.jobs_dir.mkdir(parents=True, exist_ok=True)
+            except OSError:
+                self.log.warning("config.missing_jobs_dir", path=str(p.jobs_dir),
+                                 fix="create it and put <job>.toml files in it")
+
+    def _requeue_interrupted(self) -> None:
+        assert self.queue is not None
+        for run in self.queue.interrupted_runs():
+            pid = stop_orphan(self.cfg, run)
+            if pid is not None:
+                self.log.warning("run.orphan_stopped", run_id=run.id, job=run.job, pid=pid)
+            self.queue.set_state(run.id, "queued")
+            self.log.info("run.state", state="queued", run_id=run.id, job=run.job,
+                          dataset=run.dataset, kind=run.kind, step=run.step,
+                          reason="interrupted (the daemon stopped); resumes from its checkpoint")
+
+    def _start_watching(self) -> None:
+        w = self.cfg.watch
+        self.watcher = Watcher(self.cfg.paths.dataset_roots, self.cfg.paths.jobs_dir,
+                               on_dataset=self.post, on_job=self.post,
+                               settle_seconds=w.settle_seconds, use_polling=w.use_polling,
+                               poll_interval=w.poll_interval, ignore=w.ignore)
+        self.watcher.start()
+
+    def _schedule_kwargs(self) -> dict[str, Any]:
+        return {"rescan_minutes": self.cfg.watch.rescan_minutes,
+                "retention_minutes": self.cfg.retention.interval_minutes,
+                "rescan": self._rescan, "retention": lambda: self.post("retention")}
+
+    def _rescan(self) -> None:
+        if self.watcher is not None:
+            self.watcher.full_scan()
+            self.wake.set()
+
+    # -- main loop -----------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Run until SIGTERM/SIGINT; returns the exit status (0 after a clean stop)."""
+        setup_logging(self.cfg.logging.format, self.cfg.logging.level)
+        self._prepare_dirs()
+        self.queue = RunQueue(self.cfg.paths.queue_path)
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self.request_stop)
+            signal.signal(signal.SIGINT, self.request_stop)
+            signal.signal(signal.SIGHUP, self.request_reload)
+        self.log.info("daemon.starting", config=str(self.config_path), pid=os.getpid(),
+                      device=self.cfg.device.name, settle_seconds=self.cfg.watch.settle_seconds)
+        self._requeue_interrupted()
+        self._start_watching()
+        self.scheduler = build_scheduler(**self._schedule_kwargs())
+        notify.ready(self._status_text())
+        self.log.info("daemon.ready", dataset_roots=[str(r) for r in self.cfg.paths.dataset_roots],
+                      jobs_dir=str(self.cfg.paths.jobs_dir))
+        while not self._stop:
+            self.wake.wait(TICK)
+            self.wake.clear()
+            self._tick()
+        return self._shutdown()
+
+    def _tick(self) -> None:
+        """One pass of the main loop; any error is logged and the daemon goes on."""
+        steps = (self._maybe_reload, self._drain_inbox, self.requests.handle_pending,
+                 self.events.due_training, self._check_current, self._maybe_start_next,
+                 self._heartbeat)
+        for step in steps:
+            if self._stop:
+                return
+            try:
+                step()
+            except Exception:  # the daemon never dies of one bad event
+                self.log.exception("daemon.tick_failed", step=step.__name__)
+
+    def _drain_inbox(self) -> None:
+        while self.inbox:
+            item = self.inbox.popleft()
+            if item == "retention":
+                self.retention()
+            else:
+                self.events.handle(item)
+
+    # -- runs ----------------------------------------------------------------------------
+
+    def training_allowed(self, run: Run | None = None) -> bool:
+        """True when a training run may start now (window open, or skipped for `run`)."""
+        if run is not None and run.id in self.skip_window:
+            return True
+        return window_open(self.cfg.schedule.training_windows, datetime.now())
+
+    def _pick(self) -> Run | None:
+        assert self.queue is not None
+        run = self.queue.next_run()
+        if run is None or run.kind == "extract" or self.training_allowed(run):
+            self._note_window(True)
+            return run
+        for other in self.queue.list_runs(states=["queued"]):
+            if other.id in self.skip_window:
+                return other
+        self._note_window(False)
+        return None
+
+    def _note_window(self, open_: bool) -> None:
+        if self._window_was_open is not None and open_ != self._window_was_open:
+            self.log.info("schedule.window", open=open_,
+                          windows=list(self.cfg.schedule.training_windows))
+        elif self._window_was_open is None and not open_:
+            self.log.info("schedule.waiting", windows=list(self.cfg.schedule.training_windows))
+        self._window_was_open = open_
+
+    def _maybe_start_next(self) -> None:
+        if self.current is not None or self._stop:
+            return
+        assert self.queue is not None
+        run = self._pick()
+        if run is None:
+            return
+        claimed = self.queue.claim(run.id)
+        if claimed is None:
+            return
+        self.skip_window.discard(run.id)
+        self.log.info("run.state", state="extracting", run_id=run.id, job=run.job,
+                      dataset=run.dataset, kind=run.kind, sweep_id=run.sweep_id,
+                      attempt=claimed.attempts, resume=claimed.attempts > 1)
+        proc = RunProcess(claimed, self.queue, self.cfg)
+        try:
+            proc.start()
+        except Exception as exc:  # run boundary: e.g. the output dir is not writable
+            self.log.exception("run.start_failed", run_id=run.id, job=run.job,
+                               dataset=run.dataset)
+            self.queue.set_state(run.id, "failed", error=f"could not start the run: {exc}")
+            return
+        self.current = proc
+
+    def _check_current(self) -> None:
+        if self.current is not None and self.current.poll() is not None:
+            self.current = None
+            self.wake.set()  # start the next run right away
+
+    def retention(self) -> None:
+        """Prune old step checkpoints of finished runs (and old run directories when
+        `retention.keep_runs_per_job` is set); never the final/best adapter."""
+        from selvad.rundir import prune_job_runs
+        from selvad.schedule import prune_run_dir
+
+        assert self.queue is not None
+        r = self.cfg.retention
+        finished = self.queue.list_runs(states=["done", "failed", "cancelled"])
+        removed = 0
+        for run in finished:
+            if run.kind == "train" and run.output_dir and Path(run.output_dir).is_dir():
+                removed += len(prune_run_dir(run.output_dir, r.keep_last_checkpoints,
+                                             finished=run.state == "done"))
+        for job in sorted({run.job for run in finished}):
+            ids = {run.id for run in finished if run.job == job}
+            removed += len(prune_job_runs(self.cfg, job, ids, r.keep_runs_per_job))
+        self.log.info("retention.done", removed=removed)
+
+    # -- enqueueing (used by the event and request handlers) ----------------------------
+
+    def manifest(self, job: Job) -> dict[str, Any]:
+        """The current manifest of `job`'s dataset (content hashes cached by size/mtime)."""
+        return dataset_manifest(job.dataset_dir, cache=self._hashes)
+
+    def enqueue(self, spec: RunSpec, manifest: dict[str, Any], reason: str,
+                force: bool = False) -> Run | None:
+        """Queue `spec` on `manifest` (None when the same run exists); logs the new run."""
+        assert self.queue is not None
+        run = self.queue.enqueue(spec.job, spec.dataset, spec.config.to_dict(), manifest,
+                                 priority=spec.priority, kind=spec.kind, sweep_id=spec.sweep_id,
+                                 config_hash=spec.config_hash, force=force)
+        if run is None:
+            self.log.debug("run.duplicate", job=spec.job, dataset=spec.dataset, kind=spec.kind,
+                           sweep_id=spec.sweep_id, manifest_hash=manifest_hash(manifest)[:12])
+            return None
+        self.log.info("run.state", state="queued", run_id=run.id, job=run.job,
+                      dataset=run.dataset, kind=run.kind, sweep_id=run.sweep_id, reason=reason,
+                      files=len(manifest.get("files", [])))
+        self.wake.set()
+        return run
+
+    # -- systemd -------------------------------------------------------------------------
+
+    def _status_text(self) -> str:
+        assert self.queue is not None
+        queued = len(self.queue.list_runs(states=["queued"]))
+        cur = self.current
+        if cur is None:
+            return f"idle; {queued} queued"
+        step = f" step {cur.step}/{cur.total_steps}" if cur.step is not None else ""
+        return f"{cur.state} {cur.run.kind} {cur.run.id} ({cur.run.job}){step}; {queued} queued"
+
+    def _heartbeat(self) -> None:
+        now = time.monotonic()
+        interval = notify.watchdog_interval()
+        if interval is not None and now - self._last_watchdog >= min(interval / 2, 1.0):
+            notify.watchdog()
+            self._last_watchdog = now
+        text, sent = self._last_status
+        if now - sent >= STATUS_EVERY:
+            new = self._status_text()
+            if new != text:
+                notify.status(new)
+            self._last_status = (new, now)
+
+    def _maybe_reload(self) -> None:
+        if not self._reload:
+            return
+        self._reload = False
+        notify.reloading()
+        self.log.info("daemon.reloading", config=str(self.config_path))
+        try:
+            new = load_config(self.config_path)
+        except Exception as exc:  # keep running on the old config
+            problems = getattr(exc, "problems", [str(exc)])
+            self.log.error("config.reload_failed", problems=problems,
+                           fix="fix the config file and reload again; the old config stays")
+            notify.ready(self._status_text())
+            return
+        self.cfg = new
+        setup_logging(new.logging.format, new.logging.level)
+        self._prepare_dirs()
+        if self.watcher is not None:
+            self.watcher.stop()
+        self.jobs.clear()  # reloaded by the new watcher's first scan ([defaults] may differ)
+        self._start_watching()
+        if self.scheduler is not None:
+            reschedule(self.scheduler, **self._schedule_kwargs())
+        notify.ready(self._status_text())
+        self.log.info("daemon.reloaded", config=str(self.config_path),
+                      running=self.current.run.id if self.current else None)
+
+    # -- shutdown ------------------------------------------------------------------------
+
+    def _shutdown(self) -> int:
+        notify.stopping()
+        self.log.info("daemon.stopping", running=self.current.run.id if self.current else None)
+        if self.watcher is not None:
+            self.watcher.stop()
+        if self.scheduler is not None:
+            self.scheduler.shutdown(wait=False)
+        cur = self.current
+        if cur is not None:
+            cur.interrupt()
+            deadline = time.monotonic() + STOP_TIMEOUT
+            outcome = None
+            while outcome is None and time.monotonic() < deadline:
+                outcome = cur.wait(0.5)
+                if notify.watchdog_interval() is not None:
+                    notify.watchdog()
+            if outcome is None:
+                cur.kill()
+                outcome = cur.wait(10)
+            self.log.info("run.stopped", run_id=cur.run.id, job=cur.run.job,
+                          state=outcome.state if outcome else "unknown")
+        self.log.info("daemon.stopped")
+        return 0
+
+
+def active_runs(queue: RunQueue) -> list[Run]:
+    """Runs currently extracting or training (what `selvad status` shows as current)."""
+    return queue.list_runs(states=ACTIVE)
+
+
+def run(config_path: Path | str) -> int:
+    """Run the daemon with the config at `config_path` until stopped; returns the exit
+    status. Config errors raise ConfigError (the CLI prints them and exits 2)."""
+    return Daemon(config_path).run()

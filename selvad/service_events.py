@@ -1,0 +1,192 @@
+"""What the daemon does when a job file or a dataset changes (main-loop side of the watcher).
+
+- Job file created/modified: `load_job`; a broken file is logged with every problem and
+  ignored (other jobs go on). A valid job's dataset is validated, then its extraction run
+  and its training runs are queued (the queue refuses duplicates, so an unchanged file
+  queues nothing and an edit queues a new run). Deleted: logged and forgotten.
+- Dataset changed: validated once per variant its jobs use (the report is logged; an
+  invalid dataset queues nothing). Extraction is queued at once; jobs with
+  `trigger.on_change` get their training queued when the dataset has been quiet for
+  `settle_minutes` (a per-job debounce, fractional minutes allowed).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from selvad.jobs import Job, JobError, load_job
+from selvad.queue import manifest_hash
+from selvad.validate import ValidationReport, validate_dataset
+from selvad.watch import DatasetEvent, JobEvent
+
+if TYPE_CHECKING:  # pragma: no cover
+    from selvad.service import Daemon
+
+__all__ = ["EventHandler", "report_fields"]
+
+MAX_LOGGED_FINDINGS = 20  # per report; the rest are counted
+
+
+def report_fields(report: ValidationReport) -> dict[str, Any]:
+    """Log fields of a validation report: counts, findings as "file: message (fix: ...)"."""
+    def lines(findings: list[Any]) -> list[str]:
+        out = [f"{f.file or '(dataset)'}: {f.message}" + (f" (fix: {f.fix})" if f.fix else "")
+               for f in findings[:MAX_LOGGED_FINDINGS]]
+        if len(findings) > MAX_LOGGED_FINDINGS:
+            out.append(f"... and {len(findings) - MAX_LOGGED_FINDINGS} more")
+        return out
+
+    fields: dict[str, Any] = {"dataset_dir": report.dataset, "variant": report.variant,
+                              "clips": len(report.clips), "error_count": len(report.errors),
+                              "warning_count": len(report.warnings)}
+    if report.errors:
+        fields["errors"] = lines(report.errors)
+    if report.warnings:
+        fields["warnings"] = lines(report.warnings)
+    if report.advice:
+        fields["advice"] = list(report.advice)
+    return fields
+
+
+class EventHandler:
+    """Turns watcher events into validation, log events and queued runs for `daemon`."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.d = daemon
+        self.log = daemon.log
+        self.train_due: dict[str, float] = {}  # job name -> monotonic deadline
+        self._reports: dict[tuple[str, str, str], ValidationReport] = {}
+
+    # -- dispatch ------------------------------------------------------------------------
+
+    def handle(self, event: Any) -> None:
+        """Handle one DatasetEvent or JobEvent (unknown items are logged and dropped)."""
+        if isinstance(event, JobEvent):
+            self.on_job(event)
+        elif isinstance(event, DatasetEvent):
+            self.on_dataset(event)
+        else:
+            self.log.warning("daemon.unknown_event", item=repr(event)[:200])
+
+    # -- validation ----------------------------------------------------------------------
+
+    def check(self, job: Job) -> tuple[bool, dict[str, Any]]:
+        """Validate `job`'s dataset for its variant; returns (ok, manifest).
+
+        A report is computed and logged once per (dataset, variant, manifest hash); an
+        unchanged dataset is not read again. A missing directory is not ok.
+        """
+        try:
+            manifest = self.d.manifest(job)
+        except OSError as exc:
+            self.log.error("dataset.unreadable", dataset=job.dataset, job=job.name,
+                           path=str(job.dataset_dir), error=str(exc),
+                           fix="create the dataset directory or fix `dataset` in the job file")
+            return False, {"files": []}
+        key = (str(job.dataset_dir), job.base.variant, manifest_hash(manifest))
+        report = self._reports.get(key)
+        if report is None:
+            report = validate_dataset(job.dataset_dir, job.base.variant, config=job.base,
+                                      targets=job.base.target)
+            self._reports[key] = report
+            if report.ok:
+                self.log.info("dataset.valid", dataset=job.dataset, **report_fields(report))
+            else:
+                self.log.error("dataset.invalid", dataset=job.dataset, jobs_blocked=self._names(
+                    job), **report_fields(report))
+        return report.ok, manifest
+
+    def _names(self, job: Job) -> list[str]:
+        return sorted(j.name for j in self.jobs_for(job.dataset_dir) if
+                      j.base.variant == job.base.variant) or [job.name]
+
+    def jobs_for(self, dataset_dir: Path) -> list[Job]:
+        """Known valid jobs whose dataset is `dataset_dir`, by name."""
+        want = os.path.abspath(dataset_dir)
+        return sorted((j for j in self.d.jobs.values() if os.path.abspath(j.dataset_dir) == want),
+                      key=lambda j: j.name)
+
+    # -- jobs ----------------------------------------------------------------------------
+
+    def load(self, path: Path) -> Job | None:
+        """Load the job file at `path`; log and return None when it is invalid."""
+        try:
+            return load_job(path, self.d.cfg)
+        except JobError as exc:
+            self.log.error("job.invalid", job=path.stem, path=str(path), problems=exc.problems,
+                           fix="fix the job file; the daemon picks it up when saved")
+        except (OSError, ValueError) as exc:
+            self.log.error("job.invalid", job=path.stem, path=str(path), problems=[str(exc)])
+        return None
+
+    def on_job(self, ev: JobEvent) -> None:
+        """A job file changed: (re)load it and queue its runs, or forget it."""
+        if ev.change == "deleted":
+            self.d.jobs.pop(ev.name, None)
+            self.train_due.pop(ev.name, None)
+            self.log.info("job.removed", job=ev.name, path=str(ev.path),
+                          note="queued runs of this job stay queued; cancel them if unwanted")
+            return
+        job = self.load(ev.path)
+        if job is None:
+            self.d.jobs.pop(ev.name, None)
+            return
+        self.d.jobs[job.name] = job
+        self.log.info("job.loaded", job=job.name, change=ev.change, dataset=job.dataset,
+                      variant=job.base.variant, runs=len(job.resolve_runs()),
+                      on_change=job.trigger.on_change)
+        self.queue_job(job, reason=f"job file {ev.change}")
+
+    def queue_job(self, job: Job, reason: str, force: bool = False) -> list[str]:
+        """Validate `job`'s dataset and queue its extraction and training runs; returns the
+        ids of the training runs queued (empty when invalid or all duplicates)."""
+        ok, manifest = self.check(job)
+        if not ok:
+            return []
+        self.d.enqueue(job.extract_run(), manifest, reason=reason)
+        queued = []
+        for spec in job.resolve_runs():
+            run = self.d.enqueue(spec, manifest, reason=reason, force=force)
+            if run is not None:
+                queued.append(run.id)
+        return queued
+
+    # -- datasets ------------------------------------------------------------------------
+
+    def on_dataset(self, ev: DatasetEvent) -> None:
+        """A dataset settled or went away: validate, queue extraction, arm the debounce."""
+        jobs = self.jobs_for(ev.path)
+        if ev.change == "removed":
+            self.log.info("dataset.removed", dataset=ev.name, path=str(ev.path),
+                          jobs=[j.name for j in jobs])
+            for j in jobs:
+                self.train_due.pop(j.name, None)
+            return
+        self.log.info("dataset.changed", dataset=ev.name, path=str(ev.path),
+                      files=list(ev.files)[:50], changed=len(ev.files),
+                      jobs=[j.name for j in jobs])
+        seen_variants: set[str] = set()
+        for job in jobs:
+            ok, manifest = self.check(job)
+            if not ok:
+                continue
+            if job.base.variant not in seen_variants:  # one extraction per variant
+                seen_variants.add(job.base.variant)
+                self.d.enqueue(job.extract_run(), manifest, reason="dataset changed")
+            if job.trigger.on_change:
+                due = time.monotonic() + job.trigger.settle_minutes * 60.0
+                self.train_due[job.name] = due
+                self.log.info("job.training_due", job=job.name, dataset=job.dataset,
+                              in_seconds=round(job.trigger.settle_minutes * 60.0, 1))
+
+    def due_training(self) -> None:
+        """Queue the training runs whose dataset has been quiet for their settle time."""
+        now = time.monotonic()
+        for name in [n for n, t in self.train_due.items() if t <= now]:
+            del self.train_due[name]
+            job = self.d.jobs.get(name)
+            if job is not None:
+                self.queue_job(job, reason="dataset changed (trigger.on_change)")
