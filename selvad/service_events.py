@@ -1,7 +1,8 @@
 """What the daemon does when a job file or a dataset changes (main-loop side of the watcher).
 
 - Job file created/modified: `load_job`; a broken file is logged with every problem and
-  ignored (other jobs go on). A valid job's dataset is validated, then its extraction run
+  ignored (other jobs go on). A valid job's dataset is validated (once its files have
+  settled: a job loaded mid-copy waits for the dataset event), then its extraction run
   and its training runs are queued (the queue refuses duplicates, so an unchanged file
   queues nothing and an edit queues a new run). Deleted: logged and forgotten.
 - Dataset changed: validated once per variant its jobs use (the report is logged; an
@@ -58,6 +59,7 @@ class EventHandler:
         self.d = daemon
         self.log = daemon.log
         self.train_due: dict[str, float] = {}  # job name -> monotonic deadline
+        self.waiting: set[str] = set()  # jobs loaded while their dataset was settling
         self._reports: dict[tuple[str, str, str], ValidationReport] = {}
 
     # -- dispatch ------------------------------------------------------------------------
@@ -127,6 +129,7 @@ class EventHandler:
         if ev.change == "deleted":
             self.d.jobs.pop(ev.name, None)
             self.train_due.pop(ev.name, None)
+            self.waiting.discard(ev.name)
             self.log.info("job.removed", job=ev.name, path=str(ev.path),
                           note="queued runs of this job stay queued; cancel them if unwanted")
             return
@@ -138,7 +141,20 @@ class EventHandler:
         self.log.info("job.loaded", job=job.name, change=ev.change, dataset=job.dataset,
                       variant=job.base.variant, runs=len(job.resolve_runs()),
                       on_change=job.trigger.on_change)
+        if self.settling(job.dataset_dir):  # never validate half-copied clips
+            self.waiting.add(job.name)
+            self.log.info("job.waiting_for_dataset", job=job.name, dataset=job.dataset,
+                          note="files are still being copied; queued once they settle")
+            return
         self.queue_job(job, reason=f"job file {ev.change}")
+
+    def settling(self, dataset_dir: Path) -> bool:
+        """True while the watcher still waits for files of `dataset_dir` to settle."""
+        watcher = self.d.watcher
+        if watcher is None:
+            return False
+        prefix = os.path.abspath(dataset_dir) + os.sep
+        return any(p.startswith(prefix) for p in watcher.tracker.pending())
 
     def queue_job(self, job: Job, reason: str, force: bool = False) -> list[str]:
         """Validate `job`'s dataset and queue its extraction and training runs; returns the
@@ -172,11 +188,15 @@ class EventHandler:
         for job in jobs:
             ok, manifest = self.check(job)
             if not ok:
+                self.waiting.discard(job.name)
                 continue
             if job.base.variant not in seen_variants:  # one extraction per variant
                 seen_variants.add(job.base.variant)
                 self.d.enqueue(job.extract_run(), manifest, reason="dataset changed")
-            if job.trigger.on_change:
+            if job.name in self.waiting:  # loaded while the clips were still arriving
+                self.waiting.discard(job.name)
+                self.queue_job(job, reason="job file created; its dataset settled")
+            elif job.trigger.on_change:
                 due = time.monotonic() + job.trigger.settle_minutes * 60.0
                 self.train_due[job.name] = due
                 self.log.info("job.training_due", job=job.name, dataset=job.dataset,

@@ -1,0 +1,308 @@
+"""`selvad demo [DIR]`: the whole service on one machine in about a minute, no downloads.
+
+Writes into DIR (default ./selvad-demo): tiny SelVA weights (`selva_engine.weights.make_tiny`;
+with real weights, `--weights DIR --variant V` or $SELVA_DIR, the real model trains), a few
+synthetic clips (tones with random visual features, made in code) in a staging folder, a
+daemon config and a job file. It then starts the real daemon (`python -m selvad.cli run`),
+copies the clips into the watched dataset folder in chunks, as a slow upload would, and
+narrates the daemon's log: settling, validation, extraction, training progress (the same
+bar as `selvad status`), checkpoints. When the run is done it stops the daemon with SIGTERM
+and prints the output tree. Exit 0 when the run finished with every output present.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["EXPECTED_OUTPUTS", "copy_slowly", "make_dataset", "missing_outputs", "run_demo",
+           "write_clip"]
+
+MARKER = ".selvad-demo"  # marks a directory this command created (safe to recreate)
+EXPECTED_OUTPUTS = ("run.toml", "validation.toml", "adapter_step*.pt", "adapter_final.pt",
+                    "meta.json", "sample_step*.wav", "loss_raw.png", "loss_smoothed.png",
+                    "progress.jsonl")
+PROMPTS = ("a soft sine tone", "a low hum", "a bright whistle", "a warbling tone")
+
+
+def write_clip(directory: Path, stem: str, *, index: int, variant: str = "tiny_16k",
+               seed: int = 0, prompt: str | None = None) -> tuple[Path, Path]:
+    """Write one synthetic clip `stem.wav` + `stem.npz` for `variant` into `directory`.
+
+    The audio is an 8 s amplitude-modulated tone (its pitch depends on `index`) at the
+    variant's sampling rate, 16-bit PCM; the features are random CLIP (1, 64, 1024) and
+    sync (1, 192, 768) arrays with the prompt stored in the .npz. Returns (npz, wav).
+    """
+    import soundfile as sf
+
+    from selva_engine.variants import get_variant
+
+    v = get_variant(variant)
+    seq = v.sequence()
+    sr = seq.sampling_rate
+    t = np.arange(int(seq.duration * sr)) / sr  # seconds
+    freq = 220.0 * (1.5 ** (index % 6))  # Hz
+    wave = 0.3 * np.sin(2 * np.pi * freq * t) * (0.6 + 0.4 * np.sin(2 * np.pi * 0.5 * t))
+    rng = np.random.default_rng(seed * 1000 + index)
+    directory.mkdir(parents=True, exist_ok=True)
+    wav = directory / f"{stem}.wav"
+    npz = directory / f"{stem}.npz"
+    sf.write(wav, wave.astype(np.float32), sr, subtype="PCM_16")
+    np.savez(npz,
+             clip_features=rng.standard_normal((1, seq.clip_seq_len, v.clip_dim)).astype(np.float32),
+             sync_features=rng.standard_normal((1, seq.sync_seq_len, v.sync_dim)).astype(np.float32),
+             prompt=np.array(prompt or PROMPTS[index % len(PROMPTS)]),
+             duration=np.array(seq.duration))
+    return npz, wav
+
+
+def make_dataset(directory: Path, n: int, variant: str = "tiny_16k", seed: int = 0,
+                 prefix: str = "clip") -> list[Path]:
+    """Write `n` synthetic clips (see write_clip) named `<prefix>NN`; returns every file."""
+    files: list[Path] = []
+    for i in range(n):
+        files.extend(write_clip(directory, f"{prefix}{i:02d}", index=i, variant=variant, seed=seed))
+    return files
+
+
+def copy_slowly(src: Path, dst: Path, chunk: int = 128 * 1024, pause: float = 0.05,
+                names: list[str] | None = None) -> list[Path]:
+    """Copy the files of `src` (or only `names`) into `dst` in `chunk`-byte writes with
+    `pause` seconds between them, under their final names, the way a slow upload or a
+    network copy lands. Returns the destination paths."""
+    dst.mkdir(parents=True, exist_ok=True)
+    out = []
+    for name in names or sorted(p.name for p in src.iterdir() if p.is_file()):
+        target = dst / name
+        with open(src / name, "rb") as fin, open(target, "wb") as fout:
+            while block := fin.read(chunk):
+                fout.write(block)
+                fout.flush()
+                time.sleep(pause)
+        out.append(target)
+    return out
+
+
+def missing_outputs(run_dir: Path) -> list[str]:
+    """The EXPECTED_OUTPUTS patterns that match no file in `run_dir`."""
+    return [pat for pat in EXPECTED_OUTPUTS if not any(run_dir.glob(pat))]
+
+
+def _config_text(weights: Path, settle: float) -> str:
+    return (f'# selvad demo config (written by `selvad demo`)\n[paths]\n'
+            f'dataset_roots = ["datasets"]\njobs_dir = "jobs"\noutput_root = "output"\n'
+            f'state_dir = "state"\nweights_dir = {json.dumps(str(weights))}\n\n'
+            f'[watch]\nsettle_seconds = {settle}\nuse_polling = false\nrescan_minutes = 0\n\n'
+            '[logging]\nformat = "json"\nlevel = "info"\n')
+
+
+def _job_text(variant: str, steps: int, tiny: bool) -> str:
+    save_every = max(1, steps // 2)
+    lines = ['dataset = "demo"', f'variant = "{variant}"', "", "[lora]", "rank = 8", "",
+             "[train]", f"steps = {steps}", f"save_every = {save_every}",
+             f"log_every = {max(1, min(10, steps // 5))}", "warmup_steps = 5", "lr = 1e-3"]
+    if tiny:
+        lines.append('precision = "fp32"')
+    lines += ["", "[sample]", "steps = 8", "", "[trigger]", "on_change = true",
+              "settle_minutes = 0.02", ""]
+    return "\n".join(lines)
+
+
+def _prepare(root: Path, keep: bool) -> str | None:
+    if root.exists() and any(root.iterdir()):
+        if not (root / MARKER).exists() and not keep:
+            return (f"{root} exists and was not made by `selvad demo`; choose another "
+                    "directory or pass --keep to reuse it")
+        for sub in ("datasets", "jobs", "output", "state", "staging"):
+            shutil.rmtree(root / sub, ignore_errors=True)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / MARKER).write_text("made by `selvad demo`; safe to delete\n")
+    return None
+
+
+class _Narrator:
+    """Turns the daemon's JSON log lines into short human lines."""
+
+    def __init__(self, log_path: Path, queue_path: Path) -> None:
+        self.log_path, self.queue_path = log_path, queue_path
+        self.offset = 0
+
+    def poll(self) -> None:
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(self.offset)
+                data = f.read()
+        except OSError:
+            return
+        end = data.rfind(b"\n") + 1
+        self.offset += end
+        for raw in data[:end].splitlines():
+            try:
+                ev = json.loads(raw)
+            except json.JSONDecodeError:
+                continue
+            line = self.describe(ev)
+            if line:
+                print(line, flush=True)
+
+    def describe(self, ev: dict[str, Any]) -> str | None:
+        name = ev.get("event")
+        if name == "daemon.ready":
+            return "daemon: ready, watching " + ", ".join(ev.get("dataset_roots", []))
+        if name == "job.loaded":
+            return f"daemon: job {ev['job']!r} loaded (dataset {ev['dataset']}, {ev['variant']})"
+        if name == "dataset.changed":
+            return f"daemon: dataset {ev['dataset']!r} settled: {ev['changed']} file(s) changed"
+        if name in ("dataset.valid", "dataset.invalid"):
+            head = "valid" if name == "dataset.valid" else "INVALID"
+            out = [f"validation: {head}, {ev.get('clips')} clip(s), {ev.get('error_count')} "
+                   f"error(s), {ev.get('warning_count')} warning(s)"]
+            out += [f"  error: {e}" for e in ev.get("errors", [])]
+            out += [f"  warning: {w}" for w in ev.get("warnings", [])]
+            out += [f"  advice: {a}" for a in ev.get("advice", [])]
+            return "\n".join(out)
+        if name == "run.state":
+            extra = f" ({ev['reason']})" if ev.get("reason") else ""
+            err = f": {ev['error']}" if ev.get("error") else ""
+            return f"run {ev.get('run_id')} [{ev.get('kind', '')}]: {ev.get('state')}{extra}{err}"
+        if name == "run.extract_done":
+            return (f"extraction: {ev.get('audio_encoded', 0)} audio + {ev.get('text_encoded', 0)} "
+                    f"prompt(s) encoded, {ev.get('audio_cached', 0)} from the cache")
+        if name == "run.progress":
+            return self.progress()
+        if name == "run.checkpoint":
+            return f"checkpoint: step {ev.get('step')} -> {Path(str(ev.get('path'))).name}"
+        if name in ("run.warning", "job.invalid", "run.child_error"):
+            return f"{name}: {ev.get('message') or ev.get('problems') or ev.get('error')}"
+        return None
+
+    def progress(self) -> str | None:
+        from selvad.cli import format_duration, progress_bar
+        from selvad.queue import RunQueue
+
+        runs = RunQueue(self.queue_path).list_runs(states=["training"])
+        if not runs:
+            return None
+        r = runs[-1]
+        loss = f"  loss {r.loss:.4f}" if r.loss is not None else ""
+        return (f"training: {progress_bar(r.step, r.total_steps)}  step {r.step}/{r.total_steps}"
+                f"{loss}  ETA {format_duration(r.eta_s)}")
+
+
+def _tree(root: Path) -> None:
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root)
+        if path.is_symlink():
+            print(f"  {rel} -> {os.readlink(path)}")
+        elif path.is_file():
+            print(f"  {rel}  ({path.stat().st_size:,} bytes)")
+
+
+def _stop(proc: subprocess.Popen[bytes], timeout: float = 120.0) -> int | None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+    return proc.returncode
+
+
+def run_demo(root: Path, steps: int = 100, weights: str = "", variant: str = "",
+             keep: bool = False, clips: int = 4, timeout: float = 1800.0) -> int:
+    """Run the demo in `root` (see the module docstring); returns the exit status.
+
+    `weights`/`variant`: a real SelVA weights directory and its variant (default
+    small_16k); without `weights` tiny weights are generated. `timeout` bounds the wait
+    for the run in seconds.
+    """
+    from selvad.queue import RunQueue
+
+    root = root.absolute()
+    problem = _prepare(root, keep)
+    if problem:
+        print(f"selvad demo: {problem}", file=sys.stderr)
+        return 1
+    tiny = not weights
+    variant = variant or ("tiny_16k" if tiny else "small_16k")
+    if tiny:
+        from selva_engine.weights import make_tiny
+
+        print(f"writing tiny SelVA weights to {root / 'weights'} (no download)", flush=True)
+        make_tiny(root / "weights", variant)
+        weights_dir = root / "weights"
+    else:
+        weights_dir = Path(weights).absolute()
+        print(f"training the real model: {variant} from {weights_dir}", flush=True)
+    print(f"writing {clips} synthetic clips to {root / 'staging'}", flush=True)
+    make_dataset(root / "staging", clips, variant)
+    for sub in ("datasets", "jobs", "output", "state"):
+        (root / sub).mkdir(exist_ok=True)
+    config = root / "selvad.toml"
+    config.write_text(_config_text(weights_dir, settle=1.0))
+    (root / "jobs" / "demo.toml").write_text(_job_text(variant, steps, tiny))
+    log_path = root / "selvad.log"
+    print(f"starting the daemon: selvad run --config {config}  (log: {log_path})", flush=True)
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "selvad.cli", "run", "--config", str(config)],
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    narrator = _Narrator(log_path, root / "state" / "queue.sqlite3")
+    try:
+        deadline = time.monotonic() + 30
+        while not (root / "state" / "queue.sqlite3").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        narrator.poll()
+        print("copying clips into datasets/demo/ in chunks (as a slow upload would)", flush=True)
+        copy_slowly(root / "staging", root / "datasets" / "demo", pause=0.02)
+        return _wait(proc, narrator, root, RunQueue(root / "state" / "queue.sqlite3"), timeout)
+    finally:
+        code = _stop(proc)
+        narrator.poll()
+        print(f"daemon stopped (exit status {code})", flush=True)
+
+
+def _wait(proc: subprocess.Popen[bytes], narrator: _Narrator, root: Path, queue: Any,
+          timeout: float) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        narrator.poll()
+        if proc.poll() is not None:
+            print(f"selvad demo: the daemon exited early (status {proc.returncode}); see "
+                  f"{root / 'selvad.log'}", file=sys.stderr)
+            return 1
+        runs = queue.list_runs(job="demo")
+        train = [r for r in runs if r.kind == "train"]
+        if any(r.state == "failed" for r in train):
+            bad = [r for r in train if r.state == "failed"][-1]
+            print(f"selvad demo: run {bad.id} failed: {bad.error}", file=sys.stderr)
+            return 1
+        done = [r for r in train if r.state == "done"]
+        if done:
+            run_dir = Path(done[-1].output_dir or root / "output" / "demo" / done[-1].id)
+            _stop(proc)
+            narrator.poll()
+            print(f"\nrun {done[-1].id} is done. Output tree ({root / 'output'}):")
+            _tree(root / "output")
+            missing = missing_outputs(run_dir)
+            if missing:
+                print(f"selvad demo: missing outputs in {run_dir}: {', '.join(missing)}",
+                      file=sys.stderr)
+                return 1
+            print(f"\nadapter: {run_dir / 'adapter_final.pt'}\nlisten: {run_dir}/sample_step*.wav"
+                  f"\nnext: `selvad status --config {root / 'selvad.toml'}`, edit "
+                  f"{root / 'jobs' / 'demo.toml'} (a new run is queued), drop more clips into "
+                  f"{root / 'datasets' / 'demo'}")
+            return 0
+        time.sleep(0.5)
+    print(f"selvad demo: the run did not finish within {timeout:g} s", file=sys.stderr)
+    return 1
