@@ -14,6 +14,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from selvad.config import DaemonConfig
 from selvad.queue import Run
@@ -77,12 +78,44 @@ def _set_parent_death_signal(parent: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
+class _PipeGuard:
+    """stdout that survives the daemon's death: once the pipe breaks (EPIPE), fd 1 is
+    pointed at /dev/null and writing goes on, so the trainer reaches its next step, sees
+    the SIGTERM from PR_SET_PDEATHSIG and saves a checkpoint instead of crashing."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def _guard(self, fn: Any, *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except BrokenPipeError:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+            try:
+                return fn(*args)
+            except OSError:
+                return None
+
+    def write(self, text: str) -> int:
+        self._guard(self._stream.write, text)
+        return len(text)
+
+    def flush(self) -> None:
+        self._guard(self._stream.flush)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
 def main(argv: list[str]) -> int:
     """`python -m selvad.child --parent PID <train|extract> ...`: arm the parent-death
     signal, then run selva_engine.cli with the remaining arguments; returns its status."""
     if len(argv) >= 2 and argv[0] == "--parent":
         _set_parent_death_signal(int(argv[1]))
         argv = argv[2:]
+    sys.stdout = _PipeGuard(sys.stdout)
     from selva_engine.cli import main as engine_main
 
     return engine_main(argv)
