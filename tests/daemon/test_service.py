@@ -1,0 +1,180 @@
+"""The daemon's decisions without threads or children: job and dataset events, debounce,
+CLI requests, training windows, start-up requeueing and retention (Daemon driven by hand)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from selvad.demo import make_dataset
+from selvad.queue import RunQueue
+from selvad.service import Daemon
+from selvad.watch import DatasetEvent, JobEvent
+
+
+@pytest.fixture
+def daemon(make_config: Callable[[str], Path], tmp_path: Path) -> Callable[..., Daemon]:
+    def make(extra: str = "") -> Daemon:
+        d = Daemon(make_config(extra))
+        d.queue = RunQueue(d.cfg.paths.queue_path)
+        return d
+
+    return make
+
+
+def _job(tmp_path: Path, name: str, dataset: str, on_change: bool = True,
+         settle_minutes: float = 0.0, steps: int = 20) -> Path:
+    path = tmp_path / "jobs" / f"{name}.toml"
+    path.write_text(f'dataset = "{dataset}"\nvariant = "tiny_16k"\n[train]\nsteps = {steps}\n'
+                    f'[trigger]\non_change = {str(on_change).lower()}\n'
+                    f'settle_minutes = {settle_minutes}\n')
+    return path
+
+
+def _kinds(d: Daemon, job: str) -> list[tuple[str, str]]:
+    assert d.queue is not None
+    return [(r.kind, r.state) for r in d.queue.list_runs(job=job)]
+
+
+def test_job_file_queues_extraction_and_training_once(daemon, tmp_path: Path) -> None:
+    d = daemon()
+    make_dataset(tmp_path / "datasets" / "birds", 3)
+    path = _job(tmp_path, "birds", "birds")
+    d.events.handle(JobEvent(path, "created"))
+    assert sorted(_kinds(d, "birds")) == [("extract", "queued"), ("train", "queued")]
+    d.events.handle(JobEvent(path, "modified"))  # unchanged content: nothing new
+    assert len(_kinds(d, "birds")) == 2
+    _job(tmp_path, "birds", "birds", steps=30)  # an edit: one new training run
+    d.events.handle(JobEvent(path, "modified"))
+    assert sorted(_kinds(d, "birds")) == [("extract", "queued"), ("train", "queued"),
+                                          ("train", "queued")]
+    d.events.handle(JobEvent(path, "deleted"))
+    assert "birds" not in d.jobs
+
+
+def test_broken_job_is_ignored_and_others_go_on(daemon, tmp_path: Path) -> None:
+    d = daemon()
+    make_dataset(tmp_path / "datasets" / "birds", 3)
+    broken = tmp_path / "jobs" / "broken.toml"
+    broken.write_text('dataset = "birds"\n[train]\nstepz = 3\n')
+    d.events.handle(JobEvent(broken, "created"))
+    d.events.handle(JobEvent(_job(tmp_path, "good", "birds"), "created"))
+    assert "broken" not in d.jobs and _kinds(d, "broken") == []
+    assert len(_kinds(d, "good")) == 2
+
+
+def test_invalid_dataset_queues_nothing(daemon, tmp_path: Path) -> None:
+    d = daemon()
+    bad = tmp_path / "datasets" / "bad"
+    make_dataset(bad, 2)
+    (bad / "clip01.wav").write_text("not audio")
+    d.events.handle(JobEvent(_job(tmp_path, "bad", "bad"), "created"))
+    d.events.handle(DatasetEvent(tmp_path / "datasets", "bad", "changed", ("clip01.wav",)))
+    assert _kinds(d, "bad") == [] and d.events.train_due == {}
+
+
+def test_dataset_change_queues_extraction_now_and_training_after_settling(
+        daemon, tmp_path: Path) -> None:
+    d = daemon()
+    ds = tmp_path / "datasets" / "birds"
+    ds.mkdir()
+    d.events.handle(JobEvent(_job(tmp_path, "auto", "birds", settle_minutes=0.0), "created"))
+    d.events.handle(JobEvent(_job(tmp_path, "manual", "birds", on_change=False), "created"))
+    assert _kinds(d, "auto") == [] and _kinds(d, "manual") == []  # empty dataset: invalid
+    make_dataset(ds, 3)
+    d.events.handle(DatasetEvent(tmp_path / "datasets", "birds", "changed", ("clip00.npz",)))
+    # one extraction for the variant, training only after the debounce
+    assert _kinds(d, "auto") == [("extract", "queued")] and _kinds(d, "manual") == []
+    assert "auto" in d.events.train_due and "manual" not in d.events.train_due
+    d.events.due_training()
+    assert sorted(_kinds(d, "auto")) == [("extract", "queued"), ("train", "queued")]
+    assert _kinds(d, "manual") == []
+
+
+def test_requests_cancel_retry_enqueue_skip(daemon, tmp_path: Path) -> None:
+    d = daemon()
+    assert d.queue is not None
+    make_dataset(tmp_path / "datasets" / "birds", 3)
+    d.events.handle(JobEvent(_job(tmp_path, "birds", "birds"), "created"))
+    train = [r for r in d.queue.list_runs(job="birds") if r.kind == "train"][0]
+    ids = [d.queue.request("cancel", run_id=train.id), d.queue.request("retry", run_id=train.id),
+           d.queue.request("skip", run_id=train.id), d.queue.request("cancel", run_id="nope"),
+           d.queue.request("enqueue", job="birds"), d.queue.request("enqueue", job="ghost")]
+    d.requests.handle_pending()
+    results = [d.queue.get_request(i).result for i in ids]
+    assert results[0] == f"cancelled {train.id}"
+    assert results[1].startswith(f"queued {train.id} again")
+    assert results[2].endswith("outside the training windows") and train.id in d.skip_window
+    assert results[3].startswith("no run with id 'nope'")
+    assert results[4].startswith("queued ") and train.id not in results[4]  # forced new run
+    assert results[5].startswith("no job file")
+    assert d.queue.pending_requests() == []
+
+
+def test_training_waits_for_the_window_but_extraction_does_not(daemon, tmp_path: Path) -> None:
+    hour = (datetime.now().hour + 2) % 24
+    d = daemon(f'[schedule]\ntraining_windows = ["{hour:02d}:00-{(hour + 1) % 24:02d}:00"]\n')
+    assert d.queue is not None
+    make_dataset(tmp_path / "datasets" / "birds", 3)
+    d.events.handle(JobEvent(_job(tmp_path, "birds", "birds"), "created"))
+    first = d._pick()
+    assert first is not None and first.kind == "extract"
+    d.queue.claim(first.id)
+    d.queue.set_state(first.id, "done")
+    assert d._pick() is None  # the training run waits
+    train = d.queue.list_runs(states=["queued"])[0]
+    d.skip_window.add(train.id)
+    assert d._pick().id == train.id
+
+
+def test_a_run_that_cannot_start_fails_and_the_daemon_goes_on(daemon, tmp_path: Path,
+                                                              monkeypatch) -> None:
+    from selvad import service
+
+    d = daemon()
+    assert d.queue is not None
+    make_dataset(tmp_path / "datasets" / "birds", 3)
+    d.events.handle(JobEvent(_job(tmp_path, "birds", "birds"), "created"))
+
+    def boom(self) -> None:
+        raise OSError("read-only file system")
+
+    monkeypatch.setattr(service.RunProcess, "start", boom)
+    d._maybe_start_next()
+    failed = d.queue.list_runs(states=["failed"])
+    assert len(failed) == 1 and "read-only file system" in failed[0].error
+    assert d.current is None
+
+
+def test_interrupted_runs_are_requeued_at_start_up(daemon, tmp_path: Path) -> None:
+    d = daemon()
+    assert d.queue is not None
+    run = d.queue.enqueue("birds", "birds", {"variant": "tiny_16k"}, {"files": []})
+    d.queue.claim(run.id)
+    d.queue.set_state(run.id, "training")
+    d._requeue_interrupted()
+    assert d.queue.get(run.id).state == "queued"
+
+
+def test_retention_prunes_finished_runs_only(daemon, tmp_path: Path) -> None:
+    d = daemon("[retention]\nkeep_last_checkpoints = 1\n")
+    assert d.queue is not None
+    runs = []
+    for state in ("done", "training"):
+        run = d.queue.enqueue("birds", "birds", {"state": state}, {"files": []})
+        d.queue.claim(run.id)
+        d.queue.set_state(run.id, "training", output_dir=str(tmp_path / "out" / "birds" / run.id))
+        if state == "done":
+            d.queue.set_state(run.id, "done")
+        out = tmp_path / "out" / "birds" / run.id
+        out.mkdir(parents=True)
+        for s in (10, 20, 30):
+            (out / f"adapter_step{s:05d}.pt").write_bytes(b"x")
+        (out / "adapter_final.pt").write_bytes(b"x")
+        runs.append(out)
+    d.retention()
+    assert sorted(p.name for p in runs[0].iterdir()) == ["adapter_final.pt", "adapter_step00030.pt"]
+    assert len(list(runs[1].iterdir())) == 4  # the training run is untouched
