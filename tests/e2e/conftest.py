@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -40,24 +41,36 @@ def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 class FakeNotifySocket:
-    """A datagram socket standing in for systemd's NOTIFY_SOCKET; collects messages."""
+    """A datagram socket standing in for systemd's NOTIFY_SOCKET. A thread reads it all
+    the time, as systemd does: a full datagram queue (10 by default) would block the
+    daemon's next notification."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(str(path))
-        self.sock.settimeout(0.05)
+        self.sock.settimeout(0.1)
         self.messages: list[str] = []
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
 
-    def drain(self) -> list[str]:
-        """Read every pending datagram; returns all messages so far."""
-        while True:
+    def _read(self) -> None:
+        while not self._closed.is_set():
             try:
                 self.messages.append(self.sock.recv(65536).decode())
             except (TimeoutError, BlockingIOError):
-                return self.messages
+                continue
+            except OSError:
+                return
+
+    def drain(self) -> list[str]:
+        """All messages received so far (a copy)."""
+        return list(self.messages)
 
     def close(self) -> None:
+        self._closed.set()
+        self._thread.join(2)
         self.sock.close()
 
 
