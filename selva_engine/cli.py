@@ -26,7 +26,8 @@ def build_train_parser() -> argparse.ArgumentParser:
     """Parser with every flag of the original train_lora.py (same names and defaults) plus ours."""
     d = TrainConfig()
     p = argparse.ArgumentParser(prog="selva-train", description="Train a SelVA LoRA adapter.")
-    p.add_argument("--data_dir", required=True, help="directory of stem.npz + stem.wav pairs")
+    p.add_argument("--data_dir", default="", help="directory of stem.npz + stem.wav pairs (required "
+                   "unless --config_json gives it)")
     p.add_argument("--output_dir", default=d.output_dir)
     p.add_argument("--variant", default=d.variant)
     p.add_argument("--selva_dir", default=os.environ.get("SELVA_DIR", ""),
@@ -92,7 +93,10 @@ def _human(event: dict) -> str | None:
 
 def train_main(argv: list[str] | None = None) -> int:
     """`selva-train`: parse flags, train, print progress; returns the exit status."""
-    args = build_train_parser().parse_args(argv)
+    parser = build_train_parser()
+    args = parser.parse_args(argv)
+    if not args.data_dir and not args.config_json:
+        parser.error("--data_dir is required (or --config_json with data_dir in it)")
     names = {f.name for f in fields(TrainConfig)} - {"extra"}
     if args.config_json:
         options = json.loads(Path(args.config_json).read_text())

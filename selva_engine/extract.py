@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -136,6 +137,7 @@ def extract_clips(
     progress: ProgressFn | None = None,
     codec_factory: Callable[[], object] | None = None,
     text_factory: Callable[[], object] | None = None,
+    stop: threading.Event | None = None,
 ) -> tuple[list[ExtractedClip], dict[str, np.ndarray], ExtractionStats]:
     """Fill the cache for `clips` and return them extracted, plus extra prompts' features.
 
@@ -145,7 +147,8 @@ def extract_clips(
     text encoder. `codec_factory` / `text_factory` build the encoders lazily (defaults load
     them from `weights`, a `selva_engine.weights.VariantWeights`); they are called only if
     something is missing.
-    Returns (clips, {prompt: (Nt, D)}, stats).
+    Returns (clips, {prompt: (Nt, D)}, stats). When `stop` is set, it returns after the
+    current batch with an empty clip list (what was encoded so far stays in the cache).
     """
     start = time.monotonic()
     stats = ExtractionStats()
@@ -187,6 +190,8 @@ def extract_clips(
         codec = codec_factory() if codec_factory else _default_codec(variant, weights, device)
         try:
             for chunk in _batches(missing_audio, batch_size):
+                if stop is not None and stop.is_set():
+                    break
                 wave = np.stack([load_audio(c.audio_path, sr, n_samples) for c, _ in chunk])
                 with torch.no_grad():
                     mean, std = codec.encode(torch.from_numpy(wave).to(device))
@@ -204,6 +209,8 @@ def extract_clips(
         encoder = text_factory() if text_factory else _default_text(weights.text_encoder, device)
         try:
             for chunk in _batches(missing_text, batch_size):
+                if stop is not None and stop.is_set():
+                    break
                 with torch.no_grad():
                     feats = encoder.encode(list(chunk))
                 stats.encoder_batches += 1
@@ -217,6 +224,9 @@ def extract_clips(
         finally:
             _free(encoder)
 
+    if stop is not None and stop.is_set():
+        stats.seconds = time.monotonic() - start
+        return [], {}, stats
     out = [
         ExtractedClip(
             stem=c.stem,

@@ -159,6 +159,16 @@ def train(
     looked for and the fix. Returns status "interrupted" (after saving a checkpoint of the
     current step) when `stop` is set or SIGTERM/SIGINT arrives.
     """
+    stopper = _Stopper(stop, install_signal_handlers)
+    try:
+        return _train(cfg, stopper, events, codec_factory, text_factory)
+    finally:
+        stopper.restore()
+
+
+def _train(cfg: TrainConfig, stopper: _Stopper, events: EventFn | None,
+           codec_factory: Callable[[], Any] | None, text_factory: Callable[[], Any] | None) -> TrainResult:
+    """The body of `train` (the stop/signal handling is installed by the caller)."""
     problems = cfg.problems()
     if problems:
         raise TrainError("invalid training options: " + "; ".join(f"{k}: {m}" for k, m in problems))
@@ -197,8 +207,12 @@ def train(
     clips, extra_text, stats = extract_clips(
         scan.clips, variant, weights=weights, cache=cache, device=device,
         extra_prompts=[cfg.sample_negative_prompt] if cfg.sample_negative_prompt else [],
-        progress=emit, codec_factory=codec_factory, text_factory=text_factory,
+        progress=emit, codec_factory=codec_factory, text_factory=text_factory, stop=stopper.event,
     )
+    if stopper.requested:  # stopped during extraction: what was encoded stays cached
+        emit({"event": "interrupted", "step": 0, "checkpoint": None, "signal": stopper.signal_name,
+              "stage": "extraction"})
+        return TrainResult(status="interrupted", step=0, output_dir=out_dir)
     emit({"event": "extract_done", **stats.to_dict()})
 
     resume_ckpt, resume_path = None, None
@@ -394,69 +408,66 @@ def train(
         return path, metrics
 
     # ---------------------------------------------------------------- the loop
-    stopper = _Stopper(stop, install_signal_handlers)
     status, last_ckpt = "done", None
     window_loss, window_gn, window_start = [], [], time.monotonic()
     loop_start_step = step
-    try:
-        while step < cfg.steps:
-            if stopper.requested:
-                status = "interrupted"
-                break
-            idx_list = sampler.next_batch()
-            idx = torch.tensor(idx_list, device=device)
-            b = len(idx_list)
-            noise_shape = (b, *lat_mean.shape[1:])
-            x0 = torch.randn(noise_shape, generator=gen_noise).to(device)
-            x1 = lat_mean[idx]
-            if cfg.latent_sampling == "posterior":
-                x1 = x1 + lat_std[idx] * torch.randn(noise_shape, generator=gen_noise).to(device)
-            x1 = model.normalize(x1)
-            t = sample_timesteps(b, cfg.timestep_sampling, sigma=cfg.logit_normal_sigma,
-                                 generator=gen_t).to(device)
-            with autocast:
-                v = model.predict_flow(fm.path(x0, x1, t), t, conditions(idx))
-            loss = fm.loss(v.float(), x0, x1).mean()
-            if not torch.isfinite(loss):
-                raise TrainError(f"loss became {loss.item()} at step {step + 1}; lower lr or use "
-                                 "precision = \"fp32\"")
-            scaler.scale(loss / cfg.grad_accum).backward()
-            step += 1
-            window_loss.append(loss.item())
-            if step % cfg.grad_accum == 0 or step == cfg.steps:
-                scaler.unscale_(optimizer)
-                gn = torch.nn.utils.clip_grad_norm_(params_a + params_b, cfg.grad_clip or float("inf"))
-                window_gn.append(float(gn))
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                elapsed = time.monotonic() - window_start
-                rate = len(window_loss) * cfg.batch_size / max(elapsed, 1e-9)
-                mean_loss = float(np.mean(window_loss))
-                history["step"].append(step)
-                history["loss"].append(mean_loss)
-                history["grad_norm"].append(float(np.mean(window_gn)) if window_gn else float("nan"))
-                history["lr"].append(optimizer.param_groups[0]["lr"])
-                line = {"event": "progress", "step": step, "steps": cfg.steps, "loss": mean_loss,
-                        "smoothed_loss": report.ema(history["loss"])[-1],
-                        "lr": history["lr"][-1], "grad_norm": history["grad_norm"][-1],
-                        "samples_per_s": rate,
-                        "eta_s": (cfg.steps - step) * cfg.batch_size / max(rate, 1e-9)}
-                _append_jsonl(progress_path, {"time": round(time.time(), 3), **line})
-                emit(line)
-                window_loss, window_gn, window_start = [], [], time.monotonic()
-            if step % cfg.save_every == 0 or step == cfg.steps:
-                last_ckpt = write_checkpoint(step, final=step == cfg.steps)
-        if status == "interrupted":
-            # save the current step unless it was just saved or nothing was trained yet
-            if step > loop_start_step and (last_ckpt is None or last_ckpt.name != checkpoint_name(step)):
-                last_ckpt = write_checkpoint(step, final=False)
-            emit({"event": "interrupted", "step": step,
-                  "checkpoint": str(last_ckpt) if last_ckpt else None, "signal": stopper.signal_name})
-    finally:
-        stopper.restore()
+    # the loop (a stop request is checked before every step)
+    while step < cfg.steps:
+        if stopper.requested:
+            status = "interrupted"
+            break
+        idx_list = sampler.next_batch()
+        idx = torch.tensor(idx_list, device=device)
+        b = len(idx_list)
+        noise_shape = (b, *lat_mean.shape[1:])
+        x0 = torch.randn(noise_shape, generator=gen_noise).to(device)
+        x1 = lat_mean[idx]
+        if cfg.latent_sampling == "posterior":
+            x1 = x1 + lat_std[idx] * torch.randn(noise_shape, generator=gen_noise).to(device)
+        x1 = model.normalize(x1)
+        t = sample_timesteps(b, cfg.timestep_sampling, sigma=cfg.logit_normal_sigma,
+                             generator=gen_t).to(device)
+        with autocast:
+            v = model.predict_flow(fm.path(x0, x1, t), t, conditions(idx))
+        loss = fm.loss(v.float(), x0, x1).mean()
+        if not torch.isfinite(loss):
+            raise TrainError(f"loss became {loss.item()} at step {step + 1}; lower lr or use "
+                             "precision = \"fp32\"")
+        scaler.scale(loss / cfg.grad_accum).backward()
+        step += 1
+        window_loss.append(loss.item())
+        if step % cfg.grad_accum == 0 or step == cfg.steps:
+            scaler.unscale_(optimizer)
+            gn = torch.nn.utils.clip_grad_norm_(params_a + params_b, cfg.grad_clip or float("inf"))
+            window_gn.append(float(gn))
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            elapsed = time.monotonic() - window_start
+            rate = len(window_loss) * cfg.batch_size / max(elapsed, 1e-9)
+            mean_loss = float(np.mean(window_loss))
+            history["step"].append(step)
+            history["loss"].append(mean_loss)
+            history["grad_norm"].append(float(np.mean(window_gn)) if window_gn else float("nan"))
+            history["lr"].append(optimizer.param_groups[0]["lr"])
+            line = {"event": "progress", "step": step, "steps": cfg.steps, "loss": mean_loss,
+                    "smoothed_loss": report.ema(history["loss"])[-1],
+                    "lr": history["lr"][-1], "grad_norm": history["grad_norm"][-1],
+                    "samples_per_s": rate,
+                    "eta_s": (cfg.steps - step) * cfg.batch_size / max(rate, 1e-9)}
+            _append_jsonl(progress_path, {"time": round(time.time(), 3), **line})
+            emit(line)
+            window_loss, window_gn, window_start = [], [], time.monotonic()
+        if step % cfg.save_every == 0 or step == cfg.steps:
+            last_ckpt = write_checkpoint(step, final=step == cfg.steps)
+    if status == "interrupted":
+        # save the current step unless it was just saved or nothing was trained yet
+        if step > loop_start_step and (last_ckpt is None or last_ckpt.name != checkpoint_name(step)):
+            last_ckpt = write_checkpoint(step, final=False)
+        emit({"event": "interrupted", "step": step,
+              "checkpoint": str(last_ckpt) if last_ckpt else None, "signal": stopper.signal_name})
 
     result = TrainResult(status=status, step=step, output_dir=out_dir, last_checkpoint=last_ckpt,
                          history=history)

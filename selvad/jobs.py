@@ -154,7 +154,10 @@ class Job:
         """The extraction run of this job's dataset: keyed by what the cache depends on."""
         key = {"kind": "extract", "variant": self.base.variant}
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
-        return RunSpec(self.name, "", self.dataset, "extract", self.priority, self.base, digest)
+        # named after the dataset, not the job, so that several jobs on the same dataset and
+        # variant share one extraction run (the queue de-duplicates on the name and hashes)
+        return RunSpec(f"extract-{self.dataset}", "", self.dataset, "extract", self.priority,
+                       self.base, digest)
 
 
 def config_hash(cfg: TrainConfig) -> str:

@@ -44,6 +44,8 @@ def notify(_unset_environment: bool = False, **fields: object) -> bool:
     message = "".join(f"{key.upper()}={value}\n" for key, value in fields.items())
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            # a receiver that stops reading must not hang the daemon's main loop
+            sock.settimeout(1.0)
             sock.connect(_address(target))
             sock.sendall(message.encode("utf-8"))
         return True

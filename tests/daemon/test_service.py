@@ -34,9 +34,11 @@ def _job(tmp_path: Path, name: str, dataset: str, on_change: bool = True,
     return path
 
 
-def _kinds(d: Daemon, job: str) -> list[tuple[str, str]]:
+def _kinds(d: Daemon, job: str, dataset: str | None = None) -> list[tuple[str, str]]:
+    """(kind, state) of a job's runs plus its dataset's extraction runs (named extract-<dataset>)."""
     assert d.queue is not None
-    return [(r.kind, r.state) for r in d.queue.list_runs(job=job)]
+    runs = d.queue.list_runs(job=job) + d.queue.list_runs(job=f"extract-{dataset or job}")
+    return [(r.kind, r.state) for r in runs]
 
 
 def test_job_file_queues_extraction_and_training_once(daemon, tmp_path: Path) -> None:
@@ -55,6 +57,17 @@ def test_job_file_queues_extraction_and_training_once(daemon, tmp_path: Path) ->
     assert "birds" not in d.jobs
 
 
+def test_two_jobs_on_one_dataset_share_one_extraction_run(daemon, tmp_path: Path) -> None:
+    d = daemon()
+    make_dataset(tmp_path / "datasets" / "birds", 3)
+    for name in ("a", "b"):
+        d.events.handle(JobEvent(_job(tmp_path, name, "birds", steps=10 + len(name)), "created"))
+    assert d.queue is not None
+    assert [r.kind for r in d.queue.list_runs(job="extract-birds")] == ["extract"]
+    assert [r.kind for r in d.queue.list_runs(job="a")] == ["train"]
+    assert [r.kind for r in d.queue.list_runs(job="b")] == ["train"]
+
+
 def test_broken_job_is_ignored_and_others_go_on(daemon, tmp_path: Path) -> None:
     d = daemon()
     make_dataset(tmp_path / "datasets" / "birds", 3)
@@ -62,8 +75,8 @@ def test_broken_job_is_ignored_and_others_go_on(daemon, tmp_path: Path) -> None:
     broken.write_text('dataset = "birds"\n[train]\nstepz = 3\n')
     d.events.handle(JobEvent(broken, "created"))
     d.events.handle(JobEvent(_job(tmp_path, "good", "birds"), "created"))
-    assert "broken" not in d.jobs and _kinds(d, "broken") == []
-    assert len(_kinds(d, "good")) == 2
+    assert "broken" not in d.jobs and _kinds(d, "broken", "none") == []
+    assert _kinds(d, "good", "birds") == [("train", "queued"), ("extract", "queued")]
 
 
 def test_invalid_dataset_queues_nothing(daemon, tmp_path: Path) -> None:
@@ -83,15 +96,16 @@ def test_dataset_change_queues_extraction_now_and_training_after_settling(
     ds.mkdir()
     d.events.handle(JobEvent(_job(tmp_path, "auto", "birds", settle_minutes=0.0), "created"))
     d.events.handle(JobEvent(_job(tmp_path, "manual", "birds", on_change=False), "created"))
-    assert _kinds(d, "auto") == [] and _kinds(d, "manual") == []  # empty dataset: invalid
+    assert _kinds(d, "auto", "birds") == [] and _kinds(d, "manual", "birds") == []  # empty: invalid
     make_dataset(ds, 3)
     d.events.handle(DatasetEvent(tmp_path / "datasets", "birds", "changed", ("clip00.npz",)))
     # one extraction for the variant, training only after the debounce
-    assert _kinds(d, "auto") == [("extract", "queued")] and _kinds(d, "manual") == []
+    assert _kinds(d, "auto", "birds") == [("extract", "queued")]
+    assert _kinds(d, "manual", "none") == []
     assert "auto" in d.events.train_due and "manual" not in d.events.train_due
     d.events.due_training()
-    assert sorted(_kinds(d, "auto")) == [("extract", "queued"), ("train", "queued")]
-    assert _kinds(d, "manual") == []
+    assert sorted(_kinds(d, "auto", "birds")) == [("extract", "queued"), ("train", "queued")]
+    assert _kinds(d, "manual", "none") == []
 
 
 def test_requests_cancel_retry_enqueue_skip(daemon, tmp_path: Path) -> None:

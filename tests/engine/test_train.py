@@ -188,3 +188,14 @@ def test_cli_flags_match_original(tmp_path):
     args = build_train_parser().parse_args(["--data_dir", "d", "--timestep_mode", "logit_normal",
                                             "--target", "attn.qkv", "linear1"])
     assert args.timestep_sampling == "logit_normal" and args.target == ["attn.qkv", "linear1"]
+
+
+def test_stop_before_training_leaves_no_checkpoint(tmp_path, dataset, tiny_weights):
+    stop = threading.Event()
+    stop.set()  # e.g. SIGTERM while the clips are still being encoded
+    events = []
+    result = train(config(dataset, tmp_path / "early", tiny_weights, cache_dir=str(tmp_path / "c2")),
+                   events=events.append, stop=stop, install_signal_handlers=False)
+    assert result.status == "interrupted" and result.step == 0 and result.last_checkpoint is None
+    assert events[-1]["event"] == "interrupted" and events[-1]["stage"] == "extraction"
+    assert not list((tmp_path / "early").glob("adapter_*.pt"))
