@@ -60,6 +60,10 @@ def build_train_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample_steps", type=int, default=d.sample_steps)
     p.add_argument("--sample_cfg", type=float, default=d.sample_cfg)
     p.add_argument("--sample_negative_prompt", default=d.sample_negative_prompt)
+    p.add_argument("--eval_clips", type=int, default=d.eval_clips,
+                   help="after training, evaluate every checkpoint on N clips (0 = off)")
+    p.add_argument("--eval_steps", type=int, default=d.eval_steps)
+    p.add_argument("--eval_cfg", type=float, default=d.eval_cfg)
     p.add_argument("--device", default=d.device)
     p.add_argument("--cache_dir", default=d.cache_dir)
     p.add_argument("--config_json", default="", help="read all options from this JSON file")
@@ -85,6 +89,9 @@ def _human(event: dict) -> str | None:
         return f"recommended checkpoint: {event['id']} ({event['reason']}); try strength {low}-{high}"
     if kind == "warning":
         return f"warning: {event['message']}"
+    if kind == "eval_done":
+        rec = event.get("recommendation") or {}
+        return f"evaluation written to {event['summary']} (picks {rec.get('id')}: {rec.get('reason')})"
     if kind in ("extract_start", "extract_done", "train_start", "resumed", "done", "interrupted"):
         rest = {k: v for k, v in event.items() if k not in ("event", "time")}
         return f"{kind}: " + ", ".join(f"{k}={v}" for k, v in rest.items())

@@ -57,6 +57,9 @@ class TrainConfig:
     sample_steps: int = 25  # Euler steps of the checkpoint sample
     sample_cfg: float = 4.5  # CFG strength of the checkpoint sample (<1 = conditional only)
     sample_negative_prompt: str = ""  # negative prompt of the checkpoint sample
+    eval_clips: int = 0  # after the run, evaluate every checkpoint on N clips (0 = off)
+    eval_steps: int = 25  # Euler steps of the evaluation samples
+    eval_cfg: float = 4.5  # CFG strength of the evaluation samples
     device: str = "auto"  # auto = cuda when available, else cpu
     cache_dir: str = ""  # extraction cache; "" = <output_dir>/.cache
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
@@ -74,12 +77,12 @@ class TrainConfig:
             if value not in allowed:
                 out.append((name, f"got {value!r}, expected one of {', '.join(allowed)}"))
         positive_ints = ("rank", "steps", "batch_size", "grad_accum", "save_every",
-                         "log_every", "sample_steps")
+                         "log_every", "sample_steps", "eval_steps")
         for name in positive_ints:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 out.append((name, f"got {value!r}, expected an integer >= 1"))
-        for name in ("warmup_steps", "overfit_patience"):
+        for name in ("warmup_steps", "overfit_patience", "eval_clips"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 out.append((name, f"got {value!r}, expected an integer >= 0"))
@@ -89,7 +92,7 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int | float) or not value > 0:
                 out.append((name, f"got {value!r}, expected a number > 0"))
-        for name in ("weight_decay", "grad_clip", "sample_cfg"):
+        for name in ("weight_decay", "grad_clip", "sample_cfg", "eval_cfg"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or value < 0:
                 out.append((name, f"got {value!r}, expected a number >= 0"))

@@ -67,6 +67,7 @@ def run_results(run_dir: Path | str) -> dict[str, Any]:
     meta_path = run_dir / "meta.json"
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     out["reference_metrics"] = meta.get("sample_reference_metrics", {})
+    out["system"] = meta.get("system")
     out["run_recommendation"] = meta.get("recommendation")
     for name, key in (("adapter_final.pt", "adapter_path"), ("adapter_best.pt", "best_adapter_path")):
         out[key] = str(run_dir / name) if (run_dir / name).is_file() else None
@@ -74,7 +75,7 @@ def run_results(run_dir: Path | str) -> dict[str, Any]:
 
 
 def system_info() -> dict[str, Any]:
-    """torch / CUDA / GPU facts recorded with a sweep."""
+    """torch / CUDA / GPU facts (recorded by the trainer in meta.json, read by sweeps)."""
     import torch
 
     info: dict[str, Any] = {"python": platform.python_version(), "torch_version": torch.__version__,
@@ -119,10 +120,13 @@ def write_sweep_summary(sweep_dir: Path | str, name: str, runs: list[dict[str, A
                                             res["validation_loss"].get(s), res["train_fixed_loss"].get(s),
                                             res["spectral_metrics"].get(s, {})))
     rec = recommend(candidates, reference_hf=float(np.mean(ref_hf)) if ref_hf else None, overfitting=overfit)
+    # the trainers recorded the machine they ran on; the daemon itself never imports torch
+    system = next((e["results"]["system"] for e in experiments if e["results"].get("system")),
+                  {"python": platform.python_version()})
     summary = {
         "sweep_name": name, "description": description, "data_dir": data_dir,
         "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "system": system_info(), "experiments": experiments, "recommendation": rec.to_dict(),
+        "system": system, "experiments": experiments, "recommendation": rec.to_dict(),
     }
     atomic_write_json(sweep_dir / "sweep_summary.json", summary)
     if series:

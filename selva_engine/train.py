@@ -315,6 +315,9 @@ def _train(cfg: TrainConfig, stopper: _Stopper, events: EventFn | None,
           "val_clips": n_val, "precision": precision, "device": str(device),
           "lora_layers": len(wrapped), "trainable_params": sum(p.numel() for p in params_a + params_b)})
 
+    from .sweep import system_info
+
+    system = system_info()
     codec_holder: dict[str, Any] = {}
     run_flags: dict[str, Any] = {"overfitting": False, "recommendation": None}
     sample_idx = train_idx[0]
@@ -368,7 +371,7 @@ def _train(cfg: TrainConfig, stopper: _Stopper, events: EventFn | None,
         ).to_dict()
         report.write_meta(out_dir, {**meta, "best": best or None, "final": final,
                                     "recommendation": run_flags["recommendation"],
-                                    "sample_clip": stems[sample_idx],
+                                    "sample_clip": stems[sample_idx], "system": system,
                                     "sample_reference_metrics": codec_holder["reference_metrics"],
                                     "val_clip_stems": [stems[i] for i in val_idx],
                                     "checkpoints": [checkpoint_name(s) for s in history["ckpt_step"]],
@@ -486,7 +489,27 @@ def _train(cfg: TrainConfig, stopper: _Stopper, events: EventFn | None,
     codec = codec_holder.pop("codec", None)
     if codec is not None and hasattr(codec, "free"):
         codec.free()
+    if status == "done" and cfg.eval_clips > 0:
+        del model, optimizer, cached  # the evaluator loads its own copy of the weights
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        _evaluate_run(cfg, out_dir, emit)
     return result
+
+
+def _evaluate_run(cfg: TrainConfig, out_dir: Path, emit: EventFn) -> None:
+    """Evaluate every checkpoint of the finished run into `<out_dir>/eval/` (issue: [eval])."""
+    from .evaluate import evaluate, specs_from_run_dir
+
+    emit({"event": "eval_start", "clips": cfg.eval_clips})
+    summary = evaluate(
+        data_dir=Path(cfg.data_dir), output_dir=out_dir / "eval", variant=cfg.variant,
+        selva_dir=cfg.selva_dir, adapters=specs_from_run_dir(out_dir), clips=cfg.eval_clips,
+        steps=cfg.eval_steps, seed=cfg.seed, cfg=cfg.eval_cfg, device=cfg.device,
+        log=lambda message: emit({"event": "eval_progress", "message": message}),
+    )
+    emit({"event": "eval_done", "summary": str(out_dir / "eval" / "eval_summary.json"),
+          "recommendation": summary["recommendation"]})
 
 
 def _append_jsonl(path: Path, record: dict) -> None:

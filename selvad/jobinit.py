@@ -48,6 +48,9 @@ _DOCS: dict[str, str] = {
     "sample_negative_prompt": "negative prompt of the samples",
     "val_clips": 'held-out clips for validation loss; "auto" = 1 when >= 8 clips, else 0',
     "overfit_patience": "warn after N checkpoints of rising validation loss",
+    "eval_clips": "after the run, compare every checkpoint on N clips by samples and metrics (0 = off)",
+    "eval_steps": "Euler steps of the evaluation samples",
+    "eval_cfg": "classifier-free guidance strength of the evaluation samples",
 }
 
 

@@ -13,7 +13,7 @@ Schema (every key optional except `dataset`; the job's name is the file stem)::
     [sample]      steps, cfg, negative_prompt   (-> sample_steps, sample_cfg, ...)
     [validation]  val_clips ("auto" or an integer), overfit_patience
     [trigger]     on_change (retrain when the dataset changes), settle_minutes
-    [eval]        enabled, adapters   (placeholder for selva-eval, issue 6)
+    [eval]        clips (0 = off), steps, cfg: evaluate every checkpoint after the run
     [[sweep]]     id = "name" plus overrides written as sub-tables of the same sections:
                       [[sweep]]
                       id = "r8"
@@ -52,7 +52,6 @@ from selvad.config import coerce as _coerce
 __all__ = [
     "HASH_EXCLUDED",
     "SAFE_NAME",
-    "EvalConfig",
     "Job",
     "JobError",
     "RunSpec",
@@ -77,12 +76,13 @@ SETTING_SECTIONS: dict[str, dict[str, str]] = {
     "sample": {"steps": "sample_steps", "cfg": "sample_cfg",
                "negative_prompt": "sample_negative_prompt"},
     "validation": {"val_clips": "val_clips", "overfit_patience": "overfit_patience"},
+    "eval": {"clips": "eval_clips", "steps": "eval_steps", "cfg": "eval_cfg"},
 }
 FIELD_KEY = {f: f"{s}.{k}" for s, keys in SETTING_SECTIONS.items() for k, f in keys.items()}
 FIELD_KEY["variant"] = "variant"
 # TrainConfig fields the daemon fills itself; they never change what a run learns.
 HASH_EXCLUDED = ("data_dir", "output_dir", "selva_dir", "resume", "device", "cache_dir")
-DEFAULTS_KEYS = ("variant", "priority", *SETTING_SECTIONS, "trigger", "eval")
+DEFAULTS_KEYS = ("variant", "priority", *SETTING_SECTIONS, "trigger")
 JOB_KEYS = ("dataset", *DEFAULTS_KEYS, "sweep")
 _HINTS = typing.get_type_hints(TrainConfig)
 
@@ -97,14 +97,6 @@ class TriggerConfig:
 
     on_change: bool = True  # retrain when the dataset's files change
     settle_minutes: float = 5.0  # quiet time after the last change before training is queued
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    """Placeholder for the evaluator (issue 6): which adapters to compare after a run."""
-
-    enabled: bool = False
-    adapters: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -138,7 +130,6 @@ class Job:
     dataset_dir: Path
     priority: int
     trigger: TriggerConfig
-    eval: EvalConfig
     base: TrainConfig
     sweeps: tuple[SweepEntry, ...] = ()
 
@@ -220,7 +211,7 @@ def _check_top(data: dict[str, Any], allowed: Sequence[str], p: Problems, prefix
             p.unknown(join_key(prefix, key), key, list(allowed))
 
 
-def _check_other(data: dict, p: Problems, prefix: str) -> tuple[int | None, dict, dict]:
+def _check_other(data: dict, p: Problems, prefix: str) -> tuple[int | None, dict]:
     priority = data.get("priority")
     if priority is not None and (not isinstance(priority, int) or isinstance(priority, bool)):
         p.add(join_key(prefix, "priority"), "wrong type", got=priority, expected="an integer")
@@ -229,7 +220,7 @@ def _check_other(data: dict, p: Problems, prefix: str) -> tuple[int | None, dict
     if trigger.get("settle_minutes", 0) < 0:
         p.add(join_key(prefix, "trigger.settle_minutes"), "must not be negative",
               got=trigger.pop("settle_minutes"), expected="a number >= 0")
-    return priority, trigger, _read_table(EvalConfig, data, "eval", p, prefix)
+    return priority, trigger
 
 
 def _report(cfg: TrainConfig, origin: dict[str, tuple[Any, str]], p: Problems,
@@ -314,9 +305,9 @@ def load_job(path: Path | str, cfg: DaemonConfig) -> Job:
     _check_top(data, JOB_KEYS, p, "")
     dp = Problems(cfg.path or "selvad.toml")  # [defaults] was validated at config load
     d_settings = _read_settings(cfg.defaults, dp, "defaults")
-    d_priority, d_trigger, d_eval = _check_other(cfg.defaults, dp, "defaults")
+    d_priority, d_trigger = _check_other(cfg.defaults, dp, "defaults")
     settings = _read_settings(data, p, "")
-    priority, trigger, eval_ = _check_other(data, p, "")
+    priority, trigger = _check_other(data, p, "")
     dataset, dataset_dir = "", Path()
     if "dataset" not in data:
         p.add("dataset", "missing required key", expected="a dataset name or path")
@@ -350,7 +341,6 @@ def load_job(path: Path | str, cfg: DaemonConfig) -> Job:
         dataset_dir=dataset_dir,
         priority=priority if priority is not None else (d_priority or 0),
         trigger=TriggerConfig(**{**d_trigger, **trigger}),
-        eval=EvalConfig(**{**d_eval, **eval_}),
         base=base,
         sweeps=sweeps,
     )

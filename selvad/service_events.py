@@ -156,16 +156,19 @@ class EventHandler:
         prefix = os.path.abspath(dataset_dir) + os.sep
         return any(p.startswith(prefix) for p in watcher.tracker.pending())
 
-    def queue_job(self, job: Job, reason: str, force: bool = False) -> list[str]:
+    def queue_job(self, job: Job, reason: str, force: bool = False) -> list[str] | None:
         """Validate `job`'s dataset and queue its extraction and training runs; returns the
-        ids of the training runs queued (empty when invalid or all duplicates)."""
+        ids of the training runs queued (empty when all are duplicates), None when the
+        dataset is invalid. `force` queues a plain job again even when an identical run is
+        done; a sweep's runs are never forced: a re-queued sweep skips the runs already
+        done (or queued) and re-runs only failed, cancelled or new entries."""
         ok, manifest = self.check(job)
         if not ok:
-            return []
+            return None
         self.d.enqueue(job.extract_run(), manifest, reason=reason)
         queued = []
         for spec in job.resolve_runs():
-            run = self.d.enqueue(spec, manifest, reason=reason, force=force)
+            run = self.d.enqueue(spec, manifest, reason=reason, force=force and not spec.sweep_id)
             if run is not None:
                 queued.append(run.id)
         return queued

@@ -88,9 +88,11 @@ class RequestHandler:
             return f"job file {path} is invalid (see the daemon log, or run `selvad validate`)"
         self.d.jobs[job.name] = job
         ids = self.d.events.queue_job(job, reason="enqueue requested", force=True)
-        if not ids:
+        if ids is None:
             return (f"nothing queued: dataset {job.dataset_dir} has errors "
                     f"(`selvad validate {job.dataset_dir} --variant {job.base.variant}`)")
+        if not ids:
+            return "nothing queued: every run of this sweep is already done or queued"
         return "queued " + ", ".join(ids)
 
     def _skip(self, req: Request) -> str:

@@ -48,6 +48,7 @@ from selvad.rundir import (
     write_run_toml,
 )
 from selvad.schedule import prune_run_dir
+from selvad.sweeps import update_sweep_summary
 
 __all__ = ["EXIT_INTERRUPTED", "Outcome", "RunProcess", "describe_exit"]
 
@@ -306,7 +307,22 @@ class RunProcess:
         (self.log.error if outcome.state == "failed" else self.log.info)("run.state", **fields)
         if self.is_train and outcome.state in ("done", "failed", "cancelled"):
             self.prune(finished=outcome.state == "done")
+            self._update_sweep()
         return outcome
+
+    def _update_sweep(self) -> None:
+        """Rewrite the job's sweep summary when this run belongs to a sweep (never fatal)."""
+        try:
+            run = self.queue.get(self.run.id)
+            result = update_sweep_summary(self.cfg, self.queue, run) if run else None
+        except Exception as exc:  # a broken summary must not fail the finished run
+            self.log.warning("sweep.summary_failed", error=f"{type(exc).__name__}: {exc}")
+            return
+        if result:
+            rec = result["recommendation"]
+            event = "sweep.done" if result["complete"] else "sweep.updated"
+            self.log.info(event, summary=result["path"], recommended=rec.get("id"),
+                          reason=rec.get("reason"), strength_range=rec.get("strength_range"))
 
     def prune(self, finished: bool) -> list[Path]:
         """Retention for this run's directory (never the final/best adapter or, when not

@@ -92,3 +92,17 @@ def test_sweep_summary(trained_run, tmp_path):
     assert len(on_disk["recommendation"]["rejected"]) == 2  # both checkpoints of run "base"
     assert all(r.startswith("base@") for r in on_disk["recommendation"]["rejected"])
     assert "torch_version" in on_disk["system"]
+
+
+def test_training_with_eval_clips_evaluates_every_checkpoint(tmp_path, make_clips, tiny_weights):
+    data = make_clips(tmp_path / "data", 2)
+    cfg = TrainConfig(data_dir=str(data), output_dir=str(tmp_path / "run"), variant="tiny_16k",
+                      selva_dir=str(tiny_weights), steps=4, save_every=2, log_every=2, batch_size=2,
+                      warmup_steps=0, sample_steps=2, precision="fp32", device="cpu",
+                      eval_clips=1, eval_steps=2)
+    events = []
+    train(cfg, events=events.append)
+    done = next(e for e in events if e["event"] == "eval_done")
+    summary = json.loads((tmp_path / "run" / "eval" / "eval_summary.json").read_text())
+    assert done["summary"].endswith("eval_summary.json") and summary["clips"] == ["clip00"]
+    assert [a["id"] for a in summary["adapters"]] == ["baseline", "step00002", "step00004", "final"]
