@@ -63,7 +63,7 @@ def test_job_run_outputs_cli_edit_cancel_retry(tree: DaemonTree) -> None:
     meta = tomllib.loads((run_dir / "run.toml").read_text())
     assert meta["run"]["id"] == run.id and meta["config"]["steps"] == 20
     assert tomllib.loads((run_dir / "validation.toml").read_text())["ok"] is True
-    extract = tree.runs(job="birds", kind="extract")
+    extract = tree.runs(job="extract-birds", kind="extract")
     assert [r.state for r in extract] == ["done"]  # the shared cache was filled first
 
     # (i) the CLI against the running daemon
@@ -124,7 +124,7 @@ def test_slow_copy_settles_and_bad_dataset_does_not_block_others(make_tree) -> N
     for name in names:
         copy_slowly(tree.root / "staging", tree.dataset("good"), chunk=128 * 1024, pause=0.1,
                     names=[name])
-        assert _train_runs(tree, "good") == [] and tree.runs(job="good", kind="extract") == []
+        assert _train_runs(tree, "good") == [] and tree.runs(job="extract-good") == []
         assert not [e for e in tree.events("dataset.changed") if e["dataset"] == "good"]
     copied = time.time()
 
@@ -139,7 +139,7 @@ def test_slow_copy_settles_and_bad_dataset_does_not_block_others(make_tree) -> N
     assert invalid, tree.log_tail()
     errors = " ".join(invalid[0]["errors"])
     assert "clip02.wav" in errors and "clip03.npz" in errors
-    assert tree.runs(job="bad") == []
+    assert tree.runs(job="bad") == [] and tree.runs(job="extract-bad") == []
     done = tree.wait_state(run.id, ("done", "failed"), 180)
     assert done.state == "done", done.error
     assert tree.runs(job="bad") == []
