@@ -117,7 +117,7 @@ def main() -> None:
         speedup = base / ours
         for name, secs, mem in (("ours (sdpa)", ours, ours_mem), ("baseline (naive)", base, base_mem)):
             print(f"{label:5s} {name:17s} step {secs * 1000:8.1f} ms  {args.batch / secs:7.2f} samples/s  "
-                  (f"peak {mem:8.1f} MiB" if mem == mem else "peak n/a (CPU)"))
+                  + (f"peak {mem:8.1f} MiB" if mem == mem else "peak n/a (CPU)"))
         print(f"{label:5s} ratio ours/baseline: {speedup:.2f}x faster")
     print(f"speedup: {speedup:.2f}")
 

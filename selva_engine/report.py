@@ -30,7 +30,7 @@ def ema(values: Sequence[float], beta: float = EMA_BETA) -> list[float]:
 
 
 def _figure_png(series: list[tuple[str, Sequence[int], Sequence[float]]], title: str, ylabel: str,
-                log_y: bool = False) -> bytes:
+                log_y: bool = False, legend: bool = False) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -48,7 +48,7 @@ def _figure_png(series: list[tuple[str, Sequence[int], Sequence[float]]], title:
     if log_y and all(v > 0 for _, _, vals in series for v in vals):
         ax.set_yscale("log")
     ax.grid(True, alpha=0.3)
-    if len(series) > 1:
+    if legend or len(series) > 1:
         ax.legend()
     fig.tight_layout()
     buf = io.BytesIO()
@@ -57,9 +57,10 @@ def _figure_png(series: list[tuple[str, Sequence[int], Sequence[float]]], title:
 
 
 def plot_curves(path: Path | str, series: list[tuple[str, Sequence[int], Sequence[float]]], *,
-                title: str, ylabel: str = "loss") -> Path:
-    """Write a line plot of (label, steps, values) series to `path` (PNG, atomic)."""
-    return atomic_write_bytes(path, _figure_png(series, title, ylabel))
+                title: str, ylabel: str = "loss", legend: bool = False) -> Path:
+    """Write a line plot of (label, steps, values) series to `path` (PNG, atomic); the
+    legend is drawn for several series or when `legend` is set."""
+    return atomic_write_bytes(path, _figure_png(series, title, ylabel, legend=legend))
 
 
 def write_loss_plots(out_dir: Path | str, steps: Sequence[int], losses: Sequence[float],
@@ -74,7 +75,7 @@ def write_loss_plots(out_dir: Path | str, steps: Sequence[int], losses: Sequence
     if val and any(len(s) for s, _ in val.values()):
         paths.append(plot_curves(out_dir / "loss_validation.png",
                                  [(name, s, v) for name, (s, v) in val.items()],
-                                 title="fixed-noise loss at checkpoints"))
+                                 title="fixed-noise loss at checkpoints", legend=True))
     return paths
 
 
