@@ -233,13 +233,15 @@ class RunQueue:
 
     def enqueue(self, job: str, dataset: str, config: dict[str, Any], manifest: dict[str, Any],
                 priority: int = 0, kind: str = "train", sweep_id: str = "",
-                config_hash: str | None = None, force: bool = False) -> Run | None:
-        """Queue a run; return it, or None if the same run already exists and is not failed
-        or cancelled ("the same job on the same data is never queued twice").
+                config_hash: str | None = None, force: bool = False,
+                rerun_states: tuple[str, ...] = ("failed", "cancelled")) -> Run | None:
+        """Queue a run; return it, or None if the same run already exists in a state other
+        than `rerun_states` ("the same job on the same data is never queued twice").
 
         Identity is (job, sweep_id, kind, config_hash, manifest_hash); `config_hash`
         defaults to the sha256 of the canonical config JSON. `force` skips the check
-        (an explicit `selvad enqueue`).
+        (an explicit `selvad enqueue`). Automatic triggers pass `rerun_states=()` so that a
+        run the user cancelled (or one that failed) is not revived by a touched file.
         """
         if kind not in KINDS:
             raise ValueError(f"unknown run kind {kind!r}; expected one of {', '.join(KINDS)}")
@@ -248,10 +250,11 @@ class RunQueue:
         now = time.time()
         with self._write() as db:
             if not force:
+                marks = ", ".join("?" * len(rerun_states))
                 dup = db.execute(
                     "SELECT id FROM runs WHERE job=? AND sweep_id=? AND kind=? AND config_hash=?"
-                    " AND manifest_hash=? AND state NOT IN ('failed', 'cancelled') LIMIT 1",
-                    (job, sweep_id, kind, chash, mhash),
+                    f" AND manifest_hash=? AND state NOT IN ({marks}) LIMIT 1",
+                    (job, sweep_id, kind, chash, mhash, *rerun_states),
                 ).fetchone()
                 if dup is not None:
                     return None

@@ -275,12 +275,16 @@ class Daemon:
         return dataset_manifest(job.dataset_dir, cache=self._hashes)
 
     def enqueue(self, spec: RunSpec, manifest: dict[str, Any], reason: str,
-                force: bool = False) -> Run | None:
-        """Queue `spec` on `manifest` (None when the same run exists); logs the new run."""
+                force: bool = False, explicit: bool = False) -> Run | None:
+        """Queue `spec` on `manifest` (None when the same run exists); logs the new run.
+
+        Automatic triggers (file events) never revive a failed or cancelled run of the
+        same identity; an `explicit` request (`selvad enqueue`) runs those again."""
         assert self.queue is not None
         run = self.queue.enqueue(spec.job, spec.dataset, spec.config.to_dict(), manifest,
                                  priority=spec.priority, kind=spec.kind, sweep_id=spec.sweep_id,
-                                 config_hash=spec.config_hash, force=force)
+                                 config_hash=spec.config_hash, force=force,
+                                 rerun_states=("failed", "cancelled") if explicit else ())
         if run is None:
             self.log.debug("run.duplicate", job=spec.job, dataset=spec.dataset, kind=spec.kind,
                            sweep_id=spec.sweep_id, manifest_hash=manifest_hash(manifest)[:12])

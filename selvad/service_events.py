@@ -165,10 +165,11 @@ class EventHandler:
         ok, manifest = self.check(job)
         if not ok:
             return None
-        self.d.enqueue(job.extract_run(), manifest, reason=reason)
+        self.d.enqueue(job.extract_run(), manifest, reason=reason, explicit=force)
         queued = []
         for spec in job.resolve_runs():
-            run = self.d.enqueue(spec, manifest, reason=reason, force=force and not spec.sweep_id)
+            run = self.d.enqueue(spec, manifest, reason=reason, force=force and not spec.sweep_id,
+                                 explicit=force)
             if run is not None:
                 queued.append(run.id)
         return queued
