@@ -10,8 +10,6 @@ plain dicts (the daemon's worker reads them as JSON lines).
 from __future__ import annotations
 
 import json
-import os
-import signal
 import threading
 import time
 from collections.abc import Callable
@@ -25,13 +23,25 @@ import torch
 from . import report
 from .checkpoint import checkpoint_name, find_latest, load_checkpoint, save_checkpoint
 from .data import load_dataset
-from .extract import ExtractedClip, FeatureCache, extract_clips
+from .extract import FeatureCache, extract_clips
 from .flow import FlowMatching, sample_timesteps
 from .lora import apply_lora, lora_parameters, lora_state_dict, save_adapter
 from .nn.generator import Conditions, load_generator
 from .options import TrainConfig, resolve_device
 from .recommend import Candidate, recommend
-from .trainloop import BatchSampler, FixedLossProbe, make_scheduler, overfitting
+from .trainloop import (
+    BatchSampler,
+    FixedLossProbe,
+    Stopper,
+    TrainError,
+    adapter_meta,
+    append_jsonl,
+    autocast_for,
+    effective_precision,
+    make_scheduler,
+    overfitting,
+    split_clips,
+)
 from .variants import get_variant
 
 __all__ = ["TrainError", "TrainResult", "train"]
@@ -39,10 +49,6 @@ __all__ = ["TrainError", "TrainResult", "train"]
 EventFn = Callable[[dict], None]
 PREPROCESS_MODULES = ("clip_input_proj", "sync_input_proj", "text_input_proj", "clip_cond_proj",
                       "text_cond_proj", "sync_pos_emb")
-
-
-class TrainError(RuntimeError):
-    """A training run cannot start or continue (message names the cause and the fix)."""
 
 
 @dataclass
@@ -56,92 +62,6 @@ class TrainResult:
     best_adapter: Path | None = None
     last_checkpoint: Path | None = None
     history: dict[str, Any] = field(default_factory=dict)
-
-
-def _precision(requested: str, device: torch.device, warn: Callable[[str], None]) -> str:
-    """Effective precision; bf16 without hardware support falls back with a warning."""
-    if requested != "bf16":
-        if requested == "fp16" and device.type != "cuda":
-            warn("fp16 needs a CUDA GPU; training in fp32 on the CPU")
-            return "fp32"
-        return requested
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return "bf16"
-    if device.type == "cuda":
-        warn("this GPU has no bf16 support; falling back to fp16 with a grad scaler")
-        return "fp16"
-    warn("bf16 has no hardware support on the CPU; falling back to fp32")
-    return "fp32"
-
-
-def _autocast(device: torch.device, precision: str):
-    if precision == "fp32":
-        return torch.autocast(device.type, enabled=False)
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-
-
-def _meta(cfg: TrainConfig, variant: str, step: int, precision: str, n_train: int, n_val: int) -> dict:
-    """ComfyUI-SelVA meta keys (variant, rank, alpha, target, steps, ...) plus ours."""
-    return {
-        "variant": variant,
-        "rank": cfg.rank,
-        "alpha": cfg.effective_alpha,
-        "target": list(cfg.target),
-        "steps": step,
-        "timestep_mode": cfg.timestep_sampling,
-        "logit_normal_sigma": cfg.logit_normal_sigma,
-        "lora_dropout": cfg.lora_dropout,
-        "lora_plus_ratio": cfg.lora_plus_ratio,
-        "lr_schedule": cfg.lr_schedule,
-        "init_mode": "standard",
-        "use_rslora": cfg.rslora,
-        "lr": cfg.lr,
-        "batch_size": cfg.batch_size,
-        "grad_accum": cfg.grad_accum,
-        "weight_decay": cfg.weight_decay,
-        "precision": precision,
-        "seed": cfg.seed,
-        "latent_sampling": cfg.latent_sampling,
-        "train_clips": n_train,
-        "val_clips": n_val,
-        "total_steps": cfg.steps,
-        "trainer": "selvad",
-    }
-
-
-class _Stopper:
-    """SIGTERM/SIGINT (main thread only) or an external event ask the loop to stop."""
-
-    def __init__(self, external: threading.Event | None, install_signals: bool) -> None:
-        self.event = external or threading.Event()
-        self.signal_name = ""
-        self._old: dict[int, Any] = {}
-        if install_signals and threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._old[sig] = signal.signal(sig, self._handle)
-
-    def _handle(self, signum, _frame) -> None:
-        self.signal_name = signal.Signals(signum).name
-        self.event.set()
-
-    def restore(self) -> None:
-        for sig, handler in self._old.items():
-            signal.signal(sig, handler)
-
-    @property
-    def requested(self) -> bool:
-        return self.event.is_set()
-
-
-def _split(clips: list[ExtractedClip], val_clips: int | None, seed: int) -> tuple[list[int], list[int]]:
-    """Deterministic (train, val) index split; default val = 1 when >= 8 clips, else 0."""
-    n = len(clips)
-    k = (1 if n >= 8 else 0) if val_clips is None else val_clips
-    if k >= n:
-        raise TrainError(f"val_clips = {k} leaves no clip to train on ({n} clips); lower val_clips")
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 7919)).tolist()
-    val = sorted(order[:k])
-    return [i for i in range(n) if i not in val], val
 
 
 def train(
@@ -159,14 +79,14 @@ def train(
     looked for and the fix. Returns status "interrupted" (after saving a checkpoint of the
     current step) when `stop` is set or SIGTERM/SIGINT arrives.
     """
-    stopper = _Stopper(stop, install_signal_handlers)
+    stopper = Stopper(stop, install_signal_handlers)
     try:
         return _train(cfg, stopper, events, codec_factory, text_factory)
     finally:
         stopper.restore()
 
 
-def _train(cfg: TrainConfig, stopper: _Stopper, events: EventFn | None,
+def _train(cfg: TrainConfig, stopper: Stopper, events: EventFn | None,
            codec_factory: Callable[[], Any] | None, text_factory: Callable[[], Any] | None) -> TrainResult:
     """The body of `train` (the stop/signal handling is installed by the caller)."""
     problems = cfg.problems()
@@ -191,7 +111,7 @@ def _train(cfg: TrainConfig, stopper: _Stopper, events: EventFn | None,
         device = resolve_device(cfg.device)
     except ValueError as exc:
         raise TrainError(str(exc)) from None
-    precision = _precision(cfg.precision, device, warn)
+    precision = effective_precision(cfg.precision, device, warn)
     weights = resolve(cfg.selva_dir, variant.name)
 
     # ---------------------------------------------------------------- data + extraction
@@ -233,7 +153,7 @@ def _train(cfg: TrainConfig, stopper: _Stopper, events: EventFn | None,
         train_idx = [stems.index(s) for s in split["train"]]
         val_idx = [stems.index(s) for s in split["val"]]
     else:
-        train_idx, val_idx = _split(clips, cfg.val_clips, cfg.seed)
+        train_idx, val_idx = split_clips(clips, cfg.val_clips, cfg.seed)
 
     # ---------------------------------------------------------------- model + LoRA
     torch.manual_seed(cfg.seed)
@@ -249,7 +169,7 @@ def _train(cfg: TrainConfig, stopper: _Stopper, events: EventFn | None,
     )
     scheduler = make_scheduler(optimizer, cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    autocast = _autocast(device, precision)
+    autocast = autocast_for(device, precision)
 
     # All clip tensors live on the device once (no per-step host->device copies).
     def stack(attr: str, idx: list[int]) -> torch.Tensor:
@@ -326,7 +246,7 @@ def _train(cfg: TrainConfig, stopper: _Stopper, events: EventFn | None,
 
     def write_checkpoint(at_step: int, final: bool) -> Path:
         """Checkpoint + sample + fixed-noise losses + plots + meta.json for `at_step`."""
-        meta = _meta(cfg, variant.name, at_step, precision, n_train, n_val)
+        meta = adapter_meta(cfg, variant.name, at_step, precision, n_train, n_val)
         model.eval()
         with torch.no_grad(), autocast:
             val_loss = probe.loss(model, conditions, lat_mean, val_idx) if val_idx else None
@@ -380,7 +300,7 @@ def _train(cfg: TrainConfig, stopper: _Stopper, events: EventFn | None,
         record = {"event": "checkpoint", "step": at_step, "path": str(ckpt_path),
                   "sample": str(sample_path), "val_loss": val_loss, "train_fixed_loss": train_fixed,
                   "metrics": metrics}
-        _append_jsonl(progress_path, {"time": round(time.time(), 3), **record})
+        append_jsonl(progress_path, {"time": round(time.time(), 3), **record})
         report.write_metric_plot(out_dir / "metrics.png", history["ckpt_step"],
                                  [json.loads(m) for m in history["metrics"]])
         emit(record)
@@ -460,7 +380,7 @@ def _train(cfg: TrainConfig, stopper: _Stopper, events: EventFn | None,
                     "lr": history["lr"][-1], "grad_norm": history["grad_norm"][-1],
                     "samples_per_s": rate,
                     "eta_s": (cfg.steps - step) * cfg.batch_size / max(rate, 1e-9)}
-            _append_jsonl(progress_path, {"time": round(time.time(), 3), **line})
+            append_jsonl(progress_path, {"time": round(time.time(), 3), **line})
             emit(line)
             window_loss, window_gn, window_start = [], [], time.monotonic()
         if step % cfg.save_every == 0 or step == cfg.steps:
@@ -478,7 +398,7 @@ def _train(cfg: TrainConfig, stopper: _Stopper, events: EventFn | None,
         if last_ckpt is None:  # resumed at the end: still produce every final output
             last_ckpt = write_checkpoint(step, final=True)
             result.last_checkpoint = last_ckpt
-        meta = _meta(cfg, variant.name, step, precision, n_train, n_val)
+        meta = adapter_meta(cfg, variant.name, step, precision, n_train, n_val)
         result.final_adapter = save_adapter(out_dir / "adapter_final.pt", lora_state_dict(model), meta)
         if best:
             result.best_adapter = out_dir / "adapter_best.pt"
@@ -510,14 +430,6 @@ def _evaluate_run(cfg: TrainConfig, out_dir: Path, emit: EventFn) -> None:
     )
     emit({"event": "eval_done", "summary": str(out_dir / "eval" / "eval_summary.json"),
           "recommendation": summary["recommendation"]})
-
-
-def _append_jsonl(path: Path, record: dict) -> None:
-    """Append one JSON line and flush it to disk (a torn last line is skipped by readers)."""
-    with path.open("a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def resolve_config(cfg: TrainConfig, **changes: Any) -> TrainConfig:

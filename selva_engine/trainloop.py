@@ -1,18 +1,27 @@
-"""Pieces of the training loop that hold state of their own: the epoch batch sampler, the
-learning-rate schedule, the fixed-noise loss probe and the overfitting rule.
+"""Pieces of the training loop, each small and testable on its own: the epoch batch sampler,
+the learning-rate schedule, the fixed-noise loss probe, the overfitting rule, precision and
+stop handling, the train/validation split, adapter meta and progress lines.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import signal
+import threading
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
 
 from .flow import FlowMatching
 from .options import TrainConfig
 
-__all__ = ["BatchSampler", "FixedLossProbe", "lr_factor", "make_scheduler", "overfitting"]
+__all__ = ["BatchSampler", "FixedLossProbe", "Stopper", "TrainError", "adapter_meta", "append_jsonl",
+           "autocast_for", "effective_precision", "lr_factor", "make_scheduler", "overfitting",
+           "split_clips"]
 
 
 class BatchSampler:
@@ -112,3 +121,102 @@ def overfitting(val: Sequence[float], train: Sequence[float], patience: int) -> 
     return all(b > a for a, b in zip(v, v[1:], strict=False)) and all(
         b < a for a, b in zip(t, t[1:], strict=False)
     )
+
+
+class TrainError(RuntimeError):
+    """A training run cannot start or continue (message names the cause and the fix)."""
+
+
+def effective_precision(requested: str, device: torch.device, warn: Callable[[str], None]) -> str:
+    """Effective precision; bf16 without hardware support falls back with a warning."""
+    if requested != "bf16":
+        if requested == "fp16" and device.type != "cuda":
+            warn("fp16 needs a CUDA GPU; training in fp32 on the CPU")
+            return "fp32"
+        return requested
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return "bf16"
+    if device.type == "cuda":
+        warn("this GPU has no bf16 support; falling back to fp16 with a grad scaler")
+        return "fp16"
+    warn("bf16 has no hardware support on the CPU; falling back to fp32")
+    return "fp32"
+
+
+def autocast_for(device: torch.device, precision: str):
+    """The autocast context of a precision: off for fp32, bf16 or fp16 otherwise (fp32
+    LoRA weights stay fp32; only the matmuls run in the low precision)."""
+    if precision == "fp32":
+        return torch.autocast(device.type, enabled=False)
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def adapter_meta(cfg: TrainConfig, variant: str, step: int, precision: str, n_train: int, n_val: int) -> dict:
+    """ComfyUI-SelVA meta keys (variant, rank, alpha, target, steps, ...) plus ours."""
+    return {
+        "variant": variant,
+        "rank": cfg.rank,
+        "alpha": cfg.effective_alpha,
+        "target": list(cfg.target),
+        "steps": step,
+        "timestep_mode": cfg.timestep_sampling,
+        "logit_normal_sigma": cfg.logit_normal_sigma,
+        "lora_dropout": cfg.lora_dropout,
+        "lora_plus_ratio": cfg.lora_plus_ratio,
+        "lr_schedule": cfg.lr_schedule,
+        "init_mode": "standard",
+        "use_rslora": cfg.rslora,
+        "lr": cfg.lr,
+        "batch_size": cfg.batch_size,
+        "grad_accum": cfg.grad_accum,
+        "weight_decay": cfg.weight_decay,
+        "precision": precision,
+        "seed": cfg.seed,
+        "latent_sampling": cfg.latent_sampling,
+        "train_clips": n_train,
+        "val_clips": n_val,
+        "total_steps": cfg.steps,
+        "trainer": "selvad",
+    }
+
+
+class Stopper:
+    """SIGTERM/SIGINT (main thread only) or an external event ask the loop to stop."""
+
+    def __init__(self, external: threading.Event | None, install_signals: bool) -> None:
+        self.event = external or threading.Event()
+        self.signal_name = ""
+        self._old: dict[int, Any] = {}
+        if install_signals and threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._old[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, _frame) -> None:
+        self.signal_name = signal.Signals(signum).name
+        self.event.set()
+
+    def restore(self) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+    @property
+    def requested(self) -> bool:
+        return self.event.is_set()
+
+
+def split_clips(clips: Sequence[Any], val_clips: int | None, seed: int) -> tuple[list[int], list[int]]:
+    """Deterministic (train, val) index split; default val = 1 when >= 8 clips, else 0."""
+    n = len(clips)
+    k = (1 if n >= 8 else 0) if val_clips is None else val_clips
+    if k >= n:
+        raise TrainError(f"val_clips = {k} leaves no clip to train on ({n} clips); lower val_clips")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 7919)).tolist()
+    val = sorted(order[:k])
+    return [i for i in range(n) if i not in val], val
+
+def append_jsonl(path: Path, record: dict) -> None:
+    """Append one JSON line and flush it to disk (a torn last line is skipped by readers)."""
+    with path.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
