@@ -197,8 +197,10 @@ class SelfAttention(nn.Module):
         qkv = self.qkv(x).view(b, t, self.num_heads, -1, 3)  # (B, T, H, d, 3)
         qkv = qkv.permute(4, 0, 2, 1, 3)  # (3, B, H, T, d)
         q, k, v = qkv[0], qkv[1], qkv[2]
-        q = self.q_norm(q)
-        k = self.k_norm(k)
+        # weight cast to the activation dtype: under bf16 autocast this is the reference's
+        # bf16 numerics (eps = bf16 machine epsilon) and keeps torch's fused kernel
+        q = F.rms_norm(q, q.shape[-1:], self.q_norm.weight.to(q.dtype), self.q_norm.eps)
+        k = F.rms_norm(k, k.shape[-1:], self.k_norm.weight.to(k.dtype), self.k_norm.eps)
         if rot is not None:
             q = apply_rope(q, rot)
             k = apply_rope(k, rot)

@@ -199,3 +199,27 @@ def test_golden_adapter_file_loads_as_comfyui_pt(golden_dir, tmp_path):
     with torch.no_grad():
         out = model(io["input.latent"], io["input.clip_f"], io["input.sync_f"], io["input.text_f"], io["input.t"])
     np.testing.assert_allclose(out.numpy(), io["output.flow_strength_0.5"].numpy(), atol=1e-4, rtol=1e-4)
+
+
+def test_bf16_autocast_step_keeps_fp32_lora_weights():
+    """The GPU training path (bf16 autocast, fp32 LoRA master weights), run on the CPU."""
+    from selva_engine.flow import FlowMatching
+
+    model = tiny()
+    apply_lora(model, rank=4, dtype=torch.float32)
+    latent, clip, sync, text, t = inputs()
+    fm = FlowMatching()
+    x0 = torch.randn_like(latent)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cond = model.preprocess_conditions(clip, sync, text)
+        v = model.predict_flow(fm.path(x0, latent, t), t, cond)
+    assert v.dtype == torch.bfloat16
+    loss = fm.loss(v.float(), x0, latent).mean()
+    loss.backward()
+    a, b = lora_parameters(model)
+    assert all(p.dtype == torch.float32 and p.grad is not None and p.grad.dtype == torch.float32
+               for p in a + b)
+    assert all(torch.isfinite(p.grad).all() for p in a + b)
+    with torch.no_grad():
+        ref = model.predict_flow(fm.path(x0, latent, t), t, model.preprocess_conditions(clip, sync, text))
+    assert torch.allclose(v.float(), ref, atol=0.15)  # bf16 rounding only
