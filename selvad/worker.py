@@ -115,10 +115,8 @@ class RunProcess:
             atomic_write(cfg_json, json.dumps(cfg.to_dict(), indent=2) + "\n")
             write_run_toml(self.out_dir / "run.toml", self.run, cfg)
             self._write_validation(cfg)
-            # --data_dir only satisfies the engine parser (it is required even with
-            # --config_json); every option is read from the JSON file.
-            return [*trampoline, "train", "--config_json", str(cfg_json),
-                    "--data_dir", cfg.data_dir, "--json"]
+            # every option, data_dir included, is read from the JSON file
+            return [*trampoline, "train", "--config_json", str(cfg_json), "--json"]
         device, _ = child_device(self.cfg.device.name)
         return [*trampoline, "extract", "--data_dir", str(self.run.config["data_dir"]),
                 "--variant", str(self.run.config["variant"]),
