@@ -24,7 +24,7 @@ from . import report
 from .checkpoint import checkpoint_name, find_latest, load_checkpoint, save_checkpoint
 from .data import load_dataset
 from .extract import FeatureCache, extract_clips
-from .flow import FlowMatching, sample_timesteps
+from .flow import FlowMatching
 from .lora import apply_lora, lora_parameters, lora_state_dict, save_adapter
 from .nn.generator import Conditions, load_generator
 from .options import TrainConfig, resolve_device
@@ -32,6 +32,7 @@ from .recommend import Candidate, recommend
 from .trainloop import (
     BatchSampler,
     FixedLossProbe,
+    StepRunner,
     Stopper,
     TrainError,
     adapter_meta,
@@ -334,39 +335,21 @@ def _train(cfg: TrainConfig, stopper: Stopper, events: EventFn | None,
     status, last_ckpt = "done", None
     window_loss, window_gn, window_start = [], [], time.monotonic()
     loop_start_step = step
+    runner = StepRunner(model, fm, cfg, lat_mean=lat_mean, lat_std=lat_std, conditions=conditions,
+                        autocast=autocast, scaler=scaler, optimizer=optimizer, scheduler=scheduler,
+                        params=params_a + params_b, gen_t=gen_t, gen_noise=gen_noise)
     # the loop (a stop request is checked before every step)
     while step < cfg.steps:
         if stopper.requested:
             status = "interrupted"
             break
-        idx_list = sampler.next_batch()
-        idx = torch.tensor(idx_list, device=device)
-        b = len(idx_list)
-        noise_shape = (b, *lat_mean.shape[1:])
-        x0 = torch.randn(noise_shape, generator=gen_noise).to(device)
-        x1 = lat_mean[idx]
-        if cfg.latent_sampling == "posterior":
-            x1 = x1 + lat_std[idx] * torch.randn(noise_shape, generator=gen_noise).to(device)
-        x1 = model.normalize(x1)
-        t = sample_timesteps(b, cfg.timestep_sampling, sigma=cfg.logit_normal_sigma,
-                             generator=gen_t).to(device)
-        with autocast:
-            v = model.predict_flow(fm.path(x0, x1, t), t, conditions(idx))
-        loss = fm.loss(v.float(), x0, x1).mean()
-        if not torch.isfinite(loss):
-            raise TrainError(f"loss became {loss.item()} at step {step + 1}; lower lr or use "
-                             "precision = \"fp32\"")
-        scaler.scale(loss / cfg.grad_accum).backward()
+        try:
+            window_loss.append(runner.micro_step(sampler.next_batch()))
+        except TrainError as exc:
+            raise TrainError(f"step {step + 1}: {exc}") from None
         step += 1
-        window_loss.append(loss.item())
         if step % cfg.grad_accum == 0 or step == cfg.steps:
-            scaler.unscale_(optimizer)
-            gn = torch.nn.utils.clip_grad_norm_(params_a + params_b, cfg.grad_clip or float("inf"))
-            window_gn.append(float(gn))
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            window_gn.append(runner.optimizer_step())
         if step % cfg.log_every == 0 or step == cfg.steps:
             elapsed = time.monotonic() - window_start
             rate = len(window_loss) * cfg.batch_size / max(elapsed, 1e-9)

@@ -16,10 +16,11 @@ from typing import Any
 
 import torch
 
-from .flow import FlowMatching
+from .flow import FlowMatching, sample_timesteps
 from .options import TrainConfig
 
-__all__ = ["BatchSampler", "FixedLossProbe", "Stopper", "TrainError", "adapter_meta", "append_jsonl",
+__all__ = ["BatchSampler", "FixedLossProbe", "Stopper", "StepRunner", "TrainError", "adapter_meta",
+           "append_jsonl",
            "autocast_for", "effective_precision", "lr_factor", "make_scheduler", "overfitting",
            "split_clips"]
 
@@ -220,3 +221,58 @@ def append_jsonl(path: Path, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
         f.flush()
         os.fsync(f.fileno())
+
+
+class StepRunner:
+    """The training step itself, shared by `train()` and bench/train_throughput.py.
+
+    Holds the clip tensors resident on the device (posterior mean/std (C, N, L)) and a
+    `conditions(idx)` function returning preprocessed conditions for clip indices.
+    `micro_step(idx)` draws x0, t (and the posterior sample) from the run's generators,
+    runs the forward under autocast and the backward (scaled by 1/grad_accum, through the
+    grad scaler), and returns the loss; `optimizer_step()` unscales, clips the global grad
+    norm of the LoRA parameters, steps optimizer and scheduler, and returns the norm.
+    """
+
+    def __init__(self, model, fm: FlowMatching, cfg: TrainConfig, *, lat_mean: torch.Tensor,
+                 lat_std: torch.Tensor, conditions: Callable, autocast, scaler, optimizer,
+                 scheduler, params: list[torch.nn.Parameter], gen_t: torch.Generator,
+                 gen_noise: torch.Generator) -> None:
+        self.model, self.fm, self.cfg = model, fm, cfg
+        self.lat_mean, self.lat_std, self.conditions = lat_mean, lat_std, conditions
+        self.autocast, self.scaler = autocast, scaler
+        self.optimizer, self.scheduler, self.params = optimizer, scheduler, params
+        self.gen_t, self.gen_noise = gen_t, gen_noise
+        self.device = lat_mean.device
+
+    def micro_step(self, idx_list: list[int]) -> float:
+        """Forward + backward of one micro-batch; returns its loss (raises on non-finite)."""
+        cfg, device = self.cfg, self.device
+        idx = torch.tensor(idx_list, device=device)
+        shape = (len(idx_list), *self.lat_mean.shape[1:])
+        # noise is drawn on the CPU from the run's generators: identical on every device
+        x0 = torch.randn(shape, generator=self.gen_noise).to(device)
+        x1 = self.lat_mean[idx]
+        if cfg.latent_sampling == "posterior":
+            x1 = x1 + self.lat_std[idx] * torch.randn(shape, generator=self.gen_noise).to(device)
+        x1 = self.model.normalize(x1)
+        t = sample_timesteps(len(idx_list), cfg.timestep_sampling, sigma=cfg.logit_normal_sigma,
+                             generator=self.gen_t).to(device)
+        with self.autocast:
+            v = self.model.predict_flow(self.fm.path(x0, x1, t), t, self.conditions(idx))
+        loss = self.fm.loss(v.float(), x0, x1).mean()
+        value = loss.item()
+        if not math.isfinite(value):
+            raise TrainError(f"loss became {value}; lower lr or use precision = \"fp32\"")
+        self.scaler.scale(loss / cfg.grad_accum).backward()
+        return value
+
+    def optimizer_step(self) -> float:
+        """Clip, step optimizer and scheduler, clear gradients; returns the pre-clip norm."""
+        self.scaler.unscale_(self.optimizer)
+        gn = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip or float("inf"))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(gn)
