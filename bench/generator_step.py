@@ -24,29 +24,33 @@ from selva_engine.nn.layers import attention_backend
 from selva_engine.variants import get_variant
 
 
-def build(variant: str, device: torch.device) -> Generator:
+def random_model(variant: str, device: torch.device) -> Generator:
+    """A frozen generator of `variant`'s shape with seeded random weights (no checkpoint)."""
     torch.manual_seed(0)
-    model = Generator(**get_variant(variant).generator_kwargs()).to(device)
+    model = Generator(**get_variant(variant).generator_kwargs())
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0, 0.02)
         model.latent_std.fill_(1.0)
         model.latent_mean.zero_()
-    model.requires_grad_(False)
+    return model.requires_grad_(False).to(device)
+
+
+def build(variant: str, device: torch.device) -> Generator:
+    model = random_model(variant, device)
     apply_lora(model, rank=16, targets=["attn.qkv"])
     return model.train()
 
 
-def step_time(model: Generator, batch: int, steps: int, device: torch.device, dtype: torch.dtype,
-              backend: str) -> tuple[float, float]:
+def step_time(model: Generator, variant: str, batch: int, steps: int, device: torch.device,
+              dtype: torch.dtype, backend: str) -> tuple[float, float]:
     """Mean seconds per forward+backward and peak memory (MiB; CUDA only, else nan)."""
-    v = get_variant_from(model)
-    s = v
+    v, seq = get_variant(variant), get_variant(variant).sequence()
     g = torch.Generator(device="cpu").manual_seed(1)
-    x1 = torch.randn(batch, s["n"], model.latent_dim, generator=g).to(device)
-    clip = torch.randn(batch, s["nc"], s["clip_dim"], generator=g).to(device)
-    sync = torch.randn(batch, s["ns"], s["sync_dim"], generator=g).to(device)
-    text = torch.randn(batch, model.text_seq_len, s["text_dim"], generator=g).to(device)
+    x1 = torch.randn(batch, seq.latent_seq_len, v.latent_dim, generator=g).to(device)
+    clip = torch.randn(batch, seq.clip_seq_len, v.clip_dim, generator=g).to(device)
+    sync = torch.randn(batch, seq.sync_seq_len, v.sync_dim, generator=g).to(device)
+    text = torch.randn(batch, v.text_seq_len, v.text_dim, generator=g).to(device)
     fm = FlowMatching()
     params = [p for group in lora_parameters(model) for p in group]
     autocast = (torch.autocast(device.type, dtype=dtype) if dtype != torch.float32
@@ -77,17 +81,6 @@ def step_time(model: Generator, batch: int, steps: int, device: torch.device, dt
     return elapsed, peak
 
 
-def get_variant_from(model: Generator) -> dict:
-    return {
-        "n": model.latent_seq_len,
-        "nc": model.clip_seq_len,
-        "ns": model.sync_seq_len,
-        "clip_dim": model.clip_input_proj[0].in_features,
-        "sync_dim": model.sync_input_proj[0].in_channels,
-        "text_dim": model.text_input_proj[0].in_features,
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--variant", default="small_16k")
@@ -110,9 +103,9 @@ def main() -> None:
         # from other processes affects both alike.
         ours, base, ours_mem, base_mem = float("inf"), float("inf"), float("nan"), float("nan")
         for _ in range(args.rounds):
-            t, ours_mem = step_time(model, args.batch, args.steps, device, dtype, "sdpa")
+            t, ours_mem = step_time(model, args.variant, args.batch, args.steps, device, dtype, "sdpa")
             ours = min(ours, t)
-            t, base_mem = step_time(model, args.batch, args.steps, device, dtype, "naive")
+            t, base_mem = step_time(model, args.variant, args.batch, args.steps, device, dtype, "naive")
             base = min(base, t)
         speedup = base / ours
         for name, secs, mem in (("ours (sdpa)", ours, ours_mem), ("baseline (naive)", base, base_mem)):

@@ -21,6 +21,7 @@ import time
 
 import numpy as np
 import torch
+from generator_step import random_model  # bench/ is on sys.path when a bench script runs
 
 from selva_engine.flow import FlowMatching
 from selva_engine.lora import apply_lora, lora_parameters
@@ -28,17 +29,6 @@ from selva_engine.nn.generator import Generator
 from selva_engine.options import TrainConfig
 from selva_engine.trainloop import StepRunner, autocast_for, make_scheduler
 from selva_engine.variants import get_variant
-
-
-def random_model(variant: str, device: torch.device) -> Generator:
-    torch.manual_seed(0)
-    model = Generator(**get_variant(variant).generator_kwargs())
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.02)
-        model.latent_std.fill_(1.0)
-        model.latent_mean.zero_()
-    return model.requires_grad_(False).to(device)
 
 
 def dataset(variant: str, clips: int) -> list[dict[str, np.ndarray]]:

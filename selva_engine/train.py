@@ -13,7 +13,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -413,9 +413,3 @@ def _evaluate_run(cfg: TrainConfig, out_dir: Path, emit: EventFn) -> None:
     )
     emit({"event": "eval_done", "summary": str(out_dir / "eval" / "eval_summary.json"),
           "recommendation": summary["recommendation"]})
-
-
-def resolve_config(cfg: TrainConfig, **changes: Any) -> TrainConfig:
-    """A copy of `cfg` with `changes` applied (helper for callers and tests)."""
-    return replace(cfg, **changes)
-
