@@ -7,7 +7,10 @@ every forward, and the whole generator cast to the training dtype (LoRA weights 
 Ours: one batched forward, all clip tensors resident on the device, conditions
 preprocessed once per clip, fp32 LoRA weights under bf16 autocast on a GPU.
 
-CPU: the tiny_16k variant (fp32). GPU: small_16k-shaped random weights, bf16.
+CPU: the tiny_16k variant. GPU: small_16k-shaped random weights. Both run the trainer's
+default precision as train() resolves it on the device: bf16 on a GPU and on a CPU with
+native bf16 (AVX512-BF16 / AMX), else fp32. Ours stores the frozen weights in that dtype once
+(`store_frozen_in_compute_dtype`) and autocasts; the baseline casts everything.
 The last line is `speedup: X.XX` (ours over the baseline). Target: >= 2 at batch 4.
 
     python bench/train_throughput.py [--batch 4] [--steps 10] [--rounds 3] [--device auto]
@@ -27,7 +30,13 @@ from selva_engine.flow import FlowMatching
 from selva_engine.lora import apply_lora, lora_parameters
 from selva_engine.nn.generator import Generator
 from selva_engine.options import TrainConfig
-from selva_engine.trainloop import StepRunner, autocast_for, make_scheduler
+from selva_engine.trainloop import (
+    StepRunner,
+    autocast_for,
+    effective_precision,
+    make_scheduler,
+    store_frozen_in_compute_dtype,
+)
 from selva_engine.variants import get_variant
 
 
@@ -51,6 +60,7 @@ class Ours:
         self.model = copy.deepcopy(base)
         apply_lora(self.model, rank=16, targets=["attn.qkv"], dtype=torch.float32)
         self.model.train()
+        store_frozen_in_compute_dtype(self.model, precision)
         a, b = lora_parameters(self.model)
         optimizer = torch.optim.AdamW([{"params": a, "lr": cfg.lr}, {"params": b, "lr": cfg.lr}],
                                       weight_decay=cfg.weight_decay)
@@ -64,10 +74,14 @@ class Ours:
             scaler=torch.amp.GradScaler(device.type, enabled=False), optimizer=optimizer,
             scheduler=make_scheduler(optimizer, cfg), params=a + b,
             gen_t=torch.Generator().manual_seed(0), gen_noise=torch.Generator().manual_seed(1))
+        self.steps, self.log_every = 0, cfg.log_every
 
     def step(self, idx: list[int]) -> None:
         self.runner.micro_step(idx)
         self.runner.optimizer_step()
+        self.steps += 1
+        if self.steps % self.log_every == 0:  # train() reads losses back once per log interval
+            self.runner.flush(self.steps)
 
 
 class Baseline:
@@ -127,7 +141,9 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else ("cpu" if args.device == "auto" else args.device))
-    variant, precision = ("small_16k", "bf16") if device.type == "cuda" else ("tiny_16k", "fp32")
+    variant = "small_16k" if device.type == "cuda" else "tiny_16k"
+    # the trainer's default precision as train() resolves it on this device (both loops use it)
+    precision = effective_precision("bf16", device, lambda message: print(f"note: {message}"))
     base = random_model(variant, device)
     data = dataset(variant, args.clips)
     print(f"device {device}, {variant}-shaped random weights, {precision}, batch {args.batch}, "

@@ -42,6 +42,7 @@ from .trainloop import (
     make_scheduler,
     overfitting,
     split_clips,
+    store_frozen_in_compute_dtype,
 )
 from .variants import get_variant
 
@@ -163,6 +164,9 @@ def _train(cfg: TrainConfig, stopper: Stopper, events: EventFn | None,
                          rslora=cfg.rslora, dropout=cfg.lora_dropout, dtype=torch.float32,
                          generator=torch.Generator().manual_seed(cfg.seed))
     model.train()
+    # frozen Linear/Conv weights stored in the autocast dtype: the same numbers as autocast's
+    # per-step casts, without them (and half the memory for those weights)
+    store_frozen_in_compute_dtype(model, precision)
     params_a, params_b = lora_parameters(model)
     optimizer = torch.optim.AdamW(
         [{"params": params_a, "lr": cfg.lr}, {"params": params_b, "lr": cfg.lr * cfg.lora_plus_ratio}],
@@ -247,6 +251,10 @@ def _train(cfg: TrainConfig, stopper: Stopper, events: EventFn | None,
 
     def write_checkpoint(at_step: int, final: bool) -> Path:
         """Checkpoint + sample + fixed-noise losses + plots + meta.json for `at_step`."""
+        # the losses still on the device are checked first: a diverged run saves nothing
+        losses, norms = runner.flush(at_step)
+        window_loss.extend(losses)
+        window_gn.extend(norms)
         meta = adapter_meta(cfg, variant.name, at_step, precision, n_train, n_val)
         model.eval()
         with torch.no_grad(), autocast:
@@ -343,14 +351,14 @@ def _train(cfg: TrainConfig, stopper: Stopper, events: EventFn | None,
         if stopper.requested:
             status = "interrupted"
             break
-        try:
-            window_loss.append(runner.micro_step(sampler.next_batch()))
-        except TrainError as exc:
-            raise TrainError(f"step {step + 1}: {exc}") from None
+        runner.micro_step(sampler.next_batch())
         step += 1
         if step % cfg.grad_accum == 0 or step == cfg.steps:
-            window_gn.append(runner.optimizer_step())
+            runner.optimizer_step()
         if step % cfg.log_every == 0 or step == cfg.steps:
+            losses, norms = runner.flush(step)
+            window_loss += losses
+            window_gn += norms
             elapsed = time.monotonic() - window_start
             rate = len(window_loss) * cfg.batch_size / max(elapsed, 1e-9)
             mean_loss = float(np.mean(window_loss))

@@ -21,7 +21,8 @@ from .options import TrainConfig
 
 __all__ = ["BatchSampler", "FixedLossProbe", "Stopper", "StepRunner", "TrainError", "adapter_meta",
            "append_jsonl",
-           "autocast_for", "effective_precision", "lr_factor", "make_scheduler", "overfitting",
+           "autocast_for", "compute_dtype", "cpu_has_native_bf16", "effective_precision",
+           "store_frozen_in_compute_dtype", "lr_factor", "make_scheduler", "overfitting",
            "split_clips"]
 
 
@@ -128,8 +129,21 @@ class TrainError(RuntimeError):
     """A training run cannot start or continue (message names the cause and the fix)."""
 
 
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU computes bf16 matmuls natively (AVX512-BF16 or AMX), where oneDNN
+    runs them several times faster than fp32; False where it would only emulate them."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN's bf16 query
+        return False
+
+
 def effective_precision(requested: str, device: torch.device, warn: Callable[[str], None]) -> str:
-    """Effective precision; bf16 without hardware support falls back with a warning."""
+    """Effective precision; bf16 without hardware support falls back with a warning.
+
+    bf16 is kept on a CUDA GPU that supports it and on a CPU with native bf16 (AVX512-BF16
+    or AMX); fp16 needs a CUDA GPU.
+    """
     if requested != "bf16":
         if requested == "fp16" and device.type != "cuda":
             warn("fp16 needs a CUDA GPU; training in fp32 on the CPU")
@@ -140,7 +154,10 @@ def effective_precision(requested: str, device: torch.device, warn: Callable[[st
     if device.type == "cuda":
         warn("this GPU has no bf16 support; falling back to fp16 with a grad scaler")
         return "fp16"
-    warn("bf16 has no hardware support on the CPU; falling back to fp32")
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return "bf16"
+    warn(f"bf16 has no hardware support on this {device.type.upper()} (no AVX512-BF16 or AMX); "
+         "falling back to fp32")
     return "fp32"
 
 
@@ -149,7 +166,33 @@ def autocast_for(device: torch.device, precision: str):
     LoRA weights stay fp32; only the matmuls run in the low precision)."""
     if precision == "fp32":
         return torch.autocast(device.type, enabled=False)
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+    return torch.autocast(device.type, dtype=compute_dtype(precision))
+
+
+def compute_dtype(precision: str) -> torch.dtype:
+    """The dtype the matmuls of a precision run in."""
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def store_frozen_in_compute_dtype(model: torch.nn.Module, precision: str) -> int:
+    """Keep the frozen Linear / Conv1d weights of `model` in the precision's compute dtype.
+
+    Autocast would cast each of them to that dtype at every forward pass; storing them cast
+    once gives the same numbers without the per-step casts and halves their memory. Trainable
+    parameters (the LoRA weights) and every other frozen tensor (latent statistics, norms,
+    empty tokens) stay as they are. Returns the number of tensors cast; 0 for fp32.
+    """
+    if precision == "fp32":
+        return 0
+    dtype, count = compute_dtype(precision), 0
+    for module in model.modules():
+        if not isinstance(module, torch.nn.Linear | torch.nn.Conv1d):
+            continue
+        for param in (module.weight, module.bias):
+            if param is not None and not param.requires_grad and param.dtype != dtype:
+                param.data = param.data.to(dtype)
+                count += 1
+    return count
 
 
 def adapter_meta(cfg: TrainConfig, variant: str, step: int, precision: str, n_train: int, n_val: int) -> dict:
@@ -230,8 +273,14 @@ class StepRunner:
     `conditions(idx)` function returning preprocessed conditions for clip indices.
     `micro_step(idx)` draws x0, t (and the posterior sample) from the run's generators,
     runs the forward under autocast and the backward (scaled by 1/grad_accum, through the
-    grad scaler), and returns the loss; `optimizer_step()` unscales, clips the global grad
-    norm of the LoRA parameters, steps optimizer and scheduler, and returns the norm.
+    grad scaler); `optimizer_step()` unscales, clips the global grad norm of the LoRA
+    parameters and steps optimizer and scheduler.
+
+    Neither reads a number back from the device: losses and grad norms stay there until
+    `flush()` fetches them all in one transfer (at each log interval and before each
+    checkpoint), so the host never waits for the GPU in between and keeps queueing work.
+    `flush()` is also where a non-finite loss is caught; a diverged run therefore fails at
+    the next flush, before anything of it is saved.
     """
 
     def __init__(self, model, fm: FlowMatching, cfg: TrainConfig, *, lat_mean: torch.Tensor,
@@ -244,9 +293,11 @@ class StepRunner:
         self.optimizer, self.scheduler, self.params = optimizer, scheduler, params
         self.gen_t, self.gen_noise = gen_t, gen_noise
         self.device = lat_mean.device
+        self._losses: list[torch.Tensor] = []
+        self._norms: list[torch.Tensor] = []
 
-    def micro_step(self, idx_list: list[int]) -> float:
-        """Forward + backward of one micro-batch; returns its loss (raises on non-finite)."""
+    def micro_step(self, idx_list: list[int]) -> None:
+        """Forward + backward of one micro-batch; its loss waits on the device for flush()."""
         cfg, device = self.cfg, self.device
         idx = torch.tensor(idx_list, device=device)
         shape = (len(idx_list), *self.lat_mean.shape[1:])
@@ -261,18 +312,31 @@ class StepRunner:
         with self.autocast:
             v = self.model.predict_flow(self.fm.path(x0, x1, t), t, self.conditions(idx))
         loss = self.fm.loss(v.float(), x0, x1).mean()
-        value = loss.item()
-        if not math.isfinite(value):
-            raise TrainError(f"loss became {value}; lower lr or use precision = \"fp32\"")
         self.scaler.scale(loss / cfg.grad_accum).backward()
-        return value
+        self._losses.append(loss.detach())
 
-    def optimizer_step(self) -> float:
-        """Clip, step optimizer and scheduler, clear gradients; returns the pre-clip norm."""
+    def optimizer_step(self) -> None:
+        """Clip, step optimizer and scheduler, clear gradients; the pre-clip norm waits for flush()."""
         self.scaler.unscale_(self.optimizer)
         gn = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip or float("inf"))
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return float(gn)
+        self._norms.append(gn.detach().float())
+
+    def flush(self, step: int) -> tuple[list[float], list[float]]:
+        """(losses, pre-clip grad norms) since the last flush, in step order.
+
+        `step` is the count of micro-steps run so far; it names the first step whose loss is
+        not finite in the TrainError raised then.
+        """
+        pending = self._losses + self._norms
+        values = torch.stack(pending).tolist() if pending else []
+        losses, norms = values[: len(self._losses)], values[len(self._losses):]
+        self._losses, self._norms = [], []
+        for i, value in enumerate(losses):
+            if not math.isfinite(value):
+                at = step - len(losses) + 1 + i
+                raise TrainError(f"step {at}: loss became {value}; lower lr or use precision = \"fp32\"")
+        return losses, norms

@@ -297,13 +297,17 @@ class JointBlock(nn.Module):
         c_qkv, c_rest = self.clip_block.pre_attention(clip_f, global_c, clip_rot)
         t_qkv, t_rest = self.text_block.pre_attention(text_f, global_c, None)
         n, nc = latent.shape[1], clip_f.shape[1]
-        q, k, v = (torch.cat([x_qkv[i], c_qkv[i], t_qkv[i]], dim=2) for i in range(3))
+        k, v = (torch.cat([x_qkv[i], c_qkv[i], t_qkv[i]], dim=2) for i in (1, 2))
+        if self.pre_only:
+            # the clip/text updates of a pre-only block are discarded: only the latent
+            # queries attend (the latent rows are the same as in the full attention)
+            return self.latent_block.post_attention(latent, attention(x_qkv[0], k, v), x_rest), clip_f, text_f
+        q = torch.cat([x_qkv[0], c_qkv[0], t_qkv[0]], dim=2)
         out = attention(q, k, v)  # (B, N + Nc + Nt, D)
         x_out, c_out, t_out = out[:, :n], out[:, n : n + nc], out[:, n + nc :]
         latent = self.latent_block.post_attention(latent, x_out, x_rest)
-        if not self.pre_only:
-            clip_f = self.clip_block.post_attention(clip_f, c_out, c_rest)
-            text_f = self.text_block.post_attention(text_f, t_out, t_rest)
+        clip_f = self.clip_block.post_attention(clip_f, c_out, c_rest)
+        text_f = self.text_block.post_attention(text_f, t_out, t_rest)
         return latent, clip_f, text_f
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -223,3 +224,71 @@ def test_bf16_autocast_step_keeps_fp32_lora_weights():
     with torch.no_grad():
         ref = model.predict_flow(fm.path(x0, latent, t), t, model.preprocess_conditions(clip, sync, text))
     assert torch.allclose(v.float(), ref, atol=0.15)  # bf16 rounding only
+
+
+def test_frozen_weights_stored_in_bf16_give_autocast_numbers_exactly():
+    """store_frozen_in_compute_dtype only removes autocast's per-step casts: the forward and
+    the LoRA gradients are bit-identical, and the LoRA weights stay fp32."""
+    from selva_engine.flow import FlowMatching
+    from selva_engine.trainloop import store_frozen_in_compute_dtype
+
+    latent, clip, sync, text, t = inputs()
+    fm = FlowMatching()
+    x0 = torch.randn(latent.shape, generator=torch.Generator().manual_seed(5))
+    results = []
+    for cast in (False, True):
+        model = tiny()
+        apply_lora(model, rank=4, targets=["attn.qkv", "linear1"], dtype=torch.float32,
+                   generator=torch.Generator().manual_seed(3))
+        with torch.no_grad():
+            for p in lora_parameters(model)[1]:
+                p.normal_(0, 0.02)  # B != 0 so the LoRA path contributes
+        if cast:
+            assert store_frozen_in_compute_dtype(model, "fp32") == 0
+            count = store_frozen_in_compute_dtype(model, "bf16")
+            assert count > 0
+            assert model.joint_blocks[0].latent_block.attn.qkv.linear.weight.dtype == torch.bfloat16
+            assert model.audio_input_proj[0].weight.dtype == torch.bfloat16
+            assert model.latent_std.dtype == torch.float32 and model.sync_pos_emb.dtype == torch.float32
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            v = model.predict_flow(fm.path(x0, latent, t), t, model.preprocess_conditions(clip, sync, text))
+        fm.loss(v.float(), x0, latent).mean().backward()
+        a, b = lora_parameters(model)
+        assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in a + b)
+        results.append((v.float(), [p.grad.clone() for p in a + b]))
+    (v0, g0), (v1, g1) = results
+    assert torch.equal(v0, v1)
+    assert all(torch.equal(x, y) for x, y in zip(g0, g1, strict=True))
+
+
+def test_step_runner_keeps_losses_on_device_until_flush_and_names_the_diverged_step():
+    from selva_engine.flow import FlowMatching
+    from selva_engine.options import TrainConfig
+    from selva_engine.trainloop import StepRunner, TrainError, make_scheduler
+
+    model = tiny()
+    apply_lora(model, rank=4, dtype=torch.float32)
+    latent, clip, sync, text, _ = inputs(3)
+    cfg = TrainConfig(batch_size=2, precision="fp32", warmup_steps=0)
+    a, b = lora_parameters(model)
+    optimizer = torch.optim.AdamW(a + b, lr=1e-3)
+    with torch.no_grad():
+        cond = model.preprocess_conditions(clip, sync, text)
+    lat = latent.clone()
+    runner = StepRunner(model, FlowMatching(), cfg, lat_mean=lat, lat_std=torch.zeros_like(lat),
+                        conditions=cond.index, autocast=torch.autocast("cpu", enabled=False),
+                        scaler=torch.amp.GradScaler("cpu", enabled=False), optimizer=optimizer,
+                        scheduler=make_scheduler(optimizer, cfg), params=a + b,
+                        gen_t=torch.Generator().manual_seed(0), gen_noise=torch.Generator().manual_seed(1))
+    for _ in range(3):
+        runner.micro_step([0, 1])
+        runner.optimizer_step()
+    losses, norms = runner.flush(3)
+    assert len(losses) == 3 and len(norms) == 3
+    assert all(math.isfinite(x) and x > 0 for x in losses + norms)
+    assert runner.flush(3) == ([], [])
+    runner.micro_step([0, 1])  # step 4 is fine
+    lat[2, 0, 0] = float("nan")  # clip 2 turns non-finite: step 5 diverges
+    runner.micro_step([2, 0])
+    with pytest.raises(TrainError, match=r"step 5: loss became nan"):
+        runner.flush(5)

@@ -199,3 +199,27 @@ def test_stop_before_training_leaves_no_checkpoint(tmp_path, dataset, tiny_weigh
     assert result.status == "interrupted" and result.step == 0 and result.last_checkpoint is None
     assert events[-1]["event"] == "interrupted" and events[-1]["stage"] == "extraction"
     assert not list((tmp_path / "early").glob("adapter_*.pt"))
+
+
+def test_bf16_on_a_cpu_with_native_bf16(tmp_path, dataset, tiny_weights, monkeypatch):
+    """Where the CPU computes bf16 natively the default precision stays bf16: autocast with
+    the frozen weights stored in bf16 and fp32 LoRA weights, end to end. Checkpoints that
+    fall between log intervals read the pending losses back themselves."""
+    import selva_engine.trainloop as trainloop
+
+    monkeypatch.setattr(trainloop, "cpu_has_native_bf16", lambda: True)
+    events = []
+    cfg = config(dataset, tmp_path / "run", tiny_weights, precision="bf16", steps=8, save_every=6,
+                 log_every=4)
+    result = train(cfg, events=events.append)
+    assert result.status == "done"
+    start = next(e for e in events if e["event"] == "train_start")
+    assert start["precision"] == "bf16" and not [e for e in events if e["event"] == "warning"]
+    assert [e["step"] for e in events if e["event"] == "checkpoint"] == [6, 8]
+    progress = [e for e in events if e["event"] == "progress"]
+    assert [e["step"] for e in progress] == [4, 8]
+    assert all(np.isfinite(e["loss"]) and np.isfinite(e["grad_norm"]) for e in progress)
+    final = torch.load(tmp_path / "run" / "adapter_final.pt", weights_only=True)
+    assert final["meta"]["precision"] == "bf16"
+    assert all(t.dtype == torch.float32 for t in final["state_dict"].values())
+    assert (tmp_path / "run" / "sample_step00008.wav").is_file()

@@ -54,8 +54,26 @@ def test_split_and_precision_fallbacks():
     assert split_clips(list(range(7)), None, seed=42)[1] == []
     with pytest.raises(TrainError, match="val_clips"):
         split_clips(list(range(3)), 3, seed=0)
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_precision_fallbacks_follow_cpu_bf16_support(monkeypatch, native):
+    import selva_engine.trainloop as trainloop
+
+    monkeypatch.setattr(trainloop, "cpu_has_native_bf16", lambda: native)
     warnings = []
-    assert effective_precision("bf16", torch.device("cpu"), warnings.append) == "fp32"
-    assert effective_precision("fp16", torch.device("cpu"), warnings.append) == "fp32"
-    assert effective_precision("fp32", torch.device("cpu"), warnings.append) == "fp32"
-    assert len(warnings) == 2 and "bf16" in warnings[0]
+    cpu = torch.device("cpu")
+    assert effective_precision("bf16", cpu, warnings.append) == ("bf16" if native else "fp32")
+    assert effective_precision("fp16", cpu, warnings.append) == "fp32"
+    assert effective_precision("fp32", cpu, warnings.append) == "fp32"
+    assert "fp16 needs a CUDA GPU" in warnings[-1]
+    if native:
+        assert len(warnings) == 1
+    else:
+        assert len(warnings) == 2 and "bf16 has no hardware support" in warnings[0]
+
+
+def test_cpu_bf16_probe_answers_a_bool():
+    from selva_engine.trainloop import cpu_has_native_bf16
+
+    assert isinstance(cpu_has_native_bf16(), bool)
