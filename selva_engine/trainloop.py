@@ -298,22 +298,29 @@ class StepRunner:
 
     def micro_step(self, idx_list: list[int]) -> None:
         """Forward + backward of one micro-batch; its loss waits on the device for flush()."""
-        cfg, device = self.cfg, self.device
-        idx = torch.tensor(idx_list, device=device)
+        cfg, put = self.cfg, self._to_device
+        idx = put(torch.tensor(idx_list))
         shape = (len(idx_list), *self.lat_mean.shape[1:])
         # noise is drawn on the CPU from the run's generators: identical on every device
-        x0 = torch.randn(shape, generator=self.gen_noise).to(device)
+        x0 = put(torch.randn(shape, generator=self.gen_noise))
         x1 = self.lat_mean[idx]
         if cfg.latent_sampling == "posterior":
-            x1 = x1 + self.lat_std[idx] * torch.randn(shape, generator=self.gen_noise).to(device)
+            x1 = x1 + self.lat_std[idx] * put(torch.randn(shape, generator=self.gen_noise))
         x1 = self.model.normalize(x1)
-        t = sample_timesteps(len(idx_list), cfg.timestep_sampling, sigma=cfg.logit_normal_sigma,
-                             generator=self.gen_t).to(device)
+        t = put(sample_timesteps(len(idx_list), cfg.timestep_sampling, sigma=cfg.logit_normal_sigma,
+                                 generator=self.gen_t))
         with self.autocast:
             v = self.model.predict_flow(self.fm.path(x0, x1, t), t, self.conditions(idx))
         loss = self.fm.loss(v.float(), x0, x1).mean()
         self.scaler.scale(loss / cfg.grad_accum).backward()
         self._losses.append(loss.detach())
+
+    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
+        """A small host tensor on the training device. To a GPU it goes through pinned memory
+        without blocking: a plain copy would wait for every queued kernel first."""
+        if self.device.type != "cuda":
+            return x.to(self.device)
+        return x.pin_memory().to(self.device, non_blocking=True)
 
     def optimizer_step(self) -> None:
         """Clip, step optimizer and scheduler, clear gradients; the pre-clip norm waits for flush()."""
