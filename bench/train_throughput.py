@@ -13,6 +13,11 @@ native bf16 (AVX512-BF16 / AMX), else fp32. Ours stores the frozen weights in th
 (`store_frozen_in_compute_dtype`) and autocasts; the baseline casts everything.
 The last line is `speedup: X.XX` (ours over the baseline). Target: >= 2 at batch 4.
 
+Peak memory is what each trainer adds over the base model (its model copy, optimizer state
+and step activations), measured alone in a child process: on a GPU the allocator's peak, on
+the CPU the peak RSS. Batching trades memory for speed: activations of the whole batch are
+alive at once.
+
     python bench/train_throughput.py [--batch 4] [--steps 10] [--rounds 3] [--device auto]
 """
 
@@ -20,7 +25,10 @@ from __future__ import annotations
 
 import argparse
 import copy
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -113,22 +121,59 @@ class Baseline:
         self.opt.zero_grad(set_to_none=True)
 
 
-def measure(trainer, batch: int, clips: int, steps: int, device: torch.device) -> tuple[float, float]:
-    """(samples/s, peak MiB or nan) over `steps` steps after two warm-up steps."""
+def measure(trainer, batch: int, clips: int, steps: int, device: torch.device) -> float:
+    """samples/s over `steps` steps after two warm-up steps."""
     order = [[(s * batch + k) % clips for k in range(batch)] for s in range(steps + 2)]
     trainer.step(order[0])
     trainer.step(order[1])
     if device.type == "cuda":
         torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     for idx in order[2:]:
         trainer.step(idx)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    rate = steps * batch / (time.perf_counter() - start)
-    peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else float("nan")
-    return rate, peak
+    return steps * batch / (time.perf_counter() - start)
+
+
+def _proc_status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def trainer_memory_mib(name: str, variant: str, args, device: torch.device, precision: str) -> float:
+    """Peak memory one trainer adds over the base model: its model copy, optimizer state and
+    step activations, with nothing else resident. Runs in this (fresh) process: CUDA reads
+    the allocator's peak, the CPU the peak RSS (VmHWM, reset through /proc/self/clear_refs)."""
+    base = random_model(variant, device)
+    data = dataset(variant, args.clips)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+    else:
+        Path("/proc/self/clear_refs").write_text("5")  # peak RSS := current RSS
+        before = _proc_status_kib("VmRSS") * 1024
+    trainer = {"ours": Ours, "baseline": Baseline}[name](base, data, device, precision)
+    measure(trainer, args.batch, args.clips, 3, device)
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated()
+    else:
+        peak = _proc_status_kib("VmHWM") * 1024
+    return (peak - before) / 2**20
+
+
+def memory_in_child(name: str, argv: list[str]) -> float:
+    """trainer_memory_mib of `name` measured in a child process (nan if that fails)."""
+    out = subprocess.run([sys.executable, __file__, *argv, "--memory-of", name],
+                         capture_output=True, text=True, check=False)
+    for line in out.stdout.splitlines():
+        if line.startswith("memory_mib "):
+            return float(line.split()[1])
+    print(f"note: memory of {name} not measured: {out.stderr.strip()[-300:]}")
+    return float("nan")
 
 
 def main() -> None:
@@ -138,27 +183,35 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--clips", type=int, default=8)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--memory-of", choices=["ours", "baseline"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else ("cpu" if args.device == "auto" else args.device))
     variant = "small_16k" if device.type == "cuda" else "tiny_16k"
     # the trainer's default precision as train() resolves it on this device (both loops use it)
-    precision = effective_precision("bf16", device, lambda message: print(f"note: {message}"))
+    notes: list[str] = []
+    precision = effective_precision("bf16", device, notes.append)
+    if args.memory_of:
+        print(f"memory_mib {trainer_memory_mib(args.memory_of, variant, args, device, precision):.3f}")
+        return
+    for note in notes:
+        print(f"note: {note}")
     base = random_model(variant, device)
     data = dataset(variant, args.clips)
     print(f"device {device}, {variant}-shaped random weights, {precision}, batch {args.batch}, "
           f"LoRA r16 attn.qkv, {args.steps} steps x {args.rounds} rounds (best round kept)")
-    best = {"ours": (0.0, float("nan")), "baseline": (0.0, float("nan"))}
+    best = {"ours": 0.0, "baseline": 0.0}
     trainers = {"ours": Ours(base, data, device, precision), "baseline": Baseline(base, data, device, precision)}
     for _ in range(args.rounds):  # interleaved so that machine load affects both alike
         for name, trainer in trainers.items():
-            rate, peak = measure(trainer, args.batch, args.clips, args.steps, device)
-            if rate > best[name][0]:
-                best[name] = (rate, peak)
-    for name, (rate, peak) in best.items():
-        mem = f"peak {peak:8.1f} MiB" if peak == peak else "peak n/a (CPU)"
-        print(f"{name:9s} {rate:8.2f} samples/s  {mem}")
-    print(f"speedup: {best['ours'][0] / best['baseline'][0]:.2f}")
+            best[name] = max(best[name], measure(trainer, args.batch, args.clips, args.steps, device))
+    del trainers, base
+    child_argv = ["--batch", str(args.batch), "--clips", str(args.clips), "--device", str(device)]
+    kind = "GPU allocated" if device.type == "cuda" else "RSS"
+    for name, rate in best.items():
+        mem = memory_in_child(name, child_argv)
+        print(f"{name:9s} {rate:8.2f} samples/s  peak +{mem:7.1f} MiB {kind} over the base model")
+    print(f"speedup: {best['ours'] / best['baseline']:.2f}")
 
 
 if __name__ == "__main__":
