@@ -202,6 +202,11 @@ class PathsConfig:
         return self.state_dir / "queue.sqlite3"
 
     @property
+    def hash_cache_path(self) -> Path:
+        """The SQLite file of dataset file hashes (selvad.hashcache), kept across restarts."""
+        return self.state_dir / "file_hashes.sqlite3"
+
+    @property
     def effective_cache_dir(self) -> Path:
         """The extraction cache directory actually used."""
         return self.cache_dir if self.cache_dir is not None else self.state_dir / "cache"

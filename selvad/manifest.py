@@ -9,9 +9,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import MutableMapping
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 __all__ = ["AUDIO_EXTENSIONS", "dataset_manifest", "manifest_hash"]
 
@@ -33,21 +33,31 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def dataset_manifest(directory: Path | str,
-                     cache: MutableMapping[tuple[str, int, int], str] | None = None
-                     ) -> dict[str, Any]:
+class HashCache(Protocol):
+    """What `dataset_manifest` needs of a cache: a dict or a selvad.hashcache.FileHashCache."""
+
+    def get(self, key: tuple[str, int, int], default: None = None, /) -> str | None: ...
+
+    def __setitem__(self, key: tuple[str, int, int], digest: str, /) -> None: ...
+
+
+def dataset_manifest(directory: Path | str, cache: HashCache | None = None,
+                     progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Describe the training files of a dataset directory (top level only).
 
     Returns {"files": [{"name", "size", "mtime_ns", "sha256"}, ...]} sorted by name, for
     `.npz`, audio files and `prompts.txt` (hidden and `~` files skipped). `cache` maps
     (absolute path, size, mtime_ns) to a hash so unchanged files are not read again; it is
-    updated in place. Files that vanish while scanning are left out.
+    updated in place. Files that vanish while scanning are left out. `progress(done, total)`
+    is called after each file (the daemon keeps its systemd watchdog fed through it).
     """
     directory = Path(directory)
     files = []
-    for entry in sorted(os.scandir(directory), key=lambda e: e.name):
-        if not _is_dataset_file(entry.name) or not entry.is_file():
-            continue
+    entries = [e for e in sorted(os.scandir(directory), key=lambda e: e.name)
+               if _is_dataset_file(e.name) and e.is_file()]
+    for done, entry in enumerate(entries, 1):
+        if progress is not None:
+            progress(done, len(entries))
         try:
             st = entry.stat()
             key = (os.path.abspath(entry.path), st.st_size, st.st_mtime_ns)

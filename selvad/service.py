@@ -11,7 +11,8 @@ and set a wake-up Event; the main loop, ticking every `TICK` seconds, then:
    use, and jobs with `trigger.on_change` get training queued after `settle_minutes`,
 3. answers CLI requests stored in the queue database (see selvad.service_requests),
 4. starts the next run when none is running (training only inside a training window),
-5. sends WATCHDOG=1 and a STATUS= line.
+5. sends WATCHDOG=1 and a STATUS= line (also from inside long hashing and validation,
+   through `keepalive`, so a large dataset never looks like a hung daemon).
 
 The queue refuses duplicates (same job, config hash and dataset manifest), so re-reported
 files and unchanged job files queue nothing. SIGTERM/SIGINT: STOPPING=1, the child is asked
@@ -33,6 +34,7 @@ from typing import Any
 from selvad import notify
 from selvad.child import stop_orphan
 from selvad.config import DaemonConfig, load_config
+from selvad.hashcache import FileHashCache
 from selvad.jobs import Job, RunSpec
 from selvad.log import get_logger, setup_logging
 from selvad.queue import ACTIVE, Run, RunQueue, dataset_manifest, manifest_hash
@@ -71,7 +73,7 @@ class Daemon:
         self.scheduler: Any = None
         self._stop = False
         self._reload = False
-        self._hashes: dict[tuple[str, int, int], str] = {}
+        self.hashes: FileHashCache | None = None  # opened in run(), under state_dir
         self._last_status = ("", 0.0)
         self._last_watchdog = 0.0
         self._window_was_open: bool | None = None
@@ -153,6 +155,7 @@ class Daemon:
         setup_logging(self.cfg.logging.format, self.cfg.logging.level)
         self._prepare_dirs()
         self.queue = RunQueue(self.cfg.paths.queue_path)
+        self.hashes = FileHashCache(self.cfg.paths.hash_cache_path)
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self.request_stop)
             signal.signal(signal.SIGINT, self.request_stop)
@@ -266,13 +269,18 @@ class Daemon:
         for job in sorted({run.job for run in finished}):
             ids = {run.id for run in finished if run.job == job}
             removed += len(prune_job_runs(self.cfg, job, ids, r.keep_runs_per_job))
-        self.log.info("retention.done", removed=removed)
+        forgotten = self.hashes.prune_missing() if self.hashes is not None else 0
+        self.log.info("retention.done", removed=removed, hashes_forgotten=forgotten)
 
     # -- enqueueing (used by the event and request handlers) ----------------------------
 
     def manifest(self, job: Job) -> dict[str, Any]:
-        """The current manifest of `job`'s dataset (content hashes cached by size/mtime)."""
-        return dataset_manifest(job.dataset_dir, cache=self._hashes)
+        """The current manifest of `job`'s dataset. Content hashes are cached by size and
+        mtime in `state_dir` (kept across restarts) once `run()` opened the cache."""
+        if self.hashes is None:
+            self.hashes = FileHashCache(self.cfg.paths.hash_cache_path)
+        return dataset_manifest(job.dataset_dir, cache=self.hashes, progress=lambda done, total:
+                                self.keepalive(f"hashing {job.dataset}: {done}/{total} files"))
 
     def enqueue(self, spec: RunSpec, manifest: dict[str, Any], reason: str,
                 force: bool = False, explicit: bool = False) -> Run | None:
@@ -306,12 +314,25 @@ class Daemon:
         step = f" step {cur.step}/{cur.total_steps}" if cur.step is not None else ""
         return f"{cur.state} {cur.run.kind} {cur.run.id} ({cur.run.job}){step}; {queued} queued"
 
-    def _heartbeat(self) -> None:
-        now = time.monotonic()
+    def _feed_watchdog(self, now: float) -> None:
         interval = notify.watchdog_interval()
         if interval is not None and now - self._last_watchdog >= min(interval / 2, 1.0):
             notify.watchdog()
             self._last_watchdog = now
+
+    def keepalive(self, activity: str) -> None:
+        """Called by long work on the main thread (hashing, validating a large dataset):
+        feeds the systemd watchdog, which would otherwise restart a daemon that is only
+        busy, and shows `activity` as STATUS (both rate-limited)."""
+        now = time.monotonic()
+        self._feed_watchdog(now)
+        if now - self._last_status[1] >= STATUS_EVERY:
+            notify.status(activity)
+            self._last_status = (activity, now)
+
+    def _heartbeat(self) -> None:
+        now = time.monotonic()
+        self._feed_watchdog(now)
         text, sent = self._last_status
         if now - sent >= STATUS_EVERY:
             new = self._status_text()
@@ -369,6 +390,8 @@ class Daemon:
                 outcome = cur.wait(10)
             self.log.info("run.stopped", run_id=cur.run.id, job=cur.run.job,
                           state=outcome.state if outcome else "unknown")
+        if self.hashes is not None:
+            self.hashes.close()
         self.log.info("daemon.stopped")
         return 0
 

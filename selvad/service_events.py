@@ -91,8 +91,10 @@ class EventHandler:
         key = (str(job.dataset_dir), job.base.variant, manifest_hash(manifest))
         report = self._reports.get(key)
         if report is None:
-            report = validate_dataset(job.dataset_dir, job.base.variant, config=job.base,
-                                      targets=job.base.target)
+            report = validate_dataset(
+                job.dataset_dir, job.base.variant, config=job.base, targets=job.base.target,
+                progress=lambda done, total: self.d.keepalive(
+                    f"validating {job.dataset}: {done}/{total} clips"))
             self._reports[key] = report
             if report.ok:
                 self.log.info("dataset.valid", dataset=job.dataset, **report_fields(report))

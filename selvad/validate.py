@@ -23,7 +23,7 @@ import os
 import struct
 import sys
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -172,7 +172,7 @@ def _check_prompts(report: ValidationReport) -> None:
 
 
 def _check_dataset(report: ValidationReport, directory: Path, variant: Variant,
-                   seq: SequenceConfig) -> None:
+                   seq: SequenceConfig, progress: Callable[[int, int], None] | None) -> None:
     pairs, pair_problems = find_pairs(directory)
     if not any(p.is_file() and p.suffix.lower() == ".npz" for p in directory.iterdir()):
         report.add(ERROR, "", "empty-dataset", "no .npz files in this directory",
@@ -189,7 +189,9 @@ def _check_dataset(report: ValidationReport, directory: Path, variant: Variant,
         if isinstance(perr, PromptEntryError) and perr.suggestion is None:
             severity = WARNING  # a stale line: the clip it named is gone
         report.add(severity, PROMPTS_FILE, perr.code, where + perr.problem, perr.fix)
-    for pair in pairs:
+    for done, pair in enumerate(pairs, 1):
+        if progress is not None:
+            progress(done, len(pairs))
         npz_rel = pair.npz_path.name
         feats = None
         try:
@@ -227,13 +229,15 @@ def _check_dataset(report: ValidationReport, directory: Path, variant: Variant,
 
 def validate_dataset(directory: Path | str, variant: Variant | str = "large_44k",
                      sequence: SequenceConfig | None = None, config: TrainConfig | None = None,
-                     targets: Sequence[str] | None = None) -> ValidationReport:
+                     targets: Sequence[str] | None = None,
+                     progress: Callable[[int, int], None] | None = None) -> ValidationReport:
     """Check every file of a dataset directory for `variant`; return the report.
 
     `sequence` overrides the variant's 8 s sequence config (clip length, rate, sample count);
     `config`/`targets` (a job's TrainConfig and LoRA targets) refine the advice. Reads each
     file once; any exception becomes an error finding, so this never raises on bad input
-    (only on an unknown variant name: ValueError). No side effects.
+    (only on an unknown variant name: ValueError). No side effects, except that
+    `progress(done, total)` is called as each clip is checked.
     """
     var = get_variant(variant) if isinstance(variant, str) else variant
     seq = sequence or var.sequence()
@@ -247,7 +251,7 @@ def validate_dataset(directory: Path | str, variant: Variant | str = "large_44k"
                    "create it and put stem.npz + stem.wav pairs in it")
     else:
         try:
-            _check_dataset(report, directory, var, seq)
+            _check_dataset(report, directory, var, seq, progress)
         except Exception as exc:  # e.g. permission denied listing the directory
             report.add(ERROR, "", "unreadable-directory", f"cannot check the dataset: {exc!r}",
                        "check the directory's permissions")
