@@ -167,8 +167,12 @@ def trainer_memory_mib(name: str, variant: str, args, device: torch.device, prec
 
 def memory_in_child(name: str, argv: list[str]) -> float:
     """trainer_memory_mib of `name` measured in a child process (nan if that fails)."""
-    out = subprocess.run([sys.executable, __file__, *argv, "--memory-of", name],
-                         capture_output=True, text=True, check=False)
+    try:
+        out = subprocess.run([sys.executable, __file__, *argv, "--memory-of", name],
+                             capture_output=True, text=True, check=False, timeout=900)
+    except subprocess.TimeoutExpired:
+        print(f"note: memory of {name} not measured: the child took over 900 s")
+        return float("nan")
     for line in out.stdout.splitlines():
         if line.startswith("memory_mib "):
             return float(line.split()[1])
@@ -206,6 +210,8 @@ def main() -> None:
         for name, trainer in trainers.items():
             best[name] = max(best[name], measure(trainer, args.batch, args.clips, args.steps, device))
     del trainers, base
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # leave the GPU to the measuring children
     child_argv = ["--batch", str(args.batch), "--clips", str(args.clips), "--device", str(device)]
     kind = "GPU allocated" if device.type == "cuda" else "RSS"
     for name, rate in best.items():

@@ -132,9 +132,11 @@ class TrainError(RuntimeError):
 def cpu_has_native_bf16() -> bool:
     """True when this CPU computes bf16 matmuls natively (AVX512-BF16 or AMX), where oneDNN
     runs them several times faster than fp32; False where it would only emulate them."""
+    # oneDNN's own "bf16 supported" query is also true on AVX512 CPUs that only emulate
+    # bf16 (slower than fp32 there), so ask for the instructions themselves.
     try:
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # a build without oneDNN's bf16 query
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except (AttributeError, RuntimeError):  # a torch build without these queries
         return False
 
 
@@ -330,7 +332,8 @@ class StepRunner:
         self.scaler.update()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self._norms.append(gn.detach().float())
+        # a CPU zero when no LoRA weight got a gradient: keep it beside the losses
+        self._norms.append(gn.detach().float().to(self.device))
 
     def flush(self, step: int) -> tuple[list[float], list[float]]:
         """(losses, pre-clip grad norms) since the last flush, in step order.

@@ -2,16 +2,26 @@
 
 Hashing reads every byte of every clip, so a daemon that forgot its hashes at each start
 would re-read whole datasets (gigabytes of audio) before it could queue anything. The
-cache maps an absolute path to (size, mtime_ns, sha256) in a small SQLite file under the
-state directory; an entry counts only while the file's size and mtime are unchanged.
-Used from the daemon's main thread only.
+cache maps an absolute path to its (size, mtime_ns, inode, ctime_ns) and sha256 in a small
+SQLite file under the state directory; an entry counts only while all four are unchanged
+(ctime cannot be set back by `cp -p`, `rsync -a` or `touch -r`, so a file replaced with
+other content of the same size and mtime is still hashed again). Used from the daemon's
+main thread only.
+
+Losing the cache only costs re-hashing, so no cache problem ever stops the daemon: a
+corrupt file is moved aside (with its -wal/-shm) and a fresh one started; any other
+SQLite error (locked, unwritable, I/O) switches to an in-memory cache for this lifetime
+and is reported through `on_problem`.
 """
 
 from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
+
+from selvad.manifest import FileKey
 
 __all__ = ["FileHashCache"]
 
@@ -20,65 +30,139 @@ CREATE TABLE IF NOT EXISTS file_hashes (
     path TEXT PRIMARY KEY,      -- absolute path
     size INTEGER NOT NULL,      -- bytes
     mtime_ns INTEGER NOT NULL,
+    ino INTEGER NOT NULL,
+    ctime_ns INTEGER NOT NULL,
     sha256 TEXT NOT NULL
 );
 """
-
-Key = tuple[str, int, int]  # (absolute path, size, mtime_ns), as selvad.manifest builds it
+_CORRUPT = {"SQLITE_CORRUPT", "SQLITE_NOTADB"}
 
 
 class FileHashCache:
     """`get(key)` / `cache[key] = digest` over the SQLite file at `path` (created on first
-    use), the interface `selvad.manifest.dataset_manifest` expects of its cache.
+    use), the interface `selvad.manifest.dataset_manifest` expects of its cache. Keys are
+    `selvad.manifest.FileKey` tuples (path, size, mtime_ns, ino, ctime_ns).
 
-    An unreadable or corrupt database file is moved aside (`<name>.corrupt`) and a fresh
-    one started: losing the cache only costs re-hashing, never the daemon.
+    `on_problem(message)` hears about a cache that had to be moved aside or could not be
+    kept on disk. `persistent` is False once the cache lives in memory only.
     """
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, on_problem: Callable[[str], None] | None = None) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.on_problem = on_problem or (lambda message: None)
+        self._memory: dict[str, tuple[tuple[int, int, int, int], str]] = {}
+        self._conn: sqlite3.Connection | None = None
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             self._conn = self._open()
-        except sqlite3.DatabaseError:
-            os.replace(self.path, self.path.with_name(self.path.name + ".corrupt"))
-            self._conn = self._open()
+        except (OSError, sqlite3.Error) as exc:
+            self._failed(exc)
+
+    @property
+    def persistent(self) -> bool:
+        """True while hashes are written to the database file."""
+        return self._conn is not None
 
     def _open(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None)
-        try:
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
-            conn.executescript(_SCHEMA)
-        except sqlite3.DatabaseError:
-            conn.close()
-            raise
-        return conn
+        for attempt in (1, 2):
+            conn = sqlite3.connect(self.path, isolation_level=None, timeout=1.0)
+            try:
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute("PRAGMA synchronous = NORMAL")
+                conn.executescript(_SCHEMA)
+                return conn
+            except sqlite3.Error as exc:
+                conn.close()
+                if attempt == 2 or getattr(exc, "sqlite_errorname", "") not in _CORRUPT:
+                    raise
+                self._move_aside(exc)
+        raise AssertionError("unreachable")
 
-    def get(self, key: Key, default: str | None = None) -> str | None:
-        """The stored hash of key's path when its size and mtime still match, else `default`."""
-        path, size, mtime_ns = key
-        row = self._conn.execute("SELECT size, mtime_ns, sha256 FROM file_hashes WHERE path = ?",
-                                 (path,)).fetchone()
-        if row is None or (row[0], row[1]) != (size, mtime_ns):
-            return default
-        return row[2]
+    def _move_aside(self, exc: sqlite3.Error) -> None:
+        for suffix in ("", "-wal", "-shm"):
+            src = self.path.with_name(self.path.name + suffix)
+            if src.exists():
+                os.replace(src, src.with_name(src.name + ".corrupt"))
+        self.on_problem(f"{self.path}: {exc}; moved aside to {self.path.name}.corrupt and "
+                        "started a new one (files are hashed again once)")
 
-    def __setitem__(self, key: Key, digest: str) -> None:
-        path, size, mtime_ns = key
-        self._conn.execute("INSERT OR REPLACE INTO file_hashes (path, size, mtime_ns, sha256) "
-                           "VALUES (?, ?, ?, ?)", (path, size, mtime_ns, digest))
+    def _failed(self, exc: BaseException) -> None:
+        """Leave the database: keep working in memory for the rest of this lifetime."""
+        if self._conn is not None:
+            try:
+                for path, size, mtime, ino, ctime, digest in self._conn.execute(
+                        "SELECT path, size, mtime_ns, ino, ctime_ns, sha256 FROM file_hashes"):
+                    self._memory[path] = ((size, mtime, ino, ctime), digest)
+            except sqlite3.Error:
+                pass
+            self._conn.close()
+            self._conn = None
+        self.on_problem(f"{self.path}: {exc}; file hashes are kept in memory until the daemon "
+                        "restarts (check the state directory's permissions and free space)")
+
+    def get(self, key: FileKey, default: str | None = None) -> str | None:
+        """The stored hash of key's path while its size, mtime, inode and ctime match, else `default`."""
+        path, *stat = key
+        if self._conn is not None:
+            try:
+                row = self._conn.execute(
+                    "SELECT size, mtime_ns, ino, ctime_ns, sha256 FROM file_hashes WHERE path = ?",
+                    (path,)).fetchone()
+                return row[4] if row is not None and list(row[:4]) == stat else default
+            except sqlite3.Error as exc:
+                self._failed(exc)
+        entry = self._memory.get(path)
+        return entry[1] if entry is not None and list(entry[0]) == stat else default
+
+    def __setitem__(self, key: FileKey, digest: str) -> None:
+        path, size, mtime_ns, ino, ctime_ns = key
+        if self._conn is not None:
+            try:
+                self._conn.execute("INSERT OR REPLACE INTO file_hashes "
+                                   "(path, size, mtime_ns, ino, ctime_ns, sha256) VALUES (?, ?, ?, ?, ?, ?)",
+                                   (path, size, mtime_ns, ino, ctime_ns, digest))
+                return
+            except sqlite3.Error as exc:
+                self._failed(exc)
+        self._memory[path] = ((size, mtime_ns, ino, ctime_ns), digest)
 
     def __len__(self) -> int:
-        return int(self._conn.execute("SELECT COUNT(*) FROM file_hashes").fetchone()[0])
+        if self._conn is not None:
+            try:
+                return int(self._conn.execute("SELECT COUNT(*) FROM file_hashes").fetchone()[0])
+            except sqlite3.Error as exc:
+                self._failed(exc)
+        return len(self._memory)
 
-    def prune_missing(self) -> int:
-        """Forget files that no longer exist; returns how many entries were removed."""
-        gone = [p for (p,) in self._conn.execute("SELECT path FROM file_hashes")
-                if not os.path.isfile(p)]
-        self._conn.executemany("DELETE FROM file_hashes WHERE path = ?", [(p,) for p in gone])
+    def prune_missing(self, progress: Callable[[int, int], None] | None = None) -> int:
+        """Forget files that were deleted: gone while their directory is still there (a
+        dataset disk that is not mounted right now keeps its hashes). `progress(done,
+        total)` is called as each entry is checked. Returns how many were forgotten."""
+        if self._conn is not None:
+            try:
+                paths = [p for (p,) in self._conn.execute("SELECT path FROM file_hashes")]
+            except sqlite3.Error as exc:
+                self._failed(exc)
+                paths = list(self._memory)
+        else:
+            paths = list(self._memory)
+        gone = []
+        for done, path in enumerate(paths, 1):
+            if progress is not None:
+                progress(done, len(paths))
+            if not os.path.lexists(path) and os.path.isdir(os.path.dirname(path)):
+                gone.append(path)
+        if self._conn is not None:
+            try:
+                self._conn.executemany("DELETE FROM file_hashes WHERE path = ?", [(p,) for p in gone])
+            except sqlite3.Error as exc:
+                self._failed(exc)
+        for path in gone:
+            self._memory.pop(path, None)
         return len(gone)
 
     def close(self) -> None:
-        """Close the database connection."""
-        self._conn.close()
+        """Close the database connection (the cache then works in memory)."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None

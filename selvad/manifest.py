@@ -13,7 +13,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-__all__ = ["AUDIO_EXTENSIONS", "dataset_manifest", "manifest_hash"]
+__all__ = ["AUDIO_EXTENSIONS", "FileKey", "dataset_manifest", "manifest_hash"]
+
+# What identifies one version of a file for the hash cache:
+# (absolute path, size in bytes, mtime_ns, inode, ctime_ns)
+FileKey = tuple[str, int, int, int, int]
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".aiff", ".aif", ".mp3", ".m4a", ".opus")
 
@@ -36,9 +40,9 @@ def _sha256(path: Path) -> str:
 class HashCache(Protocol):
     """What `dataset_manifest` needs of a cache: a dict or a selvad.hashcache.FileHashCache."""
 
-    def get(self, key: tuple[str, int, int], default: None = None, /) -> str | None: ...
+    def get(self, key: FileKey, default: None = None, /) -> str | None: ...
 
-    def __setitem__(self, key: tuple[str, int, int], digest: str, /) -> None: ...
+    def __setitem__(self, key: FileKey, digest: str, /) -> None: ...
 
 
 def dataset_manifest(directory: Path | str, cache: HashCache | None = None,
@@ -46,10 +50,11 @@ def dataset_manifest(directory: Path | str, cache: HashCache | None = None,
     """Describe the training files of a dataset directory (top level only).
 
     Returns {"files": [{"name", "size", "mtime_ns", "sha256"}, ...]} sorted by name, for
-    `.npz`, audio files and `prompts.txt` (hidden and `~` files skipped). `cache` maps
-    (absolute path, size, mtime_ns) to a hash so unchanged files are not read again; it is
-    updated in place. Files that vanish while scanning are left out. `progress(done, total)`
-    is called after each file (the daemon keeps its systemd watchdog fed through it).
+    `.npz`, audio files and `prompts.txt` (hidden and `~` files skipped). `cache` maps a
+    FileKey (path, size, mtime_ns, inode, ctime_ns) to a hash so unchanged files are not
+    read again; it is updated in place. Files that vanish while scanning are left out.
+    `progress(done, total)` is called as each file is reached (the daemon keeps its systemd
+    watchdog fed through it).
     """
     directory = Path(directory)
     files = []
@@ -60,7 +65,7 @@ def dataset_manifest(directory: Path | str, cache: HashCache | None = None,
             progress(done, len(entries))
         try:
             st = entry.stat()
-            key = (os.path.abspath(entry.path), st.st_size, st.st_mtime_ns)
+            key = (os.path.abspath(entry.path), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
             digest = cache.get(key) if cache is not None else None
             if digest is None:
                 digest = _sha256(Path(entry.path))

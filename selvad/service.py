@@ -155,7 +155,8 @@ class Daemon:
         setup_logging(self.cfg.logging.format, self.cfg.logging.level)
         self._prepare_dirs()
         self.queue = RunQueue(self.cfg.paths.queue_path)
-        self.hashes = FileHashCache(self.cfg.paths.hash_cache_path)
+        if self.hashes is None:
+            self.hashes = self._open_hashes()
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self.request_stop)
             signal.signal(signal.SIGINT, self.request_stop)
@@ -269,16 +270,23 @@ class Daemon:
         for job in sorted({run.job for run in finished}):
             ids = {run.id for run in finished if run.job == job}
             removed += len(prune_job_runs(self.cfg, job, ids, r.keep_runs_per_job))
-        forgotten = self.hashes.prune_missing() if self.hashes is not None else 0
+        forgotten = 0
+        if self.hashes is not None:
+            forgotten = self.hashes.prune_missing(progress=lambda done, total: self.keepalive(
+                f"retention: checking {done}/{total} hashed files"))
         self.log.info("retention.done", removed=removed, hashes_forgotten=forgotten)
 
     # -- enqueueing (used by the event and request handlers) ----------------------------
+
+    def _open_hashes(self) -> FileHashCache:
+        return FileHashCache(self.cfg.paths.hash_cache_path, on_problem=lambda message: self.log.warning(
+            "hashes.problem", error=message, fix="nothing is lost; files are hashed again if needed"))
 
     def manifest(self, job: Job) -> dict[str, Any]:
         """The current manifest of `job`'s dataset. Content hashes are cached by size and
         mtime in `state_dir` (kept across restarts) once `run()` opened the cache."""
         if self.hashes is None:
-            self.hashes = FileHashCache(self.cfg.paths.hash_cache_path)
+            self.hashes = self._open_hashes()
         return dataset_manifest(job.dataset_dir, cache=self.hashes, progress=lambda done, total:
                                 self.keepalive(f"hashing {job.dataset}: {done}/{total} files"))
 

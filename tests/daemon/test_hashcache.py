@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,36 +35,75 @@ def count_hashing(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return read
 
 
-def test_cache_matches_on_size_and_mtime_and_persists(tmp_path: Path) -> None:
+def test_cache_matches_on_all_stat_fields_and_persists(tmp_path: Path) -> None:
     db = tmp_path / "state" / "hashes.sqlite3"
     cache = FileHashCache(db)
-    cache[("/data/a.wav", 10, 111)] = "aa"
-    assert cache.get(("/data/a.wav", 10, 111)) == "aa"
-    assert cache.get(("/data/a.wav", 10, 112)) is None  # touched
-    assert cache.get(("/data/a.wav", 11, 111)) is None  # rewritten
-    assert cache.get(("/data/b.wav", 10, 111)) is None
-    cache[("/data/a.wav", 11, 112)] = "bb"  # one row per path
+    cache[("/data/a.wav", 10, 111, 7, 222)] = "aa"
+    assert cache.persistent and cache.get(("/data/a.wav", 10, 111, 7, 222)) == "aa"
+    assert cache.get(("/data/a.wav", 10, 112, 7, 222)) is None  # touched
+    assert cache.get(("/data/a.wav", 11, 111, 7, 222)) is None  # rewritten
+    assert cache.get(("/data/a.wav", 10, 111, 8, 222)) is None  # replaced by another file
+    assert cache.get(("/data/a.wav", 10, 111, 7, 223)) is None  # same size+mtime, new content
+    assert cache.get(("/data/b.wav", 10, 111, 7, 222)) is None
+    cache[("/data/a.wav", 11, 112, 7, 224)] = "bb"  # one row per path
     cache.close()
     again = FileHashCache(db)
-    assert len(again) == 1 and again.get(("/data/a.wav", 11, 112)) == "bb"
+    assert len(again) == 1 and again.get(("/data/a.wav", 11, 112, 7, 224)) == "bb"
 
 
-def test_prune_forgets_deleted_files(tmp_path: Path) -> None:
+def test_prune_forgets_deleted_files_but_not_unmounted_ones(tmp_path: Path) -> None:
     keep, gone = tmp_path / "keep.wav", tmp_path / "gone.wav"
     keep.write_bytes(b"x")
+    offline = tmp_path / "not-mounted" / "clip.wav"  # its directory is missing
     cache = FileHashCache(tmp_path / "h.sqlite3")
-    cache[(str(keep), 1, 1)] = "k"
-    cache[(str(gone), 1, 1)] = "g"
-    assert cache.prune_missing() == 1
-    assert len(cache) == 1 and cache.get((str(keep), 1, 1)) == "k"
+    for path in (keep, gone, offline):
+        cache[(str(path), 1, 1, 1, 1)] = path.name
+    seen: list[tuple[int, int]] = []
+    assert cache.prune_missing(progress=lambda done, total: seen.append((done, total))) == 1
+    assert seen == [(1, 3), (2, 3), (3, 3)]
+    assert len(cache) == 2 and cache.get((str(gone), 1, 1, 1, 1)) is None
+    assert cache.get((str(offline), 1, 1, 1, 1)) == "clip.wav"
 
 
 def test_corrupt_cache_file_is_moved_aside(tmp_path: Path) -> None:
     db = tmp_path / "h.sqlite3"
     db.write_bytes(b"this is not a database" * 100)
-    cache = FileHashCache(db)
-    assert len(cache) == 0
+    (tmp_path / "h.sqlite3-wal").write_bytes(b"stale")
+    problems: list[str] = []
+    cache = FileHashCache(db, on_problem=problems.append)
+    assert cache.persistent and len(cache) == 0
     assert (tmp_path / "h.sqlite3.corrupt").read_bytes().startswith(b"this is not")
+    wal = tmp_path / "h.sqlite3-wal"  # the stale log never meets the new database
+    assert not wal.exists() or b"stale" not in wal.read_bytes()
+    assert len(problems) == 1 and "moved aside" in problems[0]
+
+
+def test_locked_cache_is_not_thrown_away_and_falls_back_to_memory(tmp_path: Path) -> None:
+    db = tmp_path / "h.sqlite3"
+    first = FileHashCache(db)
+    first[("/d/a.wav", 1, 1, 1, 1)] = "aa"
+    first.close()
+    holder = sqlite3.connect(db, timeout=0)
+    holder.execute("PRAGMA locking_mode = EXCLUSIVE")
+    holder.execute("BEGIN EXCLUSIVE")  # another process holds the file
+    problems: list[str] = []
+    cache = FileHashCache(db, on_problem=problems.append)
+    cache[("/d/b.wav", 2, 2, 2, 2)] = "bb"
+    assert cache.get(("/d/b.wav", 2, 2, 2, 2)) == "bb"
+    assert not cache.persistent and problems and "in memory" in problems[0]
+    holder.rollback()
+    holder.close()
+    assert not (tmp_path / "h.sqlite3.corrupt").exists()
+    assert FileHashCache(db).get(("/d/a.wav", 1, 1, 1, 1)) == "aa"  # the file survived
+
+
+def test_unwritable_state_dir_falls_back_to_memory(tmp_path: Path) -> None:
+    blocker = tmp_path / "state"
+    blocker.write_text("a file where the state directory should be")
+    problems: list[str] = []
+    cache = FileHashCache(blocker / "h.sqlite3", on_problem=problems.append)
+    cache[("/d/a.wav", 1, 1, 1, 1)] = "aa"
+    assert cache.get(("/d/a.wav", 1, 1, 1, 1)) == "aa" and not cache.persistent and problems
 
 
 def test_manifest_reads_each_unchanged_file_once(tmp_path: Path, count_hashing: list[str]) -> None:
