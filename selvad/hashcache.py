@@ -10,8 +10,8 @@ main thread only.
 
 Losing the cache only costs re-hashing, so no cache problem ever stops the daemon: a
 corrupt file is moved aside (with its -wal/-shm) and a fresh one started; any other
-SQLite error (locked, unwritable, I/O) switches to an in-memory cache for this lifetime
-and is reported through `on_problem`.
+SQLite error (locked, unwritable, I/O) leaves the cache in memory for this lifetime and
+is reported through `on_problem`.
 """
 
 from __future__ import annotations
@@ -43,18 +43,23 @@ class FileHashCache:
     use), the interface `selvad.manifest.dataset_manifest` expects of its cache. Keys are
     `selvad.manifest.FileKey` tuples (path, size, mtime_ns, ino, ctime_ns).
 
-    `on_problem(message)` hears about a cache that had to be moved aside or could not be
-    kept on disk. `persistent` is False once the cache lives in memory only.
+    The whole table is read once when the cache opens; lookups are answered from memory
+    and every change is written through to the file. `on_problem(message)` hears about a
+    cache that had to be moved aside or could not be kept on disk. `persistent` is False
+    once the cache lives in memory only.
     """
 
     def __init__(self, path: Path | str, on_problem: Callable[[str], None] | None = None) -> None:
         self.path = Path(path)
         self.on_problem = on_problem or (lambda message: None)
-        self._memory: dict[str, tuple[tuple[int, int, int, int], str]] = {}
+        self._entries: dict[str, tuple[tuple[int, ...], str]] = {}  # path -> (stat, sha256)
         self._conn: sqlite3.Connection | None = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._conn = self._open()
+            for path, *stat, digest in self._conn.execute(
+                    "SELECT path, size, mtime_ns, ino, ctime_ns, sha256 FROM file_hashes"):
+                self._entries[path] = (tuple(stat), digest)
         except (OSError, sqlite3.Error) as exc:
             self._failed(exc)
 
@@ -89,76 +94,49 @@ class FileHashCache:
     def _failed(self, exc: BaseException) -> None:
         """Leave the database: keep working in memory for the rest of this lifetime."""
         if self._conn is not None:
-            try:
-                for path, size, mtime, ino, ctime, digest in self._conn.execute(
-                        "SELECT path, size, mtime_ns, ino, ctime_ns, sha256 FROM file_hashes"):
-                    self._memory[path] = ((size, mtime, ino, ctime), digest)
-            except sqlite3.Error:
-                pass
             self._conn.close()
             self._conn = None
         self.on_problem(f"{self.path}: {exc}; file hashes are kept in memory until the daemon "
                         "restarts (check the state directory's permissions and free space)")
 
+    def _write(self, sql: str, rows: list[tuple]) -> None:
+        """Write `rows` through to the file (nothing once the cache lives in memory only)."""
+        if self._conn is None or not rows:
+            return
+        try:
+            self._conn.executemany(sql, rows)
+        except sqlite3.Error as exc:
+            self._failed(exc)
+
     def get(self, key: FileKey, default: str | None = None) -> str | None:
         """The stored hash of key's path while its size, mtime, inode and ctime match, else `default`."""
         path, *stat = key
-        if self._conn is not None:
-            try:
-                row = self._conn.execute(
-                    "SELECT size, mtime_ns, ino, ctime_ns, sha256 FROM file_hashes WHERE path = ?",
-                    (path,)).fetchone()
-                return row[4] if row is not None and list(row[:4]) == stat else default
-            except sqlite3.Error as exc:
-                self._failed(exc)
-        entry = self._memory.get(path)
-        return entry[1] if entry is not None and list(entry[0]) == stat else default
+        entry = self._entries.get(path)
+        return entry[1] if entry is not None and entry[0] == tuple(stat) else default
 
     def __setitem__(self, key: FileKey, digest: str) -> None:
-        path, size, mtime_ns, ino, ctime_ns = key
-        if self._conn is not None:
-            try:
-                self._conn.execute("INSERT OR REPLACE INTO file_hashes "
-                                   "(path, size, mtime_ns, ino, ctime_ns, sha256) VALUES (?, ?, ?, ?, ?, ?)",
-                                   (path, size, mtime_ns, ino, ctime_ns, digest))
-                return
-            except sqlite3.Error as exc:
-                self._failed(exc)
-        self._memory[path] = ((size, mtime_ns, ino, ctime_ns), digest)
+        path, *stat = key
+        self._entries[path] = (tuple(stat), digest)
+        self._write("INSERT OR REPLACE INTO file_hashes (path, size, mtime_ns, ino, ctime_ns, sha256) "
+                    "VALUES (?, ?, ?, ?, ?, ?)", [(path, *stat, digest)])
 
     def __len__(self) -> int:
-        if self._conn is not None:
-            try:
-                return int(self._conn.execute("SELECT COUNT(*) FROM file_hashes").fetchone()[0])
-            except sqlite3.Error as exc:
-                self._failed(exc)
-        return len(self._memory)
+        return len(self._entries)
 
     def prune_missing(self, progress: Callable[[int, int], None] | None = None) -> int:
         """Forget files that were deleted: gone while their directory is still there (a
         dataset disk that is not mounted right now keeps its hashes). `progress(done,
         total)` is called as each entry is checked. Returns how many were forgotten."""
-        if self._conn is not None:
-            try:
-                paths = [p for (p,) in self._conn.execute("SELECT path FROM file_hashes")]
-            except sqlite3.Error as exc:
-                self._failed(exc)
-                paths = list(self._memory)
-        else:
-            paths = list(self._memory)
+        paths = list(self._entries)
         gone = []
         for done, path in enumerate(paths, 1):
             if progress is not None:
                 progress(done, len(paths))
             if not os.path.lexists(path) and os.path.isdir(os.path.dirname(path)):
                 gone.append(path)
-        if self._conn is not None:
-            try:
-                self._conn.executemany("DELETE FROM file_hashes WHERE path = ?", [(p,) for p in gone])
-            except sqlite3.Error as exc:
-                self._failed(exc)
         for path in gone:
-            self._memory.pop(path, None)
+            del self._entries[path]
+        self._write("DELETE FROM file_hashes WHERE path = ?", [(p,) for p in gone])
         return len(gone)
 
     def close(self) -> None:
