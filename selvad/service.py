@@ -73,7 +73,7 @@ class Daemon:
         self.scheduler: Any = None
         self._stop = False
         self._reload = False
-        self.hashes: FileHashCache | None = None  # opened in run(), under state_dir
+        self.hashes: FileHashCache | None = None  # under state_dir, opened on first use
         self._last_status = ("", 0.0)
         self._last_watchdog = 0.0
         self._window_was_open: bool | None = None
@@ -155,8 +155,6 @@ class Daemon:
         setup_logging(self.cfg.logging.format, self.cfg.logging.level)
         self._prepare_dirs()
         self.queue = RunQueue(self.cfg.paths.queue_path)
-        if self.hashes is None:
-            self.hashes = self._open_hashes()
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self.request_stop)
             signal.signal(signal.SIGINT, self.request_stop)
@@ -278,15 +276,13 @@ class Daemon:
 
     # -- enqueueing (used by the event and request handlers) ----------------------------
 
-    def _open_hashes(self) -> FileHashCache:
-        return FileHashCache(self.cfg.paths.hash_cache_path, on_problem=lambda message: self.log.warning(
-            "hashes.problem", error=message, fix="nothing is lost; files are hashed again if needed"))
-
     def manifest(self, job: Job) -> dict[str, Any]:
-        """The current manifest of `job`'s dataset. Content hashes are cached by size and
-        mtime in `state_dir` (kept across restarts) once `run()` opened the cache."""
+        """The current manifest of `job`'s dataset. Content hashes are cached in
+        `state_dir` (kept across restarts); the cache opens on first use."""
         if self.hashes is None:
-            self.hashes = self._open_hashes()
+            self.hashes = FileHashCache(self.cfg.paths.hash_cache_path, on_problem=lambda message:
+                                        self.log.warning("hashes.problem", error=message,
+                                                         fix="nothing is lost; files are hashed again if needed"))
         return dataset_manifest(job.dataset_dir, cache=self.hashes, progress=lambda done, total:
                                 self.keepalive(f"hashing {job.dataset}: {done}/{total} files"))
 
@@ -391,8 +387,7 @@ class Daemon:
             outcome = None
             while outcome is None and time.monotonic() < deadline:
                 outcome = cur.wait(0.5)
-                if notify.watchdog_interval() is not None:
-                    notify.watchdog()
+                self._feed_watchdog(time.monotonic())
             if outcome is None:
                 cur.kill()
                 outcome = cur.wait(10)
