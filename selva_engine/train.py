@@ -249,12 +249,15 @@ def _train(cfg: TrainConfig, stopper: Stopper, events: EventFn | None,
     neg_text = (torch.from_numpy(extra_text[cfg.sample_negative_prompt])[None].to(device)
                 if cfg.sample_negative_prompt else None)
 
-    def write_checkpoint(at_step: int, final: bool) -> Path:
-        """Checkpoint + sample + fixed-noise losses + plots + meta.json for `at_step`."""
-        # the losses still on the device are checked first: a diverged run saves nothing
+    def drain(at_step: int) -> None:
+        """Read the losses and grad norms waiting on the device into the log window."""
         losses, norms = runner.flush(at_step)
         window_loss.extend(losses)
         window_gn.extend(norms)
+
+    def write_checkpoint(at_step: int, final: bool) -> Path:
+        """Checkpoint + sample + fixed-noise losses + plots + meta.json for `at_step`."""
+        drain(at_step)  # the losses still on the device are checked first: a diverged run saves nothing
         meta = adapter_meta(cfg, variant.name, at_step, precision, n_train, n_val)
         model.eval()
         with torch.no_grad(), autocast:
@@ -356,9 +359,7 @@ def _train(cfg: TrainConfig, stopper: Stopper, events: EventFn | None,
         if step % cfg.grad_accum == 0 or step == cfg.steps:
             runner.optimizer_step()
         if step % cfg.log_every == 0 or step == cfg.steps:
-            losses, norms = runner.flush(step)
-            window_loss += losses
-            window_gn += norms
+            drain(step)
             elapsed = time.monotonic() - window_start
             rate = len(window_loss) * cfg.batch_size / max(elapsed, 1e-9)
             mean_loss = float(np.mean(window_loss))
