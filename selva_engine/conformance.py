@@ -33,6 +33,7 @@ KINDS: dict[str, str] = {
     "mel": "selva_engine.golden_audio:run_mel",
     "vae": "selva_engine.golden_audio:run_vae",
     "bigvgan_v1": "selva_engine.golden_audio:run_bigvgan_v1",
+    "bigvgan_v2": "selva_engine.golden_audio:run_bigvgan_v2",
 }
 
 # Computed arrays with this prefix are compared with the sidecar's `effective_weights_file`.

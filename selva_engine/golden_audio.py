@@ -1,4 +1,4 @@
-"""Conformance functions for the audio goldens: kinds "mel", "vae" and "bigvgan_v1".
+"""Conformance functions for the audio goldens: kinds "mel", "vae", "bigvgan_v1", "bigvgan_v2".
 
 Each `run_<kind>(sidecar, golden_dir, io)` builds the module from the sidecar's own config
 (mode parameters, widths, hyper-parameters, file names; nothing is assumed from the shared
@@ -10,16 +10,19 @@ weight normalisation). `selva_engine.conformance` compares them with the sidecar
 from __future__ import annotations
 
 import math
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from selva_engine.io import atomic_torch_save, atomic_write_json
 from selva_engine.nn.bigvgan import BigVGAN, fold_weight_norm
 from selva_engine.nn.mel import MelConverter
 from selva_engine.nn.vae import VAE, force_weight_norm_
+from selva_engine.vocoder import V2_FILES, load_bigvgan_v2
 
-__all__ = ["mel_converter_from_params", "run_bigvgan_v1", "run_mel", "run_vae"]
+__all__ = ["mel_converter_from_params", "run_bigvgan_v1", "run_bigvgan_v2", "run_mel", "run_vae"]
 
 
 def _npz(path: Path) -> dict[str, np.ndarray]:
@@ -115,6 +118,29 @@ def run_bigvgan_v1(
     raw = _npz(Path(golden_dir) / sidecar["weights_file"])
     sd = fold_weight_norm({k: torch.from_numpy(v) for k, v in raw.items()})
     model.load_state_dict(sd, strict=True)
+    with torch.no_grad():
+        wave = model(torch.from_numpy(io["input.mel"]))
+    return {"output.waveform": _np(wave)}
+
+
+def run_bigvgan_v2(
+    sidecar: dict, golden_dir: Path, io: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """BigVGAN-v2 golden through the production loader: `output.waveform` of `input.mel`.
+
+    The sidecar's `hyper_parameters` become the `config.json` and its weights the
+    `bigvgan_generator.pt` ({"generator": state dict}) of a temporary v2 directory, which
+    `load_bigvgan_v2` then loads exactly as it loads the released 44.1 kHz vocoder (strict key
+    and shape check, weight norm folded), so the final clamp/tanh and final-bias settings are
+    honoured only if the production path honours them.
+    """
+    raw = _npz(Path(golden_dir) / sidecar["weights_file"])
+    with tempfile.TemporaryDirectory(prefix="bigvgan-v2-golden-") as tmp:
+        config_name, weights_name = V2_FILES
+        atomic_write_json(Path(tmp) / config_name, sidecar["hyper_parameters"])
+        atomic_torch_save(Path(tmp) / weights_name,
+                          {"generator": {k: torch.from_numpy(v) for k, v in raw.items()}})
+        model = load_bigvgan_v2(tmp)
     with torch.no_grad():
         wave = model(torch.from_numpy(io["input.mel"]))
     return {"output.waveform": _np(wave)}

@@ -21,6 +21,7 @@ from selva_engine.nn.bigvgan import BigVGAN, fold_weight_norm
 __all__ = [
     "V1_16K_CONFIG",
     "V2_44K_CONFIG",
+    "V2_FILES",
     "VocoderLoadError",
     "build_bigvgan",
     "load_bigvgan_v1",
@@ -65,6 +66,7 @@ V2_44K_CONFIG: dict = {
     "fmax": None,
 }
 
+# The two files of a BigVGAN-v2 directory: hyper-parameters, then {"generator": state dict}.
 V2_FILES = ("config.json", "bigvgan_generator.pt")
 
 

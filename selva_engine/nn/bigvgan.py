@@ -5,8 +5,9 @@ Why our own module instead of the PyPI `bigvgan` package (2.4.1): that wheel req
 tensorboard, nnaudio and auraloss, and `import bigvgan` imports librosa and huggingface_hub
 at package import. None of that is needed to run the network, which is ~150 lines of plain
 convolutions. This module reproduces the reference's module tree, so a checkpoint loads by
-name after its weight norm is folded (`fold_weight_norm`); the `bigvgan_tiny` golden pins the
-numerics and `manifests/bigvgan_v1_16k.json` pins the key set.
+name after its weight norm is folded (`fold_weight_norm`); the `bigvgan_tiny` (v1) and
+`bigvgan_v2_tiny` (v2: clamp, no final bias) goldens pin the numerics and
+`manifests/bigvgan_v1_16k.json` pins the key set.
 
 The network holds plain (already folded) conv weights: weight norm only matters for training.
 Both checkpoint spellings of weight norm are accepted: legacy `<m>.weight_g` / `<m>.weight_v`

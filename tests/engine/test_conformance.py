@@ -33,6 +33,14 @@ def test_engine_goldens_pass(golden_dir, capsys):
     assert out[-1] == "4 passed, 0 failed"
 
 
+def test_vocoder_goldens_pass(golden_dir, capsys):
+    assert main([str(golden_dir), "--only", "bigvgan_v1,bigvgan_v2"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[0].startswith("PASS bigvgan_tiny [bigvgan_v1]")
+    assert out[1].startswith("PASS bigvgan_v2_tiny [bigvgan_v2]")
+    assert out[-1] == "2 passed, 0 failed"
+
+
 def test_runner_detects_a_wrong_output(golden_dir, tmp_path):
     for f in golden_dir.glob("flow_matching.*"):
         shutil.copy(f, tmp_path / f.name)

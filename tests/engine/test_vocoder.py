@@ -1,9 +1,10 @@
-"""Vocoders: BigVGAN golden, manifest key set, both weight-norm spellings, v2 dirs, errors."""
+"""Vocoders: BigVGAN v1/v2 goldens, manifest key set, both weight-norm spellings, v2 dirs, errors."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -30,6 +31,60 @@ from selva_engine.vocoder import (
 def test_bigvgan_golden(golden_dir):
     result = run_golden(golden_dir / "bigvgan_tiny.json")
     assert result.ok, result.line()
+
+
+def test_bigvgan_v2_golden(golden_dir):
+    result = run_golden(golden_dir / "bigvgan_v2_tiny.json")
+    assert result.ok, result.line()
+
+
+def _v2_golden_copy(golden_dir, tmp_path, **overrides) -> dict:
+    """Copy bigvgan_v2_tiny into tmp_path with `overrides` applied to its hyper-parameters."""
+    for f in golden_dir.glob("bigvgan_v2_tiny.*"):
+        shutil.copy(f, tmp_path / f.name)
+    side = json.loads((golden_dir / "bigvgan_v2_tiny.json").read_text())
+    side["hyper_parameters"] = dict(side["hyper_parameters"], **overrides)
+    (tmp_path / "bigvgan_v2_tiny.json").write_text(json.dumps(side))
+    return side
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "symptom"),
+    [
+        ("use_tanh_at_final", True, "output.waveform"),  # tanh instead of the clamp
+        ("use_bias_at_final", True, "conv_post.bias"),  # the strict load must miss the bias
+        ("snake_logscale", False, "output.waveform"),
+    ],
+)
+def test_bigvgan_v2_golden_needs_its_final_settings(golden_dir, tmp_path, field, value, symptom):
+    """The runner passes only because the sidecar's v2 settings reach the network.
+
+    The unchanged copy passes; the same weights and arrays with one setting flipped must fail.
+    """
+    side = _v2_golden_copy(golden_dir, tmp_path)
+    assert side["hyper_parameters"][field] is not value
+    assert run_golden(tmp_path / "bigvgan_v2_tiny.json").ok
+    _v2_golden_copy(golden_dir, tmp_path, **{field: value})
+    result = run_golden(tmp_path / "bigvgan_v2_tiny.json")
+    assert not result.ok and symptom in result.line(), result.line()
+
+
+def test_v2_final_clamp_binds():
+    """Without tanh the conv_post output is clamped to [-1, 1]; the golden never reaches the clamp."""
+    cfg = _tiny_v2_config()
+    torch.manual_seed(1)
+    models = [BigVGAN.from_config(dict(cfg, use_tanh_at_final=t)).eval() for t in (False, True)]
+    models[1].load_state_dict(models[0].state_dict())
+    pre: list[torch.Tensor] = []
+    for m in models:
+        m.conv_post.weight.data.mul_(50.0)  # drive the output well past +-1
+        m.conv_post.register_forward_hook(lambda _m, _i, out: pre.append(out))
+    mel = torch.randn(2, cfg["num_mels"], 5) * 3
+    with torch.no_grad():
+        clamped, soft = (m(mel) for m in models)
+    assert float(pre[0].abs().max()) > 1.5 and torch.equal(pre[0], pre[1])
+    assert torch.equal(clamped, pre[0].clamp(-1.0, 1.0))
+    torch.testing.assert_close(soft, torch.tanh(pre[1]))
 
 
 def test_v1_16k_key_set_matches_manifest(golden_dir):
