@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from .audio_stack import check_audio_stack
 from .data_errors import AudioFileError
 
 __all__ = ["RawAudio", "fit_length", "load_audio", "read_audio", "resample", "to_mono"]
@@ -85,9 +86,13 @@ def to_mono(data: np.ndarray) -> np.ndarray:
 
 
 def resample(mono: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:
-    """Resample (frames,) float32 from `orig_rate` to `new_rate` Hz with torchaudio defaults."""
+    """Resample (frames,) float32 from `orig_rate` to `new_rate` Hz with torchaudio defaults.
+
+    Raises AudioStackError (one sentence with the fix) when torchaudio's library cannot load.
+    """
     if orig_rate == new_rate:
         return mono
+    check_audio_stack().raise_if_broken()  # one sentence naming the torch/torchaudio pair
     import torch
     import torchaudio.functional as AF
 

@@ -2,7 +2,8 @@
 `selva-sample` (LoRA Loader + Sampler without ComfyUI).
 
 Exit status of selva-train: 0 done, 3 interrupted (a checkpoint of the current step was
-saved; resume with --resume latest), 2 bad options or input, 1 any other failure.
+saved; resume with --resume latest), 2 bad options or input, 1 any other failure (its
+traceback goes to stderr; with --json an "error" event carries the exception's message).
 With --json every progress event is one JSON object per line on stdout.
 """
 
@@ -12,6 +13,7 @@ import argparse
 import json
 import os
 import sys
+import traceback
 from dataclasses import fields
 from pathlib import Path
 
@@ -137,7 +139,21 @@ def train_main(argv: list[str] | None = None) -> int:
             print(json.dumps({"event": "error", "error": type(exc).__name__, "message": str(exc)}), flush=True)
         print(f"selva-train: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # the run boundary: one sentence out, the traceback to stderr
+        return _unexpected("selva-train", exc, args.json)
     return 0 if result.status == "done" else EXIT_INTERRUPTED
+
+
+def _unexpected(prog: str, exc: Exception, as_json: bool) -> int:
+    """Report an unexpected failure: an "error" event (with --json) whose message is the
+    exception's own text, the whole traceback on stderr (the run's log); returns 1."""
+    traceback.print_exc(file=sys.stderr)
+    message = str(exc).strip() or "no message"
+    if as_json:
+        print(json.dumps({"event": "error", "error": type(exc).__name__, "message": message}),
+              flush=True)
+    print(f"{prog}: error: {type(exc).__name__}: {message}", file=sys.stderr, flush=True)
+    return 1
 
 
 def sample_main(argv: list[str] | None = None) -> int:
@@ -217,6 +233,8 @@ def extract_main(argv: list[str] | None = None) -> int:
     except (DatasetError, MissingWeightsError, UnsafeFileError, FileNotFoundError, ValueError) as exc:
         emit({"event": "error", "error": type(exc).__name__, "message": str(exc)})
         return 2
+    except Exception as exc:  # the run boundary: one sentence out, the traceback to stderr
+        return _unexpected("selva-extract", exc, args.json)
     return 0
 
 

@@ -93,7 +93,7 @@ def _run_line(run: Run) -> str:
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(run.created_at))
     line = f"{run.id}  {run.state:<10} {run.kind:<7} {run.job}{sweep:<8} {step:>11}  {loss:>8}  {when}"
     if run.error:
-        line += f"\n    error: {run.error.splitlines()[0][:200]}"
+        line += f"\n    error: {run.error.splitlines()[0]}"
     return line
 
 
@@ -205,6 +205,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
                     keep=args.keep)
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """`selvad doctor`: environment checks (see selvad.doctor); exit 1 when any is a problem."""
+    from selvad.doctor import format_checks, run_checks
+
+    explicit = "--config" in sys.argv or bool(os.environ.get("SELVAD_CONFIG"))
+    path = args.config if explicit or args.config.exists() else None
+    checks = run_checks(path)
+    sys.stdout.write(format_checks(checks))
+    return 1 if any(c.status == "problem" for c in checks) else 0
+
+
 # -- parser --------------------------------------------------------------------------------
 
 
@@ -217,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="selvad", description="SelVA LoRA training daemon.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("run", parents=[common], help="run the daemon (what systemd starts)")
+    sub.add_parser("doctor", parents=[common], help="check Python, torch/torchaudio, CUDA, "
+                   "soundfile, the config, weights and disk space")
     v = sub.add_parser("validate", help="check a dataset directory", add_help=False)
     v.add_argument("rest", nargs=argparse.REMAINDER)
     s = sub.add_parser("status", parents=[common], help="queue overview and the current run")
@@ -261,7 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return engine.train_main(argv[1:]) if argv[0] == "train" else engine.sample_main(argv[1:])
     args = build_parser().parse_args(argv)
     handlers = {
-        "run": cmd_run, "status": cmd_status, "runs": cmd_runs, "init-job": cmd_init_job,
+        "run": cmd_run, "doctor": cmd_doctor, "status": cmd_status, "runs": cmd_runs, "init-job": cmd_init_job,
         "demo": cmd_demo,
         "enqueue": lambda a: _request(a, "enqueue", job=a.job),
         "cancel": lambda a: _request(a, "cancel", run_id=a.run),

@@ -18,6 +18,9 @@ The queue refuses duplicates (same job, config hash and dataset manifest), so re
 files and unchanged job files queue nothing. SIGTERM/SIGINT: STOPPING=1, the child is asked
 to checkpoint, its run goes back to `queued` and the daemon exits 0; the next start
 resumes it. Runs found `extracting`/`training` at start-up (the daemon died) are requeued.
+Before anything else the daemon checks that audio resampling works (the probe of
+`selva_engine.audio_stack`, as `selvad doctor` does); when it does not, it logs
+`daemon.audio_stack_broken` with the fix and exits 78 without ever sending READY=1.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from selva_engine.audio_stack import check_audio_stack
 from selvad import notify
 from selvad.child import stop_orphan
 from selvad.config import DaemonConfig, load_config
@@ -44,11 +48,14 @@ from selvad.service_requests import RequestHandler
 from selvad.watch import Watcher
 from selvad.worker import RunProcess
 
-__all__ = ["STOP_TIMEOUT", "TICK", "Daemon", "run"]
+__all__ = ["EXIT_BROKEN_INSTALL", "STOP_TIMEOUT", "TICK", "Daemon", "run"]
 
 TICK = 0.25  # seconds between main-loop passes when nothing wakes it earlier
 STOP_TIMEOUT = 100.0  # seconds a stopping child may take to checkpoint (unit: 120 s)
 STATUS_EVERY = 2.0  # seconds between STATUS= updates
+# The install cannot work (torchaudio's library does not load): EX_CONFIG, which the unit's
+# RestartPreventExitStatus= names so systemd does not restart a broken install in a loop.
+EXIT_BROKEN_INSTALL = 78
 
 
 class Daemon:
@@ -153,6 +160,12 @@ class Daemon:
     def run(self) -> int:
         """Run until SIGTERM/SIGINT; returns the exit status (0 after a clean stop)."""
         setup_logging(self.cfg.logging.format, self.cfg.logging.level)
+        stack = check_audio_stack()  # clips at another rate than the model's need it
+        if not stack.ok:
+            self.log.error("daemon.audio_stack_broken", problem=stack.problem, fix=stack.fix,
+                           pair=stack.pair)
+            notify.status(f"not started: {stack.problem}")
+            return EXIT_BROKEN_INSTALL
         self._prepare_dirs()
         self.queue = RunQueue(self.cfg.paths.queue_path)
         if threading.current_thread() is threading.main_thread():

@@ -3,8 +3,9 @@
 Errors (block training): missing directory or no `.npz`; an `.npz` without audio; several
 audio files for one stem; a bad `.npz` (corrupt, half-written, pickled objects, missing keys,
 wrong shapes, NaN/inf); audio that is unreadable, not audio, empty, half-written (WAV data
-chunk shorter than its header says) or silent (peak < 1e-4); `prompts.txt` that is not UTF-8,
-has a line without ':', or names a clip without its `.npz` extension (e.g. `dog_001:` or
+chunk shorter than its header says) or silent (peak < 1e-4); audio at another rate than the
+model's while torchaudio's resampler cannot load (see selva_engine.audio_stack); `prompts.txt`
+that is not UTF-8, has a line without ':', or names a clip without its `.npz` extension (e.g. `dog_001:` or
 `dog_001.wav:` when `dog_001.npz` exists: that clip would silently lose its prompt).
 
 Warnings (do not block): audio without `.npz` (ignored); a `prompts.txt` line naming no clip
@@ -30,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from selva_engine.audio_io import read_audio, to_mono
+from selva_engine.audio_stack import check_audio_stack
 from selva_engine.data import (
     LOSSY_SUFFIXES,
     PROMPTS_FILE,
@@ -107,6 +109,11 @@ def _check_audio(report: ValidationReport, rel: str, path: Path,
     if abs(dc) > DC_LIMIT:
         report.add(WARNING, rel, "dc-offset", f"DC offset {dc:+.3f}",
                    "apply a high-pass filter / remove DC before exporting")
+    if raw.sampling_rate != model_sr and not (stack := check_audio_stack()).ok:
+        report.add(ERROR, rel, "cannot-resample",
+                   f"needs resampling from {raw.sampling_rate} Hz to {model_sr} Hz, but "
+                   f"{stack.problem}", stack.fix)
+        usable = False
     if raw.sampling_rate < model_sr:
         report.add(WARNING, rel, "low-sample-rate",
                    f"sample rate {raw.sampling_rate} Hz is below the model's {model_sr} Hz: "

@@ -14,7 +14,8 @@ exit 0     done (then retention prunes old step checkpoints; final/best are neve
 exit 3     queued again when the daemon is stopping (resumed from its checkpoint next time),
            cancelled when a cancel was asked for (SIGTERM makes the trainer save the
            current step first); a SIGTERM before training began counts the same
-otherwise  failed, with the last "error" event's message or the tail of stderr
+otherwise  failed: the last "error" event's message (or how the process ended and the last
+           exception line of stderr) as one line, plus the path of the run's log
 =========  ================================================================================
 
 Layout of the run directories: see selvad.rundir.
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -50,10 +52,13 @@ from selvad.rundir import (
 from selvad.schedule import prune_run_dir
 from selvad.sweeps import update_sweep_summary
 
-__all__ = ["EXIT_INTERRUPTED", "Outcome", "RunProcess", "describe_exit"]
+__all__ = ["EXIT_INTERRUPTED", "Outcome", "RunProcess", "describe_exit", "last_exception_line",
+           "one_line"]
 
 EXIT_INTERRUPTED = 3  # selva_engine.cli: a checkpoint of the current step was saved
-STDERR_TAIL = 20  # lines of stderr kept for the error message of a crashed run
+STDERR_TAIL = 20  # lines of stderr searched for the exception of a crashed run
+MESSAGE_LIMIT = 300  # characters of a failed run's error sentence
+_EXC_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b(: .*)?$")
 
 
 @dataclass(frozen=True)
@@ -65,16 +70,33 @@ class Outcome:
     exit_code: int | None = None
 
 
-def describe_exit(code: int) -> str:
-    """Words for a child's exit status (negative = killed by that signal)."""
+def describe_exit(code: int, kind: str = "train") -> str:
+    """Words for a child's exit status (negative = killed by that signal); `kind` is the
+    run's kind ("train" or "extract"), so the sentence names the right process."""
+    process = "training" if kind == "train" else "extraction"
     if code < 0:
         try:
             name = signal.Signals(-code).name
         except ValueError:
             name = f"signal {-code}"
         hint = " (out of memory? see dmesg)" if -code == signal.SIGKILL else ""
-        return f"the training process was killed by {name}{hint}"
-    return f"the training process exited with status {code}"
+        return f"the {process} process was killed by {name}{hint}"
+    return f"the {process} process exited with status {code}"
+
+
+def one_line(text: str, limit: int = MESSAGE_LIMIT) -> str:
+    """`text` (an exception's message, possibly several lines) as one line of at most
+    `limit` characters, for `selvad status`."""
+    flat = " ".join(part.strip() for part in text.splitlines() if part.strip())
+    return flat if len(flat) <= limit else flat[: limit - 1].rstrip() + "…"
+
+
+def last_exception_line(lines: list[str]) -> str | None:
+    """The last 'SomeError: message' line of a traceback in `lines` (stderr), if any."""
+    for line in reversed(lines):
+        if _EXC_LINE.match(line):
+            return line.strip()
+    return None
 
 
 class RunProcess:
@@ -207,7 +229,7 @@ class RunProcess:
         elif kind == "warning":
             self.log.warning("run.warning", message=ev.get("message"))
         elif kind == "error":
-            self.last_error = f"{ev.get('error', 'Error')}: {ev.get('message', '')}"
+            self.last_error = str(ev.get("message") or ev.get("error") or "unknown error")
             self.log.error("run.child_error", error=self.last_error)
         elif kind in ("extract_start", "extract_done", "interrupted", "done"):
             fields = {k: v for k, v in ev.items() if k not in ("event", "time")}
@@ -280,9 +302,13 @@ class RunProcess:
             return Outcome("queued", exit_code=code)
         if code == -signal.SIGKILL and (self.cancel_requested or self.stop_requested):
             return Outcome("cancelled" if self.cancel_requested else "queued", exit_code=code)
-        tail = "\n".join(self._read_stderr_tail())
-        error = self.last_error or (f"{describe_exit(code)}: {tail}" if tail else describe_exit(code))
-        return Outcome("failed", error=error, exit_code=code)
+        log = self.out_dir / "worker.log"
+        if self.last_error:
+            error = one_line(self.last_error)
+        else:
+            cause = last_exception_line(self._read_stderr_tail())
+            error = describe_exit(code, self.run.kind) + (f" ({one_line(cause)})" if cause else "")
+        return Outcome("failed", error=f"{error}; the full log is {log}", exit_code=code)
 
     def _read_stderr_tail(self) -> list[str]:
         try:

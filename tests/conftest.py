@@ -69,3 +69,34 @@ def tiny_weights(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("tiny-weights")
     make_tiny(root, "tiny_16k", seed=0)
     return root
+
+
+def make_broken_torchaudio(root: Path) -> Path:
+    """A copy of the installed torchaudio under `root` whose native library does not load
+    (the file is replaced by text), as after installing a torchaudio built for another torch.
+    Every other file is a symlink to the real one. Returns the directory to put first on
+    PYTHONPATH of a child process, which then imports this torchaudio."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("torchaudio")
+    assert spec is not None and spec.origin is not None
+    real = Path(spec.origin).parent
+    fake = root / "torchaudio"
+    for src in real.rglob("*"):
+        if "__pycache__" in src.parts or src.is_dir():
+            continue
+        dst = fake / src.relative_to(real)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.parent.name == "lib" and src.name.startswith("libtorchaudio"):
+            dst.write_text("not a shared library\n")
+        else:
+            dst.symlink_to(src)
+    return root
+
+
+@pytest.fixture(scope="session")
+def broken_torchaudio(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Environment for a child process that imports a torchaudio whose library fails to load."""
+    root = make_broken_torchaudio(tmp_path_factory.mktemp("broken_torchaudio"))
+    path = os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": path}

@@ -24,7 +24,7 @@ from selvad.rundir import (
     update_latest,
     write_run_toml,
 )
-from selvad.worker import RunProcess, describe_exit
+from selvad.worker import RunProcess, describe_exit, last_exception_line, one_line
 
 FAKE_CHILD = r'''
 import json, signal, sys, time
@@ -53,7 +53,8 @@ if mode == "error":
     emit(event="error", error="TrainError", message="/data: no usable clips")
     sys.exit(2)
 if mode == "crash":
-    print("Traceback (most recent call last):\nRuntimeError: CUDA out of memory", file=sys.stderr)
+    print('Traceback (most recent call last):\n  File "x.py", line 3, in <module>\n    '
+          'step()\n    ^^^^^^\nRuntimeError: CUDA out of memory', file=sys.stderr)
     sys.exit(1)
 while not stop:
     time.sleep(0.02)
@@ -134,6 +135,7 @@ def test_latest_link_is_replaced_atomically(tmp_path: Path) -> None:
 def test_describe_exit_names_signals() -> None:
     assert "SIGKILL" in describe_exit(-9) and "out of memory" in describe_exit(-9)
     assert "status 1" in describe_exit(1)
+    assert describe_exit(1, "extract") == "the extraction process exited with status 1"
 
 
 def test_done_run_stores_progress_state_and_prunes(cfg: DaemonConfig, queue: RunQueue,
@@ -158,16 +160,43 @@ def test_error_event_fails_the_run_with_its_message(cfg: DaemonConfig, queue: Ru
                                                    tmp_path: Path) -> None:
     proc, run = _run(queue, cfg, monkeypatch, tmp_path, "error")
     assert proc.wait(30).state == "failed"
-    assert queue.get(run.id).error == "TrainError: /data: no usable clips"
+    log = run_dir_for(cfg, run) / "worker.log"
+    assert queue.get(run.id).error == f"/data: no usable clips; the full log is {log}"
 
 
-def test_crash_fails_the_run_with_the_stderr_tail(cfg: DaemonConfig, queue: RunQueue,
-                                                 monkeypatch: pytest.MonkeyPatch,
-                                                 tmp_path: Path) -> None:
+def test_crash_fails_the_run_with_one_sentence_and_the_log_path(
+        cfg: DaemonConfig, queue: RunQueue, monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path) -> None:
     proc, run = _run(queue, cfg, monkeypatch, tmp_path, "crash")
     assert proc.wait(30).state == "failed"
     error = queue.get(run.id).error
-    assert "status 1" in error and "CUDA out of memory" in error
+    log = run_dir_for(cfg, run) / "worker.log"
+    assert error == ("the training process exited with status 1 (RuntimeError: CUDA out of "
+                     f"memory); the full log is {log}")
+    assert "\n" not in error and "^^^" not in error and "Traceback" not in error
+    assert "Traceback (most recent call last)" in log.read_text()  # the details stay in the log
+
+
+def test_failed_extraction_run_says_extraction(cfg: DaemonConfig, queue: RunQueue,
+                                               monkeypatch: pytest.MonkeyPatch,
+                                               tmp_path: Path) -> None:
+    proc, run = _run(queue, cfg, monkeypatch, tmp_path, "crash", kind="extract")
+    assert proc.wait(30).state == "failed"
+    error = queue.get(run.id).error
+    assert error.startswith("the extraction process exited with status 1 (RuntimeError: ")
+    assert "training" not in error
+
+
+def test_one_line_and_last_exception_line() -> None:
+    assert one_line("variant 'x' cannot run:\n  - generator: missing\nfix: download") == \
+        "variant 'x' cannot run: - generator: missing fix: download"
+    assert len(one_line("x" * 1000)) == 300
+    tail = ["Traceback (most recent call last):", '  File "a.py", line 1, in <module>',
+            "    torchaudio.functional.resample(x)", "    ^^^^^^^^",
+            "OSError: libtorchaudio.so: undefined symbol: torch_exception_get_what", ""]
+    assert last_exception_line(tail) == ("OSError: libtorchaudio.so: undefined symbol: "
+                                         "torch_exception_get_what")
+    assert last_exception_line(["    ^^^^^^^^", "warning: x"]) is None
 
 
 def _wait_training(queue: RunQueue, run: Run) -> None:

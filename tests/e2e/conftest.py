@@ -117,9 +117,11 @@ class DaemonTree:
 
     # -- the daemon ----------------------------------------------------------------------
 
-    def start(self, notify: bool = False) -> subprocess.Popen[bytes]:
-        """Start the daemon (appending to daemon.log); with `notify` a fake NOTIFY_SOCKET."""
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    def start(self, notify: bool = False,
+              env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """Start the daemon (appending to daemon.log); with `notify` a fake NOTIFY_SOCKET;
+        `env` replaces the environment it inherits."""
+        env = {**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"}
         env.pop("NOTIFY_SOCKET", None)
         if notify:
             if self.notify is None:
