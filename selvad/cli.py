@@ -17,10 +17,12 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from selvad.config import DEFAULT_CONFIG_PATH, ConfigError, DaemonConfig, load_config
-from selvad.queue import STATES, Run, RunQueue
+from selvad.config.daemon import DEFAULT_CONFIG_PATH, DaemonConfig, load_config
+from selvad.config.schema import ConfigError
+from selvad.display import format_duration, progress_bar
+from selvad.runs.queue import STATES, Run, RunQueue
 
-__all__ = ["format_duration", "main", "progress_bar"]
+__all__ = ["main"]
 
 OK_RESULTS = ("cancelled", "cancelling", "queued", "may start")  # request answers meaning success
 
@@ -28,27 +30,6 @@ OK_RESULTS = ("cancelled", "cancelling", "queued", "may start")  # request answe
 def default_config() -> Path:
     """$SELVAD_CONFIG, or /etc/selvad/selvad.toml."""
     return Path(os.environ.get("SELVAD_CONFIG") or DEFAULT_CONFIG_PATH)
-
-
-def format_duration(seconds: float | None) -> str:
-    """'1h02m', '3m05s', '42s' ('?' for None)."""
-    if seconds is None:
-        return "?"
-    s = int(max(seconds, 0))
-    if s >= 3600:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    if s >= 60:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s}s"
-
-
-def progress_bar(step: int | None, total: int | None, width: int = 30) -> str:
-    """A text bar like '[#########.....................]  30%' for step/total."""
-    if not step or not total:
-        return "[" + "." * width + "]   0%"
-    frac = min(max(step / total, 0.0), 1.0)
-    filled = int(round(frac * width))
-    return "[" + "#" * filled + "." * (width - filled) + f"] {frac:4.0%}"
 
 
 def _fail(message: str, code: int = 1) -> int:
@@ -77,7 +58,7 @@ def _no_db(cfg: DaemonConfig) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """`selvad run`: the daemon itself, until SIGTERM."""
-    from selvad.service import Daemon
+    from selvad.service.daemon import Daemon
 
     try:
         daemon = Daemon(args.config)
@@ -182,7 +163,7 @@ def _request(args: argparse.Namespace, action: str, run_id: str | None = None,
 
 def cmd_init_job(args: argparse.Namespace) -> int:
     """`selvad init-job NAME --dataset DIR`: a commented job file in the jobs directory."""
-    from selvad.jobs import write_job_file
+    from selvad.config.templates import write_job_file
 
     cfg = _config(args)
     try:
@@ -266,7 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("validate", "train", "sample"):  # own parsers, own --help
         if argv[0] == "validate":
-            from selvad.validate import main as validate_main
+            from selvad.datasets.validate import main as validate_main
 
             return validate_main(argv[1:])
         from selva_engine import cli as engine

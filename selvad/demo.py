@@ -186,8 +186,8 @@ class _Narrator:
         return None
 
     def progress(self) -> str | None:
-        from selvad.cli import format_duration, progress_bar
-        from selvad.queue import RunQueue
+        from selvad.display import format_duration, progress_bar
+        from selvad.runs.queue import RunQueue
 
         runs = RunQueue(self.queue_path).list_runs(states=["training"])
         if not runs:
@@ -226,7 +226,7 @@ def run_demo(root: Path, steps: int = 100, weights: str = "", variant: str = "",
     small_16k); without `weights` tiny weights are generated. `timeout` bounds the wait
     for the run in seconds.
     """
-    from selvad.queue import RunQueue
+    from selvad.runs.queue import RunQueue
 
     root = root.absolute()
     problem = _prepare(root, keep)

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from selva_engine.audio_stack import check_audio_stack, installed_version, pinned_requirement
-from selvad.config import ConfigError, DaemonConfig, load_config
+from selvad.config.daemon import DaemonConfig, load_config
+from selvad.config.schema import ConfigError
 
 __all__ = ["Check", "format_checks", "run_checks"]
 

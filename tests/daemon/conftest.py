@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from selvad.config import DaemonConfig, load_config
+from selvad.config.daemon import DaemonConfig, load_config
 
 
 @pytest.fixture

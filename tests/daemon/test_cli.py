@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from selvad.cli import format_duration, main, progress_bar
-from selvad.queue import RunQueue
+from selvad.cli import main
+from selvad.display import format_duration, progress_bar
+from selvad.runs.queue import RunQueue
 
 
 @pytest.fixture

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from selvad.config import DEFAULT_CONFIG_PATH, ConfigError, DaemonConfig, load_config
+from selvad.config.daemon import DEFAULT_CONFIG_PATH, DaemonConfig, load_config
+from selvad.config.schema import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-import selvad.manifest as manifest_mod
-import selvad.validate as validate_mod
+import selvad.datasets.manifest as manifest_mod
+import selvad.datasets.validate as validate_mod
+from selvad.datasets.hashcache import FileHashCache
+from selvad.datasets.manifest import dataset_manifest
+from selvad.datasets.watch import JobEvent
 from selvad.demo import make_dataset
-from selvad.hashcache import FileHashCache
-from selvad.manifest import dataset_manifest
-from selvad.queue import RunQueue
-from selvad.service import Daemon
-from selvad.watch import JobEvent
+from selvad.runs.queue import RunQueue
+from selvad.service.daemon import Daemon
 
 
 @pytest.fixture

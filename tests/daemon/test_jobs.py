@@ -10,16 +10,10 @@ from pathlib import Path
 import pytest
 
 from selva_engine.options import TrainConfig
-from selvad.config import DaemonConfig, load_config
-from selvad.jobs import (
-    FIELD_KEY,
-    HASH_EXCLUDED,
-    JobError,
-    config_hash,
-    init_job_text,
-    load_job,
-    write_job_file,
-)
+from selvad.config.daemon import DaemonConfig, load_config
+from selvad.config.jobs import HASH_EXCLUDED, JobError, config_hash, load_job
+from selvad.config.settings import FIELD_KEY
+from selvad.config.templates import init_job_text, write_job_file
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from selvad import notify
+from selvad.service import notify
 
 
 @pytest.fixture

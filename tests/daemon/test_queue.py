@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from selvad.queue import (
+from selvad.runs.queue import (
     IllegalTransition,
     RunQueue,
     dataset_manifest,

@@ -7,15 +7,9 @@ from datetime import datetime
 
 import pytest
 
-from selvad.schedule import (
-    WindowError,
-    build_scheduler,
-    checkpoints_to_prune,
-    next_opening,
-    parse_window,
-    prune_run_dir,
-    window_open,
-)
+from selvad.config.windows import WindowError, next_opening, parse_window, window_open
+from selvad.runs.retention import checkpoints_to_prune, prune_run_dir
+from selvad.runs.schedule import build_scheduler
 
 MON = datetime(2026, 11, 23)  # a Monday
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from selvad.datasets.watch import DatasetEvent, JobEvent
 from selvad.demo import make_dataset
-from selvad.queue import RunQueue
-from selvad.service import Daemon
-from selvad.watch import DatasetEvent, JobEvent
+from selvad.runs.queue import RunQueue
+from selvad.service.daemon import Daemon
 
 
 @pytest.fixture
@@ -146,7 +146,7 @@ def test_training_waits_for_the_window_but_extraction_does_not(daemon, tmp_path:
 
 def test_a_run_that_cannot_start_fails_and_the_daemon_goes_on(daemon, tmp_path: Path,
                                                               monkeypatch) -> None:
-    from selvad import service
+    from selvad.service import daemon as service
 
     d = daemon()
     assert d.queue is not None

@@ -11,9 +11,9 @@ import pytest
 import soundfile as sf
 
 from selva_engine.options import TrainConfig
-from selvad import validate as V
-from selvad.advice import ADVICE_TABLE, advise, row_for
-from selvad.validation_report import write_report
+from selvad.datasets import validate as V
+from selvad.datasets.advice import ADVICE_TABLE, advise, row_for
+from selvad.datasets.report import write_report
 
 SR = 16000
 VARIANT = "tiny_16k"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from selvad.watch import DatasetEvent, JobEvent, SettleTracker, Watcher, is_ignored
+from selvad.datasets.watch import DatasetEvent, JobEvent, SettleTracker, Watcher, is_ignored
 
 
 def test_settle_tracker() -> None:

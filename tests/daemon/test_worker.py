@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from selva_engine.options import TrainConfig
-from selvad.child import stop_orphan
-from selvad.config import DaemonConfig, load_config
-from selvad.queue import Run, RunQueue
-from selvad.rundir import (
+from selvad.config.daemon import DaemonConfig, load_config
+from selvad.runs.child import stop_orphan
+from selvad.runs.queue import Run, RunQueue
+from selvad.runs.rundir import (
     child_device,
     prune_job_runs,
     run_config,
@@ -24,7 +24,7 @@ from selvad.rundir import (
     update_latest,
     write_run_toml,
 )
-from selvad.worker import RunProcess, describe_exit, last_exception_line, one_line
+from selvad.runs.worker import RunProcess, describe_exit, last_exception_line, one_line
 
 FAKE_CHILD = r'''
 import json, signal, sys, time

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from selvad.demo import make_dataset
-from selvad.queue import Run, RunQueue
+from selvad.runs.queue import Run, RunQueue
 
 REPO = Path(__file__).resolve().parents[2]
 FAST_TRAIN = {"steps": 20, "save_every": 10, "log_every": 5, "precision": "fp32",
@@ -226,7 +226,7 @@ class DaemonTree:
                 cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
             except OSError:
                 continue
-            if b"selvad.child" in cmdline:
+            if b"selvad.runs.child" in cmdline:
                 try:
                     os.killpg(pid, signal.SIGKILL)
                 except (ProcessLookupError, PermissionError):

@@ -1,8 +1,8 @@
 """The worker: one queued run executed in a child process, its events fed into the queue.
 
 A run never executes inside the daemon: `RunProcess.start()` prepares the run directory and
-starts ``python -m selvad.child <train|extract> ...`` (a trampoline into `selva_engine.cli`
-that makes the child checkpoint and stop if the daemon dies, see selvad.child) in its own
+starts ``python -m selvad.runs.child <train|extract> ...`` (a trampoline into `selva_engine.cli`
+that makes the child checkpoint and stop if the daemon dies, see selvad.runs.child) in its own
 process group. A crash, an out-of-memory kill or a
 bad dataset therefore fails that run only. The child's stdout is one JSON event per line
 (see selva_engine.cli); a reader thread turns them into queue state changes
@@ -18,7 +18,7 @@ otherwise  failed: the last "error" event's message (or how the process ended an
            exception line of stderr) as one line, plus the path of the run's log
 =========  ================================================================================
 
-Layout of the run directories: see selvad.rundir.
+Layout of the run directories: see selvad.runs.rundir.
 """
 
 from __future__ import annotations
@@ -37,10 +37,11 @@ from pathlib import Path
 from typing import Any
 
 from selva_engine.options import TrainConfig
-from selvad.config import DaemonConfig
+from selvad.config.daemon import DaemonConfig
 from selvad.log import get_logger
-from selvad.queue import Run, RunQueue
-from selvad.rundir import (
+from selvad.runs.queue import Run, RunQueue
+from selvad.runs.retention import prune_run_dir
+from selvad.runs.rundir import (
     atomic_write,
     child_device,
     run_config,
@@ -49,8 +50,7 @@ from selvad.rundir import (
     update_latest,
     write_run_toml,
 )
-from selvad.schedule import prune_run_dir
-from selvad.sweeps import update_sweep_summary
+from selvad.runs.sweeps import update_sweep_summary
 
 __all__ = ["EXIT_INTERRUPTED", "Outcome", "RunProcess", "describe_exit", "last_exception_line",
            "one_line"]
@@ -110,7 +110,7 @@ class RunProcess:
 
     def __init__(self, run: Run, queue: RunQueue, cfg: DaemonConfig) -> None:
         self.run, self.queue, self.cfg = run, queue, cfg
-        self.log = get_logger("selvad.worker", run_id=run.id, job=run.job, dataset=run.dataset,
+        self.log = get_logger("selvad.runs.worker", run_id=run.id, job=run.job, dataset=run.dataset,
                               kind=run.kind)
         self.is_train = run.kind == "train"
         self.out_dir = run_dir_for(cfg, run) if self.is_train else state_dir_for(cfg, run)
@@ -130,7 +130,7 @@ class RunProcess:
     # -- start ---------------------------------------------------------------------------
 
     def _command(self) -> list[str]:
-        trampoline = [sys.executable, "-m", "selvad.child", "--parent", str(os.getpid())]
+        trampoline = [sys.executable, "-m", "selvad.runs.child", "--parent", str(os.getpid())]
         if self.is_train:
             cfg = run_config(self.run, self.cfg, self.out_dir)
             cfg_json = self.private / "config.json"
@@ -147,7 +147,7 @@ class RunProcess:
                 "--device", device, "--json"]
 
     def _write_validation(self, cfg: TrainConfig) -> None:
-        from selvad.validate import validate_dataset, write_report
+        from selvad.datasets.validate import validate_dataset, write_report
 
         report = validate_dataset(cfg.data_dir, cfg.variant, config=cfg, targets=cfg.target)
         write_report(report, self.out_dir / "validation.toml")

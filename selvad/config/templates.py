@@ -15,7 +15,8 @@ import tomli_w
 
 from selva_engine.options import TrainConfig
 from selva_engine.variants import VARIANTS
-from selvad.jobs import SAFE_NAME, SETTING_SECTIONS, TriggerConfig
+from selvad.config.jobs import SAFE_NAME
+from selvad.config.settings import SETTING_SECTIONS, TriggerConfig
 
 __all__ = ["init_job_text", "write_job_file"]
 

@@ -17,8 +17,8 @@ from typing import Any
 import tomli_w
 
 from selva_engine.options import TrainConfig
-from selvad.config import DaemonConfig
-from selvad.queue import Run
+from selvad.config.daemon import DaemonConfig
+from selvad.runs.queue import Run
 
 __all__ = [
     "atomic_write",

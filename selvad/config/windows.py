@@ -1,7 +1,6 @@
-"""Training windows and periodic maintenance jobs (apscheduler 3.x).
+"""Training windows: when *new* training runs may start.
 
-A training window says when *new* runs may start (a running one is never interrupted by a
-window closing). Windows are strings of the form ``[DAYS ]HH:MM-HH:MM``:
+A window never interrupts a running run. Windows are strings of the form ``[DAYS ]HH:MM-HH:MM``:
 
 - ``"22:00-07:00"``       every night; a window whose end is not after its start crosses
                           midnight and belongs to the day it starts on
@@ -10,37 +9,23 @@ window closing). Windows are strings of the form ``[DAYS ]HH:MM-HH:MM``:
 - ``"sat,sun 00:00-24:00"`` whole days (``24:00`` is allowed as an end)
 - ``"22-7"``              hours only, same as ``22:00-07:00``
 
-An empty list of windows means "always open". apscheduler is imported only when a
-scheduler is built, so importing this module stays cheap.
+An empty list of windows means "always open". The daemon config checks windows with
+`parse_window`; the main loop asks `window_open`.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # pragma: no cover
-    from apscheduler.schedulers.background import BackgroundScheduler
-
-__all__ = [
-    "DAYS",
-    "TrainingWindow",
-    "WindowError",
-    "build_scheduler",
-    "checkpoints_to_prune",
-    "parse_window",
-    "prune_run_dir",
-    "reschedule",
-    "window_open",
-]
+__all__ = ["DAYS", "TrainingWindow", "WindowError", "next_opening", "parse_window", "window_open"]
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")  # index = datetime.weekday()
+
 _TIME = r"(\d{1,2})(?::(\d{2}))?"
-_STEP_CKPT_RE = re.compile(r"^adapter_step(\d+)\.pt$")
+
 _WINDOW_RE = re.compile(rf"^\s*(?:(?P<days>[a-z,\-]+)\s+)?{_TIME}\s*-\s*{_TIME}\s*$")
 
 
@@ -133,84 +118,3 @@ def next_opening(windows: Sequence[str | TrainingWindow], when: datetime) -> dat
         t += timedelta(minutes=1)
     return None
 
-
-def build_scheduler(
-    *,
-    rescan_minutes: float,
-    retention_minutes: float,
-    rescan: Callable[[], Any],
-    retention: Callable[[], Any],
-    start: bool = True,
-) -> BackgroundScheduler:
-    """Create a BackgroundScheduler with the periodic "rescan" and "retention" jobs.
-
-    Both jobs coalesce missed runs into one, never overlap themselves (max_instances=1) and
-    tolerate a late start of a whole interval. A non-positive interval leaves that job out.
-    The scheduler is started unless `start` is False; stop it with `.shutdown(wait=False)`.
-    """
-    from apscheduler.schedulers.background import BackgroundScheduler
-
-    sched = BackgroundScheduler(daemon=True)
-    reschedule(
-        sched,
-        rescan_minutes=rescan_minutes,
-        retention_minutes=retention_minutes,
-        rescan=rescan,
-        retention=retention,
-    )
-    if start:
-        sched.start()
-    return sched
-
-
-def reschedule(
-    sched: BackgroundScheduler,
-    *,
-    rescan_minutes: float,
-    retention_minutes: float,
-    rescan: Callable[[], Any],
-    retention: Callable[[], Any],
-) -> None:
-    """(Re)install the periodic jobs on `sched` with new intervals (used on config reload)."""
-    for job_id, minutes, func in (
-        ("rescan", rescan_minutes, rescan),
-        ("retention", retention_minutes, retention),
-    ):
-        if sched.get_job(job_id) is not None:
-            sched.remove_job(job_id)
-        if minutes > 0:
-            seconds = minutes * 60.0
-            sched.add_job(
-                func,
-                "interval",
-                seconds=seconds,
-                id=job_id,
-                name=job_id,
-                coalesce=True,
-                max_instances=1,
-                misfire_grace_time=max(1, int(seconds)),
-            )
-
-
-def checkpoints_to_prune(names: Sequence[str], keep_last: int, finished: bool = True) -> list[str]:
-    """Which step checkpoints (`adapter_stepNNNNN.pt`) of one run directory to delete.
-
-    The newest `keep_last` are kept; `adapter_final.pt`, `adapter_best.pt` and every other
-    file never match. An unfinished run always keeps its newest checkpoint (its resume
-    point), whatever `keep_last` says. Returns names, oldest first.
-    """
-    steps = sorted((int(m.group(1)), n) for n in names if (m := _STEP_CKPT_RE.match(n)))
-    keep = max(keep_last, 0 if finished else 1)
-    doomed = steps[: max(len(steps) - keep, 0)]
-    return [n for _, n in doomed]
-
-
-def prune_run_dir(run_dir: Path | str, keep_last: int, finished: bool = True) -> list[Path]:
-    """Delete the step checkpoints `checkpoints_to_prune` picks in `run_dir`; returns them."""
-    run_dir = Path(run_dir)
-    names = [p.name for p in run_dir.iterdir() if p.is_file()] if run_dir.is_dir() else []
-    removed = []
-    for name in checkpoints_to_prune(names, keep_last, finished):
-        (run_dir / name).unlink(missing_ok=True)
-        removed.append(run_dir / name)
-    return removed

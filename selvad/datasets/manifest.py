@@ -38,7 +38,7 @@ def _sha256(path: Path) -> str:
 
 
 class HashCache(Protocol):
-    """What `dataset_manifest` needs of a cache: a dict or a selvad.hashcache.FileHashCache."""
+    """What `dataset_manifest` needs of a cache: a dict or a selvad.datasets.hashcache.FileHashCache."""
 
     def get(self, key: FileKey, default: None = None, /) -> str | None: ...
 

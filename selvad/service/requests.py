@@ -14,12 +14,8 @@ and stores a one-line result the CLI prints. Actions:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from selvad.queue import TERMINAL, Request
-
-if TYPE_CHECKING:  # pragma: no cover
-    from selvad.service import Daemon
+from selvad.runs.queue import TERMINAL, Request
+from selvad.service.context import DaemonContext
 
 __all__ = ["RequestHandler"]
 
@@ -27,7 +23,7 @@ __all__ = ["RequestHandler"]
 class RequestHandler:
     """Answers pending CLI requests for `daemon`; each answer is one short line."""
 
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: DaemonContext) -> None:
         self.d = daemon
         self.log = daemon.log
 

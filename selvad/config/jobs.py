@@ -30,24 +30,24 @@ import hashlib
 import json
 import os
 import re
-import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from selva_engine.options import CHOICES, TrainConfig
-from selva_engine.variants import VARIANTS
-from selvad.config import (
-    ConfigError,
-    DaemonConfig,
-    Problems,
-    describe,
-    join_key,
-    parse_section,
-    read_toml,
+from selvad.config.daemon import DaemonConfig
+from selvad.config.schema import ConfigError, Problems, read_toml
+from selvad.config.settings import (
+    DEFAULTS_KEYS,
+    SETTING_SECTIONS,
+    TRAIN_HINTS,
+    TriggerConfig,
+    check_other,
+    check_top,
+    read_settings,
+    report_problems,
 )
-from selvad.config import coerce as _coerce
 
 __all__ = [
     "HASH_EXCLUDED",
@@ -56,47 +56,19 @@ __all__ = [
     "JobError",
     "RunSpec",
     "SweepEntry",
-    "TriggerConfig",
-    "check_defaults",
     "config_hash",
-    "init_job_text",
     "load_job",
     "resolve_dataset",
-    "write_job_file",
 ]
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-TRAIN_KEYS = ("lr", "steps", "warmup_steps", "batch_size", "grad_accum", "save_every",
-              "precision", "seed", "timestep_sampling", "logit_normal_sigma", "lr_schedule",
-              "lora_plus_ratio", "weight_decay", "grad_clip", "latent_sampling", "log_every")
-# job section -> {job key: TrainConfig field}
-SETTING_SECTIONS: dict[str, dict[str, str]] = {
-    "lora": {k: k for k in ("rank", "alpha", "target", "rslora", "lora_dropout")},
-    "train": {k: k for k in TRAIN_KEYS},
-    "sample": {"steps": "sample_steps", "cfg": "sample_cfg",
-               "negative_prompt": "sample_negative_prompt"},
-    "validation": {"val_clips": "val_clips", "overfit_patience": "overfit_patience"},
-    "eval": {"clips": "eval_clips", "steps": "eval_steps", "cfg": "eval_cfg"},
-}
-FIELD_KEY = {f: f"{s}.{k}" for s, keys in SETTING_SECTIONS.items() for k, f in keys.items()}
-FIELD_KEY["variant"] = "variant"
 # TrainConfig fields the daemon fills itself; they never change what a run learns.
 HASH_EXCLUDED = ("data_dir", "output_dir", "selva_dir", "resume", "device", "cache_dir")
-DEFAULTS_KEYS = ("variant", "priority", *SETTING_SECTIONS, "trigger")
 JOB_KEYS = ("dataset", *DEFAULTS_KEYS, "sweep")
-_HINTS = typing.get_type_hints(TrainConfig)
 
 
 class JobError(ConfigError):
     """A job file is invalid; `problems` lists every `file:key: problem` message."""
-
-
-@dataclass(frozen=True)
-class TriggerConfig:
-    """When a dataset change queues a training run (extraction is always queued)."""
-
-    on_change: bool = True  # retrain when the dataset's files change
-    settle_minutes: float = 5.0  # quiet time after the last change before training is queued
 
 
 @dataclass(frozen=True)
@@ -157,97 +129,10 @@ def config_hash(cfg: TrainConfig) -> str:
     for key in HASH_EXCLUDED:
         d.pop(key, None)
     for key, value in d.items():  # lr = 1 and lr = 1.0 are the same run
-        if "float" in str(_HINTS[key]) and isinstance(value, int) and not isinstance(value, bool):
+        if "float" in str(TRAIN_HINTS[key]) and isinstance(value, int) and not isinstance(value, bool):
             d[key] = float(value)
     text = json.dumps(d, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _read_settings(data: dict[str, Any], p: Problems, prefix: str) -> dict[str, tuple[Any, str]]:
-    """TrainConfig fields set by the setting sections of `data` -> (value, key path)."""
-    out: dict[str, tuple[Any, str]] = {}
-    if "variant" in data:
-        v, kp = data["variant"], join_key(prefix, "variant")
-        if v not in VARIANTS:
-            p.add(kp, "unknown variant", got=v, expected=" | ".join(VARIANTS))
-        else:
-            out["variant"] = (v, kp)
-    for sec, keys in SETTING_SECTIONS.items():
-        if sec not in data:
-            continue
-        table, sp = data[sec], join_key(prefix, sec)
-        if not isinstance(table, dict):
-            p.add(sp, "expected a table", got=table, expected=f"[{sec}] with keys")
-            continue
-        for key, value in table.items():
-            kp = join_key(sp, key)
-            if key not in keys:
-                other = [s for s, k in SETTING_SECTIONS.items() if key in k and s != sec]
-                if other:
-                    p.add(kp, f"this key belongs in [{other[0]}]", expected=f"{other[0]}.{key}")
-                else:
-                    p.unknown(kp, key, list(keys))
-                continue
-            name = keys[key]
-            try:
-                out[name] = (_coerce(value, _HINTS[name]), kp)
-            except TypeError:
-                p.add(kp, "wrong type", got=value, expected=describe(_HINTS[name]))
-    return out
-
-
-def _read_table(cls: type, data: dict[str, Any], key: str, p: Problems, prefix: str) -> dict:
-    """Keys explicitly set in the `[key]` table of `data`, type-checked via `cls`."""
-    if key not in data:
-        return {}
-    parsed = parse_section(cls, data[key], join_key(prefix, key), p)
-    table = data[key] if isinstance(data[key], dict) else {}
-    return {k: getattr(parsed, k) for k in table if hasattr(parsed, k)}
-
-
-def _check_top(data: dict[str, Any], allowed: Sequence[str], p: Problems, prefix: str) -> None:
-    for key in data:
-        if key not in allowed:
-            p.unknown(join_key(prefix, key), key, list(allowed))
-
-
-def _check_other(data: dict, p: Problems, prefix: str) -> tuple[int | None, dict]:
-    priority = data.get("priority")
-    if priority is not None and (not isinstance(priority, int) or isinstance(priority, bool)):
-        p.add(join_key(prefix, "priority"), "wrong type", got=priority, expected="an integer")
-        priority = None
-    trigger = _read_table(TriggerConfig, data, "trigger", p, prefix)
-    if trigger.get("settle_minutes", 0) < 0:
-        p.add(join_key(prefix, "trigger.settle_minutes"), "must not be negative",
-              got=trigger.pop("settle_minutes"), expected="a number >= 0")
-    return priority, trigger
-
-
-def _report(cfg: TrainConfig, origin: dict[str, tuple[Any, str]], p: Problems,
-            fallback: str, only: set[str] | None = None) -> None:
-    """Record TrainConfig.problems() under the key path each bad value came from."""
-    for name, message in cfg.problems():
-        if only is not None and name not in only:
-            continue
-        kp = origin[name][1] if name in origin else join_key(fallback, FIELD_KEY.get(name, name))
-        p.add(kp, f"invalid value: {message}")
-
-
-def check_defaults(table: Any, p: Problems) -> dict[str, Any]:
-    """Validate a daemon `[defaults]` table with the job schema; returns it unchanged.
-
-    Problems are recorded in `p` under `defaults.<key>`; `dataset` and `[[sweep]]` are
-    refused because they only make sense per job.
-    """
-    if not isinstance(table, dict):
-        p.add("defaults", "expected a table", got=table, expected="[defaults] with job keys")
-        return {}
-    _check_top(table, DEFAULTS_KEYS, p, "defaults")
-    settings = _read_settings(table, p, "defaults")
-    _check_other(table, p, "defaults")
-    cfg = TrainConfig(**{k: v for k, (v, _) in settings.items()})
-    _report(cfg, settings, p, "defaults", only=set(settings))
-    return table
 
 
 def resolve_dataset(value: Any, roots: Sequence[Path]) -> tuple[str, Path]:
@@ -302,12 +187,12 @@ def load_job(path: Path | str, cfg: DaemonConfig) -> Job:
         data = read_toml(path)
     except ConfigError as exc:
         raise JobError(exc.problems) from exc
-    _check_top(data, JOB_KEYS, p, "")
+    check_top(data, JOB_KEYS, p, "")
     dp = Problems(cfg.path or "selvad.toml")  # [defaults] was validated at config load
-    d_settings = _read_settings(cfg.defaults, dp, "defaults")
-    d_priority, d_trigger = _check_other(cfg.defaults, dp, "defaults")
-    settings = _read_settings(data, p, "")
-    priority, trigger = _check_other(data, p, "")
+    d_settings = read_settings(cfg.defaults, dp, "defaults")
+    d_priority, d_trigger = check_other(cfg.defaults, dp, "defaults")
+    settings = read_settings(data, p, "")
+    priority, trigger = check_other(data, p, "")
     dataset, dataset_dir = "", Path()
     if "dataset" not in data:
         p.add("dataset", "missing required key", expected="a dataset name or path")
@@ -326,7 +211,7 @@ def load_job(path: Path | str, cfg: DaemonConfig) -> Job:
         cache_dir=str(cfg.paths.effective_cache_dir),
         device=dev,
     )
-    _report(base, settings, p, "", only=set(settings))
+    report_problems(base, settings, p, "", only=set(settings))
     for name, message in base.problems():  # bad values inherited from [defaults]
         if name not in settings and name in d_settings:
             p.items.append(f"{dp.file}:{d_settings[name][1]}: invalid value: {message}")
@@ -354,7 +239,7 @@ def _read_sweeps(entries: Any, base: TrainConfig, p: Problems) -> tuple[SweepEnt
     seen: set[str] = set()
     for i, entry in enumerate(entries):
         prefix = f"sweep[{i}]"
-        _check_top(entry, ("id", *SETTING_SECTIONS), p, prefix)
+        check_top(entry, ("id", *SETTING_SECTIONS), p, prefix)
         sid = entry.get("id")
         if not isinstance(sid, str) or not SAFE_NAME.match(sid):
             p.add(f"{prefix}.id", "missing or unsafe sweep id", got=sid,
@@ -363,23 +248,8 @@ def _read_sweeps(entries: Any, base: TrainConfig, p: Problems) -> tuple[SweepEnt
         if sid in seen:
             p.add(f"{prefix}.id", "duplicate sweep id", got=sid, expected="unique ids")
         seen.add(sid)
-        overrides = _read_settings({k: v for k, v in entry.items() if k != "id"}, p, prefix)
+        overrides = read_settings({k: v for k, v in entry.items() if k != "id"}, p, prefix)
         cfg = replace(base, **{k: v for k, (v, _) in overrides.items()})
-        _report(cfg, overrides, p, prefix, only=set(overrides))
+        report_problems(cfg, overrides, p, prefix, only=set(overrides))
         out.append(SweepEntry(sid, {k: v for k, (v, _) in overrides.items()}))
     return tuple(out)
-
-
-def init_job_text(name: str, dataset: str, variant: str = "large_44k") -> str:
-    """A fully commented job file text; see selvad.jobinit.init_job_text (re-exported)."""
-    from selvad import jobinit  # jobinit imports this module
-
-    return jobinit.init_job_text(name, dataset, variant)
-
-
-def write_job_file(jobs_dir: Path | str, name: str, dataset: str,
-                   variant: str = "large_44k") -> Path:
-    """Write a new commented job file, never overwriting; see selvad.jobinit.write_job_file."""
-    from selvad import jobinit
-
-    return jobinit.write_job_file(jobs_dir, name, dataset, variant)

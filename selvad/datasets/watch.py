@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 DEFAULT_IGNORE = (".*", "*.part", "*.tmp", "~*", ".syncthing.*", "*.crdownload")
-_log = logging.getLogger("selvad.watch")
+_log = logging.getLogger("selvad.datasets.watch")
 
 
 def is_ignored(name: str, extra: Sequence[str] = ()) -> bool:

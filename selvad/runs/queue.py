@@ -11,7 +11,7 @@ States and the only legal moves (`transition` enforces them)::
 The CLI never talks to the daemon directly: it writes rows into `requests` (cancel, retry,
 enqueue, skip) that the daemon reads with `pending_requests` and marks handled. Each thread
 gets its own connection; writes run in `BEGIN IMMEDIATE` transactions so that two
-processes never claim the same run. run is identified by its config hash plus its manifest hash (see selvad.manifest, whose
+processes never claim the same run. run is identified by its config hash plus its manifest hash (see selvad.datasets.manifest, whose
 helpers are re-exported here).
 """
 
@@ -30,7 +30,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from selvad.manifest import AUDIO_EXTENSIONS, dataset_manifest, manifest_hash
+from selvad.datasets.manifest import AUDIO_EXTENSIONS, dataset_manifest, manifest_hash
 
 __all__ = [
     "ACTIONS",

@@ -16,15 +16,13 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from selvad.jobs import Job, JobError, load_job
-from selvad.queue import manifest_hash
-from selvad.validate import ValidationReport, validate_dataset
-from selvad.watch import DatasetEvent, JobEvent
-
-if TYPE_CHECKING:  # pragma: no cover
-    from selvad.service import Daemon
+from selvad.config.jobs import Job, JobError, load_job
+from selvad.datasets.validate import ValidationReport, validate_dataset
+from selvad.datasets.watch import DatasetEvent, JobEvent
+from selvad.runs.queue import manifest_hash
+from selvad.service.context import DaemonContext
 
 __all__ = ["EventHandler", "report_fields"]
 
@@ -55,7 +53,7 @@ def report_fields(report: ValidationReport) -> dict[str, Any]:
 class EventHandler:
     """Turns watcher events into validation, log events and queued runs for `daemon`."""
 
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: DaemonContext) -> None:
         self.d = daemon
         self.log = daemon.log
         self.train_due: dict[str, float] = {}  # job name -> monotonic deadline

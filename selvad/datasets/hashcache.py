@@ -21,7 +21,7 @@ import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
-from selvad.manifest import FileKey
+from selvad.datasets.manifest import FileKey
 
 __all__ = ["FileHashCache"]
 
@@ -40,8 +40,8 @@ _CORRUPT = {"SQLITE_CORRUPT", "SQLITE_NOTADB"}
 
 class FileHashCache:
     """`get(key)` / `cache[key] = digest` over the SQLite file at `path` (created on first
-    use), the interface `selvad.manifest.dataset_manifest` expects of its cache. Keys are
-    `selvad.manifest.FileKey` tuples (path, size, mtime_ns, ino, ctime_ns).
+    use), the interface `selvad.datasets.manifest.dataset_manifest` expects of its cache. Keys are
+    `selvad.datasets.manifest.FileKey` tuples (path, size, mtime_ns, ino, ctime_ns).
 
     The whole table is read once when the cache opens; lookups are answered from memory
     and every change is written through to the file. `on_problem(message)` hears about a

@@ -14,7 +14,7 @@ a sample rate below the model's; several channels mixed to mono (and channels th
 when averaged); audio or features shorter (zero-padded) or longer (trimmed) than the clip
 length by more than 50 ms; audio and feature durations that differ by more than 0.5 s;
 lossy formats (.mp3, .ogg/Vorbis/Opus); empty prompts; inconsistent prompts (see
-`_check_prompts`). Advice comes from `selvad.advice`.
+`_check_prompts`). Advice comes from `selvad.datasets.advice`.
 """
 
 from __future__ import annotations
@@ -44,9 +44,15 @@ from selva_engine.data import (
 )
 from selva_engine.options import TrainConfig
 from selva_engine.variants import SequenceConfig, Variant, get_variant, variant_names
-
-from .advice import advise
-from .validation_report import ERROR, WARNING, ClipEntry, Finding, ValidationReport, write_report
+from selvad.datasets.advice import advise
+from selvad.datasets.report import (
+    ERROR,
+    WARNING,
+    ClipEntry,
+    Finding,
+    ValidationReport,
+    write_report,
+)
 
 __all__ = ["Finding", "ValidationReport", "main", "validate_dataset", "write_report"]
 

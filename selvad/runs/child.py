@@ -1,6 +1,6 @@
 """The child-process side of a run: a trampoline into selva_engine.cli, and orphan clean-up.
 
-The worker starts ``python -m selvad.child --parent PID <train|extract> ...``. The
+The worker starts ``python -m selvad.runs.child --parent PID <train|extract> ...``. The
 trampoline arms Linux's PR_SET_PDEATHSIG so that the trainer gets SIGTERM, saves a
 checkpoint of its current step and exits if the daemon dies (even by kill -9), then hands
 the remaining arguments to `selva_engine.cli.main` unchanged. `stop_orphan` is the daemon's
@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from selvad.config import DaemonConfig
-from selvad.queue import Run
-from selvad.rundir import state_dir_for
+from selvad.config.daemon import DaemonConfig
+from selvad.runs.queue import Run
+from selvad.runs.rundir import state_dir_for
 
 __all__ = ["stop_orphan"]
 
@@ -37,7 +37,7 @@ def stop_orphan(cfg: DaemonConfig, run: Run, timeout: float = 60.0) -> int | Non
     except (OSError, ValueError):
         pid_file.unlink(missing_ok=True)
         return None
-    if b"selvad.child" not in cmdline:
+    if b"selvad.runs.child" not in cmdline and b"selvad.child" not in cmdline:  # also 0.1 children
         pid_file.unlink(missing_ok=True)
         return None
     try:
@@ -110,7 +110,7 @@ class _PipeGuard:
 
 
 def main(argv: list[str]) -> int:
-    """`python -m selvad.child --parent PID <train|extract> ...`: arm the parent-death
+    """`python -m selvad.runs.child --parent PID <train|extract> ...`: arm the parent-death
     signal, then run selva_engine.cli with the remaining arguments; returns its status."""
     if len(argv) >= 2 and argv[0] == "--parent":
         _set_parent_death_signal(int(argv[1]))

@@ -1,7 +1,7 @@
 """The daemon: watch, validate, queue, run one run at a time, talk to systemd.
 
 One main thread owns all decisions; other threads only hand it work. The watcher thread
-(selvad.watch) and the apscheduler thread (rescan, retention) append events to an inbox
+(selvad.datasets.watch) and the apscheduler thread (rescan, retention) append events to an inbox
 and set a wake-up Event; the main loop, ticking every `TICK` seconds, then:
 
 1. reloads the config after SIGHUP (RELOADING=1 ... READY=1; a running run goes on),
@@ -9,7 +9,7 @@ and set a wake-up Event; the main loop, ticking every `TICK` seconds, then:
    ignored) and its runs queued; a dataset that settled is validated (an invalid one is
    logged and its jobs are not queued), extraction is queued for every variant its jobs
    use, and jobs with `trigger.on_change` get training queued after `settle_minutes`,
-3. answers CLI requests stored in the queue database (see selvad.service_requests),
+3. answers CLI requests stored in the queue database (see selvad.service.requests),
 4. starts the next run when none is running (training only inside a training window),
 5. sends WATCHDOG=1 and a STATUS= line (also from inside long hashing and validation,
    through `keepalive`, so a large dataset never looks like a hung daemon).
@@ -35,18 +35,20 @@ from pathlib import Path
 from typing import Any
 
 from selva_engine.audio_stack import check_audio_stack
-from selvad import notify
-from selvad.child import stop_orphan
-from selvad.config import DaemonConfig, load_config
-from selvad.hashcache import FileHashCache
-from selvad.jobs import Job, RunSpec
+from selvad.config.daemon import DaemonConfig, load_config
+from selvad.config.jobs import Job, RunSpec
+from selvad.config.windows import window_open
+from selvad.datasets.hashcache import FileHashCache
+from selvad.datasets.watch import Watcher
 from selvad.log import get_logger, setup_logging
-from selvad.queue import ACTIVE, Run, RunQueue, dataset_manifest, manifest_hash
-from selvad.schedule import build_scheduler, reschedule, window_open
-from selvad.service_events import EventHandler
-from selvad.service_requests import RequestHandler
-from selvad.watch import Watcher
-from selvad.worker import RunProcess
+from selvad.runs.child import stop_orphan
+from selvad.runs.queue import ACTIVE, Run, RunQueue, dataset_manifest, manifest_hash
+from selvad.runs.retention import prune_run_dir
+from selvad.runs.schedule import build_scheduler, reschedule
+from selvad.runs.worker import RunProcess
+from selvad.service import notify
+from selvad.service.events import EventHandler
+from selvad.service.requests import RequestHandler
 
 __all__ = ["EXIT_BROKEN_INSTALL", "STOP_TIMEOUT", "TICK", "Daemon", "run"]
 
@@ -69,7 +71,7 @@ class Daemon:
     def __init__(self, config_path: Path | str) -> None:
         self.config_path = Path(config_path)
         self.cfg: DaemonConfig = load_config(self.config_path)
-        self.log = get_logger("selvad.service")
+        self.log = get_logger("selvad.service.daemon")
         self.wake = threading.Event()
         self.inbox: deque[Any] = deque()
         self.jobs: dict[str, Job] = {}
@@ -267,8 +269,7 @@ class Daemon:
     def retention(self) -> None:
         """Prune old step checkpoints of finished runs (and old run directories when
         `retention.keep_runs_per_job` is set); never the final/best adapter."""
-        from selvad.rundir import prune_job_runs
-        from selvad.schedule import prune_run_dir
+        from selvad.runs.rundir import prune_job_runs
 
         assert self.queue is not None
         r = self.cfg.retention

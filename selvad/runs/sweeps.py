@@ -12,8 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from selvad.config import DaemonConfig
-from selvad.queue import Run, RunQueue
+from selvad.config.daemon import DaemonConfig
+from selvad.runs.queue import Run, RunQueue
 
 __all__ = ["sweep_dir", "sweep_runs", "update_sweep_summary"]
 

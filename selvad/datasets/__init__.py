@@ -1,0 +1,1 @@
+"""Datasets: watching the roots, validation and its report, manifests, the hash cache, advice."""

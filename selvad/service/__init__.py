@@ -1,0 +1,1 @@
+"""The service: the main loop, event and request handling, sd_notify."""
