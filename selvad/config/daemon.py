@@ -14,10 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from selvad.config.windows import WindowError, parse_window
-
 from selvad.config.schema import Problems, parse_section, read_toml
 from selvad.config.settings import check_defaults
+from selvad.config.windows import WindowError, parse_window
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
