@@ -14,7 +14,7 @@ import hashlib
 import io
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -120,9 +120,38 @@ class FeatureCache:
         return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
 
 
-def _batches(items: Sequence, size: int):
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
+@dataclass
+class _Job:
+    """One extract_clips call: where entries go, what is counted and reported, when to stop.
+
+    `total` is the number of items (audio + prompts) missing from the cache, `done` those
+    encoded so far; an "extract_progress" event follows each encoder batch.
+    """
+
+    cache: FeatureCache
+    device: torch.device | str
+    batch_size: int
+    progress: ProgressFn | None
+    stop: threading.Event | None
+    stats: ExtractionStats = field(default_factory=ExtractionStats)
+    total: int = 0
+    done: int = 0
+
+    def stopped(self) -> bool:
+        return self.stop is not None and self.stop.is_set()
+
+    def batches(self, items: Sequence) -> Iterator[Sequence]:
+        """`items` in batches of `batch_size`, until the stop event is set (checked before each)."""
+        for i in range(0, len(items), self.batch_size):
+            if self.stopped():
+                return
+            yield items[i : i + self.batch_size]
+
+    def batch_done(self, stage: str, items: int) -> None:
+        self.stats.encoder_batches += 1
+        self.done += items
+        if self.progress:
+            self.progress({"event": "extract_progress", "stage": stage, "done": self.done, "total": self.total})
 
 
 def extract_clips(
@@ -151,97 +180,98 @@ def extract_clips(
     current batch with an empty clip list (what was encoded so far stays in the cache).
     """
     start = time.monotonic()
-    stats = ExtractionStats()
+    job = _Job(cache, device, batch_size, progress, stop)
     seq = variant.sequence()
-    sr, n_samples = seq.sampling_rate, seq.num_audio_frames
-    vae_id = FeatureCache.key("vae", directory_fingerprint(weights.vae), variant.mode, str(n_samples))
+    vae_id = FeatureCache.key("vae", directory_fingerprint(weights.vae), variant.mode, str(seq.num_audio_frames))
     text_id = FeatureCache.key("text", directory_fingerprint(weights.text_encoder))
-
     audio_keys = [FeatureCache.key(hash_file(c.audio_path), vae_id) for c in clips]
-    latents: dict[str, dict[str, np.ndarray]] = {}
-    missing_audio = []
-    for clip, key in zip(clips, audio_keys, strict=True):
-        hit = cache.get("latent", key)
-        if hit is not None and {"mean", "std"} <= set(hit):
-            latents[key] = hit
-            stats.audio_cached += 1
-        elif key not in (k for _, k in missing_audio):
-            missing_audio.append((clip, key))
-
+    latents, missing_audio = _cached_latents(job, clips, audio_keys)
     prompts = list(dict.fromkeys([c.prompt for c in clips] + list(extra_prompts)))
-    text_feats: dict[str, np.ndarray] = {}
-    missing_text = []
-    for prompt in prompts:
-        hit = cache.get("text", FeatureCache.key(prompt, text_id))
-        if hit is not None and "features" in hit:
-            text_feats[prompt] = hit["features"]
-            stats.text_cached += 1
-        else:
-            missing_text.append(prompt)
-
-    total = len(missing_audio) + len(missing_text)
-    done = 0
-
-    def report(stage: str) -> None:
-        if progress:
-            progress({"event": "extract_progress", "stage": stage, "done": done, "total": total})
+    text_feats, missing_text = _cached_text(job, prompts, text_id)
+    job.total = len(missing_audio) + len(missing_text)
 
     if missing_audio:
         codec = codec_factory() if codec_factory else _default_codec(variant, weights, device)
         try:
-            for chunk in _batches(missing_audio, batch_size):
-                if stop is not None and stop.is_set():
-                    break
-                wave = np.stack([load_audio(c.audio_path, sr, n_samples) for c, _ in chunk])
-                with torch.no_grad():
-                    mean, std = codec.encode(torch.from_numpy(wave).to(device))
-                stats.encoder_batches += 1
-                for i, (_, key) in enumerate(chunk):
-                    entry = {"mean": mean[i].float().cpu().numpy(), "std": std[i].float().cpu().numpy()}
-                    cache.put("latent", key, **entry)
-                    latents[key] = entry
-                    stats.audio_encoded += 1
-                    done += 1
-                report("audio")
+            _encode_audio(job, codec, missing_audio, seq.sampling_rate, seq.num_audio_frames, latents)
         finally:
             _free(codec)
     if missing_text:
         encoder = text_factory() if text_factory else _default_text(weights.text_encoder, device)
         try:
-            for chunk in _batches(missing_text, batch_size):
-                if stop is not None and stop.is_set():
-                    break
-                with torch.no_grad():
-                    feats = encoder.encode(list(chunk))
-                stats.encoder_batches += 1
-                for prompt, f in zip(chunk, feats, strict=True):
-                    arr = f.float().cpu().numpy()
-                    cache.put("text", FeatureCache.key(prompt, text_id), features=arr)
-                    text_feats[prompt] = arr
-                    stats.text_encoded += 1
-                    done += 1
-                report("text")
+            _encode_text(job, encoder, missing_text, text_id, text_feats)
         finally:
             _free(encoder)
 
-    if stop is not None and stop.is_set():
-        stats.seconds = time.monotonic() - start
-        return [], {}, stats
+    job.stats.seconds = time.monotonic() - start
+    if job.stopped():
+        return [], {}, job.stats
     out = [
-        ExtractedClip(
-            stem=c.stem,
-            audio_path=c.audio_path,
-            prompt=c.prompt,
-            latent_mean=latents[key]["mean"],
-            latent_std=latents[key]["std"],
-            text=text_feats[c.prompt],
-            clip=c.clip,
-            sync=c.sync,
-        )
+        ExtractedClip(stem=c.stem, audio_path=c.audio_path, prompt=c.prompt, latent_mean=latents[key]["mean"],
+                      latent_std=latents[key]["std"], text=text_feats[c.prompt], clip=c.clip, sync=c.sync)
         for c, key in zip(clips, audio_keys, strict=True)
     ]
-    stats.seconds = time.monotonic() - start
-    return out, {p: text_feats[p] for p in extra_prompts}, stats
+    return out, {p: text_feats[p] for p in extra_prompts}, job.stats
+
+
+def _cached_latents(job: _Job, clips: Sequence[Clip], keys: list[str]
+                    ) -> tuple[dict[str, dict[str, np.ndarray]], list[tuple[Clip, str]]]:
+    """({key: {"mean", "std"}} of the clips found in the cache, [(clip, key)] still to encode,
+    each key once: clips with identical audio share one entry). Counts the hits."""
+    latents: dict[str, dict[str, np.ndarray]] = {}
+    missing: list[tuple[Clip, str]] = []
+    for clip, key in zip(clips, keys, strict=True):
+        hit = job.cache.get("latent", key)
+        if hit is not None and {"mean", "std"} <= set(hit):
+            latents[key] = hit
+            job.stats.audio_cached += 1
+        elif key not in (k for _, k in missing):
+            missing.append((clip, key))
+    return latents, missing
+
+
+def _cached_text(job: _Job, prompts: list[str], text_id: str) -> tuple[dict[str, np.ndarray], list[str]]:
+    """({prompt: (Nt, D)} found in the cache, prompts still to encode). Counts the hits."""
+    feats: dict[str, np.ndarray] = {}
+    missing: list[str] = []
+    for prompt in prompts:
+        hit = job.cache.get("text", FeatureCache.key(prompt, text_id))
+        if hit is not None and "features" in hit:
+            feats[prompt] = hit["features"]
+            job.stats.text_cached += 1
+        else:
+            missing.append(prompt)
+    return feats, missing
+
+
+def _encode_audio(job: _Job, codec, missing: list[tuple[Clip, str]], sampling_rate: int, n_samples: int,
+                  latents: dict[str, dict[str, np.ndarray]]) -> None:
+    """Encode the missing clips' audio (`n_samples` at `sampling_rate` Hz) in batches into
+    the cache and into `latents` (by key), until done or stopped."""
+    for chunk in job.batches(missing):
+        wave = np.stack([load_audio(c.audio_path, sampling_rate, n_samples) for c, _ in chunk])  # (B, T)
+        with torch.no_grad():
+            mean, std = codec.encode(torch.from_numpy(wave).to(job.device))  # (B, N, L) each
+        for i, (_, key) in enumerate(chunk):
+            entry = {"mean": mean[i].float().cpu().numpy(), "std": std[i].float().cpu().numpy()}
+            job.cache.put("latent", key, **entry)
+            latents[key] = entry
+            job.stats.audio_encoded += 1
+        job.batch_done("audio", len(chunk))
+
+
+def _encode_text(job: _Job, encoder, missing: list[str], text_id: str, feats: dict[str, np.ndarray]) -> None:
+    """Encode the missing prompts in batches into the cache and into `feats` (by prompt),
+    until done or stopped."""
+    for chunk in job.batches(missing):
+        with torch.no_grad():
+            encoded = encoder.encode(list(chunk))  # (B, Nt, D)
+        for prompt, f in zip(chunk, encoded, strict=True):
+            arr = f.float().cpu().numpy()
+            job.cache.put("text", FeatureCache.key(prompt, text_id), features=arr)
+            feats[prompt] = arr
+            job.stats.text_encoded += 1
+        job.batch_done("text", len(chunk))
 
 
 def _free(obj: object) -> None:
