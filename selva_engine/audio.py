@@ -15,18 +15,28 @@ from __future__ import annotations
 
 import gc
 import hashlib
+from pathlib import Path
+from typing import Protocol
 
 import torch
 
+from selva_engine.io import file_fingerprint
 from selva_engine.nn.bigvgan import BigVGAN
 from selva_engine.nn.mel import MelConverter
 from selva_engine.nn.vae import VAE, load_vae
-from selva_engine.text import file_fingerprint
 from selva_engine.variants import Variant
 from selva_engine.vocoder import load_vocoder
-from selva_engine.weights import VariantWeights
 
-__all__ = ["AudioCodec", "load_audio_codec"]
+__all__ = ["AudioCodec", "CodecFiles", "load_audio_codec"]
+
+
+class CodecFiles(Protocol):
+    """Where a variant's audio weights are: what `load_audio_codec` reads of a
+    `selva_engine.weights` VariantWeights (the audio package never imports weights)."""
+
+    vae: Path  # v1-16.pth / v1-44.pth
+    vocoder: Path  # best_netG.pt (bigvgan_v1) or a BigVGAN-v2 directory (bigvgan_v2)
+    vocoder_kind: str  # "bigvgan_v1" | "bigvgan_v2"
 
 
 class AudioCodec:
@@ -121,7 +131,7 @@ class AudioCodec:
             torch.cuda.empty_cache()
 
 
-def codec_identity(variant: Variant, weights: VariantWeights) -> str:
+def codec_identity(variant: Variant, weights: CodecFiles) -> str:
     """Cache key of a variant's encoder: VAE file fingerprint + VAE dims + mel parameters."""
     m = variant.audio
     h = hashlib.sha256(file_fingerprint(weights.vae).encode())
@@ -132,7 +142,7 @@ def codec_identity(variant: Variant, weights: VariantWeights) -> str:
 
 def load_audio_codec(
     variant: Variant,
-    weights: VariantWeights,
+    weights: CodecFiles,
     device: torch.device | str = "cpu",
     *,
     need_encoder: bool = True,

@@ -23,8 +23,7 @@ import torch
 
 from .audio_io import load_audio
 from .data import Clip
-from .io import atomic_write_bytes
-from .text import file_fingerprint
+from .io import atomic_write_bytes, file_fingerprint
 from .variants import Variant
 
 __all__ = [

@@ -7,6 +7,7 @@ final name. Every `.pt` read goes through `torch.load(weights_only=True)`.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -22,6 +23,7 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_text",
     "atomic_torch_save",
+    "file_fingerprint",
     "safe_torch_load",
 ]
 
@@ -125,3 +127,25 @@ def safe_torch_load(path: Path | str, *, what: str = "file", fix: str = "") -> A
         else:
             problem = f"{what} is truncated or not a PyTorch file ({type(exc).__name__}: {text.splitlines()[0] if text else ''})"
         raise UnsafeFileError(path, problem, fix or "re-download or re-export the file") from exc
+
+_FINGERPRINT_CHUNK = 1 << 20  # bytes read from each end of a weights file
+
+
+def file_fingerprint(path: Path | str) -> str:
+    """Cheap content fingerprint (hex sha256) of a large weights file.
+
+    Hashes the size, the first MiB and the last MiB. PyTorch checkpoints and safetensors
+    files keep per-tensor CRC32s / offsets in the zip central directory or header, which lie
+    in those regions, so any change of a tensor changes the fingerprint; a full hash of a
+    multi-GB file would cost seconds on every load.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    h = hashlib.sha256(f"{size}:".encode())
+    with path.open("rb") as f:
+        h.update(f.read(_FINGERPRINT_CHUNK))
+        if size > _FINGERPRINT_CHUNK:
+            f.seek(max(_FINGERPRINT_CHUNK, size - _FINGERPRINT_CHUNK))
+            h.update(f.read())
+    return h.hexdigest()
+

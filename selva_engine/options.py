@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-__all__ = ["CHOICES", "TrainConfig", "resolve_device"]
+__all__ = ["CHOICES", "TrainConfig"]
 
 # Options whose value must be one of a fixed set.
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -130,15 +130,3 @@ def option_names() -> list[str]:
     return [f.name for f in fields(TrainConfig) if f.name != "extra"]
 
 
-def resolve_device(name: str):
-    """torch.device for a device option: "auto" = CUDA when available, else the CPU.
-
-    Raises ValueError when CUDA is asked for on a machine without it.
-    """
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but no CUDA GPU is available (use \"cpu\")")
-    return torch.device(name)

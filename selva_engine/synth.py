@@ -12,9 +12,9 @@ import numpy as np
 import torch
 
 from .data import load_features
+from .device import resolve_device
 from .lora import apply_adapter, load_adapter, remove_lora
 from .nn.generator import load_generator
-from .options import resolve_device
 from .report import write_wav
 from .sample import decode_to_audio, generate_latents
 from .variants import Variant, get_variant

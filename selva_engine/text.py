@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selva_engine.io import atomic_torch_save, atomic_write_json, safe_torch_load
+from selva_engine.io import atomic_torch_save, atomic_write_json, file_fingerprint, safe_torch_load
 
 __all__ = [
     "CONFIG_FILE",
@@ -32,37 +32,16 @@ __all__ = [
     "WEIGHT_FILES",
     "TextEncoder",
     "TextEncoderError",
-    "file_fingerprint",
     "write_tiny_text_encoder",
 ]
 
 CONFIG_FILE = "open_clip_config.json"
 WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 TOKENIZER_NAME = "ViT-H-14-378-quickgelu"  # same BPE tokenizer as every OpenAI-style CLIP
-_FINGERPRINT_CHUNK = 1 << 20  # bytes read from each end of a weights file
 
 
 class TextEncoderError(ValueError):
     """A text-encoder directory is incomplete or its files do not fit together."""
-
-
-def file_fingerprint(path: Path | str) -> str:
-    """Cheap content fingerprint (hex sha256) of a large weights file.
-
-    Hashes the size, the first MiB and the last MiB. PyTorch checkpoints and safetensors
-    files keep per-tensor CRC32s / offsets in the zip central directory or header, which lie
-    in those regions, so any change of a tensor changes the fingerprint; a full hash of a
-    multi-GB file would cost seconds on every load.
-    """
-    path = Path(path)
-    size = path.stat().st_size
-    h = hashlib.sha256(f"{size}:".encode())
-    with path.open("rb") as f:
-        h.update(f.read(_FINGERPRINT_CHUNK))
-        if size > _FINGERPRINT_CHUNK:
-            f.seek(max(_FINGERPRINT_CHUNK, size - _FINGERPRINT_CHUNK))
-            h.update(f.read())
-    return h.hexdigest()
 
 
 def _read_model_cfg(directory: Path) -> tuple[dict, str]:

@@ -19,11 +19,12 @@ import torch
 
 from .checkpoint import find_latest, load_checkpoint
 from .data import load_dataset
+from .device import resolve_device
 from .extract import ExtractedClip, FeatureCache, extract_clips
 from .flow import FlowMatching
 from .lora import apply_lora, lora_parameters
 from .nn.generator import Conditions, Generator, load_generator
-from .options import TrainConfig, resolve_device
+from .options import TrainConfig
 from .trainloop import (
     BatchSampler,
     FixedLossProbe,
