@@ -17,7 +17,7 @@ import traceback
 from dataclasses import fields
 from pathlib import Path
 
-from .options import CHOICES, TrainConfig
+from selva_engine.training.options import CHOICES, TrainConfig
 
 __all__ = ["build_train_parser", "sample_main", "train_main"]
 
@@ -125,11 +125,11 @@ def train_main(argv: list[str] | None = None) -> int:
             if line:
                 print(line, flush=True)
 
-    from .data_errors import DatasetError
-    from .io import UnsafeFileError
-    from .lora import AdapterError
-    from .train import TrainError, train
-    from .weights import MissingWeightsError
+    from selva_engine.errors import DatasetError
+    from selva_engine.io import UnsafeFileError
+    from selva_engine.model.lora import AdapterError
+    from selva_engine.training.trainer import TrainError, train
+    from selva_engine.weights.locate import MissingWeightsError
 
     try:
         result = train(cfg, events=events)
@@ -174,11 +174,11 @@ def sample_main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
 
-    from .data_errors import DatasetError
-    from .io import UnsafeFileError
-    from .lora import AdapterError
-    from .synth import synthesize
-    from .weights import MissingWeightsError
+    from selva_engine.errors import DatasetError
+    from selva_engine.inference.synth import synthesize
+    from selva_engine.io import UnsafeFileError
+    from selva_engine.model.lora import AdapterError
+    from selva_engine.weights.locate import MissingWeightsError
 
     try:
         path = synthesize(
@@ -209,12 +209,12 @@ def extract_main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
 
-    from .data import load_dataset
-    from .data_errors import DatasetError
-    from .extract import FeatureCache, extract_clips
-    from .io import UnsafeFileError
-    from .variants import get_variant
-    from .weights import MissingWeightsError, resolve
+    from selva_engine.data.dataset import load_dataset
+    from selva_engine.data.extract import FeatureCache, extract_clips
+    from selva_engine.errors import DatasetError
+    from selva_engine.io import UnsafeFileError
+    from selva_engine.model.variants import get_variant
+    from selva_engine.weights.locate import MissingWeightsError, resolve
 
     def emit(event: dict) -> None:
         print(json.dumps(event, default=str) if args.json else _human(event) or json.dumps(event), flush=True)
@@ -255,8 +255,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def eval_main(argv: list[str] | None = None) -> int:
-    """`selva-eval`: compare adapters on a dataset (see selva_engine.evaluate)."""
-    from .evaluate import main
+    """`selva-eval`: compare adapters on a dataset (see selva_engine.evaluation.evaluate)."""
+    from selva_engine.evaluation.evaluate import main
 
     return main(argv)
 

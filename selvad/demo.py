@@ -1,6 +1,6 @@
 """`selvad demo [DIR]`: the whole service on one machine in about a minute, no downloads.
 
-Writes into DIR (default ./selvad-demo): tiny SelVA weights (`selva_engine.weights.make_tiny`;
+Writes into DIR (default ./selvad-demo): tiny SelVA weights (`selva_engine.weights.tiny.make_tiny`;
 with real weights, `--weights DIR --variant V` or $SELVA_DIR, the real model trains), a few
 synthetic clips (tones with random visual features, made in code) in a staging folder, a
 daemon config and a job file. It then starts the real daemon (`python -m selvad.cli run`),
@@ -44,7 +44,7 @@ def write_clip(directory: Path, stem: str, *, index: int, variant: str = "tiny_1
     """
     import soundfile as sf
 
-    from selva_engine.variants import get_variant
+    from selva_engine.model.variants import get_variant
 
     v = get_variant(variant)
     seq = v.sequence()
@@ -236,7 +236,7 @@ def run_demo(root: Path, steps: int = 100, weights: str = "", variant: str = "",
     tiny = not weights
     variant = variant or ("tiny_16k" if tiny else "small_16k")
     if tiny:
-        from selva_engine.weights import make_tiny
+        from selva_engine.weights.tiny import make_tiny
 
         print(f"writing tiny SelVA weights to {root / 'weights'} (no download)", flush=True)
         make_tiny(root / "weights", variant)

@@ -2,7 +2,7 @@
 
 Checks: Python; the torch / torchaudio / torchvision versions against the pins in selvad's
 own metadata; whether torchaudio's native library loads and resamples (the same probe the
-daemon runs before it reports READY, see `selva_engine.audio_stack`); CUDA (device name,
+daemon runs before it reports READY, see `selva_engine.audio.stack`); CUDA (device name,
 compute capability, bf16) or the CPU's native bf16; soundfile's libsndfile and its formats;
 and, given a config file, its validity, the weights of each variant (as `selva-weights
 check`) and the free disk space of the configured roots. Nothing is written anywhere.
@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from selva_engine.audio_stack import check_audio_stack, installed_version, pinned_requirement
+from selva_engine.audio.stack import check_audio_stack, installed_version, pinned_requirement
 from selvad.config.daemon import DaemonConfig, load_config
 from selvad.config.schema import ConfigError
 
@@ -68,7 +68,7 @@ def _compute() -> list[Check]:
     import torch
 
     if not torch.cuda.is_available():
-        from selva_engine.trainloop import cpu_has_native_bf16
+        from selva_engine.training.loop import cpu_has_native_bf16
 
         bf16 = "native bf16" if cpu_has_native_bf16() else "no native bf16: training runs fp32"
         return [Check("cuda", "info", f"no CUDA device: training runs on the CPU ({bf16})")]
@@ -93,8 +93,8 @@ def _soundfile() -> list[Check]:
 
 
 def _weights(cfg: DaemonConfig) -> list[Check]:
-    from selva_engine.variants import get_variant, variant_names
-    from selva_engine.weights import check_variant
+    from selva_engine.model.variants import get_variant, variant_names
+    from selva_engine.weights.locate import check_variant
 
     wdir = cfg.paths.weights_dir
     if wdir is None or str(wdir) in ("", "."):

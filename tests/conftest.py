@@ -64,7 +64,7 @@ def make_clips():
 @pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory) -> Path:
     """A complete tiny_16k weights directory in the real layout (made once per session)."""
-    from selva_engine.weights import make_tiny
+    from selva_engine.weights.tiny import make_tiny
 
     root = tmp_path_factory.mktemp("tiny-weights")
     make_tiny(root, "tiny_16k", seed=0)

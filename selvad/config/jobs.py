@@ -4,7 +4,7 @@ Schema (every key optional except `dataset`; the job's name is the file stem)::
 
     dataset  = "birds"        # a dataset name (a subdirectory of a dataset root) or a path
                               # that resolves to one; nothing outside the roots is accepted
-    variant  = "large_44k"    # selva_engine.variants name
+    variant  = "large_44k"    # selva_engine.model.variants name
     priority = 0              # higher runs first
     [lora]        rank, alpha ("auto" = rank), target, rslora, lora_dropout
     [train]       lr, steps, warmup_steps, batch_size, grad_accum, save_every, precision,
@@ -35,7 +35,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from selva_engine.options import CHOICES, TrainConfig
+from selva_engine.training.options import CHOICES, TrainConfig
 from selvad.config.daemon import DaemonConfig
 from selvad.config.schema import ConfigError, Problems, read_toml
 from selvad.config.settings import (

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from selva_engine.options import TrainConfig
-from selva_engine.variants import VARIANTS
+from selva_engine.model.variants import VARIANTS
+from selva_engine.training.options import TrainConfig
 from selvad.config.schema import Problems, coerce, describe, join_key, parse_section
 
 __all__ = ["DEFAULTS_KEYS", "FIELD_KEY", "SETTING_SECTIONS", "TriggerConfig", "check_defaults",

@@ -13,8 +13,8 @@ from typing import Any
 
 import tomli_w
 
-from selva_engine.options import TrainConfig
-from selva_engine.variants import VARIANTS
+from selva_engine.model.variants import VARIANTS
+from selva_engine.training.options import TrainConfig
 from selvad.config.jobs import SAFE_NAME
 from selvad.config.settings import SETTING_SECTIONS, TriggerConfig
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from selva_engine.options import TrainConfig
+from selva_engine.training.options import TrainConfig
 
 __all__ = ["ADVICE_TABLE", "LINEAR1_MIN_CLIPS", "AdviceRow", "advise", "row_for"]
 

@@ -4,7 +4,7 @@ Errors (block training): missing directory or no `.npz`; an `.npz` without audio
 audio files for one stem; a bad `.npz` (corrupt, half-written, pickled objects, missing keys,
 wrong shapes, NaN/inf); audio that is unreadable, not audio, empty, half-written (WAV data
 chunk shorter than its header says) or silent (peak < 1e-4); audio at another rate than the
-model's while torchaudio's resampler cannot load (see selva_engine.audio_stack); `prompts.txt`
+model's while torchaudio's resampler cannot load (see selva_engine.audio.stack); `prompts.txt`
 that is not UTF-8, has a line without ':', or names a clip without its `.npz` extension (e.g. `dog_001:` or
 `dog_001.wav:` when `dog_001.npz` exists: that clip would silently lose its prompt).
 
@@ -30,9 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from selva_engine.audio_io import read_audio, to_mono
-from selva_engine.audio_stack import check_audio_stack
-from selva_engine.data import (
+from selva_engine.audio.files import read_audio, to_mono
+from selva_engine.audio.stack import check_audio_stack
+from selva_engine.data.dataset import (
     LOSSY_SUFFIXES,
     PROMPTS_FILE,
     DatasetError,
@@ -42,8 +42,8 @@ from selva_engine.data import (
     load_features,
     read_prompts,
 )
-from selva_engine.options import TrainConfig
-from selva_engine.variants import SequenceConfig, Variant, get_variant, variant_names
+from selva_engine.model.variants import SequenceConfig, Variant, get_variant, variant_names
+from selva_engine.training.options import TrainConfig
 from selvad.datasets.advice import advise
 from selvad.datasets.report import (
     ERROR,

@@ -16,7 +16,7 @@ from typing import Any
 
 import tomli_w
 
-from selva_engine.options import TrainConfig
+from selva_engine.training.options import TrainConfig
 from selvad.config.daemon import DaemonConfig
 from selvad.runs.queue import Run
 

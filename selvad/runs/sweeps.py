@@ -39,7 +39,9 @@ def update_sweep_summary(cfg: DaemonConfig, queue: RunQueue, run: Run) -> dict[s
     or None when `run` is not part of a sweep."""
     if run.kind != "train" or not run.sweep_id:
         return None
-    from selva_engine.sweep import write_sweep_summary  # numpy/matplotlib: only for sweeps
+    from selva_engine.evaluation.sweep import (
+        write_sweep_summary,  # numpy/matplotlib: only for sweeps
+    )
 
     runs = sweep_runs(queue, run)
     entries = [{"id": r.sweep_id, "run_id": r.id, "status": r.state, "config": r.config,

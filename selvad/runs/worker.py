@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from selva_engine.options import TrainConfig
+from selva_engine.training.options import TrainConfig
 from selvad.config.daemon import DaemonConfig
 from selvad.log import get_logger
 from selvad.runs.queue import Run, RunQueue

@@ -19,7 +19,7 @@ files and unchanged job files queue nothing. SIGTERM/SIGINT: STOPPING=1, the chi
 to checkpoint, its run goes back to `queued` and the daemon exits 0; the next start
 resumes it. Runs found `extracting`/`training` at start-up (the daemon died) are requeued.
 Before anything else the daemon checks that audio resampling works (the probe of
-`selva_engine.audio_stack`, as `selvad doctor` does); when it does not, it logs
+`selva_engine.audio.stack`, as `selvad doctor` does); when it does not, it logs
 `daemon.audio_stack_broken` with the fix and exits 78 without ever sending READY=1.
 """
 
@@ -34,7 +34,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from selva_engine.audio_stack import check_audio_stack
+from selva_engine.audio.stack import check_audio_stack
 from selvad.config.daemon import DaemonConfig, load_config
 from selvad.config.jobs import Job, RunSpec
 from selvad.config.windows import window_open

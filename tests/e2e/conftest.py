@@ -33,7 +33,7 @@ FAST_TRAIN = {"steps": 20, "save_every": 10, "log_every": 5, "precision": "fp32"
 @pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny_16k weights directory shared by every e2e test (written once, ~3 s)."""
-    from selva_engine.weights import make_tiny
+    from selva_engine.weights.tiny import make_tiny
 
     path = tmp_path_factory.mktemp("weights")
     make_tiny(path, "tiny_16k")

@@ -1,0 +1,1 @@
+"""Evaluation: spectral metrics, the checkpoint recommendation, the evaluator, sweep summaries."""

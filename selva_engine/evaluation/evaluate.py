@@ -1,0 +1,209 @@
+"""The evaluator (`selva-eval`): compare adapters or checkpoints on a dataset by ear and metrics.
+
+For every adapter (plus the baseline without LoRA) and every selected clip it generates one
+sample with a fixed seed per clip, writes `<out>/<adapter id>/<clip>.wav`, computes the
+spectral metrics against the clip's reference audio (copied to `<out>/reference/`), then
+ranks the adapters by validation loss (when their files carry it) and by metric distance
+to the references, and says which one it would pick and why. Outputs: eval_summary.json,
+metric_comparison.png and the .wav files. Deterministic for a fixed seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from selva_engine.evaluation.recommend import Candidate, recommend
+from selva_engine.io import atomic_write_json, safe_torch_load
+
+__all__ = ["AdapterSpec", "evaluate", "main", "metric_distance", "specs_from_run_dir"]
+
+DISTANCE_METRICS = ("hf_energy_ratio", "spectral_centroid_hz", "spectral_flatness", "temporal_variance")
+
+
+@dataclass(frozen=True)
+class AdapterSpec:
+    """An adapter to evaluate: id (folder name), file (None = baseline), and known losses."""
+
+    id: str
+    path: Path | None
+    step: int | None = None
+    val_loss: float | None = None
+    train_fixed_loss: float | None = None
+
+
+def metric_distance(metrics: dict[str, float], reference: dict[str, float]) -> float:
+    """Mean relative difference |m - r| / max(|r|, 1e-6) over the shape metrics."""
+    diffs = [abs(metrics[k] - reference[k]) / max(abs(reference[k]), 1e-6)
+             for k in DISTANCE_METRICS if k in metrics and k in reference]
+    return float(np.mean(diffs)) if diffs else float("nan")
+
+
+def _average(items: list[dict[str, float]]) -> dict[str, float]:
+    keys = sorted({k for m in items for k in m})
+    return {k: float(np.mean([m[k] for m in items if k in m])) for k in keys}
+
+
+def specs_from_run_dir(run_dir: Path | str) -> list[AdapterSpec]:
+    """Every step checkpoint (with its fixed-noise losses) and adapter_final.pt of a run."""
+    from selva_engine.outputs.checkpoint import list_checkpoints
+
+    run_dir = Path(run_dir)
+    specs = []
+    for step, path in list_checkpoints(run_dir):
+        ckpt = safe_torch_load(path, what="step checkpoint")
+        hist = ckpt.get("history", {}) if isinstance(ckpt, dict) else {}
+        val = train_fixed = None
+        if step in hist.get("ckpt_step", []):
+            k = hist["ckpt_step"].index(step)
+            val, train_fixed = float(hist["val_loss"][k]), float(hist["train_fixed_loss"][k])
+            val = None if val != val else val
+        specs.append(AdapterSpec(f"step{step:05d}", path, step, val, train_fixed))
+    if (run_dir / "adapter_final.pt").is_file():
+        specs.append(AdapterSpec("final", run_dir / "adapter_final.pt"))
+    return specs
+
+
+def _bar_chart(path: Path, labels: list[str], rows: list[dict[str, float]]) -> None:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    from selva_engine.io import atomic_write_bytes
+
+    fig = Figure(figsize=(10, 6), dpi=100)
+    for k, name in enumerate(DISTANCE_METRICS):
+        ax = fig.add_subplot(2, 2, k + 1)
+        ax.bar(range(len(labels)), [r.get(name, 0.0) for r in rows],
+               color=["#888888"] + ["#3b75af"] * (len(labels) - 1))
+        ax.set_xticks(range(len(labels)), labels, rotation=30, fontsize=7, ha="right")
+        ax.set_title(name, fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def evaluate(*, data_dir: Path, output_dir: Path, variant: str, selva_dir: str | Path,
+             adapters: list[AdapterSpec], include_baseline: bool = True, clips: int | None = None,
+             steps: int = 25, seed: int = 42, cfg: float = 4.5, strength: float = 1.0,
+             device: str = "auto", log=print) -> dict:
+    """Run the evaluation described in the module docstring; returns the summary dict."""
+    from selva_engine.audio.files import load_audio
+    from selva_engine.data.dataset import load_dataset
+    from selva_engine.evaluation.metrics import compute_metrics
+    from selva_engine.inference.synth import Synthesizer
+    from selva_engine.outputs.report import loudness_normalize, write_wav
+
+    start = time.monotonic()
+    output_dir = Path(output_dir)
+    synth = Synthesizer(variant, selva_dir, device=device)
+    scan = load_dataset(data_dir, synth.variant, collect=True)
+    chosen = scan.clips[: clips or len(scan.clips)]
+    if not chosen:
+        raise ValueError(f"{data_dir}: no usable clips to evaluate on")
+    seq, sr = synth.variant.sequence(), synth.sampling_rate
+    references, ref_metrics = {}, {}
+    for clip in chosen:
+        ref = load_audio(clip.audio_path, sr, seq.num_audio_frames)
+        references[clip.stem] = ref
+        ref_metrics[clip.stem] = compute_metrics(ref, sr).to_dict()
+        write_wav(output_dir / "reference" / f"{clip.stem}.wav", ref, sr)
+    specs = ([AdapterSpec("baseline", None)] if include_baseline else []) + list(adapters)
+    results = []
+    for spec in specs:
+        log(f"evaluating {spec.id} on {len(chosen)} clips")
+        entry: dict = {"id": spec.id, "path": str(spec.path) if spec.path else None, "step": spec.step,
+                       "val_loss": spec.val_loss, "train_fixed_loss": spec.train_fixed_loss}
+        try:
+            synth.set_adapter(spec.path, strength)
+            per_clip = {}
+            for k, clip in enumerate(chosen):
+                wave = synth.generate(clip.clip, clip.sync, clip.prompt, seed=seed + k, cfg=cfg, steps=steps)
+                wave = loudness_normalize(wave)
+                write_wav(output_dir / spec.id / f"{clip.stem}.wav", wave, sr)
+                per_clip[clip.stem] = compute_metrics(wave, sr, reference=references[clip.stem]).to_dict()
+            entry.update(status="ok", clips=per_clip, avg_metrics=_average(list(per_clip.values())),
+                         metric_distance=float(np.mean([metric_distance(per_clip[s], ref_metrics[s])
+                                                        for s in per_clip])))
+            if spec.path is not None:
+                meta = safe_torch_load(spec.path, what="adapter").get("meta", {})
+                entry["meta"] = {k: v for k, v in meta.items() if isinstance(v, str | int | float | bool | list)}
+        except Exception as exc:  # one broken adapter must not stop the comparison
+            entry.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+        results.append(entry)
+    synth.set_adapter(None)
+    ok = [r for r in results if r["status"] == "ok"]
+    ref_avg = _average(list(ref_metrics.values()))
+    by_loss = [r["id"] for r in sorted((r for r in ok if r.get("val_loss") is not None or
+                                         r.get("train_fixed_loss") is not None),
+                                        key=lambda r: (r["val_loss"] if r.get("val_loss") is not None
+                                                       else r["train_fixed_loss"]))]
+    by_distance = [r["id"] for r in sorted(ok, key=lambda r: r["metric_distance"])]
+    trained = [r for r in ok if r["path"]]
+    rec = recommend([Candidate(r["id"], r["path"], r["step"], r.get("val_loss"), r.get("train_fixed_loss"),
+                               r["avg_metrics"]) for r in trained], reference_hf=ref_avg.get("hf_energy_ratio"))
+    if rec.id is None and trained and not rec.rejected:
+        # no losses known (plain adapter files): pick the closest to the reference audio
+        best = min(trained, key=lambda r: r["metric_distance"])
+        rec.id, rec.path = best["id"], best["path"]
+        rec.reason = (f"closest spectral metrics to the reference audio (distance "
+                      f"{best['metric_distance']:.3f}); no validation loss was recorded in the files")
+    summary = {
+        "data_dir": str(data_dir), "variant": synth.variant.name, "seed": seed, "steps": steps,
+        "cfg": cfg, "strength": strength, "clips": [c.stem for c in chosen],
+        "reference_avg": ref_avg, "reference_clips": ref_metrics, "adapters": results,
+        "ranking": {"by_validation_loss": by_loss, "by_metric_distance": by_distance},
+        "recommendation": rec.to_dict(), "duration_seconds": round(time.monotonic() - start, 2),
+    }
+    atomic_write_json(output_dir / "eval_summary.json", summary)
+    _bar_chart(output_dir / "metric_comparison.png", ["reference"] + [r["id"] for r in ok],
+               [ref_avg] + [r["avg_metrics"] for r in ok])
+    log(f"recommendation: {rec.id} ({rec.reason}); strength {rec.strength_range[0]}-{rec.strength_range[1]}")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`selva-eval` command line; returns the exit status (0 ok, 2 bad input)."""
+    p = argparse.ArgumentParser(prog="selva-eval", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data_dir", required=True)
+    p.add_argument("--output_dir", required=True)
+    p.add_argument("--variant", default="large_44k")
+    p.add_argument("--selva_dir", default=os.environ.get("SELVA_DIR", ""))
+    p.add_argument("--adapter", action="append", default=[], help="[ID=]PATH, repeatable")
+    p.add_argument("--run_dir", action="append", default=[], help="evaluate every checkpoint of a run")
+    p.add_argument("--no_baseline", action="store_true")
+    p.add_argument("--clips", type=int, default=None)
+    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--cfg", type=float, default=4.5)
+    p.add_argument("--strength", type=float, default=1.0)
+    p.add_argument("--device", default="auto")
+    args = p.parse_args(argv)
+    specs = []
+    for item in args.adapter:
+        ident, sep, path = item.partition("=")
+        path = path if sep else ident
+        specs.append(AdapterSpec(ident if sep else Path(path).stem, Path(path)))
+    for run_dir in args.run_dir:
+        specs += [AdapterSpec(f"{Path(run_dir).name}-{s.id}" if len(args.run_dir) > 1 else s.id,
+                              s.path, s.step, s.val_loss, s.train_fixed_loss)
+                  for s in specs_from_run_dir(run_dir)]
+    try:
+        evaluate(data_dir=Path(args.data_dir), output_dir=Path(args.output_dir), variant=args.variant,
+                 selva_dir=args.selva_dir, adapters=specs, include_baseline=not args.no_baseline,
+                 clips=args.clips, steps=args.steps, seed=args.seed, cfg=args.cfg,
+                 strength=args.strength, device=args.device)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"selva-eval: error: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,1 @@
+"""Generating audio: sampling latents with an adapter at a strength, and the Synthesizer."""

@@ -1,0 +1,1 @@
+"""Files a run writes and the readers of them: step checkpoints, plots, meta.json, samples."""

@@ -1,0 +1,1 @@
+"""Text conditioning: the CLIP text encoder that turns prompts into per-token features."""

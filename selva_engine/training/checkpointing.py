@@ -1,0 +1,182 @@
+"""What a training run does at a checkpoint: evaluate, sample, save, report.
+
+`Checkpointer.write(parts, state, final=...)` reads the pending losses back, computes the
+fixed-noise losses (held-out clips and the first training clips), generates and writes the
+sample `sample_stepNNNNN.wav` with its spectral metrics, saves `adapter_stepNNNNN.pt` (and
+`adapter_best.pt` when the validation loss improved), then rewrites the loss and metric
+plots and meta.json and logs the "checkpoint" record. The checkpoint file itself is
+described in selva_engine.outputs.checkpoint; its content comes from trainstate.checkpoint_payload.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from selva_engine.audio.codec import load_audio_codec
+from selva_engine.audio.files import load_audio
+from selva_engine.evaluation.metrics import compute_metrics
+from selva_engine.evaluation.recommend import Candidate, recommend
+from selva_engine.evaluation.sweep import system_info
+from selva_engine.inference.sample import decode_to_audio, generate_latents
+from selva_engine.model.lora import lora_state_dict, save_adapter
+from selva_engine.outputs import report
+from selva_engine.outputs.checkpoint import checkpoint_name, save_checkpoint
+from selva_engine.training.loop import adapter_meta, overfitting
+from selva_engine.training.state import (
+    RunContext,
+    RunState,
+    TrainData,
+    TrainParts,
+    checkpoint_payload,
+)
+
+__all__ = ["CheckpointEval", "Checkpointer"]
+
+PROBE_TRAIN_CLIPS = 8  # training clips whose fixed-noise loss is tracked at each checkpoint
+
+
+@dataclass(frozen=True)
+class CheckpointEval:
+    """The numbers of one checkpoint: fixed-noise losses and the sample with its metrics."""
+
+    val_loss: float | None  # None without validation clips
+    train_fixed_loss: float
+    sample_path: Path
+    metrics: dict[str, float]  # spectral metrics of the sample against its clip's audio
+
+
+class Checkpointer:
+    """Writes checkpoints of one run. Holds what its checkpoints share and nothing of the
+    training state: the audio codec (loaded at the first sample, freed by `close()`), the
+    sample clip's own metrics (computed with the first sample; the reference of the
+    recommendation) and the system facts recorded in meta.json."""
+
+    def __init__(self, ctx: RunContext, data: TrainData) -> None:
+        self.ctx, self.data = ctx, data
+        self.codec: Any = None
+        self.reference_metrics: dict[str, float] | None = None
+        self.system = system_info()
+
+    def write(self, parts: TrainParts, state: RunState, *, final: bool) -> Path:
+        """Everything due at a checkpoint of step `state.step`; returns the step checkpoint.
+
+        Reads the losses still on the device first (a diverged run saves nothing: TrainError).
+        Writes state.history (checkpoint columns), state.best, state.overfitting and
+        state.recommendation; emits a warning when the adapter overfits, then "checkpoint".
+        """
+        ctx, step = self.ctx, state.step
+        state.drain(parts.runner)
+        meta = self.meta(step)
+        ev = self.evaluate(parts, step)
+        state.add_checkpoint(step, ev.val_loss, ev.train_fixed_loss, ev.metrics)
+        path = self._save(parts, state, meta, ev.val_loss)
+        self._judge(state)
+        self._write_reports(state, meta, final)
+        record = {"event": "checkpoint", "step": step, "path": str(path), "sample": str(ev.sample_path),
+                  "val_loss": ev.val_loss, "train_fixed_loss": ev.train_fixed_loss, "metrics": ev.metrics}
+        ctx.log.append(record)
+        report.write_metric_plot(ctx.out_dir / "metrics.png", state.history["ckpt_step"],
+                                 [json.loads(m) for m in state.history["metrics"]])
+        ctx.log.emit(record)
+        return path
+
+    def meta(self, step: int) -> dict[str, Any]:
+        """The adapter meta (ComfyUI-SelVA keys plus ours) of this run at `step`."""
+        ctx, data = self.ctx, self.data
+        return adapter_meta(ctx.cfg, ctx.variant.name, step, ctx.precision, len(data.train_idx),
+                            len(data.val_idx))
+
+    def evaluate(self, parts: TrainParts, step: int) -> CheckpointEval:
+        """Fixed-noise losses and the sample of the model as it is at `step` (in eval mode,
+        back in train mode after). Draws no number from the global RNG."""
+        data, model = self.data, parts.model
+        model.eval()
+        with torch.no_grad(), parts.autocast:
+            val_loss = (parts.probe.loss(model, parts.conditions, data.lat_mean, data.val_idx)
+                        if data.val_idx else None)
+            train_fixed = parts.probe.loss(model, parts.conditions, data.lat_mean,
+                                           data.train_idx[:PROBE_TRAIN_CLIPS])
+        sample_path, metrics = self._sample(parts, step)
+        model.train()
+        return CheckpointEval(val_loss, train_fixed, sample_path, metrics)
+
+    def _sample(self, parts: TrainParts, step: int) -> tuple[Path, dict[str, float]]:
+        """Generate the sample clip from fixed noise (seed + 3), decode, loudness-normalise and
+        write it; its metrics are measured against the clip's own audio."""
+        ctx, cfg, data = self.ctx, self.ctx.cfg, self.data
+        if self.codec is None:
+            self.codec = load_audio_codec(ctx.variant, ctx.weights, device=ctx.device,
+                                          need_encoder=False, need_vocoder=True)
+        i = torch.tensor([data.sample_idx], device=ctx.device)
+        noise = torch.randn(1, *data.lat_mean.shape[1:], generator=torch.Generator().manual_seed(cfg.seed + 3))
+        with parts.autocast:
+            lat = generate_latents(parts.model, data.clip_f[i], data.sync_f[i], data.text_f[i],
+                                   noise=noise.to(ctx.device), negative_text=data.negative_text,
+                                   cfg=cfg.sample_cfg, steps=cfg.sample_steps)
+        wave = decode_to_audio(self.codec, lat)[0].float().cpu().numpy()
+        wave = report.loudness_normalize(wave)
+        seq = ctx.variant.sequence()
+        path = report.write_wav(ctx.out_dir / f"sample_step{step:05d}.wav", wave, seq.sampling_rate)
+        ref = load_audio(data.clips[data.sample_idx].audio_path, seq.sampling_rate, seq.num_audio_frames)
+        metrics = compute_metrics(wave, seq.sampling_rate, reference=ref).to_dict()
+        if self.reference_metrics is None:
+            self.reference_metrics = compute_metrics(ref, seq.sampling_rate).to_dict()
+        return path, metrics
+
+    def _save(self, parts: TrainParts, state: RunState, meta: dict, val_loss: float | None) -> Path:
+        """Save adapter_best.pt when `val_loss` is the best yet (updating state.best), then
+        the step checkpoint of state.step."""
+        out_dir = self.ctx.out_dir
+        lora_state = lora_state_dict(parts.model)
+        if val_loss is not None and (not state.best or val_loss < state.best["val_loss"]):
+            state.best.update({"step": state.step, "val_loss": val_loss, "file": "adapter_best.pt"})
+            save_adapter(out_dir / "adapter_best.pt", lora_state, {**meta, "best_val_loss": val_loss})
+        return save_checkpoint(out_dir / checkpoint_name(state.step),
+                               checkpoint_payload(self.ctx, self.data, parts, state, lora_state, meta))
+
+    def _judge(self, state: RunState) -> None:
+        """Update state.overfitting (a warning each time the rule holds) and
+        state.recommendation from the checkpoint history."""
+        cfg, hist = self.ctx.cfg, state.history
+        if overfitting(hist["val_loss"], hist["train_fixed_loss"], cfg.overfit_patience):
+            state.overfitting = True
+            self.ctx.log.warn(f"validation loss rose for {cfg.overfit_patience} checkpoints in a row "
+                              "while the training loss fell: the adapter is overfitting; prefer adapter_best.pt")
+        state.recommendation = recommend(
+            [Candidate(checkpoint_name(s), str(self.ctx.out_dir / checkpoint_name(s)), s,
+                       None if v != v else v, tf, json.loads(m))
+             for s, v, tf, m in zip(hist["ckpt_step"], hist["val_loss"], hist["train_fixed_loss"],
+                                    hist["metrics"], strict=True)],
+            reference_hf=(self.reference_metrics or {}).get("hf_energy_ratio"),
+            overfitting=state.overfitting,
+        ).to_dict()
+
+    def _write_reports(self, state: RunState, meta: dict, final: bool) -> None:
+        """Rewrite the loss plots and meta.json: the adapter meta plus best, recommendation,
+        the sample clip and its metrics, the system, the split and every checkpoint with its
+        sample metrics."""
+        data, hist = self.data, state.history
+        stems = data.stems
+        report.write_loss_plots(self.ctx.out_dir, hist["step"], hist["loss"], {
+            "train clips (fixed noise)": (hist["ckpt_step"], hist["train_fixed_loss"]),
+            **({"held-out clips": (hist["ckpt_step"], hist["val_loss"])} if data.val_idx else {}),
+        })
+        report.write_meta(self.ctx.out_dir, {
+            **meta, "best": state.best or None, "final": final, "recommendation": state.recommendation,
+            "sample_clip": stems[data.sample_idx], "system": self.system,
+            "sample_reference_metrics": self.reference_metrics,
+            "val_clip_stems": [stems[i] for i in data.val_idx],
+            "checkpoints": [checkpoint_name(s) for s in hist["ckpt_step"]],
+            "metrics": {str(s): json.loads(m) for s, m in zip(hist["ckpt_step"], hist["metrics"], strict=True)},
+        })
+
+    def close(self) -> None:
+        """Free the audio codec (if one was loaded)."""
+        codec, self.codec = self.codec, None
+        if codec is not None and hasattr(codec, "free"):
+            codec.free()

@@ -1,0 +1,132 @@
+"""Training options: one frozen dataclass shared by `selva-train`, job files and the daemon.
+
+Field names are exactly the flag names of the original `train_lora.py` (plus our additions),
+so a job file's `[train]` keys, the command line and `meta.json` all speak the same words.
+Defaults are the original CLI's unless a comment says otherwise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+__all__ = ["CHOICES", "TrainConfig"]
+
+# Options whose value must be one of a fixed set.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "precision": ("bf16", "fp16", "fp32"),
+    "timestep_sampling": ("uniform", "logit_normal"),
+    "lr_schedule": ("constant", "cosine"),
+    "latent_sampling": ("mode", "posterior"),
+    "device": ("auto", "cpu", "cuda"),
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything one LoRA training run needs (see each field's comment)."""
+
+    data_dir: str = ""  # directory of stem.npz + stem.<audio> pairs (+ prompts.txt)
+    output_dir: str = "lora_output"  # adapters, samples, plots, progress.jsonl
+    variant: str = "large_44k"  # generator variant (selva_engine.model.variants)
+    selva_dir: str = ""  # weights directory in the ComfyUI models/selva layout
+    rank: int = 16  # LoRA rank r
+    alpha: float | None = None  # LoRA alpha; None = rank (scale 1)
+    target: tuple[str, ...] = ("attn.qkv",)  # module-name suffixes to wrap (nn.Linear only)
+    rslora: bool = False  # scale alpha/sqrt(r) instead of alpha/r
+    lora_dropout: float = 0.0  # dropout on the LoRA input path while training
+    lr: float = 1e-4  # peak learning rate of lora_A (lora_B: lr * lora_plus_ratio)
+    steps: int = 2000  # micro-batches to train
+    warmup_steps: int = 100  # linear warm-up in optimizer steps (first step has LR 0)
+    batch_size: int = 4  # clips per micro-batch (drawn without replacement per epoch)
+    grad_accum: int = 1  # micro-batches per optimizer step
+    save_every: int = 500  # checkpoint (+ sample, + validation) every N steps
+    resume: str = ""  # a step checkpoint path, "latest", or "" for a fresh run
+    precision: str = "bf16"  # bf16 autocast with fp32 LoRA weights | fp16 + grad scaler | fp32
+    seed: int = 42
+    timestep_sampling: str = "uniform"  # t ~ U[0,1) or sigmoid(N(0, sigma))
+    logit_normal_sigma: float = 1.0
+    lr_schedule: str = "constant"  # after warm-up: constant or cosine to ~0
+    lora_plus_ratio: float = 1.0  # LoRA+: lr of lora_B relative to lora_A
+    weight_decay: float = 1e-2  # AdamW weight decay (original CLI: 1e-2)
+    grad_clip: float = 1.0  # global grad-norm clip of the LoRA parameters
+    latent_sampling: str = "mode"  # x1 = posterior mean, or mean + std*eps as MMAudio trained
+    val_clips: int | None = None  # held-out clips; None = 1 when >= 8 clips, else 0
+    overfit_patience: int = 3  # warn after N checkpoints of rising val loss, falling train loss
+    log_every: int = 50  # steps per progress line / loss-history point
+    sample_steps: int = 25  # Euler steps of the checkpoint sample
+    sample_cfg: float = 4.5  # CFG strength of the checkpoint sample (<1 = conditional only)
+    sample_negative_prompt: str = ""  # negative prompt of the checkpoint sample
+    eval_clips: int = 0  # after the run, evaluate every checkpoint on N clips (0 = off)
+    eval_steps: int = 25  # Euler steps of the evaluation samples
+    eval_cfg: float = 4.5  # CFG strength of the evaluation samples
+    device: str = "auto"  # auto = cuda when available, else cpu
+    cache_dir: str = ""  # extraction cache; "" = <output_dir>/.cache
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def effective_alpha(self) -> float:
+        """Alpha actually used (alpha defaults to the rank)."""
+        return float(self.rank if self.alpha is None else self.alpha)
+
+    def problems(self) -> list[tuple[str, str]]:
+        """Validate values; returns (field, message) pairs, empty when all is well."""
+        out: list[tuple[str, str]] = []
+        for name, allowed in CHOICES.items():
+            value = getattr(self, name)
+            if value not in allowed:
+                out.append((name, f"got {value!r}, expected one of {', '.join(allowed)}"))
+        positive_ints = ("rank", "steps", "batch_size", "grad_accum", "save_every",
+                         "log_every", "sample_steps", "eval_steps")
+        for name in positive_ints:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                out.append((name, f"got {value!r}, expected an integer >= 1"))
+        for name in ("warmup_steps", "overfit_patience", "eval_clips"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                out.append((name, f"got {value!r}, expected an integer >= 0"))
+        if self.val_clips is not None and (not isinstance(self.val_clips, int) or self.val_clips < 0):
+            out.append(("val_clips", f"got {self.val_clips!r}, expected an integer >= 0"))
+        for name in ("lr", "lora_plus_ratio", "logit_normal_sigma"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not value > 0:
+                out.append((name, f"got {value!r}, expected a number > 0"))
+        for name in ("weight_decay", "grad_clip", "sample_cfg", "eval_cfg"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or value < 0:
+                out.append((name, f"got {value!r}, expected a number >= 0"))
+        if not 0.0 <= float(self.lora_dropout) < 1.0:
+            out.append(("lora_dropout", f"got {self.lora_dropout!r}, expected 0 <= p < 1"))
+        if self.alpha is not None and not float(self.alpha) > 0:
+            out.append(("alpha", f"got {self.alpha!r}, expected a number > 0"))
+        if not self.target or not all(isinstance(t, str) and t for t in self.target):
+            out.append(("target", f"got {list(self.target)!r}, expected non-empty module suffixes"))
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data form (lists, no tuples) for JSON / TOML."""
+        d = asdict(self)
+        d["target"] = list(self.target)
+        d.pop("extra")
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Build from plain data; unknown keys raise KeyError naming them."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise KeyError(f"unknown training option(s): {', '.join(unknown)}")
+        data = dict(data)
+        if "target" in data:
+            t = data["target"]
+            data["target"] = (t,) if isinstance(t, str) else tuple(t)
+        return cls(**data)
+
+
+def option_names() -> list[str]:
+    """All training option names, in declaration order."""
+    return [f.name for f in fields(TrainConfig) if f.name != "extra"]
+
+

@@ -1,0 +1,235 @@
+"""The phases of a training run before its first step, in the order `train()` calls them.
+
+open_run -> extract_data -> find_resume -> prepare_data -> build_model -> resume_run ->
+announce_start. Each reads nothing but its arguments and returns the record it builds (see
+selva_engine.training.state). Keep the order: `build_model` seeds the global torch RNG (the
+generator's initialisation and LoRA dropout draw from it), `resume_run` then restores it from
+the checkpoint, and the events follow this order.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+
+from selva_engine.data.dataset import load_dataset
+from selva_engine.data.extract import ExtractedClip, FeatureCache, extract_clips
+from selva_engine.device import resolve_device
+from selva_engine.model.flow import FlowMatching
+from selva_engine.model.generator import Conditions, Generator, load_generator
+from selva_engine.model.lora import apply_lora, lora_parameters
+from selva_engine.model.variants import get_variant
+from selva_engine.outputs.checkpoint import find_latest, load_checkpoint
+from selva_engine.training.loop import (
+    BatchSampler,
+    FixedLossProbe,
+    StepRunner,
+    TrainError,
+    autocast_for,
+    effective_precision,
+    make_scheduler,
+    split_clips,
+    store_frozen_in_compute_dtype,
+)
+from selva_engine.training.options import TrainConfig
+from selva_engine.training.state import (
+    ClipConditions,
+    EventFn,
+    EventLog,
+    RunContext,
+    RunState,
+    TrainData,
+    TrainParts,
+    restore_checkpoint,
+)
+from selva_engine.weights.locate import resolve
+
+__all__ = ["PREPROCESS_MODULES", "Resume", "announce_start", "build_model", "extract_data", "find_resume",
+           "open_run", "prepare_data", "resume_run"]
+
+# The generator's condition-preprocessing modules: a LoRA target inside one of them means
+# the conditions change as the adapter trains and cannot be computed once.
+PREPROCESS_MODULES = ("clip_input_proj", "sync_input_proj", "text_input_proj", "clip_cond_proj",
+                      "text_cond_proj", "sync_pos_emb")
+CONDITION_BATCH = 16  # clips per preprocessing call when the conditions are cached
+
+
+class Resume(NamedTuple):
+    """The step checkpoint a run resumes from."""
+
+    path: Path
+    checkpoint: dict[str, Any]
+
+
+def open_run(cfg: TrainConfig, events: EventFn | None) -> RunContext:
+    """Validate `cfg`, create the output directory, pick device and precision (a fallback is
+    a "warning" event) and resolve the variant's weight files. Raises TrainError on invalid
+    options or an unavailable device, MissingWeightsError when weights are missing."""
+    problems = cfg.problems()
+    if problems:
+        raise TrainError("invalid training options: " + "; ".join(f"{k}: {m}" for k, m in problems))
+    out_dir = Path(cfg.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log = EventLog(events, out_dir / "progress.jsonl")
+    variant = get_variant(cfg.variant)
+    try:
+        device = resolve_device(cfg.device)
+    except ValueError as exc:
+        raise TrainError(str(exc)) from None
+    precision = effective_precision(cfg.precision, device, log.warn)
+    weights = resolve(cfg.selva_dir, variant.name)
+    return RunContext(cfg=cfg, out_dir=out_dir, variant=variant, weights=weights, device=device,
+                      precision=precision, log=log)
+
+
+def extract_data(ctx: RunContext, stop: threading.Event, codec_factory: Callable[[], Any] | None,
+                 text_factory: Callable[[], Any] | None
+                 ) -> tuple[list[ExtractedClip], dict[str, np.ndarray]] | None:
+    """Scan the data directory and extract every usable clip through the feature cache
+    (`cfg.cache_dir`, default `<output_dir>/.cache`), the sample's negative prompt too.
+
+    Emits a warning per dataset warning and skipped clip, then extract_start,
+    extract_progress and extract_done. Returns (clips, {negative prompt: text features}),
+    or None when `stop` was set meanwhile (what was encoded stays cached). Raises TrainError
+    when no clip is usable.
+    """
+    cfg, log = ctx.cfg, ctx.log
+    scan = load_dataset(cfg.data_dir, ctx.variant, collect=True)
+    for w in scan.warnings:
+        log.warn(w)
+    for p in scan.problems:
+        log.warn(f"skipping clip: {p}")
+    if not scan.clips:
+        raise TrainError(f"{cfg.data_dir}: no usable clips (see the warnings above)")
+    cache = FeatureCache(cfg.cache_dir or ctx.out_dir / ".cache")
+    log.emit({"event": "extract_start", "clips": len(scan.clips)})
+    clips, extra_text, stats = extract_clips(
+        scan.clips, ctx.variant, weights=ctx.weights, cache=cache, device=ctx.device,
+        extra_prompts=[cfg.sample_negative_prompt] if cfg.sample_negative_prompt else [],
+        progress=log.emit, codec_factory=codec_factory, text_factory=text_factory, stop=stop,
+    )
+    if stop.is_set():
+        return None
+    log.emit({"event": "extract_done", **stats.to_dict()})
+    return clips, extra_text
+
+
+def find_resume(cfg: TrainConfig, out_dir: Path) -> Resume | None:
+    """The step checkpoint `cfg.resume` names: "latest" = the newest loadable one in
+    `out_dir` (None when there is none yet), a path = that file (UnsafeFileError when it
+    is not a step checkpoint); None for a fresh run."""
+    if not cfg.resume:
+        return None
+    if cfg.resume == "latest":
+        found = find_latest(out_dir)
+        return Resume(*found) if found else None
+    path = Path(cfg.resume)
+    return Resume(path, load_checkpoint(path))
+
+
+def prepare_data(ctx: RunContext, clips: list[ExtractedClip], extra_text: dict[str, np.ndarray],
+                 resume: Resume | None) -> TrainData:
+    """Split the clips into training and validation clips (a resumed run keeps its
+    checkpoint's split; TrainError when the clips changed since) and put every clip's
+    tensors on the device once, so no step copies them from the host."""
+    cfg, device = ctx.cfg, ctx.device
+    stems = [c.stem for c in clips]
+    if resume and "split" in resume.checkpoint:
+        split = resume.checkpoint["split"]
+        if sorted(split["train"] + split["val"]) != sorted(stems):
+            raise TrainError(f"{resume.path}: the dataset changed since this checkpoint "
+                             "(clips differ); start a fresh run instead of resuming")
+        train_idx = [stems.index(s) for s in split["train"]]
+        val_idx = [stems.index(s) for s in split["val"]]
+    else:
+        train_idx, val_idx = split_clips(clips, cfg.val_clips, cfg.seed)
+
+    def stack(attr: str) -> torch.Tensor:
+        return torch.from_numpy(np.stack([getattr(c, attr) for c in clips])).to(device)
+
+    negative = cfg.sample_negative_prompt
+    return TrainData(
+        clips=clips, train_idx=train_idx, val_idx=val_idx,
+        lat_mean=stack("latent_mean"), lat_std=stack("latent_std"),
+        clip_f=stack("clip"), sync_f=stack("sync"), text_f=stack("text"),
+        negative_text=torch.from_numpy(extra_text[negative])[None].to(device) if negative else None,
+    )
+
+
+def build_model(ctx: RunContext, data: TrainData) -> TrainParts:
+    """Seed the global torch RNG with `cfg.seed`, load the generator, wrap the target layers
+    in LoRA (fp32, initialised from its own seeded generator), store the frozen weights in
+    the compute dtype, and build AdamW (LoRA+ groups), the LR schedule, the grad scaler, the
+    conditions, the batch sampler, the step RNGs (seed + 1: timesteps, seed + 2: noise), the
+    loss probe and the step runner. Raises NoTargetsError when no layer matches."""
+    cfg, device = ctx.cfg, ctx.device
+    torch.manual_seed(cfg.seed)
+    model = load_generator(ctx.weights.generator, ctx.variant, device=device)
+    lora_layers = apply_lora(model, rank=cfg.rank, alpha=cfg.effective_alpha, targets=list(cfg.target),
+                             rslora=cfg.rslora, dropout=cfg.lora_dropout, dtype=torch.float32,
+                             generator=torch.Generator().manual_seed(cfg.seed))
+    model.train()
+    # frozen Linear/Conv weights stored in the autocast dtype: the same numbers as autocast's
+    # per-step casts, without them (and half the memory for those weights)
+    store_frozen_in_compute_dtype(model, ctx.precision)
+    params_a, params_b = lora_parameters(model)
+    optimizer = torch.optim.AdamW(
+        [{"params": params_a, "lr": cfg.lr}, {"params": params_b, "lr": cfg.lr * cfg.lora_plus_ratio}],
+        lr=cfg.lr, weight_decay=cfg.weight_decay,
+    )
+    scheduler = make_scheduler(optimizer, cfg)
+    scaler = torch.amp.GradScaler(device.type, enabled=ctx.precision == "fp16")
+    autocast = autocast_for(device, ctx.precision)
+    conditions = _clip_conditions(model, data, lora_layers, autocast)
+    fm = FlowMatching()
+    sampler = BatchSampler(data.train_idx, cfg.batch_size, seed=cfg.seed)
+    gen_t = torch.Generator().manual_seed(cfg.seed + 1)  # timesteps
+    gen_noise = torch.Generator().manual_seed(cfg.seed + 2)  # x0 and posterior eps
+    runner = StepRunner(model, fm, cfg, lat_mean=data.lat_mean, lat_std=data.lat_std, conditions=conditions,
+                        autocast=autocast, scaler=scaler, optimizer=optimizer, scheduler=scheduler,
+                        params=params_a + params_b, gen_t=gen_t, gen_noise=gen_noise)
+    return TrainParts(model=model, lora_layers=lora_layers, params=params_a + params_b, optimizer=optimizer,
+                      scheduler=scheduler, scaler=scaler, autocast=autocast, conditions=conditions, fm=fm,
+                      sampler=sampler, gen_t=gen_t, gen_noise=gen_noise,
+                      probe=FixedLossProbe(fm, seed=cfg.seed), runner=runner)
+
+
+def _clip_conditions(model: Generator, data: TrainData, lora_layers: list[str], autocast: Any) -> ClipConditions:
+    """The conditions source of the run: every clip's conditions computed once (in batches
+    of CONDITION_BATCH clips) unless a LoRA layer sits in the preprocessing modules."""
+    if any(n.startswith(PREPROCESS_MODULES) for n in lora_layers):
+        return ClipConditions(model, data, None)
+    d, n = data, CONDITION_BATCH
+    with torch.no_grad(), autocast:
+        cached = Conditions.cat([
+            model.preprocess_conditions(d.clip_f[i : i + n], d.sync_f[i : i + n], d.text_f[i : i + n])
+            for i in range(0, len(d.clips), n)
+        ])
+    return ClipConditions(model, data, cached)
+
+
+def resume_run(ctx: RunContext, parts: TrainParts, resume: Resume | None) -> RunState:
+    """The run's starting state: fresh at step 0, or, when resuming, restored from the
+    checkpoint together with `parts` (weights, optimizer, RNGs, ...; a "resumed" event)."""
+    state = RunState()
+    if resume:
+        restore_checkpoint(resume.checkpoint, resume.path, parts, state, ctx.device)
+        ctx.log.emit({"event": "resumed", "step": state.step, "checkpoint": str(resume.path)})
+    return state
+
+
+def announce_start(ctx: RunContext, data: TrainData, parts: TrainParts, state: RunState) -> None:
+    """Emit train_start (and a warning first when a resumed run has no step left to train).
+    Reads state.step only."""
+    cfg = ctx.cfg
+    if state.step >= cfg.steps:
+        ctx.log.warn(f"checkpoint step {state.step} already reaches steps = {cfg.steps}; nothing to train")
+    ctx.log.emit({"event": "train_start", "step": state.step, "steps": cfg.steps,
+                  "train_clips": len(data.train_idx), "val_clips": len(data.val_idx),
+                  "precision": ctx.precision, "device": str(ctx.device), "lora_layers": len(parts.lora_layers),
+                  "trainable_params": sum(p.numel() for p in parts.params)})

@@ -1,0 +1,108 @@
+"""Recommendation rule, evaluator (deterministic for a seed) and sweep summaries."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from selva_engine.evaluation.evaluate import main as eval_main
+from selva_engine.evaluation.recommend import Candidate, noise_symptom, recommend
+from selva_engine.evaluation.sweep import write_sweep_summary
+from selva_engine.training.options import TrainConfig
+from selva_engine.training.trainer import train
+
+
+def test_recommend_prefers_low_val_loss_without_noise():
+    cands = [Candidate("a", "a.pt", 100, 0.50, 0.4, {"hf_energy_ratio": 0.60}),
+             Candidate("b", "b.pt", 200, 0.55, 0.3, {"hf_energy_ratio": 0.05}),
+             Candidate("c", "c.pt", 300, 0.70, 0.2, {"hf_energy_ratio": 0.04})]
+    rec = recommend(cands, reference_hf=0.05)
+    assert rec.id == "b" and "sounds noisy" in rec.reason and len(rec.rejected) == 1
+    assert rec.strength_range == (0.5, 0.9)
+    clean = recommend(cands[1:], reference_hf=0.05)
+    assert clean.id == "b" and clean.strength_range == (0.7, 1.1)
+    assert recommend([], reference_hf=0.1).id is None
+    assert recommend(cands[:1], reference_hf=0.05).id is None
+    assert noise_symptom({"hf_energy_ratio": 0.3}, 0.1) and not noise_symptom({"hf_energy_ratio": 0.12}, 0.1)
+    # without validation clips the training-clip probe decides
+    rec = recommend([Candidate("x", "x", 1, None, 0.9), Candidate("y", "y", 2, None, 0.8)])
+    assert rec.id == "y" and "training clips" in rec.reason
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, make_clips, tiny_weights):
+    root = tmp_path_factory.mktemp("evalrun")
+    data = make_clips(root / "data", 3)
+    cfg = TrainConfig(data_dir=str(data), output_dir=str(root / "run"), variant="tiny_16k",
+                      selva_dir=str(tiny_weights), steps=6, save_every=3, log_every=3, batch_size=2,
+                      lr=5e-3, warmup_steps=0, sample_steps=2, precision="fp32", device="cpu")
+    events = []
+    train(cfg, events=events.append)
+    return root, data, cfg, events
+
+
+def test_run_names_a_recommendation(trained_run):
+    root, _, _, events = trained_run
+    rec = next(e for e in events if e["event"] == "recommendation")
+    meta = json.loads((root / "run" / "meta.json").read_text())
+    assert meta["recommendation"]["id"] == rec["id"]
+    # the references are pure tones (no energy above 4 kHz) while a 6-step adapter on random
+    # tiny weights still produces broadband noise: both checkpoints show the symptom
+    assert meta["sample_reference_metrics"]["hf_energy_ratio"] < 1e-3
+    assert rec["id"] is None and len(rec["rejected"]) == 2 and "white-noise" in rec["reason"]
+    assert rec["strength_range"] == [0.2, 0.5]
+
+
+def test_evaluator_outputs_and_determinism(trained_run, tiny_weights, tmp_path):
+    root, data, _, _ = trained_run
+    args = ["--data_dir", str(data), "--variant", "tiny_16k", "--selva_dir", str(tiny_weights),
+            "--run_dir", str(root / "run"), "--clips", "2", "--steps", "2", "--seed", "7", "--device", "cpu"]
+    assert eval_main(args + ["--output_dir", str(tmp_path / "e1")]) == 0
+    assert eval_main(args + ["--output_dir", str(tmp_path / "e2")]) == 0
+    s1 = json.loads((tmp_path / "e1" / "eval_summary.json").read_text())
+    s2 = json.loads((tmp_path / "e2" / "eval_summary.json").read_text())
+    ids = [a["id"] for a in s1["adapters"]]
+    assert ids == ["baseline", "step00003", "step00006", "final"]
+    assert all(a["status"] == "ok" for a in s1["adapters"])
+    for a, b in zip(s1["adapters"], s2["adapters"], strict=True):
+        assert a["avg_metrics"] == b["avg_metrics"]
+    assert (tmp_path / "e1" / "baseline" / "clip00.wav").is_file()
+    assert (tmp_path / "e1" / "reference" / "clip01.wav").is_file()
+    assert (tmp_path / "e1" / "metric_comparison.png").is_file()
+    assert s1["ranking"]["by_validation_loss"][0] in ("step00003", "step00006")
+    assert s1["recommendation"]["reason"] == s2["recommendation"]["reason"]
+    assert "white-noise" in s1["recommendation"]["reason"]  # see test_run_names_a_recommendation
+
+
+def test_sweep_summary(trained_run, tmp_path):
+    root, _, cfg, _ = trained_run
+    runs = [{"id": "base", "run_id": "r1", "status": "done", "config": cfg.to_dict(),
+             "output_dir": str(root / "run"), "started_at": 10.0, "finished_at": 25.0},
+            {"id": "bigger", "run_id": "r2", "status": "failed", "config": {}, "output_dir": None,
+             "error": "boom"}]
+    summary = write_sweep_summary(tmp_path, "demo", runs)
+    assert (tmp_path / "loss_comparison.png").is_file()
+    on_disk = json.loads((tmp_path / "sweep_summary.json").read_text())
+    assert on_disk["experiments"][0]["results"]["final_loss"] == summary["experiments"][0]["results"]["final_loss"]
+    res = on_disk["experiments"][0]["results"]
+    assert set(res["loss_at_steps"]) == {"3", "6"} and res["adapter_path"].endswith("adapter_final.pt")
+    assert on_disk["experiments"][0]["duration_seconds"] == 15.0
+    assert on_disk["experiments"][1]["error"] == "boom"
+    assert len(on_disk["recommendation"]["rejected"]) == 2  # both checkpoints of run "base"
+    assert all(r.startswith("base@") for r in on_disk["recommendation"]["rejected"])
+    assert "torch_version" in on_disk["system"]
+
+
+def test_training_with_eval_clips_evaluates_every_checkpoint(tmp_path, make_clips, tiny_weights):
+    data = make_clips(tmp_path / "data", 2)
+    cfg = TrainConfig(data_dir=str(data), output_dir=str(tmp_path / "run"), variant="tiny_16k",
+                      selva_dir=str(tiny_weights), steps=4, save_every=2, log_every=2, batch_size=2,
+                      warmup_steps=0, sample_steps=2, precision="fp32", device="cpu",
+                      eval_clips=1, eval_steps=2)
+    events = []
+    train(cfg, events=events.append)
+    done = next(e for e in events if e["event"] == "eval_done")
+    summary = json.loads((tmp_path / "run" / "eval" / "eval_summary.json").read_text())
+    assert done["summary"].endswith("eval_summary.json") and summary["clips"] == ["clip00"]
+    assert [a["id"] for a in summary["adapters"]] == ["baseline", "step00002", "step00004", "final"]
