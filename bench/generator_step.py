@@ -17,11 +17,11 @@ import time
 
 import torch
 
-from selva_engine.flow import FlowMatching
-from selva_engine.lora import apply_lora, lora_parameters
-from selva_engine.nn.generator import Generator
-from selva_engine.nn.layers import attention_backend
-from selva_engine.variants import get_variant
+from selva_engine.model.flow import FlowMatching
+from selva_engine.model.generator import Generator
+from selva_engine.model.layers import attention_backend
+from selva_engine.model.lora import apply_lora, lora_parameters
+from selva_engine.model.variants import get_variant
 
 
 def random_model(variant: str, device: torch.device) -> Generator:

@@ -34,18 +34,18 @@ import numpy as np
 import torch
 from generator_step import random_model  # bench/ is on sys.path when a bench script runs
 
-from selva_engine.flow import FlowMatching
-from selva_engine.lora import apply_lora, lora_parameters
-from selva_engine.nn.generator import Generator
-from selva_engine.options import TrainConfig
-from selva_engine.trainloop import (
+from selva_engine.model.flow import FlowMatching
+from selva_engine.model.generator import Generator
+from selva_engine.model.lora import apply_lora, lora_parameters
+from selva_engine.model.variants import get_variant
+from selva_engine.training.loop import (
     StepRunner,
     autocast_for,
     effective_precision,
     make_scheduler,
     store_frozen_in_compute_dtype,
 )
-from selva_engine.variants import get_variant
+from selva_engine.training.options import TrainConfig
 
 
 def dataset(variant: str, clips: int) -> list[dict[str, np.ndarray]]:
@@ -59,7 +59,7 @@ def dataset(variant: str, clips: int) -> list[dict[str, np.ndarray]]:
 
 
 class Ours:
-    """Our trainer's step: selva_engine.trainloop.StepRunner, set up as train() sets it up
+    """Our trainer's step: selva_engine.training.loop.StepRunner, set up as train() sets it up
     (clip tensors resident on the device, conditions preprocessed once, fp32 LoRA weights,
     autocast in the low precision, AdamW with the LoRA+ groups and the LR schedule)."""
 
