@@ -190,7 +190,7 @@ def test_kill9_then_restart_resumes_from_last_checkpoint(tree: DaemonTree) -> No
     """(e) kill -9 of the daemon while training; a restart resumes the same run from its
     newest checkpoint and finishes with no progress step lost."""
     tree.add_clips("birds", 3)
-    tree.write_job("birds", "birds", steps=60, save_every=10)
+    tree.write_job("birds", "birds", steps=40, save_every=10)
     tree.start()
     run = tree.wait_for(lambda: _train_runs(tree, "birds"), 30, "a training run")[0]
     run_dir = tree.root / "out" / "birds" / run.id
@@ -201,7 +201,7 @@ def test_kill9_then_restart_resumes_from_last_checkpoint(tree: DaemonTree) -> No
     assert tree.queue.get(run.id).state in ("extracting", "training")
 
     tree.start()
-    done = tree.wait_state(run.id, ("done", "failed"), 240)
+    done = tree.wait_state(run.id, ("done", "failed"), 420)  # generous: CI may be loaded
     assert done.state == "done", done.error
     assert done.attempts == 2 and len(_train_runs(tree, "birds")) == 1  # the same run
     resumed = [e for e in tree.events("run.resumed") if e["run_id"] == run.id]
@@ -212,7 +212,7 @@ def test_kill9_then_restart_resumes_from_last_checkpoint(tree: DaemonTree) -> No
                 and "interrupted" in e.get("reason", "")]
     assert requeued
     steps = _progress_steps(run_dir)
-    assert set(range(5, 61, 5)) <= set(steps), steps  # nothing lost...
+    assert set(range(5, 41, 5)) <= set(steps), steps  # nothing lost...
     assert steps == sorted(set(steps)), steps  # ...and nothing trained twice
     assert missing_outputs(run_dir) == []
     tree.signal(signal.SIGTERM)
