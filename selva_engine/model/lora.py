@@ -6,6 +6,14 @@ A wrapped layer keeps the original Linear as child `linear` and adds `lora_A` (r
 them. Output: y = linear(x) + strength * scale * (dropout(x) A^T) B^T, scale = alpha / r
 (alpha / sqrt(r) with rsLoRA). Adapter files are `{"state_dict", "meta"}` (or a bare state
 dict) saved with torch.save and read with weights_only=True.
+
+Two initialisations, as ComfyUI-SelVA's newest trainer has them (SELVA-FACTS 9.2):
+"standard" (A Kaiming-uniform, B = 0) and "pissa" (A, B from the top-r singular triplets of
+the fp32 base weight, base overwritten with the residual W - scale B A, so the initial output
+is unchanged). A PiSSA layer's adapter tensors include its residual base
+(`<module>.linear.weight/.bias`): without it the trained update is meaningless. A layer whose
+base was overwritten (PiSSA init, or a PiSSA adapter loaded) keeps the original base on the
+CPU, and `remove_lora` puts it back, so the next adapter sees the untouched model.
 """
 
 from __future__ import annotations
@@ -20,7 +28,10 @@ from torch import nn
 
 from selva_engine.io import atomic_torch_save, safe_torch_load
 
+INIT_MODES = ("standard", "pissa")
+
 __all__ = [
+    "INIT_MODES",
     "Adapter",
     "AdapterError",
     "LoRALinear",
@@ -28,12 +39,14 @@ __all__ = [
     "apply_adapter",
     "apply_lora",
     "find_targets",
+    "init_mode_of",
     "load_adapter",
     "load_lora_state_dict",
     "lora_layers",
     "lora_parameters",
     "lora_state_dict",
     "merge_lora",
+    "pissa_init_",
     "remove_lora",
     "save_adapter",
     "set_strength",
@@ -73,6 +86,9 @@ class LoRALinear(nn.Module):
         self.scale = self.alpha / (math.sqrt(rank) if rslora else rank)
         self.strength = 1.0
         self.merged_delta_scale: float | None = None  # strength*scale merged into the base
+        self.init_mode = "standard"  # "pissa" once the base holds a PiSSA residual
+        # the base weights as they were before a PiSSA residual replaced them (CPU copies)
+        self.original_base: dict[str, torch.Tensor] | None = None
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         w = base.weight
         dtype = dtype or w.dtype
@@ -93,6 +109,23 @@ class LoRALinear(nn.Module):
     def out_features(self) -> int:
         return self.linear.out_features
 
+    def keep_original_base(self) -> None:
+        """Remember the current base weight/bias (on the CPU) before it is overwritten, once."""
+        if self.original_base is None:
+            self.original_base = {k: v.detach().to("cpu", copy=True)
+                                  for k, v in self.linear.named_parameters(recurse=False)}
+
+    def restore_original_base(self) -> None:
+        """Put back the base weights kept by `keep_original_base` (no-op if none were kept)."""
+        if self.original_base is None:
+            return
+        with torch.no_grad():
+            for key, value in self.original_base.items():
+                param = getattr(self.linear, key)
+                param.copy_(value.to(param.device, param.dtype))
+        self.original_base = None
+        self.init_mode = "standard"
+
     def delta_weight(self) -> torch.Tensor:
         """The unscaled-by-strength update scale * B @ A, fp32, shape (out, in)."""
         return self.scale * (self.lora_B.float() @ self.lora_A.float())
@@ -106,6 +139,32 @@ class LoRALinear(nn.Module):
             h = h.to(self.lora_A.dtype)
         delta = (h @ self.lora_A.t()) @ self.lora_B.t()
         return y + (delta * (self.scale * self.strength)).to(y.dtype)
+
+
+def pissa_init_(layer: LoRALinear, *, keep_original: bool = True) -> None:
+    """PiSSA initialisation of one layer, in place (SELVA-FACTS 9.2).
+
+    W = U S V^T in fp32; A = diag(sqrt(S_r)) V_r^T, B = U_r diag(sqrt(S_r)); the base weight
+    becomes W - scale * B A (in its own dtype), so the layer's output is unchanged. Dropout is
+    switched off (PiSSA trains the principal directions themselves). With `keep_original` the
+    original base is kept on the CPU for `remove_lora` (a trainer that never removes its
+    adapter passes False and saves that memory).
+    """
+    w = layer.linear.weight
+    if keep_original:
+        layer.keep_original_base()
+    u, s, vh = torch.linalg.svd(w.detach().float(), full_matrices=False)
+    r = layer.rank
+    root = s[:r].sqrt()
+    a = root[:, None] * vh[:r]  # (r, in)
+    b = u[:, :r] * root[None, :]  # (out, r)
+    with torch.no_grad():
+        layer.lora_A.copy_(a.to(layer.lora_A.dtype))
+        layer.lora_B.copy_(b.to(layer.lora_B.dtype))
+        residual = w.float() - layer.scale * (layer.lora_B.float() @ layer.lora_A.float())
+        w.copy_(residual.to(w.dtype))
+    layer.dropout = nn.Identity()
+    layer.init_mode = "pissa"
 
 
 def find_targets(model: nn.Module, targets: list[str] | tuple[str, ...]) -> list[str]:
@@ -137,12 +196,17 @@ def apply_lora(
     dropout: float = 0.0,
     dtype: torch.dtype | None = None,
     generator: torch.Generator | None = None,
+    init_mode: str = "standard",
+    keep_original: bool = True,
 ) -> list[str]:
     """Wrap every matching Linear of `model` in place; returns the wrapped module names.
 
     alpha defaults to rank. Base weights are frozen; only lora_A / lora_B require grad.
+    `init_mode` "pissa" initialises each layer with `pissa_init_` (dropout forced to 0).
     Raises NoTargetsError (listing example layer names) when nothing matches.
     """
+    if init_mode not in INIT_MODES:
+        raise AdapterError(f"unknown LoRA init_mode {init_mode!r} (expected one of {INIT_MODES})")
     names = find_targets(model, targets)
     if not names:
         raise _no_targets(model, targets)
@@ -155,6 +219,8 @@ def apply_lora(
         wrapped = LoRALinear(
             base, rank, alpha, rslora=rslora, dropout=dropout, dtype=dtype, generator=generator
         )
+        if init_mode == "pissa":
+            pissa_init_(wrapped, keep_original=keep_original)
         setattr(parent, child, wrapped)
     return names
 
@@ -171,21 +237,34 @@ def lora_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Param
 
 
 def lora_state_dict(model: nn.Module, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-    """The adapter tensors `<module>.lora_A/.lora_B`, detached, contiguous, on the CPU."""
+    """The adapter tensors `<module>.lora_A/.lora_B`, detached, contiguous, on the CPU; for a
+    PiSSA layer also its residual base `<module>.linear.weight/.bias` (in the base's dtype)."""
     out: dict[str, torch.Tensor] = {}
     for name, layer in lora_layers(model).items():
         for key in ("lora_A", "lora_B"):
             t = getattr(layer, key).detach()
             out[f"{name}.{key}"] = t.to("cpu", dtype or t.dtype).contiguous().clone()
+        if layer.init_mode == "pissa":
+            for key, t in layer.linear.named_parameters(recurse=False):
+                out[f"{name}.linear.{key}"] = t.detach().to("cpu").contiguous().clone()
     return out
 
 
+def init_mode_of(model: nn.Module) -> str:
+    """"pissa" when the wrapped layers hold PiSSA residual bases, else "standard"."""
+    modes = {layer.init_mode for layer in lora_layers(model).values()}
+    return "pissa" if "pissa" in modes else "standard"
+
+
 def load_lora_state_dict(
-    model: nn.Module, state_dict: dict[str, torch.Tensor], *, source: str = "adapter"
+    model: nn.Module, state_dict: dict[str, torch.Tensor], *, source: str = "adapter",
+    keep_original: bool = True,
 ) -> None:
     """Copy adapter tensors into the wrapped layers; key sets and shapes must match exactly.
 
-    `<module>.linear.weight/.bias` keys (PiSSA residual bases) overwrite the base weights.
+    `<module>.linear.weight/.bias` keys (PiSSA residual bases) overwrite the base weights and
+    mark those layers "pissa"; with `keep_original` the overwritten bases are kept on the CPU
+    so that `remove_lora` restores the untouched model.
     """
     layers = lora_layers(model)
     expected = {f"{n}.{k}" for n in layers for k in ("lora_A", "lora_B")}
@@ -215,6 +294,11 @@ def load_lora_state_dict(
             break
     if problems:
         raise AdapterError(f"{source} does not fit this model: " + "; ".join(problems))
+    for key in sorted(base_keys):  # a PiSSA residual replaces the base: keep the original
+        layer = layers[key.rsplit(".", 2)[0]]
+        if keep_original:
+            layer.keep_original_base()
+        layer.init_mode = "pissa"
     with torch.no_grad():
         for key, value in state_dict.items():
             name, _, attr = key.rpartition(".")
@@ -271,11 +355,15 @@ def unmerge_lora(model: nn.Module) -> None:
 
 
 def remove_lora(model: nn.Module) -> None:
-    """Put the original Linear modules back (merged updates stay in the weights)."""
-    for name in list(lora_layers(model)):
+    """Put the original Linear modules back: a base that a PiSSA residual replaced is
+    restored to the weights it had before; a merged standard update stays in the weights."""
+    for name, layer in list(lora_layers(model).items()):
+        if layer.original_base is not None:
+            layer.merged_delta_scale = None  # the restored base carries no merged update
+            layer.restore_original_base()
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, getattr(parent, child).linear)
+        setattr(parent, child, layer.linear)
 
 
 # ---------------------------------------------------------------------------- adapter files
@@ -303,6 +391,13 @@ class Adapter:
     @property
     def rslora(self) -> bool:
         return bool(self.meta.get("use_rslora", False))
+
+    @property
+    def init_mode(self) -> str:
+        """"pissa" when the file carries residual bases (whatever its meta says)."""
+        if any(k.endswith((".linear.weight", ".linear.bias")) for k in self.state_dict):
+            return "pissa"
+        return str(self.meta.get("init_mode") or "standard")
 
 
 def save_adapter(path: Path | str, state_dict: dict[str, torch.Tensor], meta: dict[str, Any], **extra: Any) -> Path:
