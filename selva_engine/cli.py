@@ -163,14 +163,17 @@ def sample_main(argv: list[str] | None = None) -> int:
     p.add_argument("--output", required=True, help="output .wav path")
     p.add_argument("--adapter", default="", help="adapter_final.pt / adapter_stepNNNNN.pt (none: baseline)")
     p.add_argument("--strength", type=float, default=1.0)
-    p.add_argument("--variant", default="large_44k")
-    p.add_argument("--selva_dir", default=os.environ.get("SELVA_DIR", ""))
+    p.add_argument("--variant", default=None,
+                   help="default: the variant the adapter's meta names, else large_44k")
+    p.add_argument("--selva_dir", default=os.environ.get("SELVA_DIR", ""),
+                   help="weights directory (ComfyUI models/selva layout); default $SELVA_DIR")
     p.add_argument("--prompt", default=None, help="default: the prompt stored in the .npz")
     p.add_argument("--negative_prompt", default="")
     p.add_argument("--cfg", type=float, default=4.5)
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--duration", type=float, default=8.0)
+    p.add_argument("--duration", type=float, default=None,
+                   help="seconds; default: the .npz's duration, at most 8")
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
 

@@ -19,7 +19,7 @@ from selva_engine.model.lora import apply_adapter, load_adapter, remove_lora
 from selva_engine.model.variants import Variant, get_variant
 from selva_engine.outputs.report import write_wav
 
-__all__ = ["Synthesizer", "synthesize"]
+__all__ = ["MAX_DURATION", "Synthesizer", "adapter_variant", "synthesize"]
 
 
 class Synthesizer:
@@ -82,16 +82,33 @@ class Synthesizer:
         return decode_to_audio(self.codec, lat)[0].float().cpu().numpy()
 
 
-def synthesize(*, npz: Path, output: Path, variant: str, selva_dir: str | Path,
+MAX_DURATION = 8.0  # seconds: the length the SelVA generators were trained on
+
+
+def adapter_variant(adapter: str | Path | None) -> str | None:
+    """The variant an adapter file's meta names (None without an adapter or without meta)."""
+    if adapter is None:
+        return None
+    value = load_adapter(adapter).meta.get("variant")
+    return str(value) if value else None
+
+
+def synthesize(*, npz: Path, output: Path, variant: str | None, selva_dir: str | Path,
                adapter: str | Path | None = None, strength: float = 1.0, prompt: str | None = None,
                negative_prompt: str = "", cfg: float = 4.5, steps: int = 25, seed: int = 42,
-               duration: float = 8.0, device: str = "auto") -> Path:
+               duration: float | None = None, device: str = "auto") -> Path:
     """`selva-sample`: features file (+ adapter) -> .wav at `output`; returns the path.
 
-    The prompt defaults to the one stored in the .npz (empty if none). The waveform is
+    Like ComfyUI-SelVA's LoRA Loader + Sampler: the variant defaults to the one the adapter's
+    meta names (else large_44k); the duration to the `.npz`'s own `duration`, clamped to 8 s
+    (else 8 s); the prompt to the one stored in the .npz (empty if none). The waveform is
     written as 16-bit PCM at the mode's rate, clipped to [-1, 1], without normalisation.
     """
-    synth = Synthesizer(variant, selva_dir, device=device, duration=duration)
+    name = variant or adapter_variant(adapter) or "large_44k"
+    if duration is None:
+        stored = load_features(npz, get_variant(name), MAX_DURATION).duration
+        duration = min(stored, MAX_DURATION) if stored and stored > 0 else MAX_DURATION
+    synth = Synthesizer(name, selva_dir, device=device, duration=duration)
     feats = load_features(npz, synth.variant, duration)
     if feats.variant and feats.variant != synth.variant.name:
         print(f"selva-sample: note: {npz} was extracted for {feats.variant}; generating with "
