@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -51,7 +52,8 @@ def _average(items: list[dict[str, float]]) -> dict[str, float]:
 
 
 def specs_from_run_dir(run_dir: Path | str) -> list[AdapterSpec]:
-    """Every step checkpoint (with its fixed-noise losses) and adapter_final.pt of a run."""
+    """Every step checkpoint (with its fixed-noise losses) and every final, surgery and
+    cancelled adapter of a run (see `_final_specs`)."""
     from selva_engine.outputs.checkpoint import list_checkpoints
 
     run_dir = Path(run_dir)
@@ -65,9 +67,30 @@ def specs_from_run_dir(run_dir: Path | str) -> list[AdapterSpec]:
             val, train_fixed = float(hist["val_loss"][k]), float(hist["train_fixed_loss"][k])
             val = None if val != val else val
         specs.append(AdapterSpec(f"step{step:05d}", path, step, val, train_fixed))
-    if (run_dir / "adapter_final.pt").is_file():
-        specs.append(AdapterSpec("final", run_dir / "adapter_final.pt"))
+    specs += _final_specs(run_dir)
     return specs
+
+
+_FINAL_RE = re.compile(r"^adapter_final(?:_(\d{3,}))?\.pt$")
+_CANCELLED_RE = re.compile(r"^adapter_cancelled_step(\d{5,})\.pt$")
+_SURGERY_RE = re.compile(r"^adapter_final(?:_(\d{3,}))?_surgery\.pt$")
+
+
+def _final_specs(run_dir: Path) -> list[AdapterSpec]:
+    """The run's end-of-training adapters as ComfyUI-SelVA names them: `adapter_final.pt`,
+    `adapter_final_NNN.pt` (a re-run into the same directory), their spectral-surgery
+    variants `..._surgery.pt`, and `adapter_cancelled_stepNNNNN.pt` (a stopped run)."""
+    found = []
+    for path in sorted(p for p in run_dir.iterdir() if p.is_file()):
+        if m := _FINAL_RE.match(path.name):
+            found.append(AdapterSpec("final" + (f"_{m.group(1)}" if m.group(1) else ""), path))
+        elif m := _SURGERY_RE.match(path.name):
+            suffix = f"_{m.group(1)}" if m.group(1) else ""
+            found.append(AdapterSpec(f"final{suffix}_surgery", path))
+        elif m := _CANCELLED_RE.match(path.name):
+            step = int(m.group(1))
+            found.append(AdapterSpec(f"cancelled{step:05d}", path, step))
+    return found
 
 
 def _bar_chart(path: Path, labels: list[str], rows: list[dict[str, float]]) -> None:

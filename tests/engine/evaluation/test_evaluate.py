@@ -106,3 +106,17 @@ def test_training_with_eval_clips_evaluates_every_checkpoint(tmp_path, make_clip
     summary = json.loads((tmp_path / "run" / "eval" / "eval_summary.json").read_text())
     assert done["summary"].endswith("eval_summary.json") and summary["clips"] == ["clip00"]
     assert [a["id"] for a in summary["adapters"]] == ["baseline", "step00002", "step00004", "final"]
+
+
+def test_run_dir_lists_every_adapter_the_anchor_writes(tmp_path):
+    """adapter_final_NNN.pt (a re-run), adapter_cancelled_stepNNNNN.pt (a stopped node run)
+    and the spectral-surgery variants are found next to the step checkpoints."""
+    from selva_engine.evaluation.evaluate import specs_from_run_dir
+
+    for name in ("adapter_final.pt", "adapter_final_001.pt", "adapter_final_surgery.pt",
+                 "adapter_cancelled_step00150.pt", "adapter_best.pt", "notes.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    specs = {s.id: s for s in specs_from_run_dir(tmp_path)}
+    assert set(specs) == {"final", "final_001", "final_surgery", "cancelled00150"}
+    assert specs["cancelled00150"].step == 150
+    assert specs["final_001"].path.name == "adapter_final_001.pt"
