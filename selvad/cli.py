@@ -4,20 +4,25 @@ The CLI never talks to the daemon directly: `status`/`runs` read the queue datab
 the config (`--config`, default $SELVAD_CONFIG or /etc/selvad/selvad.toml), and
 `enqueue`/`cancel`/`retry` write a request row that the daemon answers at its next tick
 (the answer is printed when it comes within `--wait` seconds). Exit status: 0 success,
-1 failure (an error the command reports), 2 bad arguments or an invalid config.
+1 failure (an error the command reports, e.g. a state database that cannot be written),
+2 bad arguments (a job name that is a path, a run id that is not an id) or an invalid
+config, 141 when the reader of the output went away (`selvad status | head -1`).
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
+import sqlite3
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from selvad.config.daemon import DEFAULT_CONFIG_PATH, DaemonConfig, load_config
+from selvad.config.jobs import check_run_id, job_file
 from selvad.config.schema import ConfigError
 from selvad.display import format_duration, progress_bar
 from selvad.runs.queue import STATES, Run, RunQueue
@@ -25,6 +30,8 @@ from selvad.runs.queue import STATES, Run, RunQueue
 __all__ = ["main"]
 
 OK_RESULTS = ("cancelled", "cancelling", "queued", "may start")  # request answers meaning success
+EXIT_BROKEN_PIPE = 128 + 13  # as a command killed by SIGPIPE
+FULL_BELOW = 64 * 1024  # bytes free under which a failing state database means "disk full"
 
 
 def default_config() -> Path:
@@ -46,6 +53,41 @@ def _queue(cfg: DaemonConfig, must_exist: bool = True) -> RunQueue | None:
     if must_exist and not path.exists():
         return None
     return RunQueue(path)
+
+
+def state_problem(cfg: DaemonConfig, exc: BaseException) -> str:
+    """One sentence for a state database that failed with `exc` (sqlite3.Error or OSError):
+    what happened to which file and the fix (free space, permissions, a stuck process).
+
+    sqlite says "database or disk is full" when a write does not fit, but only "disk I/O
+    error" (or "unable to open") when its -shm/-wal file cannot be created; then the state
+    directory's filesystem (free space, read-only flag) and permissions tell why."""
+    state, db = cfg.paths.state_dir, cfg.paths.queue_path
+    text, code = str(exc).lower(), getattr(exc, "errno", None)
+    try:
+        fs = os.statvfs(state)
+        free, read_only = fs.f_bavail * fs.f_frsize, bool(fs.f_flag & os.ST_RDONLY)
+    except OSError:
+        free, read_only = None, False
+    full = (f"cannot write the state database {db}: the disk holding {state} is full; "
+            f"free space in {state} and try again")
+    if "full" in text or code in (errno.ENOSPC, errno.EDQUOT):
+        return full
+    if "locked" in text or "busy" in text:
+        return (f"the state database {db} stayed locked by another process; try again, or "
+                "stop the process holding it if it is stuck")
+    if read_only or code == errno.EROFS:
+        return (f"cannot write the state database {db}: {state} is on a read-only filesystem; "
+                "remount it read-write or set paths.state_dir to a writable directory")
+    if free is not None and free < FULL_BELOW:
+        return full
+    if "readonly" in text or code in (errno.EACCES, errno.EPERM) or (
+            state.is_dir() and not os.access(state, os.W_OK)):
+        return (f"cannot write the state database {db}: {state} is not writable for this user; "
+                "run the command as the daemon's user (e.g. `sudo -u selvad selvad ...`) or "
+                f"make {state} writable")
+    return (f"cannot use the state database {db} ({exc}); check free space and permissions "
+            f"in {state} and try again")
 
 
 def _no_db(cfg: DaemonConfig) -> int:
@@ -136,17 +178,37 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _job_file_problem(path: Path, job: str) -> str:
+    """Why the job file `path` cannot be enqueued ("" when it can), without opening it."""
+    try:
+        if not path.exists():
+            return f"no job file {path} (write one with `selvad init-job {job} --dataset DIR`)"
+        if not path.is_file():  # a FIFO or a device: the daemon would refuse it unread
+            return (f"{path} is not a regular file; replace it with a job file "
+                    f"(`selvad init-job {job} --dataset DIR`)")
+    except OSError as exc:
+        return f"cannot look at job file {path} ({exc.strerror or exc}); check its permissions"
+    return ""
+
+
 def _request(args: argparse.Namespace, action: str, run_id: str | None = None,
              job: str | None = None) -> int:
     cfg = _config(args)
+    try:  # a job is a name in the jobs directory, never a path; a run id is an id
+        path = job_file(cfg.paths.jobs_dir, job) if job is not None else None
+        if run_id is not None:
+            check_run_id(run_id)
+    except ValueError as exc:
+        return _fail(str(exc), 2)
+    if path is not None:
+        problem = _job_file_problem(path, str(job))
+        if problem:
+            return _fail(problem)
     q = _queue(cfg, must_exist=action == "enqueue")
     if q is None:
         return _no_db(cfg)
     if run_id is not None and q.get(run_id) is None:
         return _fail(f"no run with id {run_id!r} (see `selvad runs JOB` or `selvad status`)")
-    if job is not None and not (cfg.paths.jobs_dir / f"{job}.toml").is_file():
-        return _fail(f"no job file {cfg.paths.jobs_dir / (job + '.toml')} "
-                     f"(write one with `selvad init-job {job} --dataset DIR`)")
     req_id = q.request(action, run_id=run_id, job=job)
     deadline = time.monotonic() + args.wait
     while time.monotonic() < deadline:
@@ -242,9 +304,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `selvad` console script; returns the exit status."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+def _state_command(handler: Callable[[argparse.Namespace], int]
+                   ) -> Callable[[argparse.Namespace], int]:
+    """`handler` (a command that uses the state database) with its database failures (a full
+    disk, a read-only directory, a lock held too long) said in one sentence, exit 1."""
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        except BrokenPipeError:
+            raise
+        except (sqlite3.Error, OSError) as exc:
+            return _fail(state_problem(_config(args), exc))
+
+    return run
+
+
+def _dispatch(argv: list[str]) -> int:
     if argv and argv[0] in ("validate", "train", "sample"):  # own parsers, own --help
         if argv[0] == "validate":
             from selvad.datasets.validate import main as validate_main
@@ -254,12 +329,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return engine.train_main(argv[1:]) if argv[0] == "train" else engine.sample_main(argv[1:])
     args = build_parser().parse_args(argv)
-    handlers = {
-        "run": cmd_run, "doctor": cmd_doctor, "status": cmd_status, "runs": cmd_runs, "init-job": cmd_init_job,
-        "demo": cmd_demo,
-        "enqueue": lambda a: _request(a, "enqueue", job=a.job),
-        "cancel": lambda a: _request(a, "cancel", run_id=a.run),
-        "retry": lambda a: _request(a, "retry", run_id=a.run),
+    handlers: dict[str, Callable[[argparse.Namespace], int]] = {
+        "run": cmd_run, "doctor": cmd_doctor, "init-job": cmd_init_job, "demo": cmd_demo,
+        "status": _state_command(cmd_status), "runs": _state_command(cmd_runs),
+        "enqueue": _state_command(lambda a: _request(a, "enqueue", job=a.job)),
+        "cancel": _state_command(lambda a: _request(a, "cancel", run_id=a.run)),
+        "retry": _state_command(lambda a: _request(a, "retry", run_id=a.run)),
     }
     try:
         return handlers[args.command](args)
@@ -268,6 +343,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return 2
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null: the interpreter flushes it again at exit, and a second
+    BrokenPipeError there would print a traceback-like warning."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # not a real file descriptor (tests capture stdout)
+        pass
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `selvad` console script; returns the exit status.
+
+    Output into a pipe whose reader went away (`selvad status | head -1`) ends the command
+    quietly with EXIT_BROKEN_PIPE, as a command killed by SIGPIPE."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        code = _dispatch(argv)
+        sys.stdout.flush()  # a broken pipe shows here, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
     except KeyboardInterrupt:
         return 130
 

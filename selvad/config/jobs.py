@@ -56,12 +56,17 @@ __all__ = [
     "JobError",
     "RunSpec",
     "SweepEntry",
+    "check_run_id",
     "config_hash",
+    "job_file",
     "load_job",
     "resolve_dataset",
 ]
 
-SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# Job names, sweep ids, dataset directory names and run ids: one path component, never a
+# path (no separator, no leading dot); \Z, not $, which would also accept a final newline.
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+SAFE_NAME_RULE = "letters, digits, '.', '_', '-', at most 64, starting with a letter or digit"
 # TrainConfig fields the daemon fills itself; they never change what a run learns.
 HASH_EXCLUDED = ("data_dir", "output_dir", "selva_dir", "resume", "device", "cache_dir")
 JOB_KEYS = ("dataset", *DEFAULTS_KEYS, "sweep")
@@ -121,6 +126,27 @@ class Job:
         # variant share one extraction run (the queue de-duplicates on the name and hashes)
         return RunSpec(f"extract-{self.dataset}", "", self.dataset, "extract", self.priority,
                        self.base, digest)
+
+
+def job_file(jobs_dir: Path | str, name: Any) -> Path:
+    """The job file `<jobs_dir>/<name>.toml` of the job called `name`.
+
+    A name from the command line or a request row is a job name, never a path: anything
+    that is not a safe name raises ValueError saying so, so that no file outside the jobs
+    directory is ever read as a job. The file itself may not exist.
+    """
+    if not isinstance(name, str) or not SAFE_NAME.match(name):
+        raise ValueError(f"{name!r} is not a job name ({SAFE_NAME_RULE}; the job file is "
+                         f"{Path(jobs_dir) / 'NAME.toml'})")
+    return Path(jobs_dir) / f"{name}.toml"
+
+
+def check_run_id(value: Any) -> str:
+    """`value` if it has the form of a run id (a safe name); ValueError otherwise."""
+    if not isinstance(value, str) or not SAFE_NAME.match(value):
+        raise ValueError(f"{value!r} is not a run id (ids look like 20261125-081500-ab12; "
+                         "`selvad status` and `selvad runs JOB` list them)")
+    return value
 
 
 def config_hash(cfg: TrainConfig) -> str:

@@ -8,6 +8,8 @@ hints. The daemon config and the job files are both read with these.
 from __future__ import annotations
 
 import difflib
+import os
+import stat
 import tomllib
 import types
 import typing
@@ -15,10 +17,11 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ConfigError", "Problems", "coerce", "describe", "join_key", "parse_section",
-           "read_toml"]
+__all__ = ["MAX_TOML_BYTES", "ConfigError", "Problems", "coerce", "describe", "join_key",
+           "parse_section", "read_toml"]
 
 _MISSING = object()
+MAX_TOML_BYTES = 1 << 20  # bytes; a config or job file is a few KiB
 
 
 class ConfigError(ValueError):
@@ -64,11 +67,20 @@ def join_key(prefix: str, key: str) -> str:
 
 
 def read_toml(path: Path) -> dict[str, Any]:
-    """Read a TOML file; unreadable or broken files raise ConfigError naming file and line."""
+    """Read a TOML file; unreadable or broken files raise ConfigError naming file and line.
+
+    Only a regular file (or a symlink to one) is opened, and without blocking: a FIFO,
+    a device or a directory named `*.toml` is refused at once (reading a FIFO would wait
+    for a writer forever), and so is a file over MAX_TOML_BYTES.
+    """
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = _read_regular(path)
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read file ({exc.strerror or exc})"]) from exc
+    except _NotRegular as exc:
+        raise ConfigError([f"{path}: {exc}"]) from exc
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError([f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})"]) from exc
     try:
@@ -76,6 +88,39 @@ def read_toml(path: Path) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         # The message already says "(at line L, column C)"; keep it, lead with the file.
         raise ConfigError([f"{path}: invalid TOML: {exc}"]) from exc
+
+
+class _NotRegular(Exception):
+    """The path is not a regular file, or too large to be a config; the message says so."""
+
+
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+          (stat.S_ISSOCK, "a socket"))
+
+
+def _check_regular(mode: int, size: int) -> None:
+    if not stat.S_ISREG(mode):
+        what = next((name for test, name in _KINDS if test(mode)), "of an unknown kind")
+        raise _NotRegular(f"not a regular file ({what}); replace it with a TOML file")
+    if size > MAX_TOML_BYTES:
+        raise _NotRegular(f"too large for a config or job file ({size} bytes, at most "
+                          f"{MAX_TOML_BYTES}); is it the right file?")
+
+
+def _read_regular(path: Path) -> bytes:
+    """The bytes of `path` if it is a regular file: checked before opening (opening some
+    devices has side effects) and again on the open descriptor (it may have been replaced
+    in between); O_NONBLOCK so that even that race cannot block on a FIFO."""
+    st = os.stat(path)
+    _check_regular(st.st_mode, st.st_size)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | getattr(os, "O_NOCTTY", 0))
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        _check_regular(st.st_mode, st.st_size)
+        raw = f.read(MAX_TOML_BYTES + 1)
+    _check_regular(stat.S_IFREG, len(raw))  # it grew while being read
+    return raw
 
 
 def describe(hint: Any) -> str:

@@ -47,7 +47,8 @@ TRAIN_HINTS = typing.get_type_hints(TrainConfig)
 class TriggerConfig:
     """When a dataset change queues a training run (extraction is always queued)."""
 
-    on_change: bool = True  # retrain when the dataset's files change
+    on_change: bool = True  # retrain when the dataset's files or the job file change;
+    # false: training only on `selvad enqueue` (extraction is queued all the same)
     settle_minutes: float = 5.0  # quiet time after the last change before training is queued
 
 

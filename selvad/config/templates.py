@@ -86,7 +86,9 @@ def init_job_text(name: str, dataset: str, variant: str = "large_44k") -> str:
         for key, fname in keys.items():
             lines += [f"# {_DOCS[fname]}", "# " + _toml_line(key, getattr(t, fname))]
     tr = TriggerConfig()
-    lines += ["", "[trigger]", "# Retrain automatically when the dataset's clips change.",
+    lines += ["", "[trigger]",
+              "# Retrain automatically when the dataset's clips (or this file) change;",
+              f"# false: train only on `selvad enqueue {name}`.",
               "# " + _toml_line("on_change", tr.on_change),
               "# Minutes without changes before a training run is queued.",
               "# " + _toml_line("settle_minutes", tr.settle_minutes),

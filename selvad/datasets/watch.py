@@ -187,8 +187,8 @@ class Watcher:
                                 if not is_ignored(e.name, self.ignore) and e.is_file())
                 except OSError:
                     pass
-        try:
-            seen.update(e.path for e in os.scandir(self.jobs_dir) if e.is_file())
+        try:  # not only regular files: the daemon reports a FIFO `*.toml` as an invalid job
+            seen.update(e.path for e in os.scandir(self.jobs_dir) if not e.is_dir())
         except OSError:
             pass
         with self._lock:

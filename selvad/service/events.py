@@ -1,10 +1,12 @@
 """What the daemon does when a job file or a dataset changes (main-loop side of the watcher).
 
-- Job file created/modified: `load_job`; a broken file is logged with every problem and
-  ignored (other jobs go on). A valid job's dataset is validated (once its files have
-  settled: a job loaded mid-copy waits for the dataset event), then its extraction run
-  and its training runs are queued (the queue refuses duplicates, so an unchanged file
-  queues nothing and an edit queues a new run). Deleted: logged and forgotten.
+- Job file created/modified: `load_job`; a broken file (or one that is not a regular
+  file, e.g. a FIFO) is logged with every problem and ignored (other jobs go on). A valid
+  job's dataset is validated (once its files have settled: a job loaded mid-copy waits for
+  the dataset event), then its extraction run is queued and, when `trigger.on_change` is
+  true, its training runs (the queue refuses duplicates, so an unchanged file queues
+  nothing and an edit queues a new run). With `on_change = false` only `selvad enqueue`
+  queues training. Deleted: logged and forgotten.
 - Dataset changed: validated once per variant its jobs use (the report is logged; an
   invalid dataset queues nothing). Extraction is queued at once; jobs with
   `trigger.on_change` get their training queued when the dataset has been quiet for
@@ -146,7 +148,16 @@ class EventHandler:
             self.log.info("job.waiting_for_dataset", job=job.name, dataset=job.dataset,
                           note="files are still being copied; queued once they settle")
             return
-        self.queue_job(job, reason=f"job file {ev.change}")
+        self._queue_loaded(job, reason=f"job file {ev.change}")
+
+    def _queue_loaded(self, job: Job, reason: str) -> None:
+        """Queue what a job file event may queue: everything for an `on_change` job, only
+        the extraction (the cache is filled ahead) for a job trained on request only."""
+        self.queue_job(job, reason=reason, train=job.trigger.on_change)
+        if not job.trigger.on_change:
+            self.log.info("job.manual", job=job.name,
+                          note=f"trigger.on_change = false: no training is queued until "
+                               f"`selvad enqueue {job.name}`")
 
     def settling(self, dataset_dir: Path) -> bool:
         """True while the watcher still waits for files of `dataset_dir` to settle."""
@@ -156,17 +167,21 @@ class EventHandler:
         prefix = os.path.abspath(dataset_dir) + os.sep
         return any(p.startswith(prefix) for p in watcher.tracker.pending())
 
-    def queue_job(self, job: Job, reason: str, force: bool = False) -> list[str] | None:
-        """Validate `job`'s dataset and queue its extraction and training runs; returns the
-        ids of the training runs queued (empty when all are duplicates), None when the
-        dataset is invalid. `force` queues a plain job again even when an identical run is
-        done; a sweep's runs are never forced: a re-queued sweep skips the runs already
-        done (or queued) and re-runs only failed, cancelled or new entries."""
+    def queue_job(self, job: Job, reason: str, force: bool = False,
+                  train: bool = True) -> list[str] | None:
+        """Validate `job`'s dataset and queue its extraction and (with `train`) training
+        runs; returns the ids of the training runs queued (empty when all are duplicates or
+        `train` is false), None when the dataset is invalid. `force` queues a plain job
+        again even when an identical run is done; a sweep's runs are never forced: a
+        re-queued sweep skips the runs already done (or queued) and re-runs only failed,
+        cancelled or new entries."""
         ok, manifest = self.check(job)
         if not ok:
             return None
         self.d.enqueue(job.extract_run(), manifest, reason=reason, explicit=force)
-        queued = []
+        queued: list[str] = []
+        if not train:
+            return queued
         for spec in job.resolve_runs():
             run = self.d.enqueue(spec, manifest, reason=reason, force=force and not spec.sweep_id,
                                  explicit=force)
@@ -199,7 +214,7 @@ class EventHandler:
                 self.d.enqueue(job.extract_run(), manifest, reason="dataset changed")
             if job.name in self.waiting:  # loaded while the clips were still arriving
                 self.waiting.discard(job.name)
-                self.queue_job(job, reason="job file created; its dataset settled")
+                self._queue_loaded(job, reason="job file created; its dataset settled")
             elif job.trigger.on_change:
                 due = time.monotonic() + job.trigger.settle_minutes * 60.0
                 self.train_due[job.name] = due

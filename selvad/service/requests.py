@@ -10,10 +10,15 @@ and stores a one-line result the CLI prints. Actions:
 - enqueue JOB: the job file is (re)loaded, its dataset validated and its training runs
   queued even if the same runs exist already (an explicit request).
 - skip RUN: a queued training run may start outside the training windows.
+
+A row is not trusted: a job that is not a job name (e.g. `../elsewhere/job`, which would
+read a file outside the jobs directory) and a run id that is not an id are refused with an
+answer saying so; a job file that is not a regular file (a FIFO) is refused unread.
 """
 
 from __future__ import annotations
 
+from selvad.config.jobs import check_run_id, job_file
 from selvad.runs.queue import TERMINAL, Request
 from selvad.service.context import DaemonContext
 
@@ -32,7 +37,7 @@ class RequestHandler:
         assert self.d.queue is not None
         for req in self.d.queue.pending_requests():
             try:
-                result = getattr(self, f"_{req.action}")(req)
+                result = self._refusal(req) or getattr(self, f"_{req.action}")(req)
             except Exception as exc:  # answer the CLI instead of leaving it waiting
                 self.log.exception("request.failed", action=req.action, run_id=req.run_id,
                                    job=req.job)
@@ -40,6 +45,19 @@ class RequestHandler:
             self.d.queue.mark_handled(req.id, result)
             self.log.info("request.handled", action=req.action, run_id=req.run_id, job=req.job,
                           result=result)
+
+    def _refusal(self, req: Request) -> str:
+        """Why `req` is refused before acting on it ("" when it is not): the row may have
+        been written by anything that can write the database, so a job must be a job name
+        (never a path) and a run id must be an id."""
+        try:
+            if req.action == "enqueue":
+                job_file(self.d.cfg.paths.jobs_dir, req.job)
+            else:
+                check_run_id(req.run_id)
+        except ValueError as exc:
+            return f"refused: {exc}"
+        return ""
 
     def _cancel(self, req: Request) -> str:
         q = self.d.queue
@@ -75,10 +93,12 @@ class RequestHandler:
         return f"queued {run.id} again (it resumes from its newest checkpoint)"
 
     def _enqueue(self, req: Request) -> str:
-        assert req.job
-        path = self.d.cfg.paths.jobs_dir / f"{req.job}.toml"
-        if not path.is_file():
+        path = job_file(self.d.cfg.paths.jobs_dir, req.job)
+        if not path.exists():
             return f"no job file {path}; write one with `selvad init-job {req.job} --dataset DIR`"
+        if not path.is_file():  # a FIFO would never be read to its end
+            return (f"refused: {path} is not a regular file; replace it with a job file "
+                    f"(`selvad init-job {req.job} --dataset DIR`)")
         job = self.d.events.load(path)
         if job is None:
             return f"job file {path} is invalid (see the daemon log, or run `selvad validate`)"

@@ -4,6 +4,10 @@ init-job, validate passthrough, exit codes and messages."""
 from __future__ import annotations
 
 import json
+import os
+import sqlite3
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,6 +16,8 @@ import pytest
 from selvad.cli import main
 from selvad.display import format_duration, progress_bar
 from selvad.runs.queue import RunQueue
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -107,3 +113,67 @@ def test_default_config_comes_from_the_environment(monkeypatch, tmp_path: Path) 
     assert default_config() == tmp_path / "x.toml"
     monkeypatch.delenv("SELVAD_CONFIG")
     assert str(default_config()) == "/etc/selvad/selvad.toml"
+
+
+@pytest.mark.parametrize("name", ["../outside/evil", "/tmp/evil", "sub/evil", ".evil"])
+def test_enqueue_refuses_a_path_as_job_name(config: Path, queue: RunQueue, tmp_path: Path,
+                                            capsys, name: str) -> None:
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "evil.toml").write_text('dataset = "birds"\n')  # a valid job
+    (tmp_path / "jobs" / "sub").mkdir()
+    (tmp_path / "jobs" / "sub" / "evil.toml").write_text('dataset = "birds"\n')
+    assert main(["enqueue", name, "--config", str(config), "--wait", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"selvad: {name!r} is not a job name") and err.count("\n") == 1
+    assert "jobs/NAME.toml" in err
+    assert queue.pending_requests() == []  # nothing for the daemon to load
+
+
+@pytest.mark.parametrize("action", ["cancel", "retry"])
+def test_run_id_must_be_an_id(config: Path, queue: RunQueue, capsys, action: str) -> None:
+    assert main([action, "../../etc/passwd", "--config", str(config), "--wait", "0"]) == 2
+    assert "'../../etc/passwd' is not a run id" in capsys.readouterr().err
+    assert queue.pending_requests() == []
+
+
+def test_enqueue_of_a_fifo_job_file_says_so(config: Path, queue: RunQueue, tmp_path: Path,
+                                            capsys) -> None:
+    os.mkfifo(tmp_path / "jobs" / "pipe.toml")
+    assert main(["enqueue", "pipe", "--config", str(config), "--wait", "0"]) == 1
+    assert "pipe.toml is not a regular file" in capsys.readouterr().err
+
+
+def test_status_into_a_closed_pipe_exits_quietly(config: Path, queue: RunQueue) -> None:
+    """`selvad status | head -1`: the reader goes away; no BrokenPipeError traceback."""
+    for i in range(1500):  # ~100 KiB of status lines: more than a pipe holds
+        queue.enqueue(f"job{i}", "birds", {"steps": i}, {"files": []})
+    cmd = f"{sys.executable} -m selvad.cli status --config {config} | head -1"
+    res = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True,
+                         cwd=REPO, timeout=60)
+    assert res.stdout.startswith("runs: 1500 queued") and res.stdout.count("\n") == 1
+    assert res.stderr == "" and res.returncode == 141  # as a command killed by SIGPIPE
+    r, w = os.pipe()
+    os.close(r)  # a reader that has gone before the first line
+    res = subprocess.run([sys.executable, "-m", "selvad.cli", "status", "--config", str(config)],
+                         stdout=w, stderr=subprocess.PIPE, text=True, cwd=REPO, timeout=60)
+    os.close(w)
+    assert res.stderr == "" and res.returncode == 141
+
+
+def test_a_locked_state_database_is_one_sentence(config: Path, queue: RunQueue) -> None:
+    from selvad.cli import state_problem
+    from selvad.config.daemon import load_config
+
+    cfg = load_config(config)
+    holder = sqlite3.connect(cfg.paths.queue_path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # a stuck writer
+    try:
+        with pytest.raises(sqlite3.OperationalError) as info:
+            sqlite3.connect(cfg.paths.queue_path, timeout=0).execute(
+                "INSERT INTO requests (action, job, created_at) VALUES ('enqueue', 'x', 0)")
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    message = state_problem(cfg, info.value)
+    assert message.startswith(f"the state database {cfg.paths.queue_path} stayed locked")
+    assert "try again" in message and "\n" not in message

@@ -1,0 +1,66 @@
+"""The request handler does not trust the request rows: job names must be safe names of
+job files inside the jobs directory, run ids must be ids (never paths)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from selvad.demo import make_dataset
+from selvad.runs.queue import RunQueue
+from selvad.service.daemon import Daemon
+
+JOB = 'dataset = "birds"\nvariant = "tiny_16k"\n[train]\nsteps = 20\n'
+
+
+@pytest.fixture
+def daemon(make_config: Callable[[str], Path], tmp_path: Path) -> Daemon:
+    d = Daemon(make_config(""))
+    d.queue = RunQueue(d.cfg.paths.queue_path)
+    make_dataset(tmp_path / "datasets" / "birds", 3)
+    return d
+
+
+def _answer(d: Daemon, action: str, **kw: str) -> str:
+    assert d.queue is not None
+    req = d.queue.request(action, **kw)  # a row as any writer of the database may leave it
+    d.requests.handle_pending()
+    result = d.queue.get_request(req).result
+    assert result is not None
+    return result
+
+
+@pytest.mark.parametrize("name", ["../outside/evil", "/abs/evil", "sub/evil", ".hidden",
+                                  "evil\n", "x" * 65])
+def test_enqueue_refuses_names_that_are_not_job_names(daemon: Daemon, tmp_path: Path,
+                                                      name: str) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "evil.toml").write_text(JOB)  # a valid job file outside the jobs directory
+    (tmp_path / "jobs" / "sub").mkdir()
+    (tmp_path / "jobs" / "sub" / "evil.toml").write_text(JOB)
+    result = _answer(daemon, "enqueue", job=name)
+    assert result.startswith(f"refused: {name!r} is not a job name"), result
+    assert daemon.queue is not None and daemon.queue.list_runs() == []
+    assert daemon.jobs == {}
+
+
+def test_enqueue_of_a_fifo_job_file_answers_at_once(daemon: Daemon, tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "jobs" / "pipe.toml")
+    result = _answer(daemon, "enqueue", job="pipe")
+    assert "not a regular file" in result and "pipe.toml" in result, result
+
+
+def test_enqueue_of_a_good_job_still_works(daemon: Daemon, tmp_path: Path) -> None:
+    (tmp_path / "jobs" / "birds.toml").write_text(JOB)
+    assert _answer(daemon, "enqueue", job="birds").startswith("queued ")
+
+
+@pytest.mark.parametrize("action", ["cancel", "retry", "skip"])
+@pytest.mark.parametrize("run_id", ["../../etc", "a/b", ".x"])
+def test_run_ids_that_are_paths_are_refused(daemon: Daemon, action: str, run_id: str) -> None:
+    assert _answer(daemon, action, run_id=run_id).startswith(
+        f"refused: {run_id!r} is not a run id")
