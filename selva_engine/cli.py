@@ -2,8 +2,9 @@
 `selva-sample` (LoRA Loader + Sampler without ComfyUI).
 
 Exit status of selva-train: 0 done, 3 interrupted (a checkpoint of the current step was
-saved; resume with --resume latest), 2 bad options or input, 1 any other failure (its
-traceback goes to stderr; with --json an "error" event carries the exception's message).
+saved; resume with --resume latest), 2 bad options or input, 1 any other failure, a full
+disk included (with --json an "error" event carries the exception's message, for a full
+disk "disk full in DIR: free space or lower retention"; then the traceback goes to stderr).
 With --json every progress event is one JSON object per line on stdout.
 """
 
@@ -137,22 +138,42 @@ def train_main(argv: list[str] | None = None) -> int:
             FileNotFoundError, ValueError) as exc:
         if args.json:
             print(json.dumps({"event": "error", "error": type(exc).__name__, "message": str(exc)}), flush=True)
-        print(f"selva-train: error: {exc}", file=sys.stderr)
+        _to_stderr(f"selva-train: error: {exc}")
         return 2
     except Exception as exc:  # the run boundary: one sentence out, the traceback to stderr
-        return _unexpected("selva-train", exc, args.json)
+        return _unexpected("selva-train", exc, args.json, Path(cfg.output_dir))
     return 0 if result.status == "done" else EXIT_INTERRUPTED
 
 
-def _unexpected(prog: str, exc: Exception, as_json: bool) -> int:
-    """Report an unexpected failure: an "error" event (with --json) whose message is the
-    exception's own text, the whole traceback on stderr (the run's log); returns 1."""
-    traceback.print_exc(file=sys.stderr)
-    message = str(exc).strip() or "no message"
+def _to_stderr(text: str, with_traceback: bool = False) -> None:
+    """Write `text` (after the current traceback, if asked) to stderr, the run's log. That
+    log may sit on the disk that just filled up: a failed write is dropped, so that the
+    error already reported on stdout stays the last word."""
+    try:
+        if with_traceback:
+            traceback.print_exc(file=sys.stderr)
+        print(text, file=sys.stderr, flush=True)
+    except OSError:
+        pass
+
+
+def _unexpected(prog: str, exc: Exception, as_json: bool, where: Path | None = None) -> int:
+    """Report an unexpected failure: first an "error" event (with --json) whose message is
+    the exception's own text (for a full disk, DiskFullError's sentence about the file's
+    directory or else `where`), then the whole traceback on stderr (the run's log);
+    returns 1."""
+    from selva_engine.io import DiskFullError, is_disk_full
+
+    if is_disk_full(exc) and not isinstance(exc, DiskFullError):
+        name = exc.filename if isinstance(exc, OSError) else None
+        full = DiskFullError(Path(os.fsdecode(name)).parent if isinstance(name, (str, bytes))
+                             else where or Path.cwd())
+        kind, message = type(full).__name__, str(full)
+    else:
+        kind, message = type(exc).__name__, str(exc).strip() or "no message"
     if as_json:
-        print(json.dumps({"event": "error", "error": type(exc).__name__, "message": message}),
-              flush=True)
-    print(f"{prog}: error: {type(exc).__name__}: {message}", file=sys.stderr, flush=True)
+        print(json.dumps({"event": "error", "error": kind, "message": message}), flush=True)
+    _to_stderr(f"{prog}: error: {kind}: {message}", with_traceback=True)
     return 1
 
 
@@ -192,7 +213,7 @@ def sample_main(argv: list[str] | None = None) -> int:
         )
     except (DatasetError, MissingWeightsError, AdapterError, UnsafeFileError, FileNotFoundError,
             ValueError) as exc:
-        print(f"selva-sample: error: {exc}", file=sys.stderr)
+        _to_stderr(f"selva-sample: error: {exc}")
         return 2
     print(f"wrote {path}")
     return 0
@@ -237,7 +258,7 @@ def extract_main(argv: list[str] | None = None) -> int:
         emit({"event": "error", "error": type(exc).__name__, "message": str(exc)})
         return 2
     except Exception as exc:  # the run boundary: one sentence out, the traceback to stderr
-        return _unexpected("selva-extract", exc, args.json)
+        return _unexpected("selva-extract", exc, args.json, Path(args.cache_dir))
     return 0
 
 

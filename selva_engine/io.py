@@ -2,21 +2,29 @@
 
 Every output is written to a temporary file in the destination directory, flushed and
 fsync'ed, then renamed over the target, so a crash never leaves a truncated file under the
-final name. Every `.pt` read goes through `torch.load(weights_only=True)`.
+final name. A kill -9 mid-write leaves the temp file (`.<name>.<8 random chars>.tmp`):
+`remove_temp_files` deletes those once no writer can own them. A full disk is a
+`DiskFullError` naming the directory. Every `.pt` read goes through
+`torch.load(weights_only=True)`.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
 import os
+import re
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
 __all__ = [
+    "DiskFullError",
+    "TEMP_RE",
     "UnsafeFileError",
     "atomic_write",
     "atomic_write_bytes",
@@ -24,6 +32,9 @@ __all__ = [
     "atomic_write_text",
     "atomic_torch_save",
     "file_fingerprint",
+    "is_disk_full",
+    "remove_temp_files",
+    "require_free_space",
     "safe_torch_load",
 ]
 
@@ -50,14 +61,81 @@ class UnsafeFileError(ValueError):
         super().__init__(msg)
 
 
+_DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+# the temp files `atomic_write` makes: tempfile.mkstemp(prefix=".<name>.", suffix=".tmp"),
+# whose random part is 8 characters of [a-z0-9_]
+TEMP_RE = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp$")
+
+
+class DiskFullError(OSError):
+    """The filesystem of `directory` is full (ENOSPC / EDQUOT), or has too little space left
+    for the next output. Its text is one sentence with the fix (`detail`, when given, says
+    how much was free and needed)."""
+
+    def __init__(self, directory: Path | str, detail: str = "") -> None:
+        self.directory = Path(directory)
+        self.message = (f"disk full in {self.directory}" + (f" ({detail})" if detail else "")
+                        + ": free space or lower retention")
+        super().__init__(errno.ENOSPC, self.message)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True for an OSError that means no space (ENOSPC) or no quota (EDQUOT) is left."""
+    return isinstance(exc, OSError) and exc.errno in _DISK_FULL_ERRNOS
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB"
+
+
+def require_free_space(directory: Path | str, needed: int, what: str) -> None:
+    """Raise DiskFullError when the filesystem of `directory` has fewer than `needed` bytes
+    available (to this user), saying how much is free and that `what` needs about `needed`."""
+    free = shutil.disk_usage(directory).free
+    if free < needed:
+        raise DiskFullError(directory, f"{_mib(free)} free, {what} needs about {_mib(needed)}")
+
+
+def remove_temp_files(directory: Path | str, before: float) -> list[Path]:
+    """Delete the temp files of killed `atomic_write` calls in `directory`: regular files
+    named as TEMP_RE says, last modified before `before` (unix seconds). Call it only when
+    no writer works in `directory`; the time limit spares a file someone writes right now.
+    Returns the deleted paths."""
+    directory = Path(directory)
+    removed = []
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return []
+    for entry in entries:
+        try:
+            if (TEMP_RE.match(entry.name) and entry.is_file(follow_symlinks=False)
+                    and entry.stat(follow_symlinks=False).st_mtime < before):
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+        except FileNotFoundError:  # gone meanwhile
+            continue
+    return removed
+
+
 def atomic_write(path: Path | str, writer: Callable[[BinaryIO], None]) -> Path:
     """Call `writer(fileobj)` on a temp file next to `path`, fsync it, rename it over `path`.
 
-    Creates parent directories. The temp file is removed if `writer` raises. Returns `path`.
+    Creates parent directories. The temp file is removed if `writer` raises; a full disk
+    raises DiskFullError (naming the directory), and `path` keeps its old content. Returns
+    `path`.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        if is_disk_full(exc) and not isinstance(exc, DiskFullError):
+            raise DiskFullError(path.parent) from exc
+        raise
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as f:
@@ -65,11 +143,13 @@ def atomic_write(path: Path | str, writer: Callable[[BinaryIO], None]) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if is_disk_full(exc) and not isinstance(exc, DiskFullError):
+            raise DiskFullError(path.parent) from exc
         raise
     try:  # make the rename itself durable
         dfd = os.open(path.parent, os.O_RDONLY)

@@ -23,9 +23,10 @@ from selva_engine.evaluation.metrics import compute_metrics
 from selva_engine.evaluation.recommend import Candidate, recommend
 from selva_engine.evaluation.sweep import system_info
 from selva_engine.inference.sample import decode_to_audio, generate_latents
+from selva_engine.io import require_free_space
 from selva_engine.model.lora import lora_state_dict, save_adapter
 from selva_engine.outputs import report
-from selva_engine.outputs.checkpoint import checkpoint_name, save_checkpoint
+from selva_engine.outputs.checkpoint import checkpoint_name, list_checkpoints, save_checkpoint
 from selva_engine.training.loop import adapter_meta, overfitting
 from selva_engine.training.state import (
     RunContext,
@@ -38,6 +39,18 @@ from selva_engine.training.state import (
 __all__ = ["CheckpointEval", "Checkpointer"]
 
 PROBE_TRAIN_CLIPS = 8  # training clips whose fixed-noise loss is tracked at each checkpoint
+REPORT_FILES = ("loss_raw.png", "loss_smoothed.png", "loss_validation.png", "metrics.png", "meta.json")
+REPORTS_BYTES = 256 << 10  # the report files before the first checkpoint has written them
+WAV_HEADER = 44  # bytes
+SPACE_SLACK = 64 << 10  # bytes: what the estimate leaves out (history, RNG states, headers)
+
+
+def _size(path: Path) -> int:
+    """The size of `path` in bytes; 0 when it does not exist (or vanished meanwhile)."""
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
 
 
 @dataclass(frozen=True)
@@ -65,12 +78,15 @@ class Checkpointer:
     def write(self, parts: TrainParts, state: RunState, *, final: bool) -> Path:
         """Everything due at a checkpoint of step `state.step`; returns the step checkpoint.
 
-        Reads the losses still on the device first (a diverged run saves nothing: TrainError).
-        Writes state.history (checkpoint columns), state.best, state.overfitting and
+        Reads the losses still on the device first (a diverged run saves nothing: TrainError),
+        then checks the output directory has room for everything it writes (DiskFullError
+        before the first write when not: the previous checkpoint stays the newest). Writes
+        state.history (checkpoint columns), state.best, state.overfitting and
         state.recommendation; emits a warning when the adapter overfits, then "checkpoint".
         """
         ctx, step = self.ctx, state.step
         state.drain(parts.runner)
+        require_free_space(ctx.out_dir, self.space_needed(parts, final), "a checkpoint")
         meta = self.meta(step)
         ev = self.evaluate(parts, step)
         state.add_checkpoint(step, ev.val_loss, ev.train_fixed_loss, ev.metrics)
@@ -84,6 +100,22 @@ class Checkpointer:
                                  [json.loads(m) for m in state.history["metrics"]])
         ctx.log.emit(record)
         return path
+
+    def space_needed(self, parts: TrainParts, final: bool) -> int:
+        """Bytes a checkpoint may write (estimated): the step checkpoint (as large as the
+        previous one, or the LoRA weights and their two Adam moments), the sample (as the
+        previous one, or 16-bit PCM of the clip length), adapter_best.pt with validation
+        clips, adapter_final.pt when `final`, and the plots and meta.json it rewrites."""
+        out_dir = self.ctx.out_dir
+        lora = sum(p.numel() * p.element_size() for p in parts.params)
+        checkpoints = list_checkpoints(out_dir)
+        ckpt = _size(checkpoints[-1][1]) if checkpoints else 3 * lora
+        samples = sorted(out_dir.glob("sample_step*.wav"))
+        seq = self.ctx.variant.sequence()
+        sample = _size(samples[-1]) if samples else WAV_HEADER + 2 * int(seq.duration * seq.sampling_rate)
+        reports = sum(_size(out_dir / name) for name in REPORT_FILES) or REPORTS_BYTES
+        adapters = lora * ((1 if self.data.val_idx else 0) + (1 if final else 0))
+        return ckpt + sample + reports + adapters + SPACE_SLACK
 
     def meta(self, step: int) -> dict[str, Any]:
         """The adapter meta (ComfyUI-SelVA keys plus ours) of this run at `step`."""

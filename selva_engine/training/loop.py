@@ -5,6 +5,7 @@ stop handling, the train/validation split, adapter meta and progress lines.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -16,6 +17,7 @@ from typing import Any
 
 import torch
 
+from selva_engine.io import DiskFullError, is_disk_full
 from selva_engine.model.flow import FlowMatching, sample_timesteps
 from selva_engine.training.options import TrainConfig
 
@@ -261,11 +263,26 @@ def split_clips(clips: Sequence[Any], val_clips: int | None, seed: int) -> tuple
     return [i for i in range(n) if i not in val], val
 
 def append_jsonl(path: Path, record: dict) -> None:
-    """Append one JSON line and flush it to disk (a torn last line is skipped by readers)."""
-    with path.open("a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    """Append one JSON line and fsync it. A failed write is cut off again (no torn line is
+    left behind when it can be helped); a full disk raises DiskFullError."""
+    data = memoryview((json.dumps(record) + "\n").encode("utf-8"))
+    fd, start = -1, 0  # start: the file's size before this line, in bytes
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        start = os.fstat(fd).st_size
+        while data:
+            data = data[os.write(fd, data):]
+        os.fsync(fd)
+    except OSError as exc:
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, start)
+        if is_disk_full(exc):
+            raise DiskFullError(path.parent) from exc
+        raise
+    finally:
+        if fd >= 0:
+            os.close(fd)
 
 
 class StepRunner:

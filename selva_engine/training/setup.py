@@ -10,6 +10,7 @@ the checkpoint, and the events follow this order.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -20,6 +21,7 @@ import torch
 from selva_engine.data.dataset import load_dataset
 from selva_engine.data.extract import ExtractedClip, FeatureCache, extract_clips
 from selva_engine.device import resolve_device
+from selva_engine.io import remove_temp_files
 from selva_engine.model.flow import FlowMatching
 from selva_engine.model.generator import Conditions, Generator, load_generator
 from selva_engine.model.lora import apply_lora, lora_parameters
@@ -67,15 +69,22 @@ class Resume(NamedTuple):
 
 
 def open_run(cfg: TrainConfig, events: EventFn | None) -> RunContext:
-    """Validate `cfg`, create the output directory, pick device and precision (a fallback is
-    a "warning" event) and resolve the variant's weight files. Raises TrainError on invalid
-    options or an unavailable device, MissingWeightsError when weights are missing."""
+    """Validate `cfg`, create the output directory and delete the temp files killed writes
+    left in it (a "cleanup" event), pick device and precision (a fallback is a "warning"
+    event) and resolve the variant's weight files. Raises TrainError on invalid options or
+    an unavailable device, MissingWeightsError when weights are missing."""
+    started = time.time()  # unix seconds; this run has written nothing yet
     problems = cfg.problems()
     if problems:
         raise TrainError("invalid training options: " + "; ".join(f"{k}: {m}" for k, m in problems))
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     log = EventLog(events, out_dir / "progress.jsonl")
+    # no other writer works in a run's directory when the run starts (the daemon runs one
+    # child per run and stops an orphan first), so every older temp file is a dead write's
+    removed = remove_temp_files(out_dir, before=started)
+    if removed:
+        log.emit({"event": "cleanup", "removed": sorted(p.name for p in removed)})
     variant = get_variant(cfg.variant)
     try:
         device = resolve_device(cfg.device)
@@ -215,11 +224,13 @@ def _clip_conditions(model: Generator, data: TrainData, lora_layers: list[str], 
 
 def resume_run(ctx: RunContext, parts: TrainParts, resume: Resume | None) -> RunState:
     """The run's starting state: fresh at step 0, or, when resuming, restored from the
-    checkpoint together with `parts` (weights, optimizer, RNGs, ...; a "resumed" event)."""
+    checkpoint together with `parts` (weights, optimizer, RNGs, ...; a "resumed" event).
+    progress.jsonl loses its records of later steps (and a torn last line)."""
     state = RunState()
     if resume:
         restore_checkpoint(resume.checkpoint, resume.path, parts, state, ctx.device)
         ctx.log.emit({"event": "resumed", "step": state.step, "checkpoint": str(resume.path)})
+    ctx.log.keep_until(state.step)  # the steps after it are trained (and logged) again
     return state
 
 

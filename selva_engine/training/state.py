@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from selva_engine.data.extract import ExtractedClip
+from selva_engine.io import atomic_write_text
 from selva_engine.model.flow import FlowMatching
 from selva_engine.model.generator import Conditions, Generator
 from selva_engine.model.lora import load_lora_state_dict
@@ -58,6 +59,29 @@ class EventLog:
     def append(self, record: dict) -> None:
         """Append `record` (with "time" first) to progress.jsonl, flushed to disk."""
         append_jsonl(self.progress_path, {"time": round(time.time(), 3), **record})
+
+    def keep_until(self, step: int) -> int:
+        """Drop the records of steps after `step` from progress.jsonl, and any torn line (a
+        write cut short by a kill), so that a resumed run logs each step once. Rewrites the
+        file atomically, only when something changes; returns the number of lines dropped."""
+        try:
+            text = self.progress_path.read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            return 0
+        lines = text.splitlines()
+        kept = [line for line in lines if _record_until(line, step)]
+        if len(kept) < len(lines) or (text and not text.endswith("\n")):
+            atomic_write_text(self.progress_path, "".join(line + "\n" for line in kept))
+        return len(lines) - len(kept)
+
+
+def _record_until(line: str, step: int) -> bool:
+    """Whether a progress.jsonl line is a whole record of a step up to `step` (or of none)."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(record, dict) and not (isinstance(record.get("step"), int) and record["step"] > step)
 
 
 @dataclass(frozen=True)

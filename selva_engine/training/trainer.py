@@ -23,6 +23,7 @@ them as JSON lines).
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -34,6 +35,7 @@ import numpy as np
 import torch
 
 from selva_engine.evaluation.evaluate import evaluate, specs_from_run_dir
+from selva_engine.io import DiskFullError, is_disk_full
 from selva_engine.model.lora import lora_state_dict, save_adapter
 from selva_engine.outputs import report
 from selva_engine.outputs.checkpoint import checkpoint_name
@@ -79,12 +81,20 @@ def train(
     """Train one LoRA adapter as `cfg` says; see the module docstring for outputs.
 
     Raises TrainError / DatasetError / MissingWeightsError with messages that name what was
-    looked for and the fix. Returns status "interrupted" (after saving a checkpoint of the
-    current step) when `stop` is set or SIGTERM/SIGINT arrives.
+    looked for and the fix, and DiskFullError when a write finds no space or a checkpoint
+    would not fit (the newest complete checkpoint stays the resume point). Returns status
+    "interrupted" (after saving a checkpoint of the current step) when `stop` is set or
+    SIGTERM/SIGINT arrives.
     """
     stopper = Stopper(stop, install_signal_handlers)
     try:
         return _train(cfg, stopper, events, codec_factory, text_factory)
+    except OSError as exc:  # a write outside selva_engine.io (a library's) on a full disk
+        if is_disk_full(exc) and not isinstance(exc, DiskFullError):
+            where = Path(os.fsdecode(exc.filename)).parent if isinstance(exc.filename, (str, bytes)) \
+                else Path(cfg.output_dir)
+            raise DiskFullError(where) from exc
+        raise
     finally:
         stopper.restore()
 
