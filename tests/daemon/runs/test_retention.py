@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from selva_engine.outputs.checkpoint import checkpoint_name, find_latest, save_checkpoint
 from selvad.runs.retention import checkpoints_to_prune, prune_run_dir
 
 
@@ -24,3 +30,38 @@ def test_prune_run_dir(tmp_path) -> None:
                                                           "adapter_step00002.pt"]
     assert prune_run_dir(tmp_path / "missing", 1) == []
 
+
+
+def _checkpoint(path: Path, step: int) -> None:
+    save_checkpoint(path / checkpoint_name(step), {"state_dict": {}, "optimizer": {},
+                                                   "scheduler": {}, "step": step})
+
+
+def test_prune_never_removes_the_newest_checkpoint_that_loads(tmp_path) -> None:
+    """The newest step files are unreadable (a disk failure, a copy cut short): the newest
+    one that loads is the only resume point and stays, whatever keep_last says."""
+    for step in (10, 20, 30):
+        _checkpoint(tmp_path, step)
+    (tmp_path / checkpoint_name(40)).write_bytes(b"PK\x03\x04 truncated")
+    (tmp_path / checkpoint_name(50)).write_bytes(b"")
+    removed = prune_run_dir(tmp_path, 1, finished=False)
+    assert sorted(p.name for p in removed) == [checkpoint_name(10), checkpoint_name(20),
+                                               checkpoint_name(40)]
+    assert find_latest(tmp_path)[1]["step"] == 30
+    removed = prune_run_dir(tmp_path, 1, finished=True)  # a finished run keeps it too
+    assert removed == [] and find_latest(tmp_path)[1]["step"] == 30
+    assert checkpoints_to_prune([checkpoint_name(s) for s in (1, 2, 3)], 1, finished=False,
+                                newest_loadable=checkpoint_name(1)) == [checkpoint_name(2)]
+
+
+def test_prune_removes_stale_temp_files_of_killed_writes(tmp_path) -> None:
+    fd, stale = tempfile.mkstemp(prefix=".adapter_step00120.pt.", suffix=".tmp", dir=tmp_path)
+    os.close(fd)
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
+    fd, fresh = tempfile.mkstemp(prefix=".sample_step00120.wav.", suffix=".tmp", dir=tmp_path)
+    os.close(fd)  # just written: a live writer may still own it
+    (tmp_path / "notes.tmp").write_bytes(b"x")
+    os.utime(tmp_path / "notes.tmp", (0, 0))
+    removed = prune_run_dir(tmp_path, 1)
+    assert [p.name for p in removed] == [Path(stale).name]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([Path(fresh).name, "notes.tmp"])
