@@ -1,18 +1,23 @@
 """The child-process side of a run: a trampoline into selva_engine.cli, and orphan clean-up.
 
-The worker starts ``python -m selvad.runs.child --parent PID <train|extract> ...``. The
-trampoline arms Linux's PR_SET_PDEATHSIG so that the trainer gets SIGTERM, saves a
-checkpoint of its current step and exits if the daemon dies (even by kill -9), then hands
-the remaining arguments to `selva_engine.cli.main` unchanged. `stop_orphan` is the daemon's
-start-up check that no child of an earlier daemon still writes into a run's directory.
+The worker starts ``python -m selvad.runs.child --parent PID [--validation TOML]
+<train|extract> ...``. The trampoline arms Linux's PR_SET_PDEATHSIG so that the trainer
+gets SIGTERM, saves a checkpoint of its current step and exits if the daemon dies (even by
+kill -9); with `--validation` it validates the training run's dataset into that file (work
+that takes seconds on a large dataset, kept off the daemon's main loop) and reports it as
+a "validation" event; then it hands the remaining arguments to `selva_engine.cli.main`
+unchanged. `stop_orphan` is the daemon's start-up check that no child of an earlier daemon
+still writes into a run's directory.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +25,7 @@ from selvad.config.daemon import DaemonConfig
 from selvad.runs.queue import Run
 from selvad.runs.rundir import state_dir_for
 
-__all__ = ["stop_orphan"]
+__all__ = ["main", "stop_orphan", "write_validation"]
 
 _PR_SET_PDEATHSIG = 1
 
@@ -109,13 +114,59 @@ class _PipeGuard:
         return getattr(self._stream, name)
 
 
-def main(argv: list[str]) -> int:
-    """`python -m selvad.runs.child --parent PID <train|extract> ...`: arm the parent-death
-    signal, then run selva_engine.cli with the remaining arguments; returns its status."""
-    if len(argv) >= 2 and argv[0] == "--parent":
-        _set_parent_death_signal(int(argv[1]))
+def _emit(event: dict[str, Any]) -> None:
+    print(json.dumps(event, default=str), flush=True)
+
+
+def write_validation(config_json: Path, out: Path) -> None:
+    """Validate the dataset of the training config in `config_json` (the run's JSON) into
+    `out` (validation.toml, atomic) and emit a "validation" event on stdout. Never raises:
+    the report is informational (the daemon validated before queueing) and must not keep
+    the run from training; a failure becomes a "warning" event, its traceback on stderr."""
+    try:
+        from selva_engine.training.options import TrainConfig
+        from selvad.datasets.validate import validate_dataset, write_report
+
+        cfg = TrainConfig.from_dict(json.loads(config_json.read_text()))
+        report = validate_dataset(cfg.data_dir, cfg.variant, config=cfg, targets=cfg.target)
+        write_report(report, out)
+    except Exception as exc:  # never fatal, see above
+        traceback.print_exc(file=sys.stderr)
+        _emit({"event": "warning", "message": f"could not write {out}: "
+                                              f"{type(exc).__name__}: {exc}"})
+        return
+    first = report.errors[0] if report.errors else None
+    _emit({"event": "validation", "path": str(out), "errors": len(report.errors),
+           "first": first.message if first else None,
+           "file": str(first.file) if first else None})
+
+
+def _trampoline_options(argv: list[str]) -> tuple[dict[str, str], list[str]]:
+    """The trampoline's own leading options (--parent, --validation) and the rest."""
+    options: dict[str, str] = {}
+    while len(argv) >= 2 and argv[0] in ("--parent", "--validation"):
+        options[argv[0][2:]] = argv[1]
         argv = argv[2:]
+    return options, argv
+
+
+def _config_json(argv: list[str]) -> Path | None:
+    if "--config_json" in argv[:-1]:
+        return Path(argv[argv.index("--config_json") + 1])
+    return None
+
+
+def main(argv: list[str]) -> int:
+    """`python -m selvad.runs.child --parent PID [--validation TOML] <train|extract> ...`:
+    arm the parent-death signal, write validation.toml when asked, then run
+    selva_engine.cli with the remaining arguments; returns its status."""
+    options, argv = _trampoline_options(argv)
+    if "parent" in options:
+        _set_parent_death_signal(int(options["parent"]))
     sys.stdout = _PipeGuard(sys.stdout)
+    config_json = _config_json(argv)
+    if "validation" in options and config_json is not None:
+        write_validation(config_json, Path(options["validation"]))
     from selva_engine.cli import main as engine_main
 
     return engine_main(argv)

@@ -8,6 +8,11 @@ States and the only legal moves (`transition` enforces them)::
     extracting | training -> queued     (daemon shutdown, or resume after a crash)
     failed | cancelled -> queued        (retry)
 
+A run queued again with `retry_at` (an automatic retry after its child was killed) waits
+until then: `next_run` and `claim` skip it while `not_before` lies in the future, and
+`auto_retries` counts those retries (a manual retry resets it). While a run is active its
+`error` column may hold a note for `selvad status` (e.g. that its child has stalled).
+
 The CLI never talks to the daemon directly: it writes rows into `requests` (cancel, retry,
 enqueue, skip) that the daemon reads with `pending_requests` and marks handled. Each thread
 gets its own connection; writes run in `BEGIN IMMEDIATE` transactions so that two
@@ -31,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from selvad.datasets.manifest import AUDIO_EXTENSIONS, dataset_manifest, manifest_hash
+from selvad.runs.queuedb import create_or_upgrade
 
 __all__ = [
     "ACTIONS",
@@ -60,46 +66,6 @@ _LEGAL: dict[str, tuple[str, ...]] = {
     "cancelled": ("queued",),
 }
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-    id TEXT PRIMARY KEY,
-    job TEXT NOT NULL,
-    sweep_id TEXT NOT NULL DEFAULT '',
-    dataset TEXT NOT NULL,
-    kind TEXT NOT NULL CHECK (kind IN ('train', 'extract')),
-    state TEXT NOT NULL CHECK (state IN
-        ('queued', 'extracting', 'training', 'done', 'failed', 'cancelled')),
-    priority INTEGER NOT NULL DEFAULT 0,
-    config_json TEXT NOT NULL,
-    config_hash TEXT NOT NULL,
-    manifest_json TEXT NOT NULL,
-    manifest_hash TEXT NOT NULL,
-    created_at REAL NOT NULL,      -- unix seconds
-    started_at REAL,
-    finished_at REAL,
-    error TEXT,
-    output_dir TEXT,
-    step INTEGER,
-    total_steps INTEGER,
-    loss REAL,
-    samples_per_s REAL,
-    eta_s REAL,                    -- seconds
-    updated_at REAL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    pid INTEGER
-);
-CREATE INDEX IF NOT EXISTS runs_state ON runs (state, kind, priority, created_at);
-CREATE INDEX IF NOT EXISTS runs_identity ON runs (job, sweep_id, kind, config_hash, manifest_hash);
-CREATE TABLE IF NOT EXISTS requests (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    action TEXT NOT NULL CHECK (action IN ('cancel', 'retry', 'enqueue', 'skip')),
-    run_id TEXT,
-    job TEXT,
-    created_at REAL NOT NULL,
-    handled_at REAL,
-    result TEXT
-);
-"""
 
 
 class IllegalTransition(ValueError):
@@ -146,11 +112,14 @@ class Run:
     updated_at: float | None = None
     attempts: int = 0
     pid: int | None = None
+    not_before: float | None = None
+    auto_retries: int = 0
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Run:
-        """Decode a database row (JSON columns parsed)."""
-        d = dict(row)
+        """Decode a database row (JSON columns parsed; columns of a newer version that
+        this one does not know are ignored)."""
+        d = {k: row[k] for k in row.keys() if k in _RUN_COLUMNS}
         d["config"] = json.loads(d.pop("config_json"))
         d["manifest"] = json.loads(d.pop("manifest_json"))
         return cls(**d)
@@ -161,6 +130,9 @@ class Run:
         if not with_manifest:
             d.pop("manifest")
         return d
+
+
+_RUN_COLUMNS = {f.name for f in fields(Run)} | {"config_json", "manifest_json"}
 
 
 @dataclass(frozen=True)
@@ -198,7 +170,7 @@ class RunQueue:
         self.busy_timeout = busy_timeout
         self._local = threading.local()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn().executescript(_SCHEMA)
+        create_or_upgrade(self._conn())
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -275,34 +247,40 @@ class RunQueue:
         row = self._conn().execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()
         return Run.from_row(row) if row else None
 
-    def next_run(self) -> Run | None:
-        """The queued run to start next: extraction runs first, then priority, then age."""
+    def next_run(self, now: float | None = None) -> Run | None:
+        """The queued run to start next: extraction runs first, then priority, then age;
+        runs waiting for an automatic retry (`not_before` after `now`) are skipped."""
         row = self._conn().execute(
-            "SELECT * FROM runs WHERE state='queued' ORDER BY kind='extract' DESC,"
-            " priority DESC, created_at ASC, id ASC LIMIT 1"
+            "SELECT * FROM runs WHERE state='queued' AND (not_before IS NULL OR not_before<=?)"
+            " ORDER BY kind='extract' DESC, priority DESC, created_at ASC, id ASC LIMIT 1",
+            (time.time() if now is None else now,),
         ).fetchone()
         return Run.from_row(row) if row else None
 
     def claim(self, run_id: str, pid: int | None = None) -> Run | None:
         """Move a queued run to `extracting` for this process; None if it is not queued
-        any more (someone else claimed or cancelled it). Counts an attempt."""
+        any more (someone else claimed or cancelled it) or still waits for its automatic
+        retry time. Counts an attempt."""
         now = time.time()
         with self._write() as db:
             cur = db.execute(
                 "UPDATE runs SET state='extracting', started_at=?, updated_at=?, pid=?,"
-                " attempts=attempts+1, finished_at=NULL, error=NULL"
-                " WHERE id=? AND state='queued'",
-                (now, now, os.getpid() if pid is None else pid, run_id),
+                " attempts=attempts+1, finished_at=NULL, error=NULL, not_before=NULL"
+                " WHERE id=? AND state='queued' AND (not_before IS NULL OR not_before<=?)",
+                (now, now, os.getpid() if pid is None else pid, run_id, now),
             )
             claimed = cur.rowcount == 1
         return self.get(run_id) if claimed else None
 
     def set_state(self, run_id: str, new: str, error: str | None = None,
-                  output_dir: str | None = None) -> Run:
+                  output_dir: str | None = None, retry_at: float | None = None) -> Run:
         """Change a run's state through `transition` (raising IllegalTransition or KeyError).
 
         Final states set `finished_at`; `error` is kept on `failed`; going back to
-        `queued` clears the pid, finish time and error. `output_dir` is stored when given.
+        `queued` clears the pid and finish time and stores `error` (the reason, or None).
+        `retry_at` (unix seconds, `queued` only) makes it an automatic retry: the run waits
+        until then and `auto_retries` counts up; a retry of a failed or cancelled run
+        without it (the user's) resets that count. `output_dir` is stored when given.
         """
         now = time.time()
         with self._write() as db:
@@ -310,16 +288,20 @@ class RunQueue:
             if row is None:
                 raise KeyError(f"no run with id {run_id!r}")
             transition(row["state"], new)
-            sets = {"state": new, "updated_at": now}
+            sets: dict[str, Any] = {"state": new, "updated_at": now}
             if new in TERMINAL:
                 sets.update(finished_at=now, pid=None, error=error)
             elif new == "queued":
-                sets.update(finished_at=None, pid=None, error=None)
+                sets.update(finished_at=None, pid=None, error=error, not_before=retry_at)
+                if retry_at is None and row["state"] in TERMINAL:
+                    sets["auto_retries"] = 0
             elif error is not None:
                 sets["error"] = error
             if output_dir is not None:
                 sets["output_dir"] = output_dir
             cols = ", ".join(f"{k}=?" for k in sets)
+            if new == "queued" and retry_at is not None:
+                cols += ", auto_retries=auto_retries+1"
             db.execute(f"UPDATE runs SET {cols} WHERE id=?", (*sets.values(), run_id))
         run = self.get(run_id)
         assert run is not None
@@ -336,6 +318,13 @@ class RunQueue:
         cols = ", ".join(f"{k}=?" for k in sets)
         with self._write() as db:
             db.execute(f"UPDATE runs SET {cols} WHERE id=?", (*sets.values(), run_id))
+
+    def set_note(self, run_id: str, note: str | None) -> None:
+        """Show `note` (None clears it) in the `error` column of an active run, e.g. that
+        its child stalled; a run that has ended keeps its own error."""
+        with self._write() as db:
+            db.execute("UPDATE runs SET error=?, updated_at=? WHERE id=? AND state IN (?, ?)",
+                       (note, time.time(), run_id, *ACTIVE))
 
     def list_runs(self, job: str | None = None, states: Iterable[str] | None = None,
                   limit: int | None = None) -> list[Run]:

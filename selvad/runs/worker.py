@@ -3,17 +3,23 @@
 A run never executes inside the daemon: `RunProcess.start()` prepares the run directory and
 starts ``python -m selvad.runs.child <train|extract> ...`` (a trampoline into `selva_engine.cli`
 that makes the child checkpoint and stop if the daemon dies, see selvad.runs.child) in its own
-process group. A crash, an out-of-memory kill or a
-bad dataset therefore fails that run only. The child's stdout is one JSON event per line
-(see selva_engine.cli); a reader thread turns them into queue state changes
-(`extracting` -> `training` on "train_start"), progress rows and structured log events,
-and stderr goes to `worker.log`. When the child exits the run ends:
+process group; the child also writes `validation.toml` (so the daemon's main loop never
+re-validates a large dataset itself). A crash, an out-of-memory kill or a bad dataset
+therefore fails that run only. The child's stdout is one JSON event per line (see
+selva_engine.cli); a reader thread turns them into queue state changes (`extracting` ->
+`training` on "train_start"), progress rows and structured log events, and stderr goes to
+`worker.log`. The reader never waits for the queue database (a `RowWriter` thread writes
+and retries, see selvad.runs.rowwriter), so the child never blocks on a full pipe. A
+child silent for `STALL_AFTER` seconds is logged once as `run.stalled` and noted on its
+row for `selvad status`. When the child exits the run ends:
 
 =========  ================================================================================
 exit 0     done (then retention prunes old step checkpoints; final/best are never touched)
 exit 3     queued again when the daemon is stopping (resumed from its checkpoint next time),
            cancelled when a cancel was asked for (SIGTERM makes the trainer save the
            current step first); a SIGTERM before training began counts the same
+SIGKILL    not sent by the daemon (the OOM killer): queued again after a delay, a bounded
+           number of times, then failed with the fix (see selvad.runs.exits)
 otherwise  failed: the last "error" event's message (or how the process ended and the last
            exception line of stderr) as one line, plus the path of the run's log
 =========  ================================================================================
@@ -25,7 +31,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -36,11 +41,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from selva_engine.training.options import TrainConfig
 from selvad.config.daemon import DaemonConfig
 from selvad.log import get_logger
+from selvad.runs.exits import (
+    describe_exit,
+    kill_cause,
+    last_exception_line,
+    one_line,
+    oom_kill_count,
+    sigkill_verdict,
+)
 from selvad.runs.queue import Run, RunQueue
 from selvad.runs.retention import prune_run_dir
+from selvad.runs.rowwriter import RowWriter
 from selvad.runs.rundir import (
     atomic_write,
     child_device,
@@ -52,13 +65,15 @@ from selvad.runs.rundir import (
 )
 from selvad.runs.sweeps import update_sweep_summary
 
-__all__ = ["EXIT_INTERRUPTED", "Outcome", "RunProcess", "describe_exit", "last_exception_line",
-           "one_line"]
+__all__ = ["EXIT_INTERRUPTED", "STALL_AFTER", "Outcome", "RunProcess", "describe_exit",
+           "last_exception_line", "one_line"]
 
 EXIT_INTERRUPTED = 3  # selva_engine.cli: a checkpoint of the current step was saved
 STDERR_TAIL = 20  # lines of stderr searched for the exception of a crashed run
-MESSAGE_LIMIT = 300  # characters of a failed run's error sentence
-_EXC_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b(: .*)?$")
+# seconds without one line from the child before its run counts as stalled: far above the
+# longest silence of a healthy child (loading a large model, a checkpoint's evaluation and
+# sample on a CPU, a log interval of slow steps)
+STALL_AFTER = 30 * 60.0
 
 
 @dataclass(frozen=True)
@@ -66,47 +81,21 @@ class Outcome:
     """How a run ended: the new queue state, the error (failed only) and the exit code."""
 
     state: str  # "done" | "failed" | "cancelled" | "queued"
-    error: str | None = None
+    error: str | None = None  # failed: why; queued by an automatic retry: the reason
     exit_code: int | None = None
-
-
-def describe_exit(code: int, kind: str = "train") -> str:
-    """Words for a child's exit status (negative = killed by that signal); `kind` is the
-    run's kind ("train" or "extract"), so the sentence names the right process."""
-    process = "training" if kind == "train" else "extraction"
-    if code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = f"signal {-code}"
-        hint = " (out of memory? see dmesg)" if -code == signal.SIGKILL else ""
-        return f"the {process} process was killed by {name}{hint}"
-    return f"the {process} process exited with status {code}"
-
-
-def one_line(text: str, limit: int = MESSAGE_LIMIT) -> str:
-    """`text` (an exception's message, possibly several lines) as one line of at most
-    `limit` characters, for `selvad status`."""
-    flat = " ".join(part.strip() for part in text.splitlines() if part.strip())
-    return flat if len(flat) <= limit else flat[: limit - 1].rstrip() + "…"
-
-
-def last_exception_line(lines: list[str]) -> str | None:
-    """The last 'SomeError: message' line of a traceback in `lines` (stderr), if any."""
-    for line in reversed(lines):
-        if _EXC_LINE.match(line):
-            return line.strip()
-    return None
+    retry_at: float | None = None  # unix seconds: an automatic retry starts then
 
 
 class RunProcess:
     """One run of `queue` (already claimed: state `extracting`) in a child process.
 
     `start()` writes the run's files and starts the child; `cancel()` / `interrupt()` ask
-    it to stop (SIGTERM: checkpoint, then exit 3); `wait()` returns the Outcome once the
-    child is gone and the queue row is final. All queue writes for the run happen on the
-    reader thread, except the finishing one, done by whichever thread calls `wait()` first.
+    it to stop (SIGTERM: checkpoint, then exit 3); `check_stall()` notes a silent child;
+    `wait()` returns the Outcome once the child is gone and the queue row is final. The
+    reader thread hands every queue write for the run to its RowWriter, the final one too.
     """
+
+    stall_after = STALL_AFTER  # seconds; tests lower it
 
     def __init__(self, run: Run, queue: RunQueue, cfg: DaemonConfig) -> None:
         self.run, self.queue, self.cfg = run, queue, cfg
@@ -122,8 +111,14 @@ class RunProcess:
         self.step: int | None = run.step
         self.total_steps: int | None = run.total_steps
         self.last_error: str | None = None
+        self.last_output = time.monotonic()  # when the child last wrote a line
+        self.stalled = False
+        self._stall_lock = threading.Lock()  # the reader clears what the main loop sets
+        self._oom_before: int | None = None
         self._stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL)
         self._reader: threading.Thread | None = None
+        self._writer: RowWriter | None = None
+        self._decided: Outcome | None = None
         self._outcome: Outcome | None = None
         self._lock = threading.Lock()
 
@@ -136,9 +131,10 @@ class RunProcess:
             cfg_json = self.private / "config.json"
             atomic_write(cfg_json, json.dumps(cfg.to_dict(), indent=2) + "\n")
             write_run_toml(self.out_dir / "run.toml", self.run, cfg)
-            self._write_validation(cfg)
-            # every option, data_dir included, is read from the JSON file
-            return [*trampoline, "train", "--config_json", str(cfg_json), "--json"]
+            # the child validates the dataset into validation.toml: slow on large datasets,
+            # so not here on the daemon's main loop; every option is read from the JSON file
+            return [*trampoline, "--validation", str(self.out_dir / "validation.toml"),
+                    "train", "--config_json", str(cfg_json), "--json"]
         device, _ = child_device(self.cfg.device.name)
         return [*trampoline, "extract", "--data_dir", str(self.run.config["data_dir"]),
                 "--variant", str(self.run.config["variant"]),
@@ -146,19 +142,10 @@ class RunProcess:
                 "--cache_dir", str(self.cfg.paths.effective_cache_dir),
                 "--device", device, "--json"]
 
-    def _write_validation(self, cfg: TrainConfig) -> None:
-        from selvad.datasets.validate import validate_dataset, write_report
-
-        report = validate_dataset(cfg.data_dir, cfg.variant, config=cfg, targets=cfg.target)
-        write_report(report, self.out_dir / "validation.toml")
-        if not report.ok:  # the daemon validated before queueing; the data changed since
-            self.log.warning("run.validation_errors", errors=len(report.errors),
-                             first=report.errors[0].message, file=report.errors[0].file)
-
     def start(self) -> None:
-        """Prepare the run directory (run.toml, validation.toml, `latest` link for training
-        runs) and start the child. Raises OSError when the child cannot be started; the
-        caller records that as a failed run."""
+        """Prepare the run directory (run.toml, `latest` link for training runs) and start
+        the child (which writes validation.toml). Raises OSError when the child cannot be
+        started; the caller records that as a failed run."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.private.mkdir(parents=True, exist_ok=True)
         if self.is_train:
@@ -169,6 +156,7 @@ class RunProcess:
                if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS")}
         env.update(extra_env)
         env["PYTHONUNBUFFERED"] = "1"
+        self._oom_before = oom_kill_count()
         with open(self.out_dir / "worker.log", "ab") as err:
             err.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} attempt {self.run.attempts}: "
                       f"{' '.join(cmd)}\n".encode())
@@ -178,44 +166,67 @@ class RunProcess:
         atomic_write(self.private / "child.pid", f"{self.proc.pid}\n")
         self.log.info("run.child_started", pid=self.proc.pid, output_dir=str(self.out_dir),
                       attempt=self.run.attempts)
+        self.last_output = time.monotonic()
+        self._writer = RowWriter(self.queue, self.run.id, self.log)
         self._reader = threading.Thread(target=self._read, name=f"run-{self.run.id}", daemon=True)
         self._reader.start()
 
     # -- events --------------------------------------------------------------------------
 
     def _read(self) -> None:
+        """The reader thread: drain the child's stdout to the end, whatever goes wrong
+        with one line (the child would block on a full pipe if this thread died)."""
         assert self.proc is not None and self.proc.stdout is not None
-        for raw in self.proc.stdout:
-            line = raw.decode("utf-8", "replace").strip()
-            if not line:
-                continue
+        while True:
             try:
-                event = json.loads(line)
-            except json.JSONDecodeError:
-                event = None
-            if not isinstance(event, dict) or "event" not in event:
-                self.log.debug("run.child_output", line=line[:500])
-                continue
+                raw = self.proc.stdout.readline()
+            except (OSError, ValueError):
+                self.log.exception("run.read_failed")
+                return
+            if not raw:
+                return
             try:
-                self._on_event(event)
-            except Exception:  # a queue hiccup must not kill the reader (the child would block)
-                self.log.exception("run.event_failed", event=event.get("event"))
+                self._on_line(raw.decode("utf-8", "replace").strip())
+            except Exception:  # never fatal: log it (the child_event field is ours)
+                self.log.exception("run.event_failed", child_event=raw[:200].decode("utf-8", "replace"))
+
+    def _on_line(self, line: str) -> None:
+        if not line:
+            return
+        with self._stall_lock:
+            self.last_output = time.monotonic()
+            if self.stalled:
+                self.stalled = False
+                self.log.info("run.unstalled", step=self.step)
+                self._write().note(None)
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:
+            event = None
+        if not isinstance(event, dict) or "event" not in event:
+            self.log.debug("run.child_output", line=line[:500])
+            return
+        self._on_event(event)
+
+    def _write(self) -> RowWriter:
+        assert self._writer is not None
+        return self._writer
 
     def _on_event(self, ev: dict[str, Any]) -> None:
         kind = ev["event"]
         if kind == "train_start":
             self.total_steps, self.step = ev.get("steps"), ev.get("step")
             if self.state == "extracting":
-                self.queue.set_state(self.run.id, "training", output_dir=str(self.out_dir))
+                self._write().state("training", output_dir=str(self.out_dir))
                 self.state = "training"
                 self.log.info("run.state", state="training", step=self.step,
                               steps=self.total_steps, device=ev.get("device"))
-            self.queue.update_progress(self.run.id, step=self.step, total_steps=self.total_steps)
+            self._write().progress(step=self.step, total_steps=self.total_steps)
         elif kind == "progress":
             self.step, self.total_steps = ev.get("step"), ev.get("steps")
-            self.queue.update_progress(self.run.id, step=self.step, total_steps=self.total_steps,
-                                       loss=ev.get("loss"), samples_per_s=ev.get("samples_per_s"),
-                                       eta_s=ev.get("eta_s"))
+            self._write().progress(step=self.step, total_steps=self.total_steps,
+                                   loss=ev.get("loss"), samples_per_s=ev.get("samples_per_s"),
+                                   eta_s=ev.get("eta_s"))
             self.log.info("run.progress", step=self.step, steps=self.total_steps,
                           loss=ev.get("loss"), smoothed_loss=ev.get("smoothed_loss"),
                           lr=ev.get("lr"), samples_per_s=ev.get("samples_per_s"),
@@ -231,11 +242,40 @@ class RunProcess:
         elif kind == "error":
             self.last_error = str(ev.get("message") or ev.get("error") or "unknown error")
             self.log.error("run.child_error", error=self.last_error)
+        else:
+            self._on_other_event(kind, ev)
+
+    def _on_other_event(self, kind: str, ev: dict[str, Any]) -> None:
+        fields = {k: v for k, v in ev.items() if k not in ("event", "time")}
+        if kind == "validation" and ev.get("errors"):
+            # the daemon validated before queueing; the data changed since
+            self.log.warning("run.validation_errors", **fields)
         elif kind in ("extract_start", "extract_done", "interrupted", "done"):
-            fields = {k: v for k, v in ev.items() if k not in ("event", "time")}
             self.log.info(f"run.{kind}", **fields)
-        else:  # extract_progress and anything new
-            self.log.debug(f"run.{kind}", **{k: v for k, v in ev.items() if k != "event"})
+        else:  # extract_progress, validation without errors and anything new
+            self.log.debug(f"run.{kind}", **fields)
+
+    def check_stall(self, now: float | None = None) -> bool:
+        """Called from the main loop: True (and logged once as `run.stalled`, noted on the
+        run's row for `selvad status`) when the child has written nothing for
+        `stall_after` seconds; a later line clears it."""
+        with self._stall_lock:
+            now = time.monotonic() if now is None else now
+            silent = now - self.last_output
+            if self.stalled or self._writer is None or silent < self.stall_after:
+                return self.stalled
+            self.stalled = True
+            self._note_stall(silent)
+            return True
+
+    def _note_stall(self, silent: float) -> None:
+        minutes = max(1, round(silent / 60))
+        self.log.warning("run.stalled", silent_s=round(silent), step=self.step, pid=self.pid,
+                         fix=f"see {self.out_dir / 'worker.log'}; `selvad cancel {self.run.id}` "
+                             "stops it")
+        self._write().note(f"stalled: no output from the {self.run.kind} process for "
+                           f"{minutes} min (step {self.step or 0}); see "
+                           f"{self.out_dir / 'worker.log'} or `selvad cancel {self.run.id}`")
 
     # -- control -------------------------------------------------------------------------
 
@@ -272,23 +312,34 @@ class RunProcess:
     # -- end -----------------------------------------------------------------------------
 
     def poll(self) -> Outcome | None:
-        """The Outcome if the child has exited (finishing the run), else None; no waiting."""
+        """The Outcome if the child has exited and its row is final, else None; no waiting."""
         return self.wait(0)
 
     def wait(self, timeout: float | None = None) -> Outcome | None:
-        """Wait up to `timeout` seconds (None = forever) for the child; on exit record the
-        final state in the queue (once), run retention, and return the Outcome."""
+        """Wait up to `timeout` seconds (None = forever) for the child and for its final
+        queue write (retried while the database is busy), then (once) run retention and
+        return the Outcome; None while either is still pending."""
         with self._lock:
             if self._outcome is not None:
                 return self._outcome
-            assert self.proc is not None
+            assert self.proc is not None and self._writer is not None
+            deadline = None if timeout is None else time.monotonic() + timeout
             try:
                 code = self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 return None
-            if self._reader is not None:
-                self._reader.join(timeout=30)  # the last events (error, done) are read
-            self._outcome = self._finish(code)
+            if self._decided is None:
+                if self._reader is not None:
+                    self._reader.join(timeout=30)  # the last events (error, done) are read
+                self._decided = self._decide(code)
+                out_dir = str(self.out_dir) if self.is_train else None
+                self._writer.final(self._decided.state, self._decided.error, out_dir,
+                                   self._decided.retry_at)
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not self._writer.flush(left):
+                return None  # the database is busy: the writer retries; so does the caller
+            self._writer.close()
+            self._outcome = self._finish(self._decided)
             return self._outcome
 
     def _decide(self, code: int) -> Outcome:
@@ -300,9 +351,16 @@ class RunProcess:
             return Outcome("cancelled", exit_code=code)
         if stopped:
             return Outcome("queued", exit_code=code)
-        if code == -signal.SIGKILL and (self.cancel_requested or self.stop_requested):
-            return Outcome("cancelled" if self.cancel_requested else "queued", exit_code=code)
         log = self.out_dir / "worker.log"
+        if code == -signal.SIGKILL:
+            if self.cancel_requested or self.stop_requested:  # our own kill after a timeout
+                return Outcome("cancelled" if self.cancel_requested else "queued", exit_code=code)
+            process = "training" if self.is_train else "extraction"
+            state, why, retry_at = sigkill_verdict(process, kill_cause(self._oom_before,
+                                                                       oom_kill_count()),
+                                                   self.run.auto_retries)
+            return Outcome(state, error=f"{why}; the full log is {log}", exit_code=code,
+                           retry_at=retry_at)
         if self.last_error:
             error = one_line(self.last_error)
         else:
@@ -320,14 +378,15 @@ class RunProcess:
             return []
         return [ln for ln in lines if ln.strip()][-STDERR_TAIL:]
 
-    def _finish(self, code: int) -> Outcome:
-        outcome = self._decide(code)
-        out_dir = str(self.out_dir) if self.is_train else None
-        self.queue.set_state(self.run.id, outcome.state, error=outcome.error, output_dir=out_dir)
+    def _finish(self, outcome: Outcome) -> Outcome:
+        """After the final row is written: pid file, the log line, retention, sweeps."""
         (self.private / "child.pid").unlink(missing_ok=True)
-        fields: dict[str, Any] = {"state": outcome.state, "exit_code": code, "step": self.step}
+        fields: dict[str, Any] = {"state": outcome.state, "exit_code": outcome.exit_code,
+                                  "step": self.step}
         if outcome.error:
             fields["error"] = outcome.error
+        if outcome.retry_at is not None:
+            fields["retry_in_s"] = round(outcome.retry_at - time.time())
         (self.log.error if outcome.state == "failed" else self.log.info)("run.state", **fields)
         if self.is_train and outcome.state in ("done", "failed", "cancelled"):
             self.prune(finished=outcome.state == "done")

@@ -18,9 +18,12 @@ The queue refuses duplicates (same job, config hash and dataset manifest), so re
 files and unchanged job files queue nothing. SIGTERM/SIGINT: STOPPING=1, the child is asked
 to checkpoint, its run goes back to `queued` and the daemon exits 0; the next start
 resumes it. Runs found `extracting`/`training` at start-up (the daemon died) are requeued.
-Before anything else the daemon checks that audio resampling works (the probe of
-`selva_engine.audio.stack`, as `selvad doctor` does); when it does not, it logs
-`daemon.audio_stack_broken` with the fix and exits 78 without ever sending READY=1.
+Before touching anything the daemon locks its state directory (selvad.runs.statelock): a
+second daemon on the same state directory logs `daemon.already_running` with the pid of
+the first and exits 75 without sending READY=1 (CLI commands never take that lock). Then
+it checks that audio resampling works (the probe of `selva_engine.audio.stack`, as
+`selvad doctor` does); when it does not, it logs `daemon.audio_stack_broken` with the fix
+and exits 78 without ever sending READY=1.
 """
 
 from __future__ import annotations
@@ -45,12 +48,13 @@ from selvad.runs.child import stop_orphan
 from selvad.runs.queue import ACTIVE, Run, RunQueue, dataset_manifest, manifest_hash
 from selvad.runs.retention import prune_run_dir
 from selvad.runs.schedule import build_scheduler, reschedule
+from selvad.runs.statelock import StateDirLocked, StateLock
 from selvad.runs.worker import RunProcess
 from selvad.service import notify
 from selvad.service.events import EventHandler
 from selvad.service.requests import RequestHandler
 
-__all__ = ["EXIT_BROKEN_INSTALL", "STOP_TIMEOUT", "TICK", "Daemon", "run"]
+__all__ = ["EXIT_BROKEN_INSTALL", "EXIT_LOCKED", "STOP_TIMEOUT", "TICK", "Daemon", "run"]
 
 TICK = 0.25  # seconds between main-loop passes when nothing wakes it earlier
 STOP_TIMEOUT = 100.0  # seconds a stopping child may take to checkpoint (unit: 120 s)
@@ -58,6 +62,8 @@ STATUS_EVERY = 2.0  # seconds between STATUS= updates
 # The install cannot work (torchaudio's library does not load): EX_CONFIG, which the unit's
 # RestartPreventExitStatus= names so systemd does not restart a broken install in a loop.
 EXIT_BROKEN_INSTALL = 78
+# Another daemon holds the state directory: EX_TEMPFAIL (systemd may try again later).
+EXIT_LOCKED = 75
 
 
 class Daemon:
@@ -83,6 +89,7 @@ class Daemon:
         self._stop = False
         self._reload = False
         self.hashes: FileHashCache | None = None  # under state_dir, opened on first use
+        self.state_lock: StateLock | None = None  # held from start-up to the end of run()
         self._last_status = ("", 0.0)
         self._last_watchdog = 0.0
         self._window_was_open: bool | None = None
@@ -160,8 +167,34 @@ class Daemon:
     # -- main loop -----------------------------------------------------------------------
 
     def run(self) -> int:
-        """Run until SIGTERM/SIGINT; returns the exit status (0 after a clean stop)."""
+        """Run until SIGTERM/SIGINT; returns the exit status (0 after a clean stop,
+        EXIT_LOCKED when another daemon holds the state directory, EXIT_BROKEN_INSTALL)."""
         setup_logging(self.cfg.logging.format, self.cfg.logging.level)
+        if not self._lock_state_dir():
+            return EXIT_LOCKED
+        try:
+            return self._serve()
+        finally:
+            assert self.state_lock is not None
+            self.state_lock.release()
+
+    def _lock_state_dir(self) -> bool:
+        """Take the state directory's lock before touching anything in it; False (logged
+        with the holder's pid) when another daemon holds it."""
+        state_dir = self.cfg.paths.state_dir
+        try:
+            self.state_lock = StateLock.acquire(state_dir)
+        except StateDirLocked as exc:
+            self.log.error("daemon.already_running", pid=exc.pid, state_dir=str(state_dir),
+                           config=str(self.config_path), message=str(exc))
+            notify.status(f"not started: another selvad (pid {exc.pid}) uses {state_dir}")
+            return False
+        except OSError as exc:
+            raise OSError(f"{self.config_path}:paths.state_dir: cannot lock {state_dir} "
+                          f"({exc.strerror or exc}); fix its permissions or the path") from exc
+        return True
+
+    def _serve(self) -> int:
         stack = check_audio_stack()  # clips at another rate than the model's need it
         if not stack.ok:
             self.log.error("daemon.audio_stack_broken", problem=stack.problem, fix=stack.fix,
@@ -223,8 +256,9 @@ class Daemon:
         if run is None or run.kind == "extract" or self.training_allowed(run):
             self._note_window(True)
             return run
+        now = time.time()
         for other in self.queue.list_runs(states=["queued"]):
-            if other.id in self.skip_window:
+            if other.id in self.skip_window and (other.not_before or 0) <= now:
                 return other
         self._note_window(False)
         return None
@@ -262,9 +296,13 @@ class Daemon:
         self.current = proc
 
     def _check_current(self) -> None:
-        if self.current is not None and self.current.poll() is not None:
+        if self.current is None:
+            return
+        if self.current.poll() is not None:
             self.current = None
             self.wake.set()  # start the next run right away
+        else:
+            self.current.check_stall()
 
     def retention(self) -> None:
         """Prune old step checkpoints of finished runs (and old run directories when
@@ -330,7 +368,9 @@ class Daemon:
         if cur is None:
             return f"idle; {queued} queued"
         step = f" step {cur.step}/{cur.total_steps}" if cur.step is not None else ""
-        return f"{cur.state} {cur.run.kind} {cur.run.id} ({cur.run.job}){step}; {queued} queued"
+        stalled = " STALLED (no output)" if cur.stalled else ""
+        return (f"{cur.state} {cur.run.kind} {cur.run.id} ({cur.run.job}){step}{stalled}; "
+                f"{queued} queued")
 
     def _feed_watchdog(self, now: float) -> None:
         interval = notify.watchdog_interval()

@@ -1,0 +1,77 @@
+"""The queue database's tables (see selvad.runs.queue) and their upgrades.
+
+`create_or_upgrade` creates missing tables and adds the columns newer than an existing
+database. It only reads when the database is up to date, so opening the queue never needs
+the write lock: `selvad status` answers while another connection holds it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+__all__ = ["ADDED_COLUMNS", "SCHEMA", "create_or_upgrade"]
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    job TEXT NOT NULL,
+    sweep_id TEXT NOT NULL DEFAULT '',
+    dataset TEXT NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('train', 'extract')),
+    state TEXT NOT NULL CHECK (state IN
+        ('queued', 'extracting', 'training', 'done', 'failed', 'cancelled')),
+    priority INTEGER NOT NULL DEFAULT 0,
+    config_json TEXT NOT NULL,
+    config_hash TEXT NOT NULL,
+    manifest_json TEXT NOT NULL,
+    manifest_hash TEXT NOT NULL,
+    created_at REAL NOT NULL,      -- unix seconds
+    started_at REAL,
+    finished_at REAL,
+    error TEXT,
+    output_dir TEXT,
+    step INTEGER,
+    total_steps INTEGER,
+    loss REAL,
+    samples_per_s REAL,
+    eta_s REAL,                    -- seconds
+    updated_at REAL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    pid INTEGER,
+    not_before REAL,               -- unix seconds: an automatic retry waits until then
+    auto_retries INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS runs_state ON runs (state, kind, priority, created_at);
+CREATE INDEX IF NOT EXISTS runs_identity ON runs (job, sweep_id, kind, config_hash, manifest_hash);
+CREATE TABLE IF NOT EXISTS requests (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    action TEXT NOT NULL CHECK (action IN ('cancel', 'retry', 'enqueue', 'skip')),
+    run_id TEXT,
+    job TEXT,
+    created_at REAL NOT NULL,
+    handled_at REAL,
+    result TEXT
+);
+"""
+
+# (name, declaration) of the columns added to `runs` after 0.1, in the order they came
+ADDED_COLUMNS = (("not_before", "REAL"), ("auto_retries", "INTEGER NOT NULL DEFAULT 0"))
+
+
+def create_or_upgrade(conn: sqlite3.Connection) -> None:
+    """Create the tables on `conn` (autocommit mode) if missing and add the missing
+    columns in one write transaction; no write when nothing is missing."""
+    conn.executescript(SCHEMA)
+    have = {row[1] for row in conn.execute("PRAGMA table_info(runs)")}
+    if all(name in have for name, _ in ADDED_COLUMNS):
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        have = {row[1] for row in conn.execute("PRAGMA table_info(runs)")}
+        for name, decl in ADDED_COLUMNS:
+            if name not in have:
+                conn.execute(f"ALTER TABLE runs ADD COLUMN {name} {decl}")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
