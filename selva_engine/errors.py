@@ -7,20 +7,29 @@ into report entries; the trainer raises the first one (or collects all of them).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+from selva_engine.io import OutsideRootError, SpecialFileError
 
 __all__ = [
     "AmbiguousAudioError",
+    "ArrayTooLargeError",
     "AudioFileError",
     "DatasetError",
     "EmptyDatasetError",
     "FeatureFileError",
+    "LinkOutsideError",
     "MissingAudioError",
+    "NotRegularFileError",
     "OrphanAudioError",
     "PairingError",
     "PickledDataError",
     "PromptEntryError",
+    "PromptNameError",
     "PromptsFileError",
+    "UnreadableFileError",
+    "open_error",
 ]
 
 
@@ -62,6 +71,13 @@ class PickledDataError(FeatureFileError):
     code = "pickled-data"
 
 
+class ArrayTooLargeError(FeatureFileError):
+    """An `.npz` array declares a shape or string length far beyond what a clip can hold
+    (e.g. a compressed bomb: 1 MB on disk, gigabytes once loaded); it is never loaded."""
+
+    code = "array-too-large"
+
+
 class AudioFileError(DatasetError):
     """An audio file is unreadable, not audio, or empty."""
 
@@ -98,6 +114,32 @@ class PromptsFileError(DatasetError):
     code = "prompts"
 
 
+class PromptNameError(PromptsFileError):
+    """A `prompts.txt` line names a path (with '/', '\\', '..', NUL or absolute), not the
+    plain name of a file in the dataset; the line is never used."""
+
+    code = "prompts-bad-name"
+
+
+class NotRegularFileError(DatasetError):
+    """A clip file or prompts.txt is a FIFO, socket, device or directory; never opened."""
+
+    code = "not-a-file"
+
+
+class LinkOutsideError(DatasetError):
+    """A symbolic link in the dataset leads outside the dataset directory; never opened,
+    hashed or trained on."""
+
+    code = "outside-dataset"
+
+
+class UnreadableFileError(DatasetError):
+    """A file of the dataset cannot be read (permissions, a broken link, an I/O error)."""
+
+    code = "unreadable-file"
+
+
 class PromptEntryError(PromptsFileError):
     """A `prompts.txt` line names a file that is not an `.npz` of the dataset.
 
@@ -115,3 +157,34 @@ class PromptEntryError(PromptsFileError):
 
     def __reduce__(self):
         return (type(self), (self.path, self.problem, self.fix, self.entry, self.suggestion))
+
+
+def _link_target(path: Path | str) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return "?"
+
+
+def open_error(path: Path | str, exc: OSError) -> DatasetError:
+    """The DatasetError telling the user why `path` was not read, from the OSError that
+    `selva_engine.io.open_regular` / `regular_file_stat` raised for it."""
+    if isinstance(exc, SpecialFileError):
+        return NotRegularFileError(path, f"is {exc.kind}, not a regular file; it is not read",
+                                   "replace it with the real file, or remove it")
+    if isinstance(exc, OutsideRootError):
+        return LinkOutsideError(path, f"is a link to {exc.target}, outside the dataset "
+                                "directory; it is not read", "copy the file into the dataset "
+                                "directory instead of linking to it, or remove the link")
+    if isinstance(exc, FileNotFoundError) and os.path.islink(path):
+        return UnreadableFileError(path, f"is a broken symbolic link (to {_link_target(path)}, "
+                                   "which does not exist)", "fix the link or remove it")
+    if isinstance(exc, FileNotFoundError):
+        return UnreadableFileError(path, "not found (moved or deleted while being read)",
+                                   "copy the file again")
+    if isinstance(exc, PermissionError):
+        return UnreadableFileError(path, "cannot be read (permission denied)",
+                                   "make it readable by the daemon's user (chmod a+r), or "
+                                   "remove it")
+    return UnreadableFileError(path, f"cannot be read ({exc.strerror or exc})",
+                               "check the file and its disk, or remove it")

@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +25,8 @@ from typing import Any, BinaryIO
 
 __all__ = [
     "DiskFullError",
+    "OutsideRootError",
+    "SpecialFileError",
     "TEMP_RE",
     "UnsafeFileError",
     "atomic_write",
@@ -33,6 +36,8 @@ __all__ = [
     "atomic_torch_save",
     "file_fingerprint",
     "is_disk_full",
+    "open_regular",
+    "regular_file_stat",
     "remove_temp_files",
     "require_free_space",
     "safe_torch_load",
@@ -229,3 +234,83 @@ def file_fingerprint(path: Path | str) -> str:
             h.update(f.read())
     return h.hexdigest()
 
+
+# -- reading files users drop: regular files inside their directory only ----------------
+
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+          (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"))
+
+
+class SpecialFileError(OSError):
+    """A path names a FIFO, socket, device or directory where a regular file is expected.
+
+    `kind` says which in words ("a FIFO (named pipe)"). Such a path is never opened:
+    opening a FIFO blocks until someone writes to it, a device may never end.
+    """
+
+    def __init__(self, path: Path | str, kind: str) -> None:
+        super().__init__(f"{path}: is {kind}, not a regular file")
+        self.filename = str(path)
+        self.kind = kind
+
+
+class OutsideRootError(OSError):
+    """A path (a symbolic link, or one through a linked directory) resolves outside the
+    directory it must stay in; `target` is where it leads. It is never opened."""
+
+    def __init__(self, path: Path | str, target: str, root: str) -> None:
+        super().__init__(f"{path}: leads to {target}, outside {root}")
+        self.filename = str(path)
+        self.target = target
+        self.root = root
+
+
+def _kind(mode: int) -> str:
+    return next((k for test, k in _KINDS if test(mode)), "not a regular file")
+
+
+def regular_file_stat(path: Path | str, root: Path | str | None = None) -> os.stat_result:
+    """Check, without opening it, that `path` is a regular file (links followed) whose real
+    path lies inside `root` (when given; links that stay inside are fine). Returns its
+    stat. Raises OutsideRootError, SpecialFileError, or the OSError of `os.stat`
+    (FileNotFoundError for a missing file or a dangling link).
+    """
+    if root is not None:
+        real, real_root = os.path.realpath(path), os.path.realpath(root)
+        if real != real_root and not real.startswith(real_root.rstrip(os.sep) + os.sep):
+            raise OutsideRootError(path, real, real_root)
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise SpecialFileError(path, _kind(st.st_mode))
+    return st
+
+
+def open_regular(path: Path | str, root: Path | str | None = None) -> BinaryIO:
+    """Open `path` for binary reading if it is a regular file inside `root` (see
+    `regular_file_stat`); never blocks and never opens anything else.
+
+    The checks run before the open; the open itself is non-blocking (a FIFO swapped in
+    meanwhile does not hang it) and the descriptor is checked again: still a regular file,
+    and, with `root`, the same file the checks saw. Returns a binary file object the
+    caller closes (its `name` is `path`). Raises what `regular_file_stat` raises, or the
+    OSError of the open (PermissionError for a file the process may not read).
+    """
+    before = regular_file_stat(path, root)
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path, flags)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise SpecialFileError(path, _kind(st.st_mode))
+        if root is not None and (st.st_dev, st.st_ino) != (before.st_dev, before.st_ino):
+            again = regular_file_stat(path, root)  # replaced in between: check the new one
+            if (again.st_dev, again.st_ino) != (st.st_dev, st.st_ino):
+                raise OSError(errno.EAGAIN, "changed while it was being opened", str(path))
+        os.set_blocking(fd, True)
+        f = os.fdopen(fd, "rb")
+        f.raw.name = os.fspath(path)  # as open() would name it (messages, f.name)
+        return f
+    except BaseException:
+        os.close(fd)
+        raise

@@ -143,6 +143,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     for r in current:
         sweep = f" [{r.sweep_id}]" if r.sweep_id else ""
         print(f"current: {r.id}  {r.job}{sweep}  dataset {r.dataset}  {r.kind}  {r.state}")
+        if r.error:  # a note on a live run (e.g. stalled: no output for 30 minutes)
+            print(f"  note: {r.error}")
         if r.kind == "train":
             loss = f"  loss {r.loss:.4f}" if r.loss is not None else ""
             rate = f"  {r.samples_per_s:.1f} samples/s" if r.samples_per_s else ""

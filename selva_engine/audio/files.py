@@ -9,6 +9,7 @@ trainer does; torch is imported only when a resample is needed.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +17,8 @@ import numpy as np
 import soundfile as sf
 
 from selva_engine.audio.stack import check_audio_stack
-from selva_engine.errors import AudioFileError
+from selva_engine.errors import AudioFileError, open_error
+from selva_engine.io import open_regular
 
 __all__ = ["RawAudio", "fit_length", "load_audio", "read_audio", "resample", "to_mono"]
 
@@ -46,29 +48,38 @@ class RawAudio:
         return self.frames / float(self.sampling_rate)
 
 
-def read_audio(path: Path | str, max_seconds: float | None = None) -> RawAudio:
+def read_audio(path: Path | str, max_seconds: float | None = None,
+               root: Path | str | None = None) -> RawAudio:
     """Read an audio file once (header + samples) with soundfile, keeping all channels.
 
     Returns a `RawAudio` with float32 samples of shape (frames, channels); with `max_seconds`
     only that many seconds from the start are read (training uses the first 8 s, so an
-    hour-long file costs no more than a clip). Raises
-    `AudioFileError` naming the file when it is missing, not audio, unreadable, or holds no
-    samples. Any bit depth or rate libsndfile understands is accepted.
+    hour-long file costs no more than a clip). Only a regular file is opened (a FIFO or
+    device would block or never end), and with `root` only one whose real path lies inside
+    that directory. Raises `AudioFileError` naming the file when it is missing, not audio,
+    unreadable, or holds no samples; `NotRegularFileError`, `LinkOutsideError` or
+    `UnreadableFileError` when it is not opened. Any bit depth or rate libsndfile
+    understands is accepted.
     """
     path = Path(path)
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise AudioFileError(path, "audio file not found", "put the clip's audio next to its .npz")
-    if path.stat().st_size == 0:
-        raise AudioFileError(path, "audio file is empty (0 bytes)", _READ_FIX)
     try:
-        with sf.SoundFile(str(path)) as f:
-            sr, channels = int(f.samplerate), int(f.channels)
-            fmt, subtype, total = str(f.format), str(f.subtype), int(f.frames)
-            count = -1 if max_seconds is None else max(1, math.ceil(max_seconds * sr))
-            data = f.read(frames=count, dtype="float32", always_2d=True)  # (frames, channels)
-    except Exception as exc:  # libsndfile raises several types for bad input
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise AudioFileError(path, f"not a readable audio file ({first})", _READ_FIX) from exc
+        f = open_regular(path, root)
+    except OSError as exc:
+        raise open_error(path, exc) from exc
+    with f:
+        if os.fstat(f.fileno()).st_size == 0:
+            raise AudioFileError(path, "audio file is empty (0 bytes)", _READ_FIX)
+        try:
+            with sf.SoundFile(f) as snd:
+                sr, channels = int(snd.samplerate), int(snd.channels)
+                fmt, subtype, total = str(snd.format), str(snd.subtype), int(snd.frames)
+                count = -1 if max_seconds is None else max(1, math.ceil(max_seconds * sr))
+                data = snd.read(frames=count, dtype="float32", always_2d=True)  # (frames, ch)
+        except Exception as exc:  # libsndfile raises several types for bad input
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise AudioFileError(path, f"not a readable audio file ({first})", _READ_FIX) from exc
     if data.shape[0] == 0 or channels < 1:
         raise AudioFileError(path, "audio file holds no samples", _READ_FIX)
     if sr <= 0:
@@ -109,15 +120,20 @@ def fit_length(mono: np.ndarray, num_samples: int) -> np.ndarray:
     return out
 
 
-def load_audio(path: Path | str, sampling_rate: int, num_samples: int) -> np.ndarray:
+def load_audio(path: Path | str, sampling_rate: int, num_samples: int,
+               root: Path | str | None = None) -> np.ndarray:
     """Load a clip's audio as the model sees it: mono float32 of exactly `num_samples`.
 
     Reads with soundfile (any bit depth, rate and channel count), averages channels, resamples
     to `sampling_rate` Hz, then cuts or zero-pads to `num_samples` (128000 at 16k, 353280 at
-    44k for 8 s). No loudness normalisation. Raises `AudioFileError` for unreadable, empty or
-    non-audio files. Returns an array of shape (num_samples,).
+    44k for 8 s). No loudness normalisation. The file must really lie inside `root`, by
+    default its own directory (a clip's audio is read from its dataset only: a link out of
+    it is refused unread). Raises `AudioFileError` for unreadable, empty or non-audio files
+    (and the errors of `read_audio`). Returns an array of shape (num_samples,).
     """
+    path = Path(path)
     # Read a little beyond the kept length so the resampler's window sees real samples.
-    raw = read_audio(path, max_seconds=num_samples / float(sampling_rate) + 0.25)
+    raw = read_audio(path, max_seconds=num_samples / float(sampling_rate) + 0.25,
+                     root=path.parent if root is None else root)
     mono = resample(to_mono(raw.data), raw.sampling_rate, int(sampling_rate))
     return fit_length(mono, int(num_samples))

@@ -7,18 +7,22 @@ by ComfyUI-SelVA's Feature Extractor node) and an audio file with the same stem.
   audio hurts) are matched case-insensitively (`Dog.WAV` pairs with `Dog.npz`); the stem
   itself is matched exactly. Several audio files for one stem are an error, never a silent
   pick. Pairs come out sorted by file name.
-- `.npz` files are read with `allow_pickle=False`; clip features are cut or zero-padded to
-  the variant's `clip_seq_len` (64 at 8 s), sync features to `sync_seq_len` (192).
+- Only regular files inside the directory are read: a FIFO, socket, device or directory
+  named like a clip (or prompts.txt), a link that leads out of the directory and a broken
+  link are per-file errors and are never opened (links that stay inside are fine).
+- `.npz` files are read header first with limits and never unpickled (see
+  `selva_engine.data.features`); clip features are cut or zero-padded to the variant's
+  `clip_seq_len` (64 at 8 s), sync features to `sync_seq_len` (192).
 - Prompt priority: `prompts.txt` entry > `prompt` stored in the `.npz` (even empty) > the
-  dataset directory's name.
+  dataset directory's name. A prompts.txt name must be a plain file name of the directory.
 - Audio is not loaded here (extraction does that through `load_audio`), only its header is
   checked so an unreadable file is reported before any GPU work.
 """
 
 from __future__ import annotations
 
-import zipfile
-import zlib
+import os
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,26 +31,36 @@ import numpy as np
 import soundfile as sf
 
 from selva_engine.audio.files import RawAudio, fit_length, load_audio, read_audio, resample, to_mono
+from selva_engine.data.features import ClipFeatures, load_features
 from selva_engine.errors import (
     AmbiguousAudioError,
+    ArrayTooLargeError,
     AudioFileError,
     DatasetError,
     EmptyDatasetError,
     FeatureFileError,
+    LinkOutsideError,
     MissingAudioError,
+    NotRegularFileError,
     OrphanAudioError,
     PairingError,
     PickledDataError,
     PromptEntryError,
+    PromptNameError,
     PromptsFileError,
+    UnreadableFileError,
+    open_error,
 )
+from selva_engine.io import open_regular, regular_file_stat
 from selva_engine.model.variants import Variant
 
 __all__ = [
     "AUDIO_SUFFIXES",
     "LOSSY_SUFFIXES",
     "PROMPTS_FILE",
+    "SHOWN_PER_CODE",
     "AmbiguousAudioError",
+    "ArrayTooLargeError",
     "AudioFileError",
     "Clip",
     "ClipFeatures",
@@ -55,13 +69,17 @@ __all__ = [
     "DatasetScan",
     "EmptyDatasetError",
     "FeatureFileError",
+    "LinkOutsideError",
     "MissingAudioError",
+    "NotRegularFileError",
     "OrphanAudioError",
     "PairingError",
     "PickledDataError",
     "PromptEntryError",
+    "PromptNameError",
     "PromptsFileError",
     "RawAudio",
+    "UnreadableFileError",
     "find_pairs",
     "fit_length",
     "load_audio",
@@ -77,8 +95,10 @@ __all__ = [
 AUDIO_SUFFIXES: tuple[str, ...] = (".wav", ".flac", ".ogg", ".aiff", ".aif", ".mp3")
 LOSSY_SUFFIXES: frozenset[str] = frozenset({".mp3", ".ogg"})
 PROMPTS_FILE = "prompts.txt"
+MAX_PROMPTS_BYTES = 16 << 20  # one short line per clip: 16 MiB is far beyond any dataset
+SHOWN_PER_CODE = 5  # warnings of one kind listed; the rest are counted in one line
 
-_EXPORT_FIX = "re-export the clip with the SelVA Feature Extractor node"
+_AUDIO_FIX = "re-export the clip as 16/24-bit PCM WAV or FLAC"
 
 
 @dataclass(frozen=True)
@@ -88,25 +108,6 @@ class ClipPair:
     stem: str
     npz_path: Path
     audio_path: Path
-
-
-@dataclass(frozen=True, eq=False)  # holds arrays: compare fields explicitly
-class ClipFeatures:
-    """Visual features of one clip, fitted to the model's sequence lengths.
-
-    `clip` is (clip_seq_len, clip_dim) float32, `sync` is (sync_seq_len, sync_dim) float32
-    (64x1024 and 192x768 at 8 s). `clip_frames`/`sync_frames` are the lengths stored in the
-    file before cutting/padding. `npz_prompt`, `duration` (seconds) and `variant` are the
-    optional metadata keys, None when absent.
-    """
-
-    clip: np.ndarray  # (Nc, 1024) float32
-    sync: np.ndarray  # (Ns, 768) float32
-    npz_prompt: str | None
-    duration: float | None
-    variant: str | None
-    clip_frames: int
-    sync_frames: int
 
 
 @dataclass(frozen=True, eq=False)  # holds arrays: compare fields explicitly
@@ -123,20 +124,46 @@ class Clip:
 
 @dataclass
 class DatasetScan:
-    """Result of `load_dataset`: good clips, blocking problems, and non-blocking warnings."""
+    """Result of `load_dataset`: good clips, blocking problems, and non-blocking warnings.
+
+    `warnings` lists at most SHOWN_PER_CODE warnings of one kind (code), then one line
+    "… and N more like this (code)"; `warning_counts` holds the true count per code.
+    """
 
     clips: list[Clip] = field(default_factory=list)
     problems: list[DatasetError] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    warning_counts: Counter[str] = field(default_factory=Counter)
+
+    def warn(self, code: str, message: str) -> None:
+        """Count a warning of kind `code`; keep its text while few of that kind were seen."""
+        self.warning_counts[code] += 1
+        if self.warning_counts[code] <= SHOWN_PER_CODE:
+            self.warnings.append(message)
+
+    def summarise(self) -> None:
+        """Append one "… and N more like this" line per kind with warnings left out."""
+        for code, n in self.warning_counts.items():
+            if n > SHOWN_PER_CODE:
+                self.warnings.append(f"… and {n - SHOWN_PER_CODE:,} more like this ({code})")
 
 
-def find_pairs(directory: Path | str) -> tuple[list[ClipPair], list[PairingError]]:
+def _is_clip_name(name: str) -> bool:
+    suffix = os.path.splitext(name)[1].lower()
+    return not name.startswith(".") and (suffix == ".npz" or suffix in AUDIO_SUFFIXES)
+
+
+def find_pairs(directory: Path | str) -> tuple[list[ClipPair], list[DatasetError]]:
     """Pair `stem.npz` with `stem.<audio>` in `directory` (non-recursive, name-sorted).
 
-    Returns the pairs and the pairing problems: `MissingAudioError` for an `.npz` without
-    audio, `OrphanAudioError` for audio without an `.npz`, `AmbiguousAudioError` when several
-    audio files share a stem (that stem yields no pair). Hidden files (`.name`) are skipped.
-    Raises `EmptyDatasetError` if the directory does not exist.
+    Returns the pairs and the problems: `MissingAudioError` for an `.npz` without audio,
+    `OrphanAudioError` for audio without an `.npz`, `AmbiguousAudioError` when several
+    audio files share a stem (that stem yields no pair), and for a clip-named entry that is
+    not read (checked with lstat/stat, never opened): `NotRegularFileError` (FIFO, socket,
+    device, directory), `LinkOutsideError` (a link out of `directory`),
+    `UnreadableFileError` (a broken link). A stem with such an entry gets no pairing
+    problem on top. Hidden files (`.name`) are skipped. Raises `EmptyDatasetError` if the
+    directory does not exist.
     """
     directory = Path(directory)
     if not directory.is_dir():
@@ -144,16 +171,22 @@ def find_pairs(directory: Path | str) -> tuple[list[ClipPair], list[PairingError
                                 "create it and put stem.npz + stem.wav pairs in it")
     npz: dict[str, Path] = {}
     audio: dict[str, list[Path]] = {}
+    refused: set[str] = set()
+    problems: list[DatasetError] = []
     for p in sorted(directory.iterdir(), key=lambda q: q.name):
-        if p.name.startswith(".") or not p.is_file():
+        if not _is_clip_name(p.name):
             continue
-        suffix = p.suffix.lower()
-        if suffix == ".npz":
+        try:
+            regular_file_stat(p, directory)
+        except OSError as exc:
+            problems.append(open_error(p, exc))
+            refused.add(p.stem)
+            continue
+        if p.suffix.lower() == ".npz":
             npz[p.stem] = p
-        elif suffix in AUDIO_SUFFIXES:
+        else:
             audio.setdefault(p.stem, []).append(p)
     pairs: list[ClipPair] = []
-    problems: list[PairingError] = []
     for stem in sorted(set(npz) | set(audio)):
         cands = audio.get(stem, [])
         if stem in npz and len(cands) == 1:
@@ -163,6 +196,8 @@ def find_pairs(directory: Path | str) -> tuple[list[ClipPair], list[PairingError
             problems.append(AmbiguousAudioError(
                 cands[0].parent / stem, f"several audio files for one clip: {names}",
                 "keep exactly one audio file per stem (delete or rename the others)"))
+        elif stem in refused:
+            continue  # its unreadable file is reported already
         elif stem in npz:
             problems.append(MissingAudioError(
                 npz[stem], "no audio file with the same stem",
@@ -174,48 +209,81 @@ def find_pairs(directory: Path | str) -> tuple[list[ClipPair], list[PairingError
     return pairs, problems
 
 
-def read_prompts(directory: Path | str) -> tuple[dict[str, str], list[PromptsFileError]]:
+def _bad_prompt_name(name: str) -> bool:
+    """A prompts.txt name that is a path, not a plain file name of the dataset."""
+    return any(c in name for c in "/\\\x00") or name in (".", "..")
+
+
+def _prompt_line(where: Path, line: str, npz_names: set[str]
+                 ) -> tuple[str, str] | PromptsFileError:
+    """One non-comment line of prompts.txt: (npz name, prompt), or the problem with it."""
+    name, sep, prompt = line.partition(":")
+    name = name.strip()
+    if not sep or not name:
+        return PromptsFileError(where, f"line is not 'file.npz: prompt' (got {line[:60]!r})",
+                                "write the .npz file name, a colon, then the prompt")
+    if _bad_prompt_name(name):
+        return PromptNameError(where, f"names {name[:80]!r}, a path rather than a plain file "
+                               "name of this dataset; the line is ignored",
+                               "write only the .npz file name, e.g. 'dog_001.npz: a dog barks'")
+    if name in npz_names:
+        return name, prompt.strip()
+    stem = name[:-4] if name.endswith(".npz") else os.path.splitext(name)[0]
+    guess = f"{stem}.npz" if f"{stem}.npz" in npz_names and f"{stem}.npz" != name else None
+    hint = (f"use '{guess}' (the .npz file name with its extension)" if guess
+            else "fix the name or delete the stale line")
+    return PromptEntryError(where, f"names {name[:80]!r}, which is not an .npz file in this "
+                            "dataset", hint, name, guess)
+
+
+def _read_prompts_text(directory: Path, path: Path) -> str | DatasetError:
+    """The text of prompts.txt (a regular file inside `directory`), or why it is not read."""
+    try:
+        with open_regular(path, directory) as f:
+            data = f.read(MAX_PROMPTS_BYTES + 1)
+    except OSError as exc:
+        return open_error(path, exc)
+    if len(data) > MAX_PROMPTS_BYTES:
+        return PromptsFileError(path, f"is larger than {MAX_PROMPTS_BYTES >> 20} MiB",
+                                "keep one short 'file.npz: prompt' line per clip")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        return PromptsFileError(path, f"cannot be read as UTF-8 text ({exc})",
+                                "save prompts.txt as UTF-8")
+
+
+def read_prompts(directory: Path | str) -> tuple[dict[str, str], list[DatasetError]]:
     """Parse `<directory>/prompts.txt` into {npz file name: prompt}.
 
     Each line is `file.npz: prompt`, split at the first ':' and stripped; blank lines and
-    lines starting with '#' are ignored. Returns the mapping and the problems found: lines
-    without ':' or with an empty name, names that are not an existing `.npz` of the directory,
-    and an unreadable/non-UTF-8 file (then the mapping is empty). A missing prompts.txt gives
-    ({}, []). Later duplicate entries win, as in the original trainer.
+    lines starting with '#' are ignored. Returns the mapping and the problems found, each
+    naming `prompts.txt:<line>`: lines without ':' or with an empty name, names that are
+    paths (`PromptNameError`: '/', '\\', NUL, '.' or '..'; never looked up), names that
+    are not an `.npz` of the directory (`PromptEntryError`). When the file itself is not
+    read (not UTF-8, over 16 MiB, not a regular file, a link out of the directory, not
+    readable) the one problem names `prompts.txt` and the mapping is empty. A missing
+    prompts.txt gives ({}, []). Later duplicate entries win, as in the original trainer.
     """
     directory = Path(directory)
     path = directory / PROMPTS_FILE
-    if not path.is_file():
+    if not os.path.lexists(path):
         return {}, []
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        return {}, [PromptsFileError(path, f"cannot be read as UTF-8 text ({exc})",
-                                     "save prompts.txt as UTF-8")]
+    text = _read_prompts_text(directory, path)
+    if isinstance(text, DatasetError):
+        return {}, [text]
+    npz_names = {e.name for e in os.scandir(directory) if e.name.lower().endswith(".npz")}
     prompts: dict[str, str] = {}
-    problems: list[PromptsFileError] = []
+    problems: list[DatasetError] = []
     for lineno, line in enumerate(text.splitlines(), start=1):
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):
             continue
-        where = Path(f"{path}:{lineno}")
-        name, sep, prompt = stripped.partition(":")
-        name = name.strip()
-        if not sep or not name:
-            problems.append(PromptsFileError(
-                where, f"line is not 'file.npz: prompt' (got {stripped[:60]!r})",
-                "write the .npz file name, a colon, then the prompt"))
-            continue
-        prompts[name] = prompt.strip()
-        if not (directory / name).is_file() or not name.endswith(".npz"):
-            stem = name[:-4] if name.endswith(".npz") else Path(name).stem
-            guess = f"{stem}.npz" if (directory / f"{stem}.npz").is_file() else None
-            if guess == name:
-                guess = None
-            hint = (f"use '{guess}' (the .npz file name with its extension)" if guess
-                    else "fix the name or delete the stale line")
-            problems.append(PromptEntryError(where, f"names {name!r}, which is not an .npz "
-                                             "file in this dataset", hint, name, guess))
+        got = _prompt_line(Path(f"{path}:{lineno}"), stripped, npz_names)
+        if isinstance(got, PromptsFileError):
+            problems.append(got)
+        else:
+            prompts[got[0]] = got[1]
     return prompts, problems
 
 
@@ -233,122 +301,25 @@ def resolve_prompt(npz_name: str, prompts: Mapping[str, str], npz_prompt: str | 
     return Path(dataset_dir).resolve().name
 
 
-def _read_string(npz_path: Path, key: str, value: np.ndarray) -> str:
-    if value.dtype.kind not in "US" or value.size != 1:
-        raise FeatureFileError(npz_path, f"key {key!r} must be a string (got dtype {value.dtype}, "
-                               f"shape {value.shape})", _EXPORT_FIX)
-    item = value.reshape(()).item()
-    return item.decode("utf-8", "replace") if isinstance(item, bytes) else str(item)
-
-
-def _fit_features(npz_path: Path, key: str, arr: np.ndarray, dim: int, seq_len: int) -> tuple[np.ndarray, int]:
-    """Validate (1, T, dim) or (T, dim) features and cut/zero-pad them to (seq_len, dim)."""
-    if arr.ndim == 3 and arr.shape[0] == 1:
-        arr = arr[0]
-    if arr.ndim != 2:
-        raise FeatureFileError(npz_path, f"{key} has shape {arr.shape}, expected (1, T, {dim})",
-                               _EXPORT_FIX)
-    if arr.shape[1] != dim:
-        raise FeatureFileError(npz_path, f"{key} has last dimension {arr.shape[1]}, expected "
-                               f"{dim} (shape {arr.shape})", _EXPORT_FIX)
-    if arr.shape[0] == 0:
-        raise FeatureFileError(npz_path, f"{key} is empty (0 frames)", _EXPORT_FIX)
-    if arr.dtype.kind not in "fiu":
-        raise FeatureFileError(npz_path, f"{key} has non-numeric dtype {arr.dtype}", _EXPORT_FIX)
-    arr = arr.astype(np.float32)
-    if not np.isfinite(arr).all():
-        bad = int((~np.isfinite(arr)).sum())
-        raise FeatureFileError(npz_path, f"{key} holds {bad} NaN/infinite values", _EXPORT_FIX)
-    frames = int(arr.shape[0])
-    out = np.zeros((seq_len, dim), dtype=np.float32)
-    n = min(frames, seq_len)
-    out[:n] = arr[:n]  # zero padding in raw feature space, as the original trainer
-    return out, frames
-
-
-def _check_magic(npz_path: Path) -> None:
-    """Tell zip, .npy, pickle and garbage apart before numpy guesses (it would try pickle)."""
-    try:
-        with open(npz_path, "rb") as f:
-            head = f.read(8)
-    except OSError as exc:
-        raise FeatureFileError(npz_path, f"cannot be read ({exc})", "check file permissions") from exc
-    if not head:
-        raise FeatureFileError(npz_path, "file is empty (0 bytes)", _EXPORT_FIX)
-    if head.startswith(b"PK"):
-        return
-    if head.startswith(b"\x93NUMPY"):
-        raise FeatureFileError(npz_path, "is a single .npy array, not an .npz archive", _EXPORT_FIX)
-    if head[:1] == b"\x80":
-        raise PickledDataError(npz_path, "is a Python pickle; pickles are refused",
-                               "export features with np.savez (the SelVA Feature Extractor node)")
-    raise FeatureFileError(npz_path, "is not an .npz (zip) archive: corrupt or half-written",
-                           _EXPORT_FIX)
-
-
-def load_features(npz_path: Path | str, variant: Variant, duration: float = 8.0) -> ClipFeatures:
-    """Read one `.npz` (allow_pickle=False) and fit its features to `variant` at `duration` s.
-
-    Requires `clip_features` (1, Nc', clip_dim) and `sync_features` (1, Ns', sync_dim) (the
-    leading 1 may be absent), finite and non-empty; optional 0-d `prompt`/`variant` strings
-    and `duration` number. Features are cut or zero-padded to the sequence config's
-    `clip_seq_len`/`sync_seq_len`. Raises `PickledDataError` for object arrays or pickles,
-    `FeatureFileError` for every other problem (corrupt zip, missing key, wrong shape, NaN).
-    """
-    npz_path = Path(npz_path)
-    if not npz_path.is_file():
-        raise FeatureFileError(npz_path, "feature file not found", _EXPORT_FIX)
-    _check_magic(npz_path)
-    seq = variant.sequence(duration)
-    try:
-        with np.load(npz_path, allow_pickle=False) as data:
-            if not isinstance(data, np.lib.npyio.NpzFile):
-                raise FeatureFileError(npz_path, "is not an .npz archive", _EXPORT_FIX)
-            keys = set(data.files)
-            missing = [k for k in ("clip_features", "sync_features") if k not in keys]
-            if missing:
-                raise FeatureFileError(
-                    npz_path, f"missing key(s) {', '.join(missing)} (has: {', '.join(sorted(keys)) or 'none'})",
-                    _EXPORT_FIX)
-            arrays = {k: data[k] for k in ("clip_features", "sync_features", "prompt",
-                                           "duration", "variant") if k in keys}
-    except DatasetError:
-        raise
-    except ValueError as exc:
-        if "pickle" in str(exc).lower() or "object" in str(exc).lower():
-            raise PickledDataError(npz_path, "holds pickled Python object arrays; refused",
-                                   "re-export with numeric float32 arrays (np.savez)") from exc
-        raise FeatureFileError(npz_path, f"unreadable .npz ({exc})", _EXPORT_FIX) from exc
-    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, KeyError) as exc:
-        raise FeatureFileError(npz_path, f"corrupt or half-written .npz ({type(exc).__name__}: "
-                               f"{exc})", _EXPORT_FIX) from exc
-    clip, clip_frames = _fit_features(npz_path, "clip_features", arrays["clip_features"],
-                                      variant.clip_dim, seq.clip_seq_len)
-    sync, sync_frames = _fit_features(npz_path, "sync_features", arrays["sync_features"],
-                                      variant.sync_dim, seq.sync_seq_len)
-    prompt = _read_string(npz_path, "prompt", arrays["prompt"]) if "prompt" in arrays else None
-    var = _read_string(npz_path, "variant", arrays["variant"]) if "variant" in arrays else None
-    dur: float | None = None
-    if "duration" in arrays:
-        d = arrays["duration"]
-        if d.dtype.kind not in "fiu" or d.size != 1 or not np.isfinite(d).all():
-            raise FeatureFileError(npz_path, f"key 'duration' must be a finite number (got "
-                                   f"dtype {d.dtype}, shape {d.shape})", _EXPORT_FIX)
-        dur = float(d.reshape(()))
-    return ClipFeatures(clip, sync, prompt, dur, var, clip_frames, sync_frames)
-
-
-def _check_audio_header(path: Path) -> None:
+def _check_audio_header(path: Path, root: Path) -> None:
     """Cheap readability check (header only) so bad audio is reported before extraction."""
     try:
-        info = sf.info(str(path))
-    except Exception as exc:  # libsndfile raises several types for bad input
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise AudioFileError(path, f"not a readable audio file ({first})",
-                             "re-export the clip as 16/24-bit PCM WAV or FLAC") from exc
+        f = open_regular(path, root)
+    except OSError as exc:
+        raise open_error(path, exc) from exc
+    with f:
+        try:
+            info = sf.info(f)
+        except Exception as exc:  # libsndfile raises several types for bad input
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise AudioFileError(path, f"not a readable audio file ({first})", _AUDIO_FIX) from exc
     if info.frames <= 0:
-        raise AudioFileError(path, "audio file holds no samples",
-                             "re-export the clip as 16/24-bit PCM WAV or FLAC")
+        raise AudioFileError(path, "audio file holds no samples", _AUDIO_FIX)
+
+
+def _has_npz(directory: Path) -> bool:
+    return any(e.name.lower().endswith(".npz") and not e.name.startswith(".")
+               for e in os.scandir(directory))
 
 
 def load_dataset(directory: Path | str, variant: Variant, collect: bool = False,
@@ -357,10 +328,12 @@ def load_dataset(directory: Path | str, variant: Variant, collect: bool = False,
 
     With `collect=False` the first blocking problem is raised (a `DatasetError` subclass);
     with `collect=True` all problems are gathered in `DatasetScan.problems` and good clips
-    are kept. Blocking: missing audio, several audio files for a stem, bad `.npz`, unreadable
-    audio (header check when `check_audio`), unreadable prompts.txt. Non-blocking (warnings):
-    audio without `.npz`, bad prompts.txt lines (ignored as the original trainer does), lossy
-    `.mp3`/`.ogg` audio. No `.npz` at all raises `EmptyDatasetError` in both modes.
+    are kept. Blocking: missing audio, several audio files for a stem, a clip file that is
+    not read (not a regular file, a link out of the directory, unreadable), a bad or
+    oversized `.npz`, unreadable audio (header check when `check_audio`), a prompts.txt
+    that is not read. Non-blocking (warnings, summarised per kind, see `DatasetScan`):
+    audio without `.npz`, bad prompts.txt lines (ignored as the original trainer does),
+    lossy `.mp3`/`.ogg` audio. No `.npz` at all raises `EmptyDatasetError` in both modes.
     """
     directory = Path(directory)
     scan = DatasetScan()
@@ -371,35 +344,36 @@ def load_dataset(directory: Path | str, variant: Variant, collect: bool = False,
         scan.problems.append(err)
 
     pairs, pair_problems = find_pairs(directory)
-    if not any(p.suffix.lower() == ".npz" for p in directory.iterdir() if p.is_file()):
+    if not _has_npz(directory):
         raise EmptyDatasetError(directory, "no .npz files in this directory",
                                 "export features with the SelVA Feature Extractor node (one "
                                 "stem.npz per clip) and put each clip's audio next to it")
     for err in pair_problems:
         if isinstance(err, OrphanAudioError):
-            scan.warnings.append(str(err))
+            scan.warn(err.code, str(err))
         else:
             problem(err)
     prompts, prompt_problems = read_prompts(directory)
     for perr in prompt_problems:
-        if perr.path.name == PROMPTS_FILE:  # whole file unreadable
+        if perr.path.name == PROMPTS_FILE:  # the whole file was not read
             problem(perr)
         else:
-            scan.warnings.append(str(perr))
+            scan.warn(perr.code, str(perr))
     for pair in pairs:
         try:
-            feats = load_features(pair.npz_path, variant, duration)
+            feats = load_features(pair.npz_path, variant, duration, root=directory)
             if check_audio:
-                _check_audio_header(pair.audio_path)
+                _check_audio_header(pair.audio_path, directory)
         except DatasetError as err:
             problem(err)
             continue
         if pair.audio_path.suffix.lower() in LOSSY_SUFFIXES:
-            scan.warnings.append(f"{pair.audio_path}: lossy audio format; compression artefacts "
-                                 "are learned too (fix: use WAV or FLAC if you have it)")
+            scan.warn("lossy", f"{pair.audio_path}: lossy audio format; compression artefacts "
+                      "are learned too (fix: use WAV or FLAC if you have it)")
         prompt = resolve_prompt(pair.npz_path.name, prompts, feats.npz_prompt, directory)
         scan.clips.append(Clip(pair.stem, pair.npz_path, pair.audio_path, prompt,
                                feats.clip, feats.sync))
+    scan.summarise()
     if not scan.clips and not scan.problems:
         raise EmptyDatasetError(directory, "no usable clips", "add stem.npz + stem.wav pairs")
     return scan

@@ -23,7 +23,8 @@ import torch
 
 from selva_engine.audio.files import load_audio
 from selva_engine.data.dataset import Clip
-from selva_engine.io import atomic_write_bytes, file_fingerprint
+from selva_engine.errors import open_error
+from selva_engine.io import atomic_write_bytes, file_fingerprint, open_regular
 from selva_engine.model.variants import Variant
 
 __all__ = [
@@ -39,9 +40,15 @@ ProgressFn = Callable[[dict], None]
 
 
 def hash_file(path: Path | str, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes."""
+    """Hex sha256 of a file's bytes. Only a regular file inside its own directory is read:
+    a clip swapped for a FIFO or a link out of the dataset since it was checked raises the
+    DatasetError saying so (see selva_engine.errors.open_error), never blocks."""
     h = hashlib.sha256()
-    with Path(path).open("rb") as f:
+    try:
+        f = open_regular(path, Path(path).parent)
+    except OSError as exc:
+        raise open_error(path, exc) from exc
+    with f:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()

@@ -2,6 +2,11 @@
 
 A run records the manifest of its dataset; the manifest hash (names, sizes, content
 hashes, not mtimes) decides whether "the same data" was already trained on.
+
+Only regular files inside the dataset directory are opened and hashed. An entry that is
+not (a FIFO or directory named like a clip, a link out of the directory, a broken link, a
+file the daemon may not read) is listed with an empty hash and a `problem`, so one bad file
+never hides the dataset: validation reports it with every other finding.
 """
 
 from __future__ import annotations
@@ -11,7 +16,10 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
+
+from selva_engine.errors import open_error
+from selva_engine.io import open_regular
 
 __all__ = ["AUDIO_EXTENSIONS", "FileKey", "dataset_manifest", "manifest_hash"]
 
@@ -29,11 +37,10 @@ def _is_dataset_file(name: str) -> bool:
     return low.endswith(".npz") or low.endswith(AUDIO_EXTENSIONS) or low == "prompts.txt"
 
 
-def _sha256(path: Path) -> str:
+def _sha256(f: BinaryIO) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+        h.update(chunk)
     return h.hexdigest()
 
 
@@ -45,42 +52,64 @@ class HashCache(Protocol):
     def __setitem__(self, key: FileKey, digest: str, /) -> None: ...
 
 
+def _entry(directory: Path, name: str, cache: HashCache | None) -> dict[str, Any] | None:
+    """One manifest entry: hashed when it is a regular file inside `directory`, else with
+    an empty hash and the `problem`; None when it vanished meanwhile."""
+    path = directory / name
+    try:
+        lst = os.lstat(path)
+        f = open_regular(path, directory)
+    except FileNotFoundError:
+        if not os.path.lexists(path):
+            return None  # vanished while scanning
+        lst = os.lstat(path)
+        return {"name": name, "size": lst.st_size, "mtime_ns": lst.st_mtime_ns, "sha256": "",
+                "problem": open_error(path, FileNotFoundError(str(path))).problem}
+    except OSError as exc:
+        return {"name": name, "size": lst.st_size, "mtime_ns": lst.st_mtime_ns, "sha256": "",
+                "problem": open_error(path, exc).problem}
+    with f:
+        st = os.fstat(f.fileno())
+        key = (os.path.abspath(path), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+        digest = cache.get(key) if cache is not None else None
+        if digest is None:
+            digest = _sha256(f)
+            if cache is not None:
+                cache[key] = digest
+    return {"name": name, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
+
+
 def dataset_manifest(directory: Path | str, cache: HashCache | None = None,
                      progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Describe the training files of a dataset directory (top level only).
 
     Returns {"files": [{"name", "size", "mtime_ns", "sha256"}, ...]} sorted by name, for
-    `.npz`, audio files and `prompts.txt` (hidden and `~` files skipped). `cache` maps a
-    FileKey (path, size, mtime_ns, inode, ctime_ns) to a hash so unchanged files are not
-    read again; it is updated in place. Files that vanish while scanning are left out.
-    `progress(done, total)` is called as each file is reached (the daemon keeps its systemd
-    watchdog fed through it).
+    `.npz`, audio files and `prompts.txt` (hidden and `~` files skipped). Only regular files
+    inside `directory` are opened and hashed; any other entry with such a name gets
+    "sha256": "" and a "problem" sentence (see the module docstring), never an exception.
+    `cache` maps a FileKey (path, size, mtime_ns, inode, ctime_ns) to a hash so unchanged
+    files are not read again; it is updated in place. Files that vanish while scanning are
+    left out. `progress(done, total)` is called as each file is reached (the daemon keeps
+    its systemd watchdog fed through it). Raises OSError only when the directory itself
+    cannot be listed.
     """
     directory = Path(directory)
+    names = sorted(e.name for e in os.scandir(directory) if _is_dataset_file(e.name))
     files = []
-    entries = [e for e in sorted(os.scandir(directory), key=lambda e: e.name)
-               if _is_dataset_file(e.name) and e.is_file()]
-    for done, entry in enumerate(entries, 1):
+    for done, name in enumerate(names, 1):
         if progress is not None:
-            progress(done, len(entries))
-        try:
-            st = entry.stat()
-            key = (os.path.abspath(entry.path), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
-            digest = cache.get(key) if cache is not None else None
-            if digest is None:
-                digest = _sha256(Path(entry.path))
-                if cache is not None:
-                    cache[key] = digest
-        except FileNotFoundError:
-            continue
-        files.append({"name": entry.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
-                      "sha256": digest})
+            progress(done, len(names))
+        entry = _entry(directory, name, cache)
+        if entry is not None:
+            files.append(entry)
     return {"files": files}
 
 
 def manifest_hash(manifest: dict[str, Any]) -> str:
-    """sha256 over the (name, size, sha256) of each file: a touch that keeps the content
-    (new mtime) does not change it, any edit, addition, removal or rename does."""
-    ident = [[f["name"], f["size"], f["sha256"]] for f in manifest.get("files", [])]
+    """sha256 over the (name, size, sha256) of each file (and its problem, for a file that
+    was not read): a touch that keeps the content (new mtime) does not change it, any edit,
+    addition, removal or rename does."""
+    ident = [[f["name"], f["size"], f["sha256"]] + ([f["problem"]] if f.get("problem") else [])
+             for f in manifest.get("files", [])]
     text = json.dumps(ident, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(text.encode()).hexdigest()

@@ -3,21 +3,30 @@
 A `Finding` is one problem of one file: `severity` "error" blocks training, "warning" does
 not. `file` is the name relative to the dataset directory ("" for the dataset as a whole).
 `code` is a short stable identifier (e.g. "missing-audio", "clipped") for tools and tests.
+
+Repeated findings are summarised so that a flood (a 100,000-line prompts.txt) cannot flood
+the report, the log or `validation.toml`: of each (severity, code) the first
+`SHOWN_PER_CODE[severity]` are kept (5 warnings, 20 errors), the rest only counted and
+listed as one finding "… and N more like this" right after them. The counts
+(`error_count`, `warning_count`, `ok`) always cover every finding.
 """
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import tomli_w
 
-__all__ = ["ERROR", "WARNING", "ClipEntry", "Finding", "ValidationReport", "write_report"]
+__all__ = ["ERROR", "SHOWN_PER_CODE", "WARNING", "ClipEntry", "Finding", "ValidationReport",
+           "write_report"]
 
 ERROR = "error"
 WARNING = "warning"
+SHOWN_PER_CODE = {ERROR: 20, WARNING: 5}  # findings of one kind listed; the rest are counted
 DATASET = "(dataset)"  # how dataset-level findings are headed in the terminal output
 
 
@@ -50,8 +59,10 @@ class ClipEntry:
 class ValidationReport:
     """Result of validating one dataset directory for one variant.
 
-    `clips` are the usable clips (paired, readable, sane features). `ok` is True when there
-    is no error finding. `checked_at` is a UTC ISO-8601 time stamp.
+    `clips` are the usable clips (paired, readable, sane features). `findings` are the
+    findings kept (see the module docstring); `errors`/`warnings` add the "… and N more"
+    lines. `ok` is True when there is no error finding. `checked_at` is a UTC ISO-8601
+    time stamp.
     """
 
     dataset: str
@@ -63,23 +74,55 @@ class ValidationReport:
     clips: list[ClipEntry] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
     advice: list[str] = field(default_factory=list)
+    counts: Counter[tuple[str, str]] = field(default_factory=Counter)  # (severity, code) -> n
+    _left_out_file: dict[tuple[str, str], str] = field(default_factory=dict, repr=False)
+
+    def _listed(self, severity: str) -> list[Finding]:
+        """Kept findings of `severity`, each kind followed by its "… and N more" line."""
+        shown = [f for f in self.findings if f.severity == severity]
+        last = {f.code: i for i, f in enumerate(shown)}
+        out = []
+        for i, f in enumerate(shown):
+            out.append(f)
+            left_out = self.counts[(severity, f.code)] - SHOWN_PER_CODE[severity]
+            if last[f.code] == i and left_out > 0:
+                out.append(Finding(severity, self._left_out_file.get((severity, f.code), ""),
+                                   f.code, f"… and {left_out:,} more like this"))
+        return out
 
     @property
     def errors(self) -> list[Finding]:
-        return [f for f in self.findings if f.severity == ERROR]
+        return self._listed(ERROR)
 
     @property
     def warnings(self) -> list[Finding]:
-        return [f for f in self.findings if f.severity == WARNING]
+        return self._listed(WARNING)
+
+    @property
+    def error_count(self) -> int:
+        """Every error found, also those summarised away."""
+        return sum(n for (sev, _), n in self.counts.items() if sev == ERROR)
+
+    @property
+    def warning_count(self) -> int:
+        """Every warning found, also those summarised away."""
+        return sum(n for (sev, _), n in self.counts.items() if sev == WARNING)
 
     @property
     def ok(self) -> bool:
         """True when nothing blocks training (warnings allowed)."""
-        return not self.errors
+        return self.error_count == 0
 
     def add(self, severity: str, file: str, code: str, message: str, fix: str = "") -> None:
-        """Append one finding."""
-        self.findings.append(Finding(severity, file, code, message, fix))
+        """Count one finding; keep it while few of its (severity, code) were seen."""
+        key = (severity, code)
+        self.counts[key] += 1
+        if self.counts[key] <= SHOWN_PER_CODE[severity]:
+            self.findings.append(Finding(severity, file, code, message, fix))
+        elif self.counts[key] == SHOWN_PER_CODE[severity] + 1:
+            self._left_out_file[key] = file
+        elif self._left_out_file[key] != file:
+            self._left_out_file[key] = ""  # the summary line names a file only if all share it
 
     def for_file(self, file: str) -> list[Finding]:
         """Findings of one file (relative name; "" for dataset-level ones)."""
@@ -96,8 +139,8 @@ class ValidationReport:
             "checked_at": self.checked_at,
             "ok": self.ok,
             "clip_count": len(self.clips),
-            "error_count": len(self.errors),
-            "warning_count": len(self.warnings),
+            "error_count": self.error_count,
+            "warning_count": self.warning_count,
             "advice": list(self.advice),
             "clips": [{"stem": c.stem, "prompt": c.prompt, "prompt_source": c.prompt_source}
                       for c in self.clips],
@@ -118,14 +161,13 @@ class ValidationReport:
         lines = [f"Dataset {self.dataset}",
                  f"  variant {self.variant}: {self.sampling_rate} Hz, {self.duration:g} s clips "
                  f"({self.num_audio_frames} samples)",
-                 f"  {len(self.clips)} usable clip(s), {len(self.errors)} error(s), "
-                 f"{len(self.warnings)} warning(s)"]
-        files = sorted({f.file for f in self.findings}, key=lambda n: (n != "", n))
-        for name in files:
+                 f"  {len(self.clips)} usable clip(s), {self.error_count} error(s), "
+                 f"{self.warning_count} warning(s)"]
+        listed = self.errors + self.warnings
+        for name in sorted({f.file for f in listed}, key=lambda n: (n != "", n)):
             lines.append("")
             lines.append(name or DATASET)
-            group = sorted(self.for_file(name), key=lambda f: f.severity != ERROR)
-            for f in group:
+            for f in (f for f in listed if f.file == name):
                 fix = f" (fix: {f.fix})" if f.fix else ""
                 lines.append(f"  {f.severity}: {f.message}{fix}")
         if self.advice:
@@ -134,7 +176,7 @@ class ValidationReport:
             lines.extend(f"  - {a}" for a in self.advice)
         lines.append("")
         lines.append("OK: ready to train" if self.ok
-                     else f"FAILED: {len(self.errors)} error(s) block training")
+                     else f"FAILED: {self.error_count} error(s) block training")
         return "\n".join(lines) + "\n"
 
 

@@ -1,20 +1,28 @@
 """Dataset validation: every file of a clip directory checked, findings reported, never a crash.
 
 Errors (block training): missing directory or no `.npz`; an `.npz` without audio; several
-audio files for one stem; a bad `.npz` (corrupt, half-written, pickled objects, missing keys,
-wrong shapes, NaN/inf); audio that is unreadable, not audio, empty, half-written (WAV data
-chunk shorter than its header says) or silent (peak < 1e-4); audio at another rate than the
-model's while torchaudio's resampler cannot load (see selva_engine.audio.stack); `prompts.txt`
-that is not UTF-8, has a line without ':', or names a clip without its `.npz` extension (e.g. `dog_001:` or
-`dog_001.wav:` when `dog_001.npz` exists: that clip would silently lose its prompt).
+audio files for one stem; a clip file or prompts.txt that is not a regular file (FIFO,
+socket, device, directory), a link that leads out of the dataset directory or a broken one,
+a file that cannot be read (each such file is never opened); a bad `.npz` (corrupt,
+half-written, pickled objects, missing keys, wrong shapes or rank, non-float features,
+NaN/inf) or one whose arrays declare more than 10x the clip's frames (a compressed bomb: the
+header is checked before anything is loaded); audio that is unreadable, not audio, empty,
+half-written (WAV data chunk shorter than its header says) or silent (peak < 1e-4: training
+on silence teaches silence); audio at another rate than the model's while torchaudio's
+resampler cannot load (see selva_engine.audio.stack); `prompts.txt` that is not UTF-8, has
+a line without ':', names a path instead of a plain file name ('/', '\\', '..', NUL), or
+names a clip without its `.npz` extension (e.g. `dog_001:` or `dog_001.wav:` when
+`dog_001.npz` exists: that clip would silently lose its prompt).
 
-Warnings (do not block): audio without `.npz` (ignored); a `prompts.txt` line naming no clip
-at all (stale); clipping (> 0.1 % of samples at |x| >= 0.999); DC offset (|mean| > 0.05);
-a sample rate below the model's; several channels mixed to mono (and channels that cancel
-when averaged); audio or features shorter (zero-padded) or longer (trimmed) than the clip
-length by more than 50 ms; audio and feature durations that differ by more than 0.5 s;
-lossy formats (.mp3, .ogg/Vorbis/Opus); empty prompts; inconsistent prompts (see
-`_check_prompts`). Advice comes from `selvad.datasets.advice`.
+Warnings (do not block): audio without `.npz` (ignored: harmless, it is just not trained
+on); a `prompts.txt` line naming no clip at all (stale); clipping (> 0.1 % of samples at
+|x| >= 0.999); DC offset (|mean| > 0.05); a sample rate below the model's; several
+channels mixed to mono (and channels that cancel when averaged); audio or features
+shorter (zero-padded) or longer (trimmed) than the clip length by more than 50 ms; audio
+and feature durations that differ by more than 0.5 s; lossy formats (.mp3,
+.ogg/Vorbis/Opus); empty prompts; inconsistent prompts (see `_check_prompts`). Repeated
+findings of one kind are summarised (see `selvad.datasets.report`). Advice comes from
+`selvad.datasets.advice`.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ from selva_engine.audio.stack import check_audio_stack
 from selva_engine.data.dataset import (
     LOSSY_SUFFIXES,
     PROMPTS_FILE,
+    ClipFeatures,
     DatasetError,
     OrphanAudioError,
     PromptEntryError,
@@ -42,6 +51,7 @@ from selva_engine.data.dataset import (
     load_features,
     read_prompts,
 )
+from selva_engine.io import open_regular
 from selva_engine.model.variants import SequenceConfig, Variant, get_variant, variant_names
 from selva_engine.training.options import TrainConfig
 from selvad.datasets.advice import advise
@@ -64,12 +74,26 @@ LENGTH_TOLERANCE_S = 0.05  # 44k's 353280 samples are 8.011 s: an 8.000 s file i
 DURATION_MISMATCH_S = 0.5
 LOSSY_SUBTYPES = frozenset({"VORBIS", "OPUS", "MPEG_LAYER_I", "MPEG_LAYER_II", "MPEG_LAYER_III"})
 _REEXPORT = "re-export the clip as 16/24-bit PCM WAV or FLAC"
+HELP_RULES = """\
+Errors block training; warnings do not. The rule: what would teach the model something
+wrong, or cannot be read safely, is an error; what is only ignored is a warning.
+  - a silent clip is an error (training on silence teaches silence); so are a missing,
+    corrupt or half-written audio file or .npz, an .npz without audio, several audio
+    files for one clip, and .npz arrays far larger than a clip (> 10x its frames)
+  - an audio file without its .npz is a warning: it is harmless and simply not trained on
+  - files that are not regular files (FIFOs, devices, directories named like a clip),
+    links out of the dataset directory and unreadable files are errors and never opened
+  - prompts.txt names must be plain .npz file names of the dataset (no paths)
+Repeated findings of one kind are summarised: the first 5 warnings (20 errors) are
+listed, then "... and N more like this".
+Exit status: 0 when nothing blocks training, 1 when there are errors.
+"""
 
 
-def _wav_missing_bytes(path: Path) -> int:
+def _wav_missing_bytes(path: Path, root: Path) -> int:
     """Bytes the WAV `data` chunk declares beyond the end of the file (0 when complete)."""
-    size = path.stat().st_size
-    with open(path, "rb") as f:
+    with open_regular(path, root) as f:
+        size = os.fstat(f.fileno()).st_size
         head = f.read(12)
         if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
             return 0
@@ -90,13 +114,14 @@ def _check_audio(report: ValidationReport, rel: str, path: Path,
     """Analyse one audio file (one read); add findings; return False when it blocks."""
     model_sr = report.sampling_rate
     target_s = report.num_audio_frames / model_sr
+    root = path.parent  # the dataset directory: nothing outside it is opened
     try:
-        raw = read_audio(path, max_seconds=target_s + 1.0)  # stats on the part trained on
+        raw = read_audio(path, max_seconds=target_s + 1.0, root=root)  # the part trained on
     except DatasetError as err:
         report.add(ERROR, rel, err.code, err.problem, err.fix)
         return False
     usable = True
-    if path.suffix.lower() == ".wav" and (missing := _wav_missing_bytes(path)) > 0:
+    if path.suffix.lower() == ".wav" and (missing := _wav_missing_bytes(path, root)) > 0:
         report.add(ERROR, rel, "truncated-audio", f"half-written or truncated: {missing} bytes "
                    "of audio data are missing", "copy the file again completely")
         usable = False
@@ -184,10 +209,46 @@ def _check_prompts(report: ValidationReport) -> None:
                            f"make it match in {PROMPTS_FILE} if it is a typo")
 
 
+def _add_prompt_problems(report: ValidationReport, problems: list[DatasetError]) -> None:
+    """prompts.txt problems: a stale line (it names no clip at all) is a warning, the rest
+    errors (a path as a name, a clip named without `.npz`, a broken line or file)."""
+    for perr in problems:
+        line = perr.path.name.rpartition(":")[2]
+        where = f"line {line}: " if line.isdigit() else ""
+        severity = ERROR
+        if isinstance(perr, PromptEntryError) and perr.suggestion is None:
+            severity = WARNING  # a stale line: the clip it named is gone
+        report.add(severity, PROMPTS_FILE, perr.code, where + perr.problem, perr.fix)
+
+
+def _check_features(report: ValidationReport, directory: Path, npz_path: Path,
+                    variant: Variant, seq: SequenceConfig) -> ClipFeatures | None:
+    """Load one `.npz` (header-checked, inside `directory`); add findings; None if bad."""
+    rel = npz_path.name
+    try:
+        feats = load_features(npz_path, variant, seq.duration, root=directory)
+    except DatasetError as err:
+        report.add(ERROR, rel, err.code, err.problem, err.fix)
+        return None
+    except Exception as exc:  # never crash on bad input
+        report.add(ERROR, rel, "bad-features", f"unexpected error: {exc!r}",
+                   "re-export the clip with the SelVA Feature Extractor node")
+        return None
+    for what, got, want in (("clip", feats.clip_frames, seq.clip_seq_len),
+                            ("sync", feats.sync_frames, seq.sync_seq_len)):
+        if got != want:
+            action = "zero-padded" if got < want else "truncated"
+            report.add(WARNING, rel, f"{what}-length", f"{what}_features has {got} frames, "
+                       f"{action} to {want} ({seq.duration:g} s)",
+                       "extract features at the clip length")
+    return feats
+
+
 def _check_dataset(report: ValidationReport, directory: Path, variant: Variant,
                    seq: SequenceConfig, progress: Callable[[int, int], None] | None) -> None:
     pairs, pair_problems = find_pairs(directory)
-    if not any(p.is_file() and p.suffix.lower() == ".npz" for p in directory.iterdir()):
+    if not any(e.name.lower().endswith(".npz") and not e.name.startswith(".")
+               for e in os.scandir(directory)):
         report.add(ERROR, "", "empty-dataset", "no .npz files in this directory",
                    "export features with the SelVA Feature Extractor node (one stem.npz per "
                    "clip) and put each clip's audio next to it")
@@ -195,33 +256,11 @@ def _check_dataset(report: ValidationReport, directory: Path, variant: Variant,
         severity = WARNING if isinstance(err, OrphanAudioError) else ERROR
         report.add(severity, err.path.name, err.code, err.problem, err.fix)
     prompts, prompt_problems = read_prompts(directory)
-    for perr in prompt_problems:
-        line = perr.path.name.rpartition(":")[2]
-        where = f"line {line}: " if line.isdigit() else ""
-        severity = ERROR
-        if isinstance(perr, PromptEntryError) and perr.suggestion is None:
-            severity = WARNING  # a stale line: the clip it named is gone
-        report.add(severity, PROMPTS_FILE, perr.code, where + perr.problem, perr.fix)
+    _add_prompt_problems(report, prompt_problems)
     for done, pair in enumerate(pairs, 1):
         if progress is not None:
             progress(done, len(pairs))
-        npz_rel = pair.npz_path.name
-        feats = None
-        try:
-            feats = load_features(pair.npz_path, variant, seq.duration)
-        except DatasetError as err:
-            report.add(ERROR, npz_rel, err.code, err.problem, err.fix)
-        except Exception as exc:  # never crash on bad input
-            report.add(ERROR, npz_rel, "bad-features", f"unexpected error: {exc!r}",
-                       "re-export the clip with the SelVA Feature Extractor node")
-        if feats is not None:
-            for what, got, want in (("clip", feats.clip_frames, seq.clip_seq_len),
-                                    ("sync", feats.sync_frames, seq.sync_seq_len)):
-                if got != want:
-                    action = "zero-padded" if got < want else "truncated"
-                    report.add(WARNING, npz_rel, f"{what}-length",
-                               f"{what}_features has {got} frames, {action} to {want} "
-                               f"({seq.duration:g} s)", "extract features at the clip length")
+        feats = _check_features(report, directory, pair.npz_path, variant, seq)
         audio_rel = pair.audio_path.name
         try:
             audio_ok = _check_audio(report, audio_rel, pair.audio_path,
@@ -231,6 +270,7 @@ def _check_dataset(report: ValidationReport, directory: Path, variant: Variant,
             audio_ok = False
         if feats is None or not audio_ok:
             continue
+        npz_rel = pair.npz_path.name
         if npz_rel in prompts:
             report.clips.append(ClipEntry(pair.stem, prompts[npz_rel], PROMPTS_FILE))
         elif feats.npz_prompt is not None:
@@ -279,8 +319,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     it to F (.toml or .json). Returns the exit status: 0 when nothing blocks training, 1 when
     there are errors (argparse exits 2 on bad arguments).
     """
-    parser = argparse.ArgumentParser(prog="selvad validate",
-                                     description="Check a dataset directory of clip pairs.")
+    parser = argparse.ArgumentParser(
+        prog="selvad validate", description="Check a dataset directory of clip pairs.",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=HELP_RULES)
     parser.add_argument("directory", help="dataset directory (stem.npz + stem.wav pairs)")
     parser.add_argument("--variant", default=TrainConfig().variant, choices=variant_names(),
                         help="model variant to check against (rate, clip length, widths)")

@@ -41,8 +41,8 @@ def report_fields(report: ValidationReport) -> dict[str, Any]:
         return out
 
     fields: dict[str, Any] = {"dataset_dir": report.dataset, "variant": report.variant,
-                              "clips": len(report.clips), "error_count": len(report.errors),
-                              "warning_count": len(report.warnings)}
+                              "clips": len(report.clips), "error_count": report.error_count,
+                              "warning_count": report.warning_count}
     if report.errors:
         fields["errors"] = lines(report.errors)
     if report.warnings:

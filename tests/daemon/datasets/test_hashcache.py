@@ -8,6 +8,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 
@@ -27,9 +28,9 @@ def count_hashing(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     read: list[str] = []
     real = manifest_mod._sha256
 
-    def counting(path: Path) -> str:
-        read.append(path.name)
-        return real(path)
+    def counting(f: BinaryIO) -> str:
+        read.append(Path(f.name).name)
+        return real(f)
 
     monkeypatch.setattr(manifest_mod, "_sha256", counting)
     return read
