@@ -55,6 +55,16 @@ def build_train_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight_decay", type=float, default=d.weight_decay)
     p.add_argument("--lora_dropout", type=float, default=d.lora_dropout)
     p.add_argument("--rslora", action="store_true", help="scale alpha/sqrt(rank)")
+    p.add_argument("--init_mode", choices=CHOICES["init_mode"], default=d.init_mode,
+                   help="standard (B = 0) or pissa (top-r SVD of the base; forces dropout 0)")
+    p.add_argument("--curriculum_switch", type=float, default=d.curriculum_switch,
+                   help="with --timestep_mode curriculum: fraction trained logit-normal")
+    p.add_argument("--latent_mixup_alpha", type=float, default=d.latent_mixup_alpha,
+                   help="Beta(a, a) latent mixup within a batch (0 = off)")
+    p.add_argument("--latent_noise_sigma", type=float, default=d.latent_noise_sigma,
+                   help="latent noise sigma * std(x1) (0 = off)")
+    p.add_argument("--spectral_surgery", choices=CHOICES["spectral_surgery"],
+                   default=d.spectral_surgery, help="post-training singular-value reweighting")
     p.add_argument("--grad_clip", type=float, default=d.grad_clip)
     p.add_argument("--latent_sampling", choices=CHOICES["latent_sampling"], default=d.latent_sampling)
     p.add_argument("--val_clips", type=int, default=None, help="default: 1 with >= 8 clips, else 0")

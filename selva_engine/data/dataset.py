@@ -214,9 +214,18 @@ def _bad_prompt_name(name: str) -> bool:
     return any(c in name for c in "/\\\x00") or name in (".", "..")
 
 
+def _suffix_folded(name: str) -> str:
+    """`name` with its suffix lower-cased: the one case rule of a dataset (stems exact,
+    suffixes case-insensitive), used for audio pairing and prompts.txt names alike."""
+    stem, suffix = os.path.splitext(name)
+    return stem + suffix.lower()
+
+
 def _prompt_line(where: Path, line: str, npz_names: set[str]
                  ) -> tuple[str, str] | PromptsFileError:
-    """One non-comment line of prompts.txt: (npz name, prompt), or the problem with it."""
+    """One non-comment line of prompts.txt: (npz name, prompt), or the problem with it.
+    The name matches an .npz whose stem is the same and whose suffix differs only in case
+    (`k.npz:` names `k.NPZ`), as audio pairs with its .npz."""
     name, sep, prompt = line.partition(":")
     name = name.strip()
     if not sep or not name:
@@ -226,10 +235,11 @@ def _prompt_line(where: Path, line: str, npz_names: set[str]
         return PromptNameError(where, f"names {name[:80]!r}, a path rather than a plain file "
                                "name of this dataset; the line is ignored",
                                "write only the .npz file name, e.g. 'dog_001.npz: a dog barks'")
-    if name in npz_names:
-        return name, prompt.strip()
-    stem = name[:-4] if name.endswith(".npz") else os.path.splitext(name)[0]
-    guess = f"{stem}.npz" if f"{stem}.npz" in npz_names and f"{stem}.npz" != name else None
+    folded = {_suffix_folded(n): n for n in npz_names}
+    if _suffix_folded(name) in folded:
+        return folded[_suffix_folded(name)], prompt.strip()
+    stem = os.path.splitext(name)[0]
+    guess = folded.get(f"{stem}.npz") if folded.get(f"{stem}.npz") != name else None
     hint = (f"use '{guess}' (the .npz file name with its extension)" if guess
             else "fix the name or delete the stale line")
     return PromptEntryError(where, f"names {name[:80]!r}, which is not an .npz file in this "

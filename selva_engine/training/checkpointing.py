@@ -71,6 +71,7 @@ class Checkpointer:
 
     def __init__(self, ctx: RunContext, data: TrainData) -> None:
         self.ctx, self.data = ctx, data
+        self.init_mode = ctx.cfg.init_mode  # after a resume: the checkpoint's (reconcile_resume)
         self.codec: Any = None
         self.reference_metrics: dict[str, float] | None = None
         self.system = system_info()
@@ -121,7 +122,7 @@ class Checkpointer:
         """The adapter meta (ComfyUI-SelVA keys plus ours) of this run at `step`."""
         ctx, data = self.ctx, self.data
         return adapter_meta(ctx.cfg, ctx.variant.name, step, ctx.precision, len(data.train_idx),
-                            len(data.val_idx))
+                            len(data.val_idx), init_mode=self.init_mode)
 
     def evaluate(self, parts: TrainParts, step: int) -> CheckpointEval:
         """Fixed-noise losses and the sample of the model as it is at `step` (in eval mode,

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from selva_engine.io import DiskFullError, is_disk_full
@@ -199,8 +200,12 @@ def store_frozen_in_compute_dtype(model: torch.nn.Module, precision: str) -> int
     return count
 
 
-def adapter_meta(cfg: TrainConfig, variant: str, step: int, precision: str, n_train: int, n_val: int) -> dict:
-    """ComfyUI-SelVA meta keys (variant, rank, alpha, target, steps, ...) plus ours."""
+def adapter_meta(cfg: TrainConfig, variant: str, step: int, precision: str, n_train: int, n_val: int,
+                 init_mode: str = "standard") -> dict:
+    """ComfyUI-SelVA meta keys (variant, rank, alpha, target, steps, timestep_mode,
+    logit_normal_sigma, curriculum_switch, lora_dropout, lora_plus_ratio, lr_schedule,
+    init_mode, use_rslora, latent_mixup_alpha, latent_noise_sigma) plus ours. `init_mode` is
+    what the model's layers hold ("pissa" once a PiSSA residual is in the base)."""
     return {
         "variant": variant,
         "rank": cfg.rank,
@@ -212,8 +217,11 @@ def adapter_meta(cfg: TrainConfig, variant: str, step: int, precision: str, n_tr
         "lora_dropout": cfg.lora_dropout,
         "lora_plus_ratio": cfg.lora_plus_ratio,
         "lr_schedule": cfg.lr_schedule,
-        "init_mode": "standard",
+        "init_mode": init_mode,
         "use_rslora": cfg.rslora,
+        "curriculum_switch": cfg.curriculum_switch,
+        "latent_mixup_alpha": cfg.latent_mixup_alpha,
+        "latent_noise_sigma": cfg.latent_noise_sigma,
         "lr": cfg.lr,
         "batch_size": cfg.batch_size,
         "grad_accum": cfg.grad_accum,
@@ -285,6 +293,34 @@ def append_jsonl(path: Path, record: dict) -> None:
             os.close(fd)
 
 
+def timestep_mode_at(cfg: TrainConfig, step: int, start_step: int = 0) -> str:
+    """The timestep sampler of micro-step `step` (1-based). "curriculum" is logit_normal up to
+    start_step + floor((steps - start_step) * curriculum_switch), uniform after: the switch
+    point is counted from the resume step, as ComfyUI-SelVA's node does."""
+    if cfg.timestep_sampling != "curriculum":
+        return cfg.timestep_sampling
+    switch = start_step + math.floor((cfg.steps - start_step) * cfg.curriculum_switch)
+    return "logit_normal" if step <= switch else "uniform"
+
+
+def augment_latents(x1: torch.Tensor, cfg: TrainConfig, gen: torch.Generator) -> torch.Tensor:
+    """Latent mixup, then latent noise, of a normalised batch x1 (B, N, L), as ComfyUI-SelVA's
+    node defines them: x1 <- lam x1 + (1 - lam) x1[perm] with one lam ~ Beta(a, a) per batch
+    (B > 1 only), then x1 <- x1 + eps * sigma * std(x1). Every draw comes from `gen` (the
+    run's noise generator, saved in each checkpoint), so a run is deterministic and resumes
+    exactly; with both off nothing is drawn."""
+    a, sigma = float(cfg.latent_mixup_alpha), float(cfg.latent_noise_sigma)
+    if a > 0 and x1.shape[0] > 1:
+        seed = int(torch.randint(0, 2**63 - 1, (1,), generator=gen))
+        lam = float(np.random.default_rng(seed).beta(a, a))
+        perm = torch.randperm(x1.shape[0], generator=gen).to(x1.device)
+        x1 = lam * x1 + (1.0 - lam) * x1[perm]
+    if sigma > 0:
+        eps = torch.randn(x1.shape, generator=gen).to(x1.device)
+        x1 = x1 + eps * (sigma * x1.std())
+    return x1
+
+
 class StepRunner:
     """The training step itself, shared by `train()` and bench/train_throughput.py.
 
@@ -312,11 +348,16 @@ class StepRunner:
         self.optimizer, self.scheduler, self.params = optimizer, scheduler, params
         self.gen_t, self.gen_noise = gen_t, gen_noise
         self.device = lat_mean.device
+        self.start_step = 0  # the step this run (or its resume) started from: curriculum
         self._losses: list[torch.Tensor] = []
         self._norms: list[torch.Tensor] = []
 
-    def micro_step(self, idx_list: list[int]) -> None:
-        """Forward + backward of one micro-batch; its loss waits on the device for flush()."""
+    def micro_step(self, idx_list: list[int], step: int | None = None) -> None:
+        """Forward + backward of one micro-batch; its loss waits on the device for flush().
+
+        `step` (1-based, the micro-step being trained) picks the curriculum's timestep mode;
+        `self.start_step` is where this run (or its resume) began.
+        """
         cfg, put = self.cfg, self._to_device
         idx = put(torch.tensor(idx_list))
         shape = (len(idx_list), *self.lat_mean.shape[1:])
@@ -325,8 +366,10 @@ class StepRunner:
         x1 = self.lat_mean[idx]
         if cfg.latent_sampling == "posterior":
             x1 = x1 + self.lat_std[idx] * put(torch.randn(shape, generator=self.gen_noise))
-        x1 = self.model.normalize(x1)
-        t = put(sample_timesteps(len(idx_list), cfg.timestep_sampling, sigma=cfg.logit_normal_sigma,
+        x1 = augment_latents(self.model.normalize(x1), cfg, self.gen_noise)
+        mode = timestep_mode_at(cfg, step if step is not None else self.start_step + 1,
+                                self.start_step)
+        t = put(sample_timesteps(len(idx_list), mode, sigma=cfg.logit_normal_sigma,
                                  generator=self.gen_t))
         with self.autocast:
             v = self.model.predict_flow(self.fm.path(x0, x1, t), t, self.conditions(idx))

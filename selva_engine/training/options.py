@@ -15,7 +15,9 @@ __all__ = ["CHOICES", "TrainConfig"]
 # Options whose value must be one of a fixed set.
 CHOICES: dict[str, tuple[str, ...]] = {
     "precision": ("bf16", "fp16", "fp32"),
-    "timestep_sampling": ("uniform", "logit_normal"),
+    "timestep_sampling": ("uniform", "logit_normal", "curriculum"),
+    "init_mode": ("standard", "pissa"),
+    "spectral_surgery": ("off", "smooth_abs", "hard"),
     "lr_schedule": ("constant", "cosine"),
     "latent_sampling": ("mode", "posterior"),
     "device": ("auto", "cpu", "cuda"),
@@ -34,7 +36,10 @@ class TrainConfig:
     alpha: float | None = None  # LoRA alpha; None = rank (scale 1)
     target: tuple[str, ...] = ("attn.qkv",)  # module-name suffixes to wrap (nn.Linear only)
     rslora: bool = False  # scale alpha/sqrt(r) instead of alpha/r
-    lora_dropout: float = 0.0  # dropout on the LoRA input path while training
+    lora_dropout: float = 0.0  # dropout on the LoRA input path while training (0 with pissa)
+    # standard: A Kaiming-uniform, B = 0 | pissa: A, B from the base weight's top-r SVD (the
+    # base keeps the residual; adapters then carry it). ComfyUI-SelVA's newest node: pissa.
+    init_mode: str = "standard"
     lr: float = 1e-4  # peak learning rate of lora_A (lora_B: lr * lora_plus_ratio)
     steps: int = 2000  # micro-batches to train
     warmup_steps: int = 100  # linear warm-up in optimizer steps (first step has LR 0)
@@ -44,13 +49,19 @@ class TrainConfig:
     resume: str = ""  # a step checkpoint path, "latest", or "" for a fresh run
     precision: str = "bf16"  # bf16 autocast with fp32 LoRA weights | fp16 + grad scaler | fp32
     seed: int = 42
-    timestep_sampling: str = "uniform"  # t ~ U[0,1) or sigmoid(N(0, sigma))
+    # t ~ U[0,1) | sigmoid(N(0, sigma)) | curriculum: logit_normal until curriculum_switch of
+    # the run (counted from the start or resume step), uniform after
+    timestep_sampling: str = "uniform"
     logit_normal_sigma: float = 1.0
+    curriculum_switch: float = 0.6  # fraction of the remaining steps trained logit-normal
     lr_schedule: str = "constant"  # after warm-up: constant or cosine to ~0
     lora_plus_ratio: float = 1.0  # LoRA+: lr of lora_B relative to lora_A
     weight_decay: float = 1e-2  # AdamW weight decay (original CLI: 1e-2)
     grad_clip: float = 1.0  # global grad-norm clip of the LoRA parameters
     latent_sampling: str = "mode"  # x1 = posterior mean, or mean + std*eps as MMAudio trained
+    latent_mixup_alpha: float = 0.0  # > 0: x1 mixed with a permutation, lambda ~ Beta(a, a)
+    latent_noise_sigma: float = 0.0  # > 0: x1 += eps * sigma * std(x1)
+    spectral_surgery: str = "off"  # after training: off | smooth_abs | hard (adapter_final_surgery.pt)
     val_clips: int | None = None  # held-out clips; None = 1 when >= 8 clips, else 0
     overfit_patience: int = 3  # warn after N checkpoints of rising val loss, falling train loss
     log_every: int = 50  # steps per progress line / loss-history point
@@ -92,7 +103,10 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int | float) or not value > 0:
                 out.append((name, f"got {value!r}, expected a number > 0"))
-        for name in ("weight_decay", "grad_clip", "sample_cfg", "eval_cfg"):
+        if not 0.0 <= float(self.curriculum_switch) <= 1.0:
+            out.append(("curriculum_switch", f"got {self.curriculum_switch!r}, expected 0..1"))
+        for name in ("weight_decay", "grad_clip", "sample_cfg", "eval_cfg", "latent_mixup_alpha",
+                     "latent_noise_sigma"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or value < 0:
                 out.append((name, f"got {value!r}, expected a number >= 0"))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -26,7 +27,7 @@ from selva_engine.model.flow import FlowMatching
 from selva_engine.model.generator import Conditions, Generator, load_generator
 from selva_engine.model.lora import apply_lora, lora_parameters
 from selva_engine.model.variants import get_variant
-from selva_engine.outputs.checkpoint import find_latest, load_checkpoint
+from selva_engine.outputs.checkpoint import find_latest, list_checkpoints, load_checkpoint
 from selva_engine.training.loop import (
     BatchSampler,
     FixedLossProbe,
@@ -52,7 +53,7 @@ from selva_engine.training.state import (
 from selva_engine.weights.locate import resolve
 
 __all__ = ["PREPROCESS_MODULES", "Resume", "announce_start", "build_model", "extract_data", "find_resume",
-           "open_run", "prepare_data", "resume_run"]
+           "free_final_name", "open_run", "prepare_data", "reconcile_resume", "resume_run"]
 
 # The generator's condition-preprocessing modules: a LoRA target inside one of them means
 # the conditions change as the adapter trains and cannot be computed once.
@@ -92,8 +93,22 @@ def open_run(cfg: TrainConfig, events: EventFn | None) -> RunContext:
         raise TrainError(str(exc)) from None
     precision = effective_precision(cfg.precision, device, log.warn)
     weights = resolve(cfg.selva_dir, variant.name)
+    if not cfg.resume and (steps := list_checkpoints(out_dir)):
+        raise TrainError(f"{out_dir} holds step checkpoints of another run ({steps[-1][1].name}); "
+                         "resume it with --resume latest, or train into an empty --output_dir")
     return RunContext(cfg=cfg, out_dir=out_dir, variant=variant, weights=weights, device=device,
-                      precision=precision, log=log)
+                      precision=precision, log=log, final_name=free_final_name(out_dir))
+
+
+def free_final_name(out_dir: Path) -> str:
+    """adapter_final.pt, or the first free adapter_final_NNN.pt (001, 002, ...) when an earlier
+    run in `out_dir` left one: a re-run never overwrites an adapter a user may be using."""
+    if not (out_dir / "adapter_final.pt").exists():
+        return "adapter_final.pt"
+    n = 1
+    while (out_dir / f"adapter_final_{n:03d}.pt").exists():
+        n += 1
+    return f"adapter_final_{n:03d}.pt"
 
 
 def extract_data(ctx: RunContext, stop: threading.Event, codec_factory: Callable[[], Any] | None,
@@ -141,6 +156,60 @@ def find_resume(cfg: TrainConfig, out_dir: Path) -> Resume | None:
     return Resume(path, load_checkpoint(path))
 
 
+def checkpoint_options(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """The LoRA options a step checkpoint was trained with (ours or ComfyUI-SelVA's): from its
+    meta, else from its tensors; init_mode is "pissa" when it carries residual bases."""
+    meta, sd = dict(ckpt.get("meta") or {}), ckpt.get("state_dict") or {}
+    a_keys = [k for k in sd if k.endswith(".lora_A")]
+    rank = int(meta.get("rank") or (sd[a_keys[0]].shape[0] if a_keys else 0)) or None
+    target = meta.get("target")
+    residual = any(k.endswith((".linear.weight", ".linear.bias")) for k in sd)
+    return {"rank": rank, "alpha": float(meta.get("alpha") or rank) if rank else None,
+            "target": ([target] if isinstance(target, str) else list(target)) if target else None,
+            "rslora": bool(meta["use_rslora"]) if "use_rslora" in meta else None,
+            "init_mode": "pissa" if residual else str(meta.get("init_mode") or "standard")}
+
+
+def reconcile_resume(ctx: RunContext, resume: Resume | None) -> RunContext:
+    """A resumed run continues as its checkpoint was trained: rank, alpha, target, rsLoRA and
+    init mode come from the checkpoint (a "warning" event says which). An option set to
+    something else than its default that disagrees is a TrainError naming both values."""
+    if resume is None:
+        return ctx
+    cfg, default = ctx.cfg, TrainConfig()
+    found = checkpoint_options(resume.checkpoint)
+    if found["init_mode"] == "pissa" and not any(
+            k.endswith(".linear.weight") for k in resume.checkpoint.get("state_dict", {})):
+        raise TrainError(f"{resume.path}: a PiSSA checkpoint without its residual base weights "
+                         "cannot be resumed; start a fresh run")
+    changes, conflicts = {}, []
+    for name, value in found.items():  # rank before alpha: alpha defaults to the rank
+        mine = cfg.alpha if name == "alpha" else getattr(cfg, name)
+        mine = list(mine) if name == "target" else mine
+        if name == "alpha" and mine is None:
+            mine_effective = float(changes.get("rank", cfg.rank))
+            if value is None or mine_effective == value:
+                continue
+        elif value is None or mine == value or (name == "alpha" and float(mine) == value):
+            continue
+        unset = mine is None if name == "alpha" else mine == (
+            list(default.target) if name == "target" else getattr(default, name))
+        if unset:
+            changes[name] = tuple(value) if name == "target" else value
+        else:
+            conflicts.append(f"{name} {mine!r} but the checkpoint was trained with {value!r}")
+    if conflicts:
+        raise TrainError(f"cannot resume {resume.path}: " + "; ".join(conflicts) +
+                         " (leave these options out to continue it as it was trained, or start "
+                         "a fresh run)")
+    if changes:
+        ctx.log.warn(f"resuming {resume.path.name} as it was trained: " +
+                     ", ".join(f"{k} {v!r}" for k, v in changes.items()))
+    if changes.get("init_mode", cfg.init_mode) == "pissa":
+        changes["lora_dropout"] = 0.0
+    return replace(ctx, cfg=replace(cfg, **changes)) if changes else ctx
+
+
 def prepare_data(ctx: RunContext, clips: list[ExtractedClip], extra_text: dict[str, np.ndarray],
                  resume: Resume | None) -> TrainData:
     """Split the clips into training and validation clips (a resumed run keeps its
@@ -170,18 +239,23 @@ def prepare_data(ctx: RunContext, clips: list[ExtractedClip], extra_text: dict[s
     )
 
 
-def build_model(ctx: RunContext, data: TrainData) -> TrainParts:
+def build_model(ctx: RunContext, data: TrainData, fresh: bool = True) -> TrainParts:
     """Seed the global torch RNG with `cfg.seed`, load the generator, wrap the target layers
     in LoRA (fp32, initialised from its own seeded generator), store the frozen weights in
     the compute dtype, and build AdamW (LoRA+ groups), the LR schedule, the grad scaler, the
     conditions, the batch sampler, the step RNGs (seed + 1: timesteps, seed + 2: noise), the
-    loss probe and the step runner. Raises NoTargetsError when no layer matches."""
+    loss probe and the step runner. A `fresh` run initialises LoRA as `cfg.init_mode` says
+    (PiSSA: from the fp32 base, before the frozen weights change dtype); a resumed one gets
+    its weights and residual bases from the checkpoint. Raises NoTargetsError when no layer
+    matches."""
     cfg, device = ctx.cfg, ctx.device
     torch.manual_seed(cfg.seed)
     model = load_generator(ctx.weights.generator, ctx.variant, device=device)
+    pissa = cfg.init_mode == "pissa"
     lora_layers = apply_lora(model, rank=cfg.rank, alpha=cfg.effective_alpha, targets=list(cfg.target),
-                             rslora=cfg.rslora, dropout=cfg.lora_dropout, dtype=torch.float32,
-                             generator=torch.Generator().manual_seed(cfg.seed))
+                             rslora=cfg.rslora, dropout=0.0 if pissa else cfg.lora_dropout,
+                             dtype=torch.float32, generator=torch.Generator().manual_seed(cfg.seed),
+                             init_mode=cfg.init_mode if fresh else "standard", keep_original=False)
     model.train()
     # frozen Linear/Conv weights stored in the autocast dtype: the same numbers as autocast's
     # per-step casts, without them (and half the memory for those weights)

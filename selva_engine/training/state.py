@@ -95,6 +95,9 @@ class RunContext:
     device: torch.device
     precision: str  # the effective one (after any fallback)
     log: EventLog
+    # adapter_final.pt, or adapter_final_NNN.pt when the directory holds one from an earlier
+    # run (never overwritten, as ComfyUI-SelVA does)
+    final_name: str = "adapter_final.pt"
 
 
 @dataclass(frozen=True)

@@ -81,11 +81,12 @@ def _sensitivities(layers: dict[str, LoRALinear], bases: dict, loss_fn: Callable
         for layer in layers.values():
             layer.lora_A.grad = layer.lora_B.grad = None
         loss_fn(i).backward()
-        for name, layer in layers.items():
-            a, b = layer.lora_A.float(), layer.lora_B.float()
-            grad = layer.lora_B.grad.float() @ a + b @ layer.lora_A.grad.float()  # (out, in)
-            u, _, vh = bases[name]
-            total[name] += ((u.t() @ grad) * vh).sum(dim=1).cpu()  # diag(U^T G V)
+        with torch.no_grad():
+            for name, layer in layers.items():
+                a, b = layer.lora_A.float(), layer.lora_B.float()
+                grad = layer.lora_B.grad.float() @ a + b @ layer.lora_A.grad.float()  # (out, in)
+                u, _, vh = bases[name]
+                total[name] += ((u.t() @ grad) * vh).sum(dim=1).cpu()  # diag(U^T G V)
     for layer in layers.values():
         layer.lora_A.grad = layer.lora_B.grad = None
     return {name: t / max(samples, 1) for name, t in total.items()}

@@ -5,6 +5,8 @@
     open_run        options, output directory, device, precision, weight files
     extract_data    scan the dataset, encode what the feature cache lacks
     find_resume     the step checkpoint to continue from, if any
+    reconcile_resume  a resume continues with its checkpoint's rank, alpha, target, rsLoRA
+                    and init mode (PiSSA or standard)
     prepare_data    train/validation split, clip tensors on the device
     build_model     generator + LoRA, optimizer, schedule, RNGs, step runner
     resume_run      step 0, or everything restored from the step checkpoint
@@ -12,7 +14,9 @@
     run_steps       the step loop; every `save_every` steps (and at the end or on a stop
                     request) a checkpoint: step checkpoint, sample, validation losses,
                     plots and meta.json (selva_engine.training.checkpointing)
-    finish          final adapter, recommendation and "done"
+    finish          final adapter (adapter_final.pt, or _NNN when a re-run would overwrite
+                    one), recommendation and "done"
+    operate         optional: spectral surgery into adapter_final_surgery.pt
     evaluate_run    optional: every checkpoint evaluated on `eval_clips` clips
 
 The run's records live in selva_engine.training.state: RunContext (fixed), TrainData, TrainParts
@@ -23,6 +27,7 @@ them as JSON lines).
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -49,9 +54,18 @@ from selva_engine.training.setup import (
     find_resume,
     open_run,
     prepare_data,
+    reconcile_resume,
     resume_run,
 )
-from selva_engine.training.state import EventFn, EventLog, RunContext, RunState, TrainParts
+from selva_engine.training.state import (
+    EventFn,
+    EventLog,
+    RunContext,
+    RunState,
+    TrainData,
+    TrainParts,
+)
+from selva_engine.training.surgery import spectral_surgery
 
 __all__ = ["TrainError", "TrainResult", "train"]
 
@@ -110,18 +124,22 @@ def _train(cfg: TrainConfig, stopper: Stopper, events: EventFn | None,
         return TrainResult(status="interrupted", step=0, output_dir=ctx.out_dir)
     clips, extra_text = extracted
     resume = find_resume(cfg, ctx.out_dir)
+    ctx = reconcile_resume(ctx, resume)  # a resume continues as its checkpoint was trained
     data = prepare_data(ctx, clips, extra_text, resume)
-    parts = build_model(ctx, data)  # seeds the global RNG: every random draw follows from here
+    # seeds the global RNG: every random draw follows from here
+    parts = build_model(ctx, data, fresh=resume is None)
     state = resume_run(ctx, parts, resume)
     announce_start(ctx, data, parts, state)
     checkpointer = Checkpointer(ctx, data)
     run_steps(ctx, parts, state, checkpointer, stopper)
     result = finish(ctx, parts, state, checkpointer)
+    if result.status == "done" and ctx.cfg.spectral_surgery != "off":
+        operate(ctx, data, parts, state, checkpointer.meta(state.step))
     del parts, data, checkpointer  # the evaluator loads its own copy of the weights
-    if result.status == "done" and cfg.eval_clips > 0:
+    if result.status == "done" and ctx.cfg.eval_clips > 0:
         if ctx.device.type == "cuda":
             torch.cuda.empty_cache()
-        evaluate_run(cfg, ctx.out_dir, ctx.log)
+        evaluate_run(ctx.cfg, ctx.out_dir, ctx.log)
     return result
 
 
@@ -136,14 +154,14 @@ def run_steps(ctx: RunContext, parts: TrainParts, state: RunState, checkpointer:
     nothing was trained) and emits "interrupted".
     """
     cfg = ctx.cfg
-    state.start_step = state.step
+    state.start_step = parts.runner.start_step = state.step
     state.open_window()
     state.status = "done"
     while state.step < cfg.steps:
         if stopper.requested:
             state.status = "interrupted"
             break
-        parts.runner.micro_step(parts.sampler.next_batch())
+        parts.runner.micro_step(parts.sampler.next_batch(), step=state.step + 1)
         state.step += 1
         last = state.step == cfg.steps
         if state.step % cfg.grad_accum == 0 or last:
@@ -192,7 +210,7 @@ def finish(ctx: RunContext, parts: TrainParts, state: RunState, checkpointer: Ch
     if state.status == "done":
         if state.last_checkpoint is None:  # resumed at the end: still produce every final output
             state.last_checkpoint = result.last_checkpoint = checkpointer.write(parts, state, final=True)
-        result.final_adapter = save_adapter(ctx.out_dir / "adapter_final.pt", lora_state_dict(parts.model),
+        result.final_adapter = save_adapter(ctx.out_dir / ctx.final_name, lora_state_dict(parts.model),
                                             checkpointer.meta(state.step))
         if state.best:
             result.best_adapter = ctx.out_dir / "adapter_best.pt"
@@ -202,6 +220,44 @@ def finish(ctx: RunContext, parts: TrainParts, state: RunState, checkpointer: Ch
                       "best": state.best or None, "recommended": rec.get("id")})
     checkpointer.close()
     return result
+
+
+SURGERY_MAX_SAMPLES = 128  # calibration samples: min(128, 4 x clips), as the node does
+
+
+def operate(ctx: RunContext, data: TrainData, parts: TrainParts, state: RunState,
+            meta: dict[str, Any]) -> Path | None:
+    """Spectral surgery of the finished adapter (selva_engine.training.surgery) into
+    `adapter_final[_NNN]_surgery.pt` next to the plain final adapter, recorded in meta.json
+    under "spectral_surgery". Calibration: training clips in turn, batch 1, t uniform, noise
+    from the run's seed + 3. A failure is a warning (the plain adapter stays the result)."""
+    cfg, model = ctx.cfg, parts.model
+    n = min(SURGERY_MAX_SAMPLES, 4 * len(data.clips))
+    gen = torch.Generator().manual_seed(cfg.seed + 3)
+    target = ctx.out_dir / ctx.final_name.replace(".pt", "_surgery.pt")
+
+    def loss_fn(i: int) -> torch.Tensor:
+        idx = torch.tensor([data.train_idx[i % len(data.train_idx)]], device=ctx.device)
+        x1 = model.normalize(data.lat_mean[idx])
+        x0 = torch.randn(x1.shape, generator=gen).to(ctx.device)
+        t = torch.rand(1, generator=gen).to(ctx.device)
+        with parts.autocast:
+            v = model.predict_flow(parts.fm.path(x0, x1, t), t, parts.conditions(idx))
+        return parts.fm.loss(v.float(), x0, x1).mean()
+
+    model.eval()
+    try:
+        done = spectral_surgery(model, loss_fn, n, cfg.spectral_surgery)
+        save_adapter(target, lora_state_dict(model), {**meta, "spectral_surgery": done.to_dict()})
+        record: dict[str, Any] = {**done.to_dict(), "adapter": target.name}
+        ctx.log.emit({"event": "surgery", **record})
+    except Exception as exc:  # the plain adapter is already written: keep it as the result
+        record, target = {"mode": cfg.spectral_surgery, "error": f"{type(exc).__name__}: {exc}"}, None
+        ctx.log.warn(f"spectral surgery failed ({record['error']}); {ctx.final_name} is the "
+                     "plain adapter")
+    meta_path = ctx.out_dir / "meta.json"
+    report.write_meta(ctx.out_dir, {**json.loads(meta_path.read_text()), "spectral_surgery": record})
+    return target
 
 
 def evaluate_run(cfg: TrainConfig, out_dir: Path, log: EventLog) -> None:

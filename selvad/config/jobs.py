@@ -67,6 +67,9 @@ __all__ = [
 # path (no separator, no leading dot); \Z, not $, which would also accept a final newline.
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 SAFE_NAME_RULE = "letters, digits, '.', '_', '-', at most 64, starting with a letter or digit"
+# TrainConfig options added after 0.1, with their defaults (see config_hash).
+LATER_OPTIONS = {"init_mode": "standard", "curriculum_switch": 0.6, "latent_mixup_alpha": 0.0,
+                 "latent_noise_sigma": 0.0, "spectral_surgery": "off"}
 # TrainConfig fields the daemon fills itself; they never change what a run learns.
 HASH_EXCLUDED = ("data_dir", "output_dir", "selva_dir", "resume", "device", "cache_dir")
 JOB_KEYS = ("dataset", *DEFAULTS_KEYS, "sweep")
@@ -150,10 +153,17 @@ def check_run_id(value: Any) -> str:
 
 
 def config_hash(cfg: TrainConfig) -> str:
-    """sha256 of the canonical JSON of `cfg`'s options, without paths and the device."""
+    """sha256 of the canonical JSON of `cfg`'s options, without paths and the device.
+
+    Options added after 0.1 count only when set to something else than their default, so an
+    upgrade does not make every finished run look changed (and queue it again).
+    """
     d = cfg.to_dict()
     for key in HASH_EXCLUDED:
         d.pop(key, None)
+    for key, default in LATER_OPTIONS.items():
+        if d.get(key) == default:
+            d.pop(key, None)
     for key, value in d.items():  # lr = 1 and lr = 1.0 are the same run
         if "float" in str(TRAIN_HINTS[key]) and isinstance(value, int) and not isinstance(value, bool):
             d[key] = float(value)

@@ -23,11 +23,12 @@ __all__ = ["DEFAULTS_KEYS", "FIELD_KEY", "SETTING_SECTIONS", "TriggerConfig", "c
 
 TRAIN_KEYS = ("lr", "steps", "warmup_steps", "batch_size", "grad_accum", "save_every",
               "precision", "seed", "timestep_sampling", "logit_normal_sigma", "lr_schedule",
-              "lora_plus_ratio", "weight_decay", "grad_clip", "latent_sampling", "log_every")
+              "lora_plus_ratio", "weight_decay", "grad_clip", "latent_sampling", "log_every",
+              "curriculum_switch", "latent_mixup_alpha", "latent_noise_sigma", "spectral_surgery")
 
 # job section -> {job key: TrainConfig field}
 SETTING_SECTIONS: dict[str, dict[str, str]] = {
-    "lora": {k: k for k in ("rank", "alpha", "target", "rslora", "lora_dropout")},
+    "lora": {k: k for k in ("rank", "alpha", "target", "rslora", "lora_dropout", "init_mode")},
     "train": {k: k for k in TRAIN_KEYS},
     "sample": {"steps": "sample_steps", "cfg": "sample_cfg",
                "negative_prompt": "sample_negative_prompt"},

@@ -202,3 +202,37 @@ def test_example_job_loads(daemon_cfg: DaemonConfig) -> None:
     runs = load_job(job_file(daemon_cfg, swept, name="example"), daemon_cfg).resolve_runs()
     assert [r.sweep_id for r in runs] == ["rank8", "rank32-fast"]
     assert runs[1].config.lr_schedule == "cosine"
+
+
+def test_config_hash_of_0_1_runs_is_stable_across_new_options() -> None:
+    """Options added later (PiSSA, curriculum, mixup, surgery) at their defaults leave the
+    hash of a 0.1 run as it was, so an upgrade does not queue every finished run again;
+    set to anything else they make a new run."""
+    from selva_engine.training.options import TrainConfig
+
+    assert config_hash(TrainConfig()) == (
+        "7bf0226d13326b15d3a207f1ebd0028bb38c9507701a3f5899bcbbfc267e519f")
+    assert config_hash(TrainConfig(rank=8, lr=2e-4)) == (
+        "edfce051ae214dbceca371c2a1ec233d4a746ac4f418098fd7415a14432f04ef")
+    assert config_hash(TrainConfig(init_mode="pissa")) != config_hash(TrainConfig())
+
+
+def test_newest_trainer_options_are_job_keys_and_sweepable(daemon_cfg: DaemonConfig) -> None:
+    job = load_job(job_file(daemon_cfg, (
+        'dataset = "birds"\n[lora]\ninit_mode = "pissa"\n'
+        '[train]\ntimestep_sampling = "curriculum"\ncurriculum_switch = 0.5\n'
+        'latent_mixup_alpha = 0.3\nlatent_noise_sigma = 0.02\nspectral_surgery = "hard"\n'
+        '[[sweep]]\nid = "std"\nlora.init_mode = "standard"\n'
+        '[[sweep]]\nid = "late"\ntrain.curriculum_switch = 0.8\n')), daemon_cfg)
+    base = job.base
+    assert (base.init_mode, base.timestep_sampling, base.curriculum_switch,
+            base.latent_mixup_alpha, base.latent_noise_sigma, base.spectral_surgery) == (
+        "pissa", "curriculum", 0.5, 0.3, 0.02, "hard")
+    runs = {r.sweep_id: r.config for r in job.resolve_runs()}
+    assert runs["std"].init_mode == "standard" and runs["late"].curriculum_switch == 0.8
+    with pytest.raises(JobError, match=r"lora\.init_mode.*loftq"):
+        load_job(job_file(daemon_cfg, 'dataset = "birds"\n[lora]\ninit_mode = "loftq"\n'),
+                 daemon_cfg)
+    with pytest.raises(JobError, match=r"train\.curriculum_switch"):
+        load_job(job_file(daemon_cfg, 'dataset = "birds"\n[train]\ncurriculum_switch = 2.0\n'),
+                 daemon_cfg)

@@ -308,3 +308,19 @@ def test_long_file_reads_only_the_needed_prefix(tmp_path):
     np.testing.assert_allclose(got, full, atol=1e-6)
     raw = D.read_audio(p, max_seconds=1.0)
     assert raw.data.shape == (44100, 1) and raw.frames == 44100 * 30 and raw.duration == 30.0
+
+
+def test_prompt_names_follow_the_pairing_case_rule(tmp_path):
+    """One case rule: stems exact, suffixes case-insensitive. `k.npz:` names `k.NPZ` and is
+    used (not warned about), as `k.WAV` pairs with `k.NPZ`; `K.npz:` names no clip."""
+    ds = tmp_path / "case"
+    ds.mkdir()
+    make_clip(ds, "k")
+    make_clip(ds, "m")
+    (ds / "k.npz").rename(ds / "k.NPZ")
+    (ds / "prompts.txt").write_text("k.npz: a barking dog\nm.NPZ: a cat\nK.npz: other\n")
+    prompts, problems = D.read_prompts(ds)
+    assert prompts == {"k.NPZ": "a barking dog", "m.npz": "a cat"}
+    assert len(problems) == 1 and "'K.npz'" in str(problems[0])
+    scan = D.load_dataset(ds, V16)
+    assert {c.stem: c.prompt for c in scan.clips} == {"k": "a barking dog", "m": "a cat"}

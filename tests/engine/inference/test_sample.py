@@ -59,3 +59,42 @@ def test_sample_takes_variant_from_the_adapter_and_duration_from_the_npz(
     wave, sr = sf.read(tmp_path / "out.wav")
     frames = get_variant("tiny_16k").sequence(5.0).num_audio_frames  # 5 s in whole latents
     assert sr == 16000 and wave.shape == (frames,) and 80000 <= frames < 80000 + 1024
+
+
+def test_a_pissa_adapter_leaves_the_next_adapter_the_untouched_base(tmp_path, tiny_weights):
+    """selva-eval with P (PiSSA) then S (standard): S sounds exactly as S alone, and the
+    baseline after P is the baseline."""
+    import torch
+
+    from selva_engine.data.dataset import load_features
+    from selva_engine.inference.synth import Synthesizer
+    from selva_engine.model.generator import load_generator
+    from selva_engine.model.lora import apply_lora, lora_layers, lora_state_dict, save_adapter
+    from selva_engine.weights.locate import resolve
+    from tests.conftest import write_clip
+
+    variant = get_variant("tiny_16k")
+    paths = {}
+    for name, mode in (("P", "pissa"), ("S", "standard")):
+        model = load_generator(resolve(tiny_weights, "tiny_16k").generator, variant)
+        apply_lora(model, rank=4, init_mode=mode)
+        g = torch.Generator().manual_seed(len(name) + (mode == "pissa"))
+        with torch.no_grad():
+            for layer in lora_layers(model).values():
+                layer.lora_B.add_(0.2 * torch.randn(layer.lora_B.shape, generator=g))
+        paths[name] = save_adapter(tmp_path / f"{name}.pt", lora_state_dict(model),
+                                   {"rank": 4, "variant": "tiny_16k", "init_mode": mode})
+    write_clip(tmp_path / "d", "c", freq=440.0, seed=3)
+    feats = load_features(tmp_path / "d" / "c.npz", variant)
+    synth = Synthesizer("tiny_16k", tiny_weights, device="cpu")
+
+    def sound(adapter):
+        synth.set_adapter(adapter)
+        return synth.generate(feats.clip, feats.sync, "x", steps=2, seed=1)
+
+    base, s_alone = sound(None), sound(paths["S"])
+    p = sound(paths["P"])
+    assert not np.array_equal(p, base)
+    assert np.array_equal(sound(None), base)
+    sound(paths["P"])
+    assert np.array_equal(sound(paths["S"]), s_alone)
