@@ -10,6 +10,7 @@ file (see selvad.config.jobs) and is checked by the same code.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ __all__ = [
     "RetentionConfig",
     "ScheduleConfig",
     "WatchConfig",
+    "WebConfig",
     "load_config",
     "parse_config",
 ]
@@ -104,6 +106,48 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True)
+class WebConfig:
+    """The web page (selvad.web): where it listens and the token its actions need."""
+
+    enabled: bool = True  # serve the page beside the main loop
+    listen: str = "127.0.0.1:8765"  # HOST:PORT ([::1]:PORT for IPv6); port 0 = any free port
+    token: str = ""  # needed by cancel/retry/enqueue when `listen` is not a loopback address
+
+    @property
+    def host(self) -> str:
+        """The address part of `listen` (brackets of an IPv6 address removed)."""
+        return split_listen(self.listen)[0]
+
+    @property
+    def port(self) -> int:
+        """The port part of `listen`."""
+        return split_listen(self.listen)[1]
+
+    @property
+    def loopback(self) -> bool:
+        """Whether only this machine can reach the page (127.0.0.0/8, ::1, localhost)."""
+        return is_loopback(self.host)
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """`"HOST:PORT"` -> (host, port); ValueError saying what is wrong otherwise."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError("expected HOST:PORT, e.g. 127.0.0.1:8765")
+    return host.strip("[]"), int(port)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` is a loopback address or "localhost"."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
 class DaemonConfig:
     """The whole daemon configuration; `defaults` holds job settings with the job schema."""
 
@@ -114,6 +158,7 @@ class DaemonConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    web: WebConfig = field(default_factory=WebConfig)
     defaults: dict[str, Any] = field(default_factory=dict)
 
 
@@ -124,6 +169,7 @@ SECTIONS: dict[str, type] = {
     "schedule": ScheduleConfig,
     "retention": RetentionConfig,
     "logging": LoggingConfig,
+    "web": WebConfig,
 }
 LOG_FORMATS = ("auto", "json", "console")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -164,9 +210,22 @@ def _check_values(cfg: DaemonConfig, p: Problems) -> None:
     if cfg.logging.level.lower() not in LOG_LEVELS:
         p.add("logging.level", "unknown level", got=cfg.logging.level,
               expected=" | ".join(LOG_LEVELS))
+    _check_web(cfg.web, p)
     if not cfg.paths.dataset_roots:
         p.add("paths.dataset_roots", "needs at least one directory", got=[],
               expected="a list of directories")
+
+
+def _check_web(web: WebConfig, p: Problems) -> None:
+    try:
+        split_listen(web.listen)
+    except ValueError as exc:
+        p.add("web.listen", "not an address", got=web.listen, expected=str(exc)[9:])
+        return
+    if web.enabled and not web.loopback and len(web.token) < 16:
+        p.add("web.token", "other machines can reach the page, so its actions need a token",
+              got=web.token, expected="a secret of at least 16 characters, or "
+              'listen = "127.0.0.1:8765"')
 
 
 def parse_config(data: dict[str, Any], path: Path | str) -> DaemonConfig:
