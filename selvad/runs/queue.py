@@ -43,6 +43,8 @@ __all__ = [
     "AUDIO_EXTENSIONS",
     "KINDS",
     "STATES",
+    "SUPERSEDED",
+    "WAITING",
     "IllegalTransition",
     "Request",
     "Run",
@@ -57,6 +59,10 @@ ACTIVE = ("extracting", "training")
 TERMINAL = ("done", "failed", "cancelled")
 KINDS = ("train", "extract")
 ACTIONS = ("cancel", "retry", "enqueue", "skip")
+# the note (`error` column) of a queued run held back because its dataset has errors, and
+# the note of a queued run that a newer config or dataset replaced ("superseded by RUN")
+WAITING = "waiting: dataset has errors"
+SUPERSEDED = "superseded by"
 _LEGAL: dict[str, tuple[str, ...]] = {
     "queued": ("extracting", "cancelled"),
     "extracting": ("training", "done", "failed", "cancelled", "queued"),
@@ -158,6 +164,11 @@ def _canonical(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 
 
+def config_digest(config: dict[str, Any]) -> str:
+    """The default config hash of a run: sha256 of the canonical JSON of `config`."""
+    return hashlib.sha256(_canonical(config).encode()).hexdigest()
+
+
 class RunQueue:
     """The queue database at `path` (created on first use); safe across threads/processes.
 
@@ -194,6 +205,15 @@ class RunQueue:
             raise
         conn.execute("COMMIT")
 
+    def transaction(self) -> Any:
+        """A write transaction (BEGIN IMMEDIATE) on this thread's connection, as a context
+        manager yielding the connection (for the other tables of the database)."""
+        return self._write()
+
+    def connection(self) -> sqlite3.Connection:
+        """This thread's connection (for reads of the other tables)."""
+        return self._conn()
+
     def close(self) -> None:
         """Close this thread's connection (others close when their thread ends)."""
         conn = getattr(self._local, "conn", None)
@@ -211,13 +231,13 @@ class RunQueue:
         than `rerun_states` ("the same job on the same data is never queued twice").
 
         Identity is (job, sweep_id, kind, config_hash, manifest_hash); `config_hash`
-        defaults to the sha256 of the canonical config JSON. `force` skips the check
+        defaults to `config_digest(config)`. A superseded run never counts as the same run. `force` skips the check
         (an explicit `selvad enqueue`). Automatic triggers pass `rerun_states=()` so that a
         run the user cancelled (or one that failed) is not revived by a touched file.
         """
         if kind not in KINDS:
             raise ValueError(f"unknown run kind {kind!r}; expected one of {', '.join(KINDS)}")
-        chash = config_hash or hashlib.sha256(_canonical(config).encode()).hexdigest()
+        chash = config_hash or config_digest(config)
         mhash = manifest_hash(manifest)
         now = time.time()
         with self._write() as db:
@@ -225,8 +245,9 @@ class RunQueue:
                 marks = ", ".join("?" * len(rerun_states))
                 dup = db.execute(
                     "SELECT id FROM runs WHERE job=? AND sweep_id=? AND kind=? AND config_hash=?"
-                    f" AND manifest_hash=? AND state NOT IN ({marks}) LIMIT 1",
-                    (job, sweep_id, kind, chash, mhash, *rerun_states),
+                    f" AND manifest_hash=? AND state NOT IN ({marks}) AND NOT (state='cancelled'"
+                    " AND error LIKE ?) LIMIT 1",
+                    (job, sweep_id, kind, chash, mhash, *rerun_states, SUPERSEDED + "%"),
                 ).fetchone()
                 if dup is not None:
                     return None
@@ -249,11 +270,13 @@ class RunQueue:
 
     def next_run(self, now: float | None = None) -> Run | None:
         """The queued run to start next: extraction runs first, then priority, then age;
-        runs waiting for an automatic retry (`not_before` after `now`) are skipped."""
+        runs waiting for an automatic retry (`not_before` after `now`) or held by `hold`
+        are skipped."""
         row = self._conn().execute(
             "SELECT * FROM runs WHERE state='queued' AND (not_before IS NULL OR not_before<=?)"
+            " AND (error IS NULL OR error != ?)"
             " ORDER BY kind='extract' DESC, priority DESC, created_at ASC, id ASC LIMIT 1",
-            (time.time() if now is None else now,),
+            (time.time() if now is None else now, WAITING),
         ).fetchone()
         return Run.from_row(row) if row else None
 
@@ -325,6 +348,38 @@ class RunQueue:
         with self._write() as db:
             db.execute("UPDATE runs SET error=?, updated_at=? WHERE id=? AND state IN (?, ?)",
                        (note, time.time(), run_id, *ACTIVE))
+
+    def supersede(self, job: str, keep: set[tuple[str, str, str]], by: str) -> list[str]:
+        """Cancel the queued, never started training runs of `job` whose (sweep_id,
+        config_hash, manifest_hash) is not in `keep`, noted "superseded by `by`" (a run
+        that already trained some steps is kept: it resumes). Returns their ids."""
+        with self._write() as db:
+            rows = db.execute("SELECT id, sweep_id, config_hash, manifest_hash FROM runs WHERE"
+                              " job=? AND kind='train' AND state='queued' AND attempts=0",
+                              (job,)).fetchall()
+            ids = [r["id"] for r in rows if (r["sweep_id"], r["config_hash"],
+                                             r["manifest_hash"]) not in keep]
+            now = time.time()
+            for run_id in ids:
+                db.execute("UPDATE runs SET state='cancelled', error=?, finished_at=?,"
+                           " updated_at=? WHERE id=?", (f"{SUPERSEDED} {by}", now, now, run_id))
+        return ids
+
+    def hold(self, jobs: Iterable[str], held: bool) -> list[str]:
+        """Hold back (`held`) or release the queued runs of `jobs`: a held run carries the
+        WAITING note and `next_run` skips it. Returns the ids whose note changed."""
+        jobs = list(jobs)
+        if not jobs:
+            return []
+        marks = ", ".join("?" * len(jobs))
+        where = f"state='queued' AND job IN ({marks}) AND " + (
+            "error IS NULL" if held else "error=?")
+        args = (*jobs,) if held else (*jobs, WAITING)
+        with self._write() as db:
+            ids = [r["id"] for r in db.execute(f"SELECT id FROM runs WHERE {where}", args)]
+            db.execute(f"UPDATE runs SET error=?, updated_at=? WHERE {where}",
+                       (WAITING if held else None, time.time(), *args))
+        return ids
 
     def list_runs(self, job: str | None = None, states: Iterable[str] | None = None,
                   limit: int | None = None) -> list[Run]:

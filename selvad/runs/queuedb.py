@@ -1,7 +1,8 @@
 """The queue database's tables (see selvad.runs.queue) and their upgrades.
 
-`create_or_upgrade` creates missing tables and adds the columns newer than an existing
-database. It only reads when the database is up to date, so opening the queue never needs
+`create_or_upgrade` creates missing tables (`watched`, what the daemon last saw of each job
+file and dataset and what is wrong with it, came after 0.1) and adds the columns newer than
+an existing database. It only reads when the database is up to date, so opening the queue never needs
 the write lock: `selvad status` answers while another connection holds it.
 """
 
@@ -51,6 +52,15 @@ CREATE TABLE IF NOT EXISTS requests (
     created_at REAL NOT NULL,
     handled_at REAL,
     result TEXT
+);
+CREATE TABLE IF NOT EXISTS watched (
+    kind TEXT NOT NULL,            -- 'job' | 'dataset'
+    name TEXT NOT NULL,            -- job name | dataset directory (absolute)
+    path TEXT NOT NULL,
+    fingerprint TEXT NOT NULL DEFAULT '',  -- job file sha256 | dataset manifest hash
+    problem TEXT,                  -- why it blocks training (NULL when it does not)
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (kind, name)
 );
 """
 

@@ -29,6 +29,9 @@ class JobEvents(Protocol):
     def queue_job(self, job: Job, reason: str, force: bool = False) -> list[str] | None:
         """Validate the job's dataset and queue its runs; None when the dataset is invalid."""
 
+    def check(self, job: Job) -> tuple[bool, dict[str, Any]]:
+        """Validate the job's dataset; (ok, manifest)."""
+
 
 class DaemonContext(Protocol):
     """The daemon's state and actions shared with its handlers (all on the main thread)."""
@@ -45,6 +48,9 @@ class DaemonContext(Protocol):
 
     def manifest(self, job: Job) -> dict[str, Any]:
         """The current file manifest (names, sizes, content hashes) of `job`'s dataset."""
+
+    def dataset_manifest(self, path: Path, name: str) -> dict[str, Any]:
+        """The current file manifest of the dataset directory `path` (called `name`)."""
 
     def enqueue(self, spec: RunSpec, manifest: dict[str, Any], reason: str,
                 force: bool = False, explicit: bool = False) -> Run | None:

@@ -45,7 +45,14 @@ from selvad.datasets.hashcache import FileHashCache
 from selvad.datasets.watch import Watcher
 from selvad.log import get_logger, setup_logging
 from selvad.runs.child import stop_orphan
-from selvad.runs.queue import ACTIVE, Run, RunQueue, dataset_manifest, manifest_hash
+from selvad.runs.queue import (
+    ACTIVE,
+    WAITING,
+    Run,
+    RunQueue,
+    dataset_manifest,
+    manifest_hash,
+)
 from selvad.runs.retention import prune_run_dir
 from selvad.runs.schedule import build_scheduler, reschedule
 from selvad.runs.statelock import StateDirLocked, StateLock
@@ -258,7 +265,8 @@ class Daemon:
             return run
         now = time.time()
         for other in self.queue.list_runs(states=["queued"]):
-            if other.id in self.skip_window and (other.not_before or 0) <= now:
+            if (other.id in self.skip_window and (other.not_before or 0) <= now
+                    and other.error != WAITING):
                 return other
         self._note_window(False)
         return None
@@ -329,14 +337,19 @@ class Daemon:
     # -- enqueueing (used by the event and request handlers) ----------------------------
 
     def manifest(self, job: Job) -> dict[str, Any]:
-        """The current manifest of `job`'s dataset. Content hashes are cached in
-        `state_dir` (kept across restarts); the cache opens on first use."""
+        """The current manifest of `job`'s dataset (see `dataset_manifest`)."""
+        return self.dataset_manifest(job.dataset_dir, job.dataset)
+
+    def dataset_manifest(self, path: Path, name: str) -> dict[str, Any]:
+        """The current manifest of the dataset directory `path` (called `name`). Content
+        hashes are cached in `state_dir` (kept across restarts); the cache opens on first
+        use."""
         if self.hashes is None:
             self.hashes = FileHashCache(self.cfg.paths.hash_cache_path, on_problem=lambda message:
                                         self.log.warning("hashes.problem", error=message,
                                                          fix="nothing is lost; files are hashed again if needed"))
-        return dataset_manifest(job.dataset_dir, cache=self.hashes, progress=lambda done, total:
-                                self.keepalive(f"hashing {job.dataset}: {done}/{total} files"))
+        return dataset_manifest(path, cache=self.hashes, progress=lambda done, total:
+                                self.keepalive(f"hashing {name}: {done}/{total} files"))
 
     def enqueue(self, spec: RunSpec, manifest: dict[str, Any], reason: str,
                 force: bool = False, explicit: bool = False) -> Run | None:

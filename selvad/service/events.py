@@ -1,20 +1,29 @@
 """What the daemon does when a job file or a dataset changes (main-loop side of the watcher).
 
 - Job file created/modified: `load_job`; a broken file (or one that is not a regular
-  file, e.g. a FIFO) is logged with every problem and ignored (other jobs go on). A valid
-  job's dataset is validated (once its files have settled: a job loaded mid-copy waits for
-  the dataset event), then its extraction run is queued and, when `trigger.on_change` is
-  true, its training runs (the queue refuses duplicates, so an unchanged file queues
-  nothing and an edit queues a new run). With `on_change = false` only `selvad enqueue`
-  queues training. Deleted: logged and forgotten.
+  file, e.g. a FIFO) is logged with every problem, recorded for `selvad status` and
+  ignored (other jobs go on). A valid job's dataset is validated (once its files have
+  settled: a job loaded mid-copy waits for the dataset event) and its extraction run
+  queued; when `trigger.on_change` is true its training runs are queued once the file has
+  been left alone for `settle_minutes` (saving again restarts the wait; 0 queues at once).
+  With `on_change = false` only `selvad enqueue` queues training. Deleted: logged and
+  forgotten.
 - Dataset changed: validated once per variant its jobs use (the report is logged; an
-  invalid dataset queues nothing). Extraction is queued at once; jobs with
-  `trigger.on_change` get their training queued when the dataset has been quiet for
-  `settle_minutes` (a per-job debounce, fractional minutes allowed).
+  invalid dataset queues nothing, and the runs already queued for it wait, noted
+  "waiting: dataset has errors", until it is valid again). Extraction is queued at once;
+  jobs with `trigger.on_change` get their training queued when the dataset has been quiet
+  for `settle_minutes` (a per-job debounce, fractional minutes allowed).
+- Newest wins: when a job's training runs are queued, its queued runs that never started
+  and no longer match the job file or the dataset (an edited config, new clips, a
+  `[[sweep]]` replacing the plain run) are cancelled with the note "superseded by RUN".
+- Nothing changed, nothing said: the job file's sha256 and the dataset's manifest hash are
+  kept in the queue database (selvad.runs.watched), so the first scan after a restart or
+  SIGHUP that finds them unchanged logs `change=unchanged` and arms no training.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from pathlib import Path
@@ -23,7 +32,8 @@ from typing import Any
 from selvad.config.jobs import Job, JobError, load_job
 from selvad.datasets.validate import ValidationReport, validate_dataset
 from selvad.datasets.watch import DatasetEvent, JobEvent
-from selvad.runs.queue import manifest_hash
+from selvad.runs.queue import WAITING, manifest_hash
+from selvad.runs.watched import WatchedTable
 from selvad.service.context import DaemonContext
 
 __all__ = ["EventHandler", "report_fields"]
@@ -62,6 +72,12 @@ class EventHandler:
         self.waiting: set[str] = set()  # jobs loaded while their dataset was settling
         self._reports: dict[tuple[str, str, str], ValidationReport] = {}
 
+    @property
+    def watched(self) -> WatchedTable:
+        """What the daemon last saw of each job file and dataset (in the queue database)."""
+        assert self.d.queue is not None
+        return WatchedTable(self.d.queue)
+
     # -- dispatch ------------------------------------------------------------------------
 
     def handle(self, event: Any) -> None:
@@ -79,7 +95,9 @@ class EventHandler:
         """Validate `job`'s dataset for its variant; returns (ok, manifest).
 
         A report is computed and logged once per (dataset, variant, manifest hash); an
-        unchanged dataset is not read again. A missing directory is not ok.
+        unchanged dataset is not read again. A missing directory is not ok. The queued runs
+        of the jobs on an invalid dataset are held (they wait), and released when it is
+        valid again; the dataset's problem is recorded for `selvad status`.
         """
         try:
             manifest = self.d.manifest(job)
@@ -87,6 +105,8 @@ class EventHandler:
             self.log.error("dataset.unreadable", dataset=job.dataset, job=job.name,
                            path=str(job.dataset_dir), error=str(exc),
                            fix="create the dataset directory or fix `dataset` in the job file")
+            self._hold(job, f"dataset {job.dataset_dir} cannot be read ({exc}); create it or "
+                            "fix `dataset` in the job file")
             return False, {"files": []}
         key = (str(job.dataset_dir), job.base.variant, manifest_hash(manifest))
         report = self._reports.get(key)
@@ -101,7 +121,20 @@ class EventHandler:
             else:
                 self.log.error("dataset.invalid", dataset=job.dataset, jobs_blocked=self._names(
                     job), **report_fields(report))
+        self._hold(job, None if report.ok else _problem(job, report))
         return report.ok, manifest
+
+    def _hold(self, job: Job, problem: str | None) -> None:
+        """Record `job`'s dataset problem (None: none) and hold or release the queued runs
+        of the jobs on it; logs each run whose note changed."""
+        self.watched.record("dataset", os.path.abspath(job.dataset_dir), str(job.dataset_dir),
+                            problem=problem)
+        assert self.d.queue is not None
+        names = self._names(job) + [job.extract_run().job]
+        for run_id in self.d.queue.hold(names, held=problem is not None):
+            self.log.info("run.waiting" if problem else "run.released", run_id=run_id,
+                          dataset=job.dataset, jobs=names,
+                          note=WAITING if problem else "dataset valid again")
 
     def _names(self, job: Job) -> list[str]:
         return sorted(j.name for j in self.jobs_for(job.dataset_dir) if
@@ -120,27 +153,34 @@ class EventHandler:
         try:
             return load_job(path, self.d.cfg)
         except JobError as exc:
-            self.log.error("job.invalid", job=path.stem, path=str(path), problems=exc.problems,
+            problems = list(exc.problems)
+            self.log.error("job.invalid", job=path.stem, path=str(path), problems=problems,
                            fix="fix the job file; the daemon picks it up when saved")
         except (OSError, ValueError) as exc:
-            self.log.error("job.invalid", job=path.stem, path=str(path), problems=[str(exc)])
+            problems = [str(exc)]
+            self.log.error("job.invalid", job=path.stem, path=str(path), problems=problems)
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        self.watched.record("job", path.stem, str(path), problem=(
+            f"{problems[0] if problems else 'invalid'}{more}; fix the job file, the daemon "
+            "picks it up when saved"))
         return None
 
     def on_job(self, ev: JobEvent) -> None:
-        """A job file changed: (re)load it and queue its runs, or forget it."""
+        """A job file changed: (re)load it and queue its runs (training once the file has
+        settled), or forget it."""
         if ev.change == "deleted":
-            self.d.jobs.pop(ev.name, None)
-            self.train_due.pop(ev.name, None)
-            self.waiting.discard(ev.name)
-            self.log.info("job.removed", job=ev.name, path=str(ev.path),
-                          note="queued runs of this job stay queued; cancel them if unwanted")
+            self.forget_job(ev)
             return
         job = self.load(ev.path)
         if job is None:
             self.d.jobs.pop(ev.name, None)
+            self.train_due.pop(ev.name, None)
             return
         self.d.jobs[job.name] = job
-        self.log.info("job.loaded", job=job.name, change=ev.change, dataset=job.dataset,
+        old, new = self.watched.fingerprint("job", job.name), _file_digest(job.path)
+        change = "unchanged" if old == new else ("modified" if old else ev.change)
+        self.watched.record("job", job.name, str(job.path), fingerprint=new)
+        self.log.info("job.loaded", job=job.name, change=change, dataset=job.dataset,
                       variant=job.base.variant, runs=len(job.resolve_runs()),
                       on_change=job.trigger.on_change)
         if self.settling(job.dataset_dir):  # never validate half-copied clips
@@ -148,7 +188,27 @@ class EventHandler:
             self.log.info("job.waiting_for_dataset", job=job.name, dataset=job.dataset,
                           note="files are still being copied; queued once they settle")
             return
-        self._queue_loaded(job, reason=f"job file {ev.change}")
+        if change == "unchanged" or not job.trigger.on_change or not job.trigger.settle_minutes:
+            self._queue_loaded(job, reason=f"job file {change}")
+            return
+        if self.queue_job(job, reason=f"job file {change}", train=False) is not None:
+            self._arm(job, why="job file saved")
+
+    def forget_job(self, ev: JobEvent) -> None:
+        """A job file was deleted: forget the job (its queued runs stay)."""
+        self.d.jobs.pop(ev.name, None)
+        self.train_due.pop(ev.name, None)
+        self.waiting.discard(ev.name)
+        self.watched.forget("job", ev.name)
+        self.log.info("job.removed", job=ev.name, path=str(ev.path),
+                      note="queued runs of this job stay queued; cancel them if unwanted")
+
+    def _arm(self, job: Job, why: str) -> None:
+        """(Re)start `job`'s settle time; its training is queued when it ends."""
+        seconds = job.trigger.settle_minutes * 60.0
+        self.train_due[job.name] = time.monotonic() + seconds
+        self.log.info("job.training_due", job=job.name, dataset=job.dataset,
+                      in_seconds=round(seconds, 1), why=why)
 
     def _queue_loaded(self, job: Job, reason: str) -> None:
         """Queue what a job file event may queue: everything for an `on_change` job, only
@@ -182,27 +242,44 @@ class EventHandler:
         queued: list[str] = []
         if not train:
             return queued
-        for spec in job.resolve_runs():
+        specs = job.resolve_runs()
+        for spec in specs:
             run = self.d.enqueue(spec, manifest, reason=reason, force=force and not spec.sweep_id,
                                  explicit=force)
             if run is not None:
                 queued.append(run.id)
+        self._supersede(job, specs, manifest, by=queued[0] if queued else "")
         return queued
+
+    def _supersede(self, job: Job, specs: list[Any], manifest: dict[str, Any], by: str) -> None:
+        """Cancel `job`'s queued, never started runs that match neither a current spec nor
+        the current manifest ("superseded by RUN")."""
+        assert self.d.queue is not None
+        mhash = manifest_hash(manifest)
+        keep = {(s.sweep_id, s.config_hash, mhash) for s in specs}
+        by = by or "the job's current runs"
+        for run_id in self.d.queue.supersede(job.name, keep, by):
+            self.log.info("run.state", state="cancelled", run_id=run_id, job=job.name,
+                          dataset=job.dataset, kind="train", reason=f"superseded by {by}")
 
     # -- datasets ------------------------------------------------------------------------
 
     def on_dataset(self, ev: DatasetEvent) -> None:
-        """A dataset settled or went away: validate, queue extraction, arm the debounce."""
+        """A dataset settled or went away: validate, queue extraction, arm the debounce
+        (not when its content is what the daemon saw last: a restart's first scan)."""
         jobs = self.jobs_for(ev.path)
         if ev.change == "removed":
             self.log.info("dataset.removed", dataset=ev.name, path=str(ev.path),
                           jobs=[j.name for j in jobs])
+            self.watched.forget("dataset", os.path.abspath(ev.path))
             for j in jobs:
                 self.train_due.pop(j.name, None)
             return
-        self.log.info("dataset.changed", dataset=ev.name, path=str(ev.path),
-                      files=list(ev.files)[:50], changed=len(ev.files),
-                      jobs=[j.name for j in jobs])
+        changed = self._dataset_changed(ev)
+        if changed:
+            self.log.info("dataset.changed", dataset=ev.name, path=str(ev.path),
+                          files=list(ev.files)[:50], changed=len(ev.files),
+                          jobs=[j.name for j in jobs])
         seen_variants: set[str] = set()
         for job in jobs:
             ok, manifest = self.check(job)
@@ -215,11 +292,20 @@ class EventHandler:
             if job.name in self.waiting:  # loaded while the clips were still arriving
                 self.waiting.discard(job.name)
                 self._queue_loaded(job, reason="job file created; its dataset settled")
-            elif job.trigger.on_change:
-                due = time.monotonic() + job.trigger.settle_minutes * 60.0
-                self.train_due[job.name] = due
-                self.log.info("job.training_due", job=job.name, dataset=job.dataset,
-                              in_seconds=round(job.trigger.settle_minutes * 60.0, 1))
+            elif job.trigger.on_change and changed:
+                self._arm(job, why="dataset changed")
+
+    def _dataset_changed(self, ev: DatasetEvent) -> bool:
+        """Record the dataset's manifest hash; True unless it is the one recorded before."""
+        key = os.path.abspath(ev.path)
+        try:
+            fingerprint = manifest_hash(self.d.dataset_manifest(ev.path, ev.name))
+        except OSError:
+            return True
+        old = self.watched.get("dataset", key)
+        self.watched.record("dataset", key, str(ev.path), fingerprint=fingerprint,
+                            problem=old.problem if old else None)
+        return old is None or old.fingerprint != fingerprint
 
     def due_training(self) -> None:
         """Queue the training runs whose dataset has been quiet for their settle time."""
@@ -228,4 +314,21 @@ class EventHandler:
             del self.train_due[name]
             job = self.d.jobs.get(name)
             if job is not None:
-                self.queue_job(job, reason="dataset changed (trigger.on_change)")
+                self.queue_job(job, reason="settled (trigger.settle_minutes)")
+
+
+def _file_digest(path: Path) -> str:
+    """sha256 of the file at `path` ("" when it cannot be read)."""
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return ""
+
+
+def _problem(job: Job, report: ValidationReport) -> str:
+    """One line for `selvad status`: what is wrong with `job`'s dataset and the command."""
+    first = report.errors[0] if report.errors else None
+    what = f"{first.file or '(dataset)'}: {first.message}" if first else "errors"
+    more = f" (and {report.error_count - 1} more)" if report.error_count > 1 else ""
+    return (f"{report.error_count} error(s) for {job.base.variant}: {what}{more}; see "
+            f"`selvad validate {job.dataset_dir} --variant {job.base.variant}`")

@@ -49,10 +49,12 @@ def test_job_file_queues_extraction_and_training_once(daemon, tmp_path: Path) ->
     assert sorted(_kinds(d, "birds")) == [("extract", "queued"), ("train", "queued")]
     d.events.handle(JobEvent(path, "modified"))  # unchanged content: nothing new
     assert len(_kinds(d, "birds")) == 2
-    _job(tmp_path, "birds", "birds", steps=30)  # an edit: one new training run
+    _job(tmp_path, "birds", "birds", steps=30)  # an edit: a new run supersedes the old one
     d.events.handle(JobEvent(path, "modified"))
-    assert sorted(_kinds(d, "birds")) == [("extract", "queued"), ("train", "queued"),
+    assert sorted(_kinds(d, "birds")) == [("extract", "queued"), ("train", "cancelled"),
                                           ("train", "queued")]
+    old, new = d.queue.list_runs(job="birds")
+    assert old.error == f"superseded by {new.id}" and new.config["steps"] == 30
     d.events.handle(JobEvent(path, "deleted"))
     assert "birds" not in d.jobs
 

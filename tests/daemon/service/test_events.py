@@ -83,3 +83,129 @@ def test_fifo_job_file_is_logged_invalid_and_others_go_on(daemon: Daemon, tmp_pa
     assert "pipe" not in daemon.jobs and _kinds(daemon, "good") == ["train"]
     out = capsys.readouterr()
     assert "job.invalid" in out.out + out.err and "not a regular file (a FIFO)" in out.out + out.err
+
+
+def _settled_job(tmp_path: Path, name: str, body: str = "", settle: float = 5.0,
+                 dataset: str = "birds") -> Path:
+    path = tmp_path / "jobs" / f"{name}.toml"
+    path.write_text(f'dataset = "{dataset}"\nvariant = "tiny_16k"\n{body}\n'
+                    f'[trigger]\nsettle_minutes = {settle}\n')
+    return path
+
+
+def _expire(d: Daemon) -> None:
+    for name in d.events.train_due:
+        d.events.train_due[name] = 0.0
+    d.events.due_training()
+
+
+def test_edits_within_the_settle_time_queue_one_run_with_the_last_config(
+        daemon: Daemon, tmp_path: Path) -> None:
+    d = daemon
+    assert d.queue is not None
+    make_dataset(tmp_path / "datasets" / "birds", 3)
+    path = _settled_job(tmp_path, "edit", "[train]\nsteps = 20")
+    d.events.handle(JobEvent(path, "created"))
+    assert _kinds(d, "edit") == [] and "edit" in d.events.train_due  # waits for its settle time
+    _settled_job(tmp_path, "edit", "[train]\nsteps = 40")
+    d.events.handle(JobEvent(path, "modified"))
+    _expire(d)
+    runs = d.queue.list_runs(job="edit")
+    assert [(r.state, r.config["steps"]) for r in runs] == [("queued", 40)]
+
+
+def test_a_sweep_supersedes_the_queued_plain_run(daemon: Daemon, tmp_path: Path) -> None:
+    d = daemon
+    assert d.queue is not None
+    make_dataset(tmp_path / "datasets" / "birds", 3)
+    path = _settled_job(tmp_path, "sw", settle=0.0)
+    d.events.handle(JobEvent(path, "created"))
+    (plain,) = d.queue.list_runs(job="sw")
+    _settled_job(tmp_path, "sw", '[[sweep]]\nid = "r8"\nlora.rank = 8\n'
+                                 '[[sweep]]\nid = "r16"\nlora.rank = 16', settle=0.0)
+    d.events.handle(JobEvent(path, "modified"))
+    runs = {r.sweep_id: r for r in d.queue.list_runs(job="sw")}
+    assert runs[""].state == "cancelled" and runs[""].error == f"superseded by {runs['r8'].id}"
+    assert runs["r8"].state == runs["r16"].state == "queued" and runs[""].id == plain.id
+    # editing back to the plain job queues it again (a superseded run is no duplicate)
+    _settled_job(tmp_path, "sw", settle=0.0)
+    d.events.handle(JobEvent(path, "modified"))
+    states = sorted((r.sweep_id, r.state) for r in d.queue.list_runs(job="sw"))
+    assert states == [("", "cancelled"), ("", "queued"), ("r16", "cancelled"),
+                      ("r8", "cancelled")]
+
+
+def test_a_started_run_is_never_superseded(daemon: Daemon, tmp_path: Path) -> None:
+    d = daemon
+    assert d.queue is not None
+    make_dataset(tmp_path / "datasets" / "birds", 3)
+    path = _settled_job(tmp_path, "keep", "[train]\nsteps = 20", settle=0.0)
+    d.events.handle(JobEvent(path, "created"))
+    (run,) = d.queue.list_runs(job="keep")
+    d.queue.claim(run.id)
+    d.queue.set_state(run.id, "queued")  # interrupted: it resumes from its checkpoint
+    _settled_job(tmp_path, "keep", "[train]\nsteps = 30", settle=0.0)
+    d.events.handle(JobEvent(path, "modified"))
+    assert [r.state for r in d.queue.list_runs(job="keep")] == ["queued", "queued"]
+
+
+def test_queued_runs_wait_while_their_dataset_has_errors(daemon: Daemon, tmp_path: Path) -> None:
+    from selvad.runs.queue import WAITING
+    from selvad.runs.watched import WatchedTable
+
+    d = daemon
+    assert d.queue is not None
+    data = tmp_path / "datasets" / "birds"
+    make_dataset(data, 3)
+    d.events.handle(JobEvent(_settled_job(tmp_path, "w", settle=0.0), "created"))
+    (run,) = d.queue.list_runs(job="w")
+    (data / "clip00.wav").write_bytes(b"not audio")  # the dataset becomes invalid
+    d.events.handle(DatasetEvent(tmp_path / "datasets", "birds", "changed", ("clip00.wav",)))
+    assert d.queue.get(run.id).error == WAITING and d.queue.get(run.id).state == "queued"
+    assert d.queue.next_run() is None  # neither the training nor the extraction starts
+    (problem,) = [p for p in WatchedTable(d.queue).problems() if p.kind == "dataset"]
+    assert "selvad validate" in problem.problem and problem.path == str(data)
+    make_dataset(data, 3)  # fixed: the run is released
+    d.events.handle(DatasetEvent(tmp_path / "datasets", "birds", "changed", ("clip00.wav",)))
+    assert d.queue.get(run.id).error is None
+    assert WatchedTable(d.queue).problems() == []
+
+
+def test_invalid_job_files_are_recorded_until_fixed(daemon: Daemon, tmp_path: Path) -> None:
+    from selvad.runs.watched import WatchedTable
+
+    d = daemon
+    assert d.queue is not None
+    make_dataset(tmp_path / "datasets" / "birds", 3)
+    path = _settled_job(tmp_path, "broken", "[train]\nsteps = -3", settle=0.0)
+    d.events.handle(JobEvent(path, "created"))
+    (p,) = WatchedTable(d.queue).problems()
+    assert (p.kind, p.name, p.path) == ("job", "broken", str(path)) and "steps" in p.problem
+    _settled_job(tmp_path, "broken", "[train]\nsteps = 20", settle=0.0)
+    d.events.handle(JobEvent(path, "modified"))
+    assert WatchedTable(d.queue).problems() == []
+
+
+def test_a_restart_with_nothing_changed_reports_no_change(
+        make_config: Callable[[str], Path], tmp_path: Path) -> None:
+    from structlog.testing import capture_logs
+
+    config = make_config("")
+    make_dataset(tmp_path / "datasets" / "birds", 3)
+    path = _settled_job(tmp_path, "same", settle=0.0)
+    lives = []
+    for _ in range(2):  # two daemon lifetimes; the watcher's first scan reports all again
+        d = Daemon(config)
+        d.queue = RunQueue(d.cfg.paths.queue_path)
+        with capture_logs() as logs:
+            d.events.handle(JobEvent(path, "created"))
+            d.events.handle(DatasetEvent(tmp_path / "datasets", "birds", "changed",
+                                         ("clip00.wav",)))
+        lives.append([(e["event"], e.get("change"), e.get("state")) for e in logs])
+    assert ("job.loaded", "created", None) in lives[0] and ("dataset.changed", None,
+                                                             None) in lives[0]
+    assert ("job.loaded", "unchanged", None) in lives[1]
+    for event, change, state in lives[1]:
+        assert change != "created" and state != "queued"
+        assert event not in ("dataset.changed", "job.training_due")
+    assert d.events.train_due == {}
