@@ -61,3 +61,53 @@ def test_an_automatic_retry_waits_for_its_time(tmp_path: Path) -> None:
     row = q.set_state(run.id, "queued")  # the user's retry: now, with a fresh budget
     assert row.not_before is None and row.auto_retries == 0 and row.error is None
     assert q.claim(run.id) is not None
+
+
+def test_a_database_without_the_watched_table_gains_it(tmp_path: Path) -> None:
+    from selvad.runs.watched import WatchedTable
+
+    path = tmp_path / "queue.sqlite3"
+    conn = sqlite3.connect(path)
+    conn.executescript(_old_schema().split("CREATE TABLE IF NOT EXISTS watched")[0])
+    conn.close()
+    table = WatchedTable(RunQueue(path))
+    table.record("job", "j", "/jobs/j.toml", fingerprint="abc", problem="broken")
+    table.record("job", "j", "/jobs/j.toml", problem="still broken")  # keeps the fingerprint
+    (row,) = table.problems()
+    assert (row.fingerprint, row.problem) == ("abc", "still broken")
+    table.record("job", "j", "/jobs/j.toml")
+    assert table.problems() == [] and table.fingerprint("job", "j") == "abc"
+    table.forget("job", "j")
+    assert table.get("job", "j") is None
+
+
+def test_supersede_cancels_only_queued_never_started_other_runs(tmp_path: Path) -> None:
+    from selvad.runs.queue import SUPERSEDED
+
+    q = RunQueue(tmp_path / "queue.sqlite3")
+    old = q.enqueue("j", "d", {"steps": 1}, {"files": []})
+    started = q.enqueue("j", "d", {"steps": 2}, {"files": []})
+    new = q.enqueue("j", "d", {"steps": 3}, {"files": []})
+    assert old and started and new
+    q.claim(started.id)
+    q.set_state(started.id, "queued")
+    assert q.supersede("j", {("", new.config_hash, new.manifest_hash)}, new.id) == [old.id]
+    row = q.get(old.id)
+    assert row.state == "cancelled" and row.error == f"{SUPERSEDED} {new.id}"
+    assert q.get(started.id).state == q.get(new.id).state == "queued"
+    # automatic triggers do not revive a cancelled run, but a superseded one is no duplicate
+    assert q.enqueue("j", "d", {"steps": 1}, {"files": []}, rerun_states=()) is not None
+
+
+def test_held_runs_wait_and_are_released(tmp_path: Path) -> None:
+    from selvad.runs.queue import WAITING
+
+    q = RunQueue(tmp_path / "queue.sqlite3")
+    run = q.enqueue("j", "d", {}, {})
+    other = q.enqueue("k", "d", {}, {})
+    assert run and other
+    assert q.hold(["j"], held=True) == [run.id] and q.get(run.id).error == WAITING
+    assert q.next_run().id == other.id
+    q.set_state(other.id, "cancelled")
+    assert q.next_run() is None
+    assert q.hold(["j"], held=False) == [run.id] and q.next_run().id == run.id
