@@ -5,8 +5,12 @@ and stores a one-line result the CLI prints. Actions:
 
 - cancel RUN: a queued run becomes `cancelled`; the running one gets SIGTERM, saves a
   checkpoint and ends `cancelled`; a finished run is left alone.
-- retry RUN: a `failed` or `cancelled` run goes back to `queued` (same id and directory:
-  it resumes from its newest checkpoint); a done run is not retried (enqueue its job).
+- retry RUN: a `failed` or `cancelled` run goes back to `queued` with the config it ran
+  (same id and directory: it resumes from its newest checkpoint); the answer says so, and
+  says when the job file has changed since. A retry row that names the run's job
+  (`selvad retry RUN --current`) runs the job file's current config instead: a new run
+  (the old one keeps its config), or the same run when the config is unchanged. A done run
+  is not retried (enqueue its job).
 - enqueue JOB: the job file is (re)loaded, its dataset validated and its training runs
   queued even if the same runs exist already (an explicit request).
 - skip RUN: a queued training run may start outside the training windows.
@@ -18,8 +22,8 @@ answer saying so; a job file that is not a regular file (a FIFO) is refused unre
 
 from __future__ import annotations
 
-from selvad.config.jobs import check_run_id, job_file
-from selvad.runs.queue import TERMINAL, Request
+from selvad.config.jobs import RunSpec, check_run_id, job_file
+from selvad.runs.queue import TERMINAL, Request, Run
 from selvad.service.context import DaemonContext
 
 __all__ = ["RequestHandler"]
@@ -51,9 +55,9 @@ class RequestHandler:
         been written by anything that can write the database, so a job must be a job name
         (never a path) and a run id must be an id."""
         try:
-            if req.action == "enqueue":
+            if req.action == "enqueue" or req.job is not None:
                 job_file(self.d.cfg.paths.jobs_dir, req.job)
-            else:
+            if req.action != "enqueue":
                 check_run_id(req.run_id)
         except ValueError as exc:
             return f"refused: {exc}"
@@ -86,11 +90,53 @@ class RequestHandler:
             return f"run {run.id} is done; `selvad enqueue {run.job}` trains the job again"
         if run.state not in ("failed", "cancelled"):
             return f"run {run.id} is {run.state}; only failed or cancelled runs can be retried"
+        spec, problem = self._current_spec(run)
+        if req.job is not None and spec is not None and spec.config_hash != run.config_hash:
+            return self._retry_current(run, spec)
+        if req.job is not None and problem:
+            return f"not retried: {problem}"
         q.set_state(run.id, "queued")
         self.log.info("run.state", state="queued", run_id=run.id, job=run.job,
                       dataset=run.dataset, kind=run.kind, reason="retry requested")
         self.d.wake.set()
-        return f"queued {run.id} again (it resumes from its newest checkpoint)"
+        if req.job is not None:
+            return (f"queued {run.id} again: the job file's current config is the one it ran "
+                    "(it resumes from its newest checkpoint)")
+        changed = spec is not None and spec.config_hash != run.config_hash
+        return (f"queued {run.id} again with the config it ran (it resumes from its newest "
+                "checkpoint)" + (f"; the job file has changed since: `selvad retry {run.id} "
+                                 "--current` runs its current config" if changed else ""))
+
+    def _current_spec(self, run: Run) -> tuple[RunSpec | None, str]:
+        """The job file's current spec for `run` (same sweep id) and, when there is none,
+        why."""
+        try:
+            path = job_file(self.d.cfg.paths.jobs_dir, run.job)
+        except ValueError as exc:
+            return None, str(exc)
+        if not path.is_file():
+            return None, f"no job file {path} (`selvad init-job {run.job} --dataset DIR`)"
+        job = self.d.events.load(path)
+        if job is None:
+            return None, f"job file {path} is invalid (see `selvad status`)"
+        self.d.jobs[job.name] = job
+        for spec in job.resolve_runs():
+            if spec.sweep_id == run.sweep_id:
+                return spec, ""
+        return None, (f"job file {path} has no sweep entry {run.sweep_id!r} now; "
+                      f"`selvad enqueue {run.job}` queues its current runs")
+
+    def _retry_current(self, run: Run, spec: RunSpec) -> str:
+        job = self.d.jobs[spec.job]
+        ok, manifest = self.d.events.check(job)
+        if not ok:
+            return (f"nothing queued: dataset {job.dataset_dir} has errors "
+                    f"(`selvad validate {job.dataset_dir} --variant {job.base.variant}`)")
+        new = self.d.enqueue(spec, manifest, reason=f"retry of {run.id} with the current config",
+                             force=True, explicit=True)
+        assert new is not None  # forced: never a duplicate
+        return (f"queued {new.id} with the job file's current config ({job.path}); {run.id} "
+                f"keeps the config it ran")
 
     def _enqueue(self, req: Request) -> str:
         path = job_file(self.d.cfg.paths.jobs_dir, req.job)

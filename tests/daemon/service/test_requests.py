@@ -64,3 +64,43 @@ def test_enqueue_of_a_good_job_still_works(daemon: Daemon, tmp_path: Path) -> No
 def test_run_ids_that_are_paths_are_refused(daemon: Daemon, action: str, run_id: str) -> None:
     assert _answer(daemon, action, run_id=run_id).startswith(
         f"refused: {run_id!r} is not a run id")
+
+
+def _cancelled_run(d: Daemon, tmp_path: Path) -> str:
+    assert d.queue is not None
+    (tmp_path / "jobs" / "birds.toml").write_text(JOB)
+    (run_id,) = _answer(d, "enqueue", job="birds").removeprefix("queued ").split(", ")
+    assert _answer(d, "cancel", run_id=run_id) == f"cancelled {run_id}"
+    return run_id
+
+
+def test_retry_says_it_runs_the_old_config_and_offers_the_current(daemon: Daemon,
+                                                                 tmp_path: Path) -> None:
+    d = daemon
+    assert d.queue is not None
+    run_id = _cancelled_run(d, tmp_path)
+    (tmp_path / "jobs" / "birds.toml").write_text(JOB.replace("steps = 20", "steps = 50"))
+    answer = _answer(d, "retry", run_id=run_id)
+    assert answer.startswith(f"queued {run_id} again with the config it ran"), answer
+    assert f"`selvad retry {run_id} --current`" in answer
+    assert d.queue.get(run_id).config["steps"] == 20
+
+
+def test_retry_current_queues_the_job_files_config(daemon: Daemon, tmp_path: Path) -> None:
+    d = daemon
+    assert d.queue is not None
+    run_id = _cancelled_run(d, tmp_path)
+    answer = _answer(d, "retry", run_id=run_id, job="birds")  # unchanged: the same run
+    assert answer.startswith(f"queued {run_id} again: the job file's current config"), answer
+    assert _answer(d, "cancel", run_id=run_id) == f"cancelled {run_id}"
+    (tmp_path / "jobs" / "birds.toml").write_text(JOB.replace("steps = 20", "steps = 50"))
+    answer = _answer(d, "retry", run_id=run_id, job="birds")
+    assert answer.startswith("queued ") and f"{run_id} keeps the config it ran" in answer
+    new_id = answer.split()[1]
+    assert d.queue.get(new_id).config["steps"] == 50 and d.queue.get(new_id).state == "queued"
+    assert d.queue.get(run_id).state == "cancelled"
+
+
+def test_retry_current_refuses_a_job_that_is_a_path(daemon: Daemon, tmp_path: Path) -> None:
+    run_id = _cancelled_run(daemon, tmp_path)
+    assert _answer(daemon, "retry", run_id=run_id, job="../x").startswith("refused: ")
