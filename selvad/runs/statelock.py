@@ -16,7 +16,7 @@ import fcntl
 import os
 from pathlib import Path
 
-__all__ = ["LOCK_NAME", "StateDirLocked", "StateLock"]
+__all__ = ["LOCK_NAME", "StateDirLocked", "StateLock", "daemon_running"]
 
 LOCK_NAME = "selvad.lock"
 
@@ -74,3 +74,24 @@ def holder_pid(path: Path) -> int | None:
         return int(path.read_text().strip())
     except (OSError, ValueError):
         return None
+
+
+def daemon_running(state_dir: Path, locks: Path = Path("/proc/locks")) -> bool | None:
+    """Whether a daemon holds `state_dir`'s lock, without touching the lock (a probe that
+    took it, even shared, could make a starting daemon think another one runs): the
+    kernel's lock table `locks` lists the flock on the lock file's inode. None when the
+    table cannot be read (not Linux)."""
+    try:
+        inode = (state_dir / LOCK_NAME).stat().st_ino
+    except OSError:
+        return False  # never started here (or the file is gone): nobody holds it
+    try:
+        table = locks.read_text()
+    except OSError:
+        return None
+    for line in table.splitlines():
+        fields = line.split()
+        if "FLOCK" in fields and any(f.rsplit(":", 1)[-1] == str(inode) for f in fields
+                                     if f.count(":") == 2):
+            return True
+    return False

@@ -50,3 +50,18 @@ def test_a_holder_killed_by_sigkill_leaves_no_stale_lock(tmp_path: Path) -> None
         except StateDirLocked:
             assert time.monotonic() < deadline, "the lock outlived its holder"
             time.sleep(0.05)
+
+
+def test_daemon_running_sees_the_lock_without_taking_it(tmp_path: Path) -> None:
+    from selvad.runs.statelock import daemon_running
+
+    state = tmp_path / "state"
+    assert daemon_running(state) is False  # never started here
+    lock = StateLock.acquire(state)
+    try:
+        assert daemon_running(state) is True
+        assert daemon_running(state, locks=tmp_path / "missing") is None
+    finally:
+        lock.release()
+    assert daemon_running(state) is False  # the file stays, the lock is gone
+    StateLock.acquire(state).release()  # the probe never held it
