@@ -19,6 +19,7 @@ import sqlite3
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 from selvad.config.daemon import DEFAULT_CONFIG_PATH, DaemonConfig, load_config
@@ -26,6 +27,8 @@ from selvad.config.jobs import check_run_id, job_file
 from selvad.config.schema import ConfigError
 from selvad.display import format_duration, progress_bar
 from selvad.runs.queue import STATES, Run, RunQueue
+from selvad.runs.statelock import daemon_running
+from selvad.runs.watched import WatchedTable
 
 __all__ = ["main"]
 
@@ -104,20 +107,44 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     try:
         daemon = Daemon(args.config)
+        if daemon.cfg.web.enabled:  # the web page, beside the main loop
+            from selvad.web.server import WebServer
+
+            daemon.companions.append(WebServer(daemon.cfg))
         return daemon.run()
     except OSError as exc:
         return _fail(str(exc))
 
 
-def _run_line(run: Run) -> str:
+def _run_cells(run: Run) -> list[str]:
     sweep = f"[{run.sweep_id}]" if run.sweep_id else ""
     step = f"{run.step}/{run.total_steps}" if run.step is not None and run.total_steps else "-"
     loss = f"{run.loss:.4f}" if run.loss is not None else "-"
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(run.created_at))
-    line = f"{run.id}  {run.state:<10} {run.kind:<7} {run.job}{sweep:<8} {step:>11}  {loss:>8}  {when}"
-    if run.error:
-        line += f"\n    error: {run.error.splitlines()[0]}"
-    return line
+    return [run.id, run.state, run.kind, run.job + sweep, step, loss, when]
+
+
+RUN_HEADER = ["run id", "state", "kind", "job", "step", "loss", "created"]
+
+
+def _run_lines(runs: Sequence[Run], header: bool = False, indent: str = "") -> list[str]:
+    """One line per run, columns as wide as their longest cell (long sweep ids included);
+    a run's error or note goes on the line below it."""
+    rows = [_run_cells(r) for r in runs]
+    widths = [max(len(c) for c in col) for col in zip(RUN_HEADER, *rows, strict=False)]
+    right = {4, 5}  # step and loss align right
+
+    def fmt(cells: list[str]) -> str:
+        return indent + "  ".join(c.rjust(w) if i in right else c.ljust(w)
+                                  for i, (c, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
+
+    lines = [fmt(RUN_HEADER)] if header else []
+    for run, cells in zip(runs, rows, strict=True):
+        lines.append(fmt(cells))
+        if run.error:
+            label = "error" if run.state == "failed" else "note"
+            lines.append(f"{indent}    {label}: {run.error.splitlines()[0]}")
+    return lines
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -129,15 +156,22 @@ def cmd_status(args: argparse.Namespace) -> int:
     runs = q.list_runs()
     counts = {s: sum(r.state == s for r in runs) for s in STATES}
     current = [r for r in runs if r.state in ("extracting", "training")]
-    queued = [r for r in runs if r.state == "queued"]
-    recent = [r for r in runs if r.state in ("done", "failed", "cancelled")][-5:]
+    shown = _filtered(runs, args)
+    queued = [r for r in shown if r.state == "queued"]
+    recent = [r for r in shown if r.state in ("done", "failed", "cancelled")]
+    recent = recent if args.all or args.state or args.job else recent[-5:]
+    problems = WatchedTable(q).problems()
     if args.json:
         print(json.dumps({"config": str(cfg.path), "counts": counts,
                           "current": [r.to_dict() for r in current],
                           "queued": [r.to_dict() for r in queued],
-                          "recent": [r.to_dict() for r in recent]}, indent=2, default=str))
+                          "recent": [r.to_dict() for r in recent],
+                          "problems": [asdict(p) for p in problems]}, indent=2, default=str))
         return 0
     print("runs: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    for p in problems:  # what blocks training, and where to look
+        print(f"problem: {p.kind} {p.name if p.kind == 'job' else p.path}: {p.problem}"
+              + (f" ({p.path})" if p.kind == "job" else ""))
     if not current:
         print("current: none (idle)")
     for r in current:
@@ -150,15 +184,24 @@ def cmd_status(args: argparse.Namespace) -> int:
             rate = f"  {r.samples_per_s:.1f} samples/s" if r.samples_per_s else ""
             print(f"  {progress_bar(r.step, r.total_steps)}  step {r.step or 0}/"
                   f"{r.total_steps or '?'}{loss}{rate}  ETA {format_duration(r.eta_s)}")
+    table = _run_lines(queued + recent, indent="  ")  # one alignment for both lists
     if queued:
         print(f"queued ({len(queued)}):")
-        for r in queued:
-            print("  " + _run_line(r))
+        print("\n".join(table[:_lines_of(queued)]))
     if recent:
-        print("recent:")
-        for r in recent:
-            print("  " + _run_line(r))
+        print("finished:" if args.all or args.state or args.job else "recent:")
+        print("\n".join(table[_lines_of(queued):]))
     return 0
+
+
+def _lines_of(runs: Sequence[Run]) -> int:
+    return sum(2 if r.error else 1 for r in runs)
+
+
+def _filtered(runs: list[Run], args: argparse.Namespace) -> list[Run]:
+    """`runs` of `--job` (sweep entries included) in the `--state` states."""
+    return [r for r in runs if (not args.state or r.state in args.state)
+            and (not args.job or r.job == args.job)]
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
@@ -174,9 +217,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     if not runs:
         print(f"no runs of job {args.job!r} yet")
         return 0
-    print(f"{'run id':<20}  {'state':<10} {'kind':<7} {'job':<12} {'step':>11}  {'loss':>8}  created")
-    for r in runs:
-        print(_run_line(r))
+    print("\n".join(_run_lines(runs, header=True)))
     return 0
 
 
@@ -211,7 +252,14 @@ def _request(args: argparse.Namespace, action: str, run_id: str | None = None,
         return _no_db(cfg)
     if run_id is not None and q.get(run_id) is None:
         return _fail(f"no run with id {run_id!r} (see `selvad runs JOB` or `selvad status`)")
+    if getattr(args, "current", False) and run_id is not None:
+        run = q.get(run_id)
+        job = run.job if run is not None else None
     req_id = q.request(action, run_id=run_id, job=job)
+    if daemon_running(cfg.paths.state_dir) is False:
+        print(f"recorded ({action} request {req_id}); the daemon is not running, it will act "
+              f"at next start (`systemctl start selvad` or `selvad run --config {cfg.path}`)")
+        return 0
     deadline = time.monotonic() + args.wait
     while time.monotonic() < deadline:
         req = q.get_request(req_id)
@@ -227,7 +275,7 @@ def _request(args: argparse.Namespace, action: str, run_id: str | None = None,
 
 def cmd_init_job(args: argparse.Namespace) -> int:
     """`selvad init-job NAME --dataset DIR`: a commented job file in the jobs directory."""
-    from selvad.config.templates import write_job_file
+    from selvad.config.templates import start_note, write_job_file
 
     cfg = _config(args)
     try:
@@ -237,8 +285,8 @@ def cmd_init_job(args: argparse.Namespace) -> int:
                      "or choose another name")
     except (ValueError, OSError) as exc:
         return _fail(str(exc))
-    print(f"wrote {path}\nedit it, then the daemon queues it when saved "
-          f"(check the dataset first: selvad validate {args.dataset} --variant {args.variant})")
+    print(f"wrote {path}\n{start_note(path, cfg)}\n(check the dataset first: "
+          f"selvad validate {args.dataset} --variant {args.variant})")
     return 0
 
 
@@ -279,6 +327,10 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("rest", nargs=argparse.REMAINDER)
     s = sub.add_parser("status", parents=[common], help="queue overview and the current run")
     s.add_argument("--json", action="store_true")
+    s.add_argument("--all", action="store_true", help="every finished run, not the last 5")
+    s.add_argument("--state", action="append", choices=STATES,
+                   help="only runs in this state (repeatable)")
+    s.add_argument("--job", help="only runs of this job")
     r = sub.add_parser("runs", parents=[common], help="runs of one job")
     r.add_argument("job")
     r.add_argument("--json", action="store_true")
@@ -289,6 +341,10 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument(what, help="job name" if what == "job" else "run id")
         c.add_argument("--wait", type=float, default=10.0,
                        help="seconds to wait for the daemon's answer (default 10)")
+        if name == "retry":
+            c.add_argument("--current", action="store_true",
+                           help="run the job file's current config (default: the config "
+                                "the run ran, resuming its checkpoint)")
     i = sub.add_parser("init-job", parents=[common], help="write a commented job file")
     i.add_argument("name")
     i.add_argument("--dataset", required=True, help="dataset name or directory")

@@ -15,10 +15,11 @@ import tomli_w
 
 from selva_engine.model.variants import VARIANTS
 from selva_engine.training.options import TrainConfig
-from selvad.config.jobs import SAFE_NAME
+from selvad.config.daemon import DaemonConfig
+from selvad.config.jobs import SAFE_NAME, JobError, load_job
 from selvad.config.settings import SETTING_SECTIONS, TriggerConfig
 
-__all__ = ["init_job_text", "write_job_file"]
+__all__ = ["init_job_text", "start_note", "write_job_file"]
 
 
 # One line of documentation per job key, used by init_job_text.
@@ -128,3 +129,20 @@ def write_job_file(jobs_dir: Path | str, name: str, dataset: str,
     finally:
         os.unlink(tmp)
     return target
+
+
+def start_note(path: Path, cfg: DaemonConfig) -> str:
+    """When a running daemon starts training the new job file at `path`: its settle time
+    after the last save (trigger.settle_minutes), or only on `selvad enqueue`."""
+    try:
+        job = load_job(path, cfg)
+    except (JobError, OSError, ValueError):
+        return "the daemon reports what is wrong with it in `selvad status`"
+    name = path.stem
+    if not job.trigger.on_change:
+        return f"training starts only on `selvad enqueue {name}` (trigger.on_change = false)"
+    minutes = job.trigger.settle_minutes
+    wait = f"{minutes:g} minute{'s' if minutes != 1 else ''}"
+    return (f"a running daemon queues its training {wait} after your last save "
+            f"(trigger.settle_minutes; each save restarts the wait), so edit it now; "
+            f"`selvad status` shows the run")

@@ -89,6 +89,8 @@ def test_init_job_writes_once(config: Path, tmp_path: Path, capsys) -> None:
     assert main(args) == 0
     text = (tmp_path / "jobs" / "birds.toml").read_text()
     assert 'dataset = "birds"' in text and 'variant = "tiny_16k"' in text
+    out = capsys.readouterr().out
+    assert "queues its training 5 minutes after your last save" in out, out
     assert main(args) == 1
     assert "exists already" in capsys.readouterr().err
 
@@ -177,3 +179,75 @@ def test_a_locked_state_database_is_one_sentence(config: Path, queue: RunQueue) 
     message = state_problem(cfg, info.value)
     assert message.startswith(f"the state database {cfg.paths.queue_path} stayed locked")
     assert "try again" in message and "\n" not in message
+
+
+def _finished(queue: RunQueue, n: int, job: str = "birds", sweep: str = "") -> list[str]:
+    ids = []
+    for i in range(n):
+        run = queue.enqueue(job, "birds", {"steps": i}, {"files": []}, sweep_id=sweep)
+        queue.set_state(run.id, "cancelled")
+        ids.append(run.id)
+    return ids
+
+
+def test_status_all_and_filters_list_more_than_five(config: Path, queue: RunQueue,
+                                                     capsys) -> None:
+    ids = _finished(queue, 7) + _finished(queue, 1, job="owl")
+    assert main(["status", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert sum(i in out for i in ids) == 5
+    assert main(["status", "--all", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert all(i in out for i in ids)
+    assert main(["status", "--job", "owl", "--state", "cancelled", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert ids[-1] in out and not any(i in out for i in ids[:-1])
+
+
+def test_runs_columns_stay_aligned_with_long_sweep_ids(config: Path, queue: RunQueue,
+                                                       capsys) -> None:
+    _finished(queue, 1)
+    _finished(queue, 1, sweep="rank16-lr3e-4-dropout0.1-logit-normal")
+    assert main(["runs", "birds", "--config", str(config)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and lines[0].startswith("run id")
+    # the created column starts at the same place on every line
+    assert len({line.index("created") if i == 0 else len(line) - 16
+                for i, line in enumerate(lines)}) == 1
+
+
+def test_status_shows_problems_and_a_failed_runs_sentence(config: Path, queue: RunQueue,
+                                                          capsys) -> None:
+    from selvad.runs.watched import WatchedTable
+
+    WatchedTable(queue).record("job", "broken", "/jobs/broken.toml",
+                               problem="train.steps: must be > 0; fix the job file")
+    run = queue.enqueue("birds", "birds", {}, {"files": []})
+    queue.claim(run.id)
+    queue.set_state(run.id, "failed", error="out of GPU memory at step 3: lower batch_size; "
+                                            "the full log is /out/birds/r/worker.log\nTraceback")
+    assert main(["status", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "problem: job broken: train.steps: must be > 0" in out and "/jobs/broken.toml" in out
+    assert "error: out of GPU memory at step 3" in out and "/out/birds/r/worker.log" in out
+    assert "Traceback" not in out
+    assert main(["status", "--json", "--config", str(config)]) == 0
+    assert json.loads(capsys.readouterr().out)["problems"][0]["name"] == "broken"
+
+
+def test_requests_say_when_the_daemon_is_not_running(config: Path, queue: RunQueue,
+                                                     tmp_path: Path, capsys) -> None:
+    from selvad.runs.statelock import StateLock
+
+    (run_id,) = _finished(queue, 1)
+    assert main(["retry", run_id, "--current", "--config", str(config), "--wait", "0"]) == 0
+    assert "the daemon is not running, it will act at next start" in capsys.readouterr().out
+    (req,) = queue.pending_requests()
+    assert (req.action, req.run_id, req.job) == ("retry", run_id, "birds")
+    lock = StateLock.acquire(tmp_path / "state")  # as a running daemon holds it
+    try:
+        assert main(["cancel", run_id, "--config", str(config), "--wait", "0"]) == 0
+        out = capsys.readouterr().out
+        assert "not running" not in out and "no answer from the daemon" in out
+    finally:
+        lock.release()
