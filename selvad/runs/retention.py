@@ -1,22 +1,32 @@
 """Retention inside a run directory: which step checkpoints are pruned, and pruning them.
 
-The final and best adapters are never touched; while a run is unfinished its newest step
-checkpoint (the resume point) is kept whatever `keep_last` says, and the newest checkpoint
-that loads is never pruned (when the highest-numbered files are unreadable, it is the resume
-point). Pruning also deletes the temp files of writes a kill cut short.
+The disk policy, per run directory:
+
+- kept always: the final adapters (`adapter_final*.pt`), `adapter_best.pt`, the step
+  checkpoint of the best validation loss and the recommended one (both named in
+  `meta.json`), every report and plot;
+- kept: the newest `keep_last` step checkpoints; while a run is unfinished its newest
+  step checkpoint (the resume point) whatever `keep_last` says, and the newest checkpoint
+  that loads (when the highest-numbered files are unreadable, it is the resume point);
+- a pruned step checkpoint takes its sample (`sample_stepNNNNN.wav`) with it, so every
+  sample left to audition has the checkpoint it came from;
+- the temp files of writes a kill cut short go after TEMP_GRACE_S.
+
+So a run keeps at most `keep_last` + 2 step checkpoints and their samples, plus final/best.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from selva_engine.io import remove_temp_files
 from selva_engine.outputs.checkpoint import find_latest
 
-__all__ = ["TEMP_GRACE_S", "checkpoints_to_prune", "prune_run_dir"]
+__all__ = ["TEMP_GRACE_S", "checkpoints_to_prune", "protected_checkpoints", "prune_run_dir"]
 
 _STEP_CKPT_RE = re.compile(r"^adapter_step(\d+)\.pt$")
 # temp files younger than this are left alone: pruning runs after a run has ended, but a
@@ -25,34 +35,58 @@ TEMP_GRACE_S = 300.0
 
 
 def checkpoints_to_prune(names: Sequence[str], keep_last: int, finished: bool = True,
-                         newest_loadable: str | None = None) -> list[str]:
+                         newest_loadable: str | None = None,
+                         protected: Collection[str] = ()) -> list[str]:
     """Which step checkpoints (`adapter_stepNNNNN.pt`) of one run directory to delete.
 
     The newest `keep_last` are kept; `adapter_final.pt`, `adapter_best.pt` and every other
     file never match. An unfinished run always keeps its newest checkpoint (its resume
     point), whatever `keep_last` says. `newest_loadable` (the name of the newest checkpoint
-    that loads, when known) is kept too whenever anything is. Returns names, oldest first.
+    that loads, when known) is kept too whenever anything is, and so is every name in
+    `protected` (the best and recommended step checkpoints). Returns names, oldest first.
     """
     steps = sorted((int(m.group(1)), n) for n in names if (m := _STEP_CKPT_RE.match(n)))
     keep = max(keep_last, 0 if finished else 1)
     doomed = steps[: max(len(steps) - keep, 0)]
-    return [n for _, n in doomed if not (keep and n == newest_loadable)]
+    return [n for _, n in doomed if not (keep and n == newest_loadable) and n not in protected]
+
+
+def protected_checkpoints(run_dir: Path) -> set[str]:
+    """The step checkpoints `meta.json` in `run_dir` names as best (lowest validation
+    loss) or recommended; empty when there is no readable meta.json."""
+    try:
+        meta = json.loads((run_dir / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return set()
+    names: set[str] = set()
+    best, rec = meta.get("best"), meta.get("recommendation")
+    if isinstance(best, dict) and isinstance(best.get("step"), int):
+        names.add(f"adapter_step{best['step']:05d}.pt")
+    if isinstance(rec, dict):
+        for value in (rec.get("path"), rec.get("id")):
+            if isinstance(value, str) and _STEP_CKPT_RE.match(Path(value).name):
+                names.add(Path(value).name)
+    return names
 
 
 def prune_run_dir(run_dir: Path | str, keep_last: int, finished: bool = True) -> list[Path]:
     """Delete the step checkpoints `checkpoints_to_prune` picks in `run_dir` (loading
-    checkpoints, newest first, only when one that would go might be the newest that loads),
-    and the atomic writers' temp files older than TEMP_GRACE_S. Call it for runs that are
+    checkpoints, newest first, only when one that would go might be the newest that loads)
+    with their samples, and the atomic writers' temp files older than TEMP_GRACE_S. Call it for runs that are
     not running. Returns the deleted paths."""
     run_dir = Path(run_dir)
     names = [p.name for p in run_dir.iterdir() if p.is_file()] if run_dir.is_dir() else []
-    doomed = checkpoints_to_prune(names, keep_last, finished)
+    protected = protected_checkpoints(run_dir)
+    doomed = checkpoints_to_prune(names, keep_last, finished, protected=protected)
     if doomed and (keep_last > 0 or not finished):
         latest = find_latest(run_dir)  # weights_only loads: the resume point's own test
         doomed = checkpoints_to_prune(names, keep_last, finished,
-                                      newest_loadable=latest[0].name if latest else None)
+                                      newest_loadable=latest[0].name if latest else None,
+                                      protected=protected)
     removed = []
-    for name in doomed:
-        (run_dir / name).unlink(missing_ok=True)
-        removed.append(run_dir / name)
+    for name in doomed:  # a checkpoint and its sample go together
+        sample = "sample_" + name.removeprefix("adapter_").removesuffix(".pt") + ".wav"
+        for gone in (name, sample) if sample in names else (name,):
+            (run_dir / gone).unlink(missing_ok=True)
+            removed.append(run_dir / gone)
     return removed + remove_temp_files(run_dir, before=time.time() - TEMP_GRACE_S)

@@ -65,3 +65,27 @@ def test_prune_removes_stale_temp_files_of_killed_writes(tmp_path) -> None:
     removed = prune_run_dir(tmp_path, 1)
     assert [p.name for p in removed] == [Path(stale).name]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([Path(fresh).name, "notes.tmp"])
+
+
+def test_a_pruned_checkpoint_takes_its_sample_and_best_and_recommended_stay(tmp_path) -> None:
+    """The guide says: audition the samples, load the checkpoint that sounds best. No sample
+    is left without its checkpoint; the best and recommended step checkpoints stay."""
+    import json
+
+    for step in (10, 20, 30, 40, 50):
+        (tmp_path / checkpoint_name(step)).write_bytes(b"x")
+        (tmp_path / f"sample_step{step:05d}.wav").write_bytes(b"RIFF")
+    for name in ("adapter_final.pt", "adapter_best.pt", "loss.png"):
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "meta.json").write_text(json.dumps({
+        "best": {"step": 10, "val_loss": 0.1, "file": "adapter_best.pt"},
+        "recommendation": {"id": "step00020", "path": str(tmp_path / checkpoint_name(20))}}))
+    removed = sorted(p.name for p in prune_run_dir(tmp_path, 1))
+    assert removed == [checkpoint_name(30), checkpoint_name(40), "sample_step00030.wav",
+                       "sample_step00040.wav"]
+    left = sorted(p.name for p in tmp_path.iterdir())
+    for step in (10, 20, 50):  # best, recommended, newest: each with its sample
+        assert checkpoint_name(step) in left and f"sample_step{step:05d}.wav" in left
+    assert {"adapter_final.pt", "adapter_best.pt", "loss.png", "meta.json"} <= set(left)
+    samples = {n[len("sample_"):-4] for n in left if n.startswith("sample_")}
+    assert samples == {n[len("adapter_"):-3] for n in left if n.startswith("adapter_step")}
