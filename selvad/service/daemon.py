@@ -100,6 +100,9 @@ class Daemon:
         self._last_status = ("", 0.0)
         self._last_watchdog = 0.0
         self._window_was_open: bool | None = None
+        # services started beside the main loop (the web page): start() once the queue
+        # exists, stop() at shutdown; an OSError from start() is logged and the daemon goes on
+        self.companions: list[Any] = []
         self.events = EventHandler(self)
         self.requests = RequestHandler(self)
 
@@ -217,6 +220,7 @@ class Daemon:
         self.log.info("daemon.starting", config=str(self.config_path), pid=os.getpid(),
                       device=self.cfg.device.name, settle_seconds=self.cfg.watch.settle_seconds)
         self._requeue_interrupted()
+        self._start_companions()
         self._start_watching()
         self.scheduler = build_scheduler(**self._schedule_kwargs())
         notify.ready(self._status_text())
@@ -227,6 +231,14 @@ class Daemon:
             self.wake.clear()
             self._tick()
         return self._shutdown()
+
+    def _start_companions(self) -> None:
+        for comp in self.companions:
+            try:
+                comp.start()
+            except OSError as exc:
+                self.log.error("daemon.companion_failed", companion=type(comp).__name__,
+                               message=str(exc))
 
     def _tick(self) -> None:
         """One pass of the main loop; any error is logged and the daemon goes on."""
@@ -447,6 +459,8 @@ class Daemon:
             self.watcher.stop()
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=False)
+        for comp in self.companions:
+            comp.stop()
         cur = self.current
         if cur is not None:
             cur.interrupt()

@@ -1,0 +1,211 @@
+"""What the web page shows, read without ever writing: the queue database (read-only
+SQLite connections) and the files of known runs.
+
+Safe by construction: a URL never becomes a path. A run is looked up by id in the queue;
+its files are the entries of its run directory whose names match one of a fixed set of
+artefact patterns (`ARTEFACTS`) and that are regular files, not links; the run directory
+must be a real directory inside `output_root`. The reference clip of a run is the one
+audio file of its dataset manifest with the stem meta.json names, opened under the same
+rules. Anything else is `None`, which the app answers with 404.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sqlite3
+import stat
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from selvad.config.daemon import DaemonConfig
+from selvad.runs.queue import ACTIVE, STATES, TERMINAL, Run
+from selvad.runs.rundir import run_dir_for
+
+__all__ = ["ARTEFACTS", "Checkpoint", "ReadOnlyState", "status_dict"]
+
+# artefact kind -> the names a run directory may serve under it
+ARTEFACTS: dict[str, re.Pattern[str]] = {
+    "adapter": re.compile(r"adapter_(?:step\d{5,}|final|final_\d{3}|final_surgery|best)\.pt"),
+    "sample": re.compile(r"sample_step\d{5,}\.wav"),
+    "plot": re.compile(r"(?:loss_raw|loss_smoothed|loss_validation|metrics)\.png"),
+    "record": re.compile(r"(?:meta\.json|run\.toml|validation\.toml|progress\.jsonl)"),
+}
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".aiff", ".aif", ".mp3", ".m4a", ".opus")
+PROGRESS_MAX_BYTES = 32 << 20  # progress.jsonl larger than this is not parsed for the table
+STEP = re.compile(r"_step(\d{5,})\.")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One row of a run page's checkpoint table."""
+
+    step: int
+    adapter: str | None  # file name of adapter_stepNNNNN.pt, when kept
+    sample: str | None  # file name of sample_stepNNNNN.wav, when written
+    val_loss: float | None
+    metrics: dict[str, float]
+    recommended: bool
+
+
+def status_dict(cfg: DaemonConfig, runs: list[Run]) -> dict[str, Any]:
+    """The data of `selvad status --json` from the queue's runs (oldest first)."""
+    return {"config": str(cfg.path), "counts": {s: sum(r.state == s for r in runs) for s in STATES},
+            "current": [r.to_dict() for r in runs if r.state in ACTIVE],
+            "queued": [r.to_dict() for r in runs if r.state == "queued"],
+            "recent": [r.to_dict() for r in runs if r.state in TERMINAL][-5:]}
+
+
+def _regular(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+class ReadOnlyState:
+    """Read-only views of the daemon's state for `cfg`; one SQLite connection per thread,
+    opened `mode=ro` (the page can never lock or change the queue)."""
+
+    def __init__(self, cfg: DaemonConfig) -> None:
+        self.cfg = cfg
+        self._local = threading.local()
+
+    def _conn(self) -> sqlite3.Connection | None:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            path = self.cfg.paths.queue_path
+            if not path.exists():
+                return None  # the daemon has not created it yet
+            conn = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True, timeout=2.0,
+                                   check_same_thread=False)
+            conn.row_factory = sqlite3.Row
+            self._local.conn = conn
+        return conn
+
+    def runs(self, job: str | None = None) -> list[Run]:
+        """Every run (of `job`), oldest first."""
+        conn = self._conn()
+        if conn is None:
+            return []
+        sql, args = "SELECT * FROM runs", ()
+        if job is not None:
+            sql, args = sql + " WHERE job=?", (job,)
+        rows = conn.execute(sql + " ORDER BY created_at, id", args).fetchall()
+        return [Run.from_row(r) for r in rows]
+
+    def run(self, run_id: str) -> Run | None:
+        """The run with id `run_id`, or None."""
+        conn = self._conn()
+        row = conn.execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone() if conn else None
+        return Run.from_row(row) if row else None
+
+    def request_result(self, request_id: int) -> str | None:
+        """The daemon's answer to request `request_id` (None while it is pending)."""
+        conn = self._conn()
+        row = conn.execute("SELECT result, handled_at FROM requests WHERE id=?",
+                           (request_id,)).fetchone() if conn else None
+        return None if row is None or row["handled_at"] is None else (row["result"] or "done")
+
+    def status(self) -> dict[str, Any]:
+        """What `selvad status --json` prints."""
+        return status_dict(self.cfg, self.runs())
+
+    # -- files of runs ------------------------------------------------------------------
+
+    def run_dir(self, run: Run) -> Path | None:
+        """The run's directory when it is a real directory inside output_root, else None."""
+        root = self.cfg.paths.output_root
+        path = run_dir_for(self.cfg, run)
+        try:
+            for part in (path.parent, path):
+                if not stat.S_ISDIR(os.lstat(part).st_mode):
+                    return None
+            inside = path.resolve().is_relative_to(root.resolve())
+        except OSError:
+            return None
+        return path if inside else None
+
+    def files(self, run: Run) -> dict[str, str]:
+        """{file name: artefact kind} of the servable files of `run` (see ARTEFACTS)."""
+        path = self.run_dir(run)
+        if path is None:
+            return {}
+        out = {}
+        with os.scandir(path) as entries:
+            for e in entries:
+                kind = next((k for k, rx in ARTEFACTS.items() if rx.fullmatch(e.name)), None)
+                if kind and e.is_file(follow_symlinks=False):
+                    out[e.name] = kind
+        return dict(sorted(out.items()))
+
+    def artefact(self, run_id: str, name: str) -> Path | None:
+        """The path of file `name` of run `run_id` when it is one of its artefacts."""
+        run = self.run(run_id)
+        if run is None or name not in self.files(run):
+            return None
+        path = run_dir_for(self.cfg, run) / name
+        return path if _regular(path) else None
+
+    def meta(self, run: Run) -> dict[str, Any]:
+        """The run's meta.json ({} when absent or unreadable)."""
+        path = self.artefact(run.id, "meta.json")
+        try:
+            data = json.loads(path.read_text()) if path else {}
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def reference(self, run: Run) -> Path | None:
+        """The audio of the run's sample clip: the manifest's audio file with the stem
+        meta.json names, a regular file directly inside the run's dataset directory."""
+        stem = self.meta(run).get("sample_clip")
+        data_dir = run.config.get("data_dir")
+        if not isinstance(stem, str) or not isinstance(data_dir, str) or not data_dir:
+            return None
+        for entry in run.manifest.get("files", []):
+            name = entry.get("name", "")
+            if Path(name).stem == stem and name.lower().endswith(AUDIO_EXTENSIONS) \
+                    and "/" not in name and entry.get("sha256"):
+                path = Path(data_dir) / name
+                return path if _regular(path) else None
+        return None
+
+    def checkpoints(self, run: Run, files: dict[str, str], meta: dict[str, Any]) -> list[Checkpoint]:
+        """The checkpoint table: one row per step with a kept adapter or a sample."""
+        steps: dict[int, dict[str, str]] = {}
+        for name, kind in files.items():
+            m = STEP.search(name)
+            if m and kind in ("adapter", "sample"):
+                steps.setdefault(int(m.group(1)), {})[kind] = name
+        val = self._val_losses(run, files)
+        metrics = meta.get("metrics") or {}
+        picked = (meta.get("recommendation") or {}).get("id")
+        return [Checkpoint(step, d.get("adapter"), d.get("sample"), val.get(step),
+                           metrics.get(str(step)) or {},
+                           picked is not None and picked == f"adapter_step{step:05d}.pt")
+                for step, d in sorted(steps.items())]
+
+    def _val_losses(self, run: Run, files: dict[str, str]) -> dict[int, float]:
+        path = self.artefact(run.id, "progress.jsonl") if "progress.jsonl" in files else None
+        out: dict[int, float] = {}
+        try:
+            if path is None or path.stat().st_size > PROGRESS_MAX_BYTES:
+                return out
+            lines = path.read_text(errors="replace").splitlines()
+        except OSError:
+            return out
+        for line in lines:
+            if '"checkpoint"' not in line:
+                continue
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if rec.get("event") == "checkpoint" and isinstance(rec.get("val_loss"), float):
+                out[int(rec["step"])] = rec["val_loss"]
+        return out

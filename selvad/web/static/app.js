@@ -1,0 +1,70 @@
+// selvad page: live progress (polls /api/status every 2 s while a run is active) and A/B
+// listening (one player; switching keeps the playback position). No inline script (CSP).
+"use strict";
+
+function fmtDuration(s) {
+  if (s === null || s === undefined) return "?";
+  s = Math.round(s);
+  const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), sec = s % 60;
+  return h ? `${h}h ${m}m` : m ? `${m}m ${sec}s` : `${sec}s`;
+}
+
+function showRun(run) {
+  const fields = {
+    step: run.step ?? 0, total_steps: run.total_steps ?? "?",
+    loss: run.loss === null ? "-" : run.loss.toFixed(4),
+    samples_per_s: run.samples_per_s ? run.samples_per_s.toFixed(1) : "-",
+    eta_s: fmtDuration(run.eta_s),
+  };
+  for (const [k, v] of Object.entries(fields)) {
+    const el = document.querySelector(`#live [data-field="${k}"]`);
+    if (el) el.textContent = v;
+  }
+  const bar = document.getElementById("bar");
+  if (bar && run.total_steps) { bar.max = run.total_steps; bar.value = run.step ?? 0; }
+}
+
+async function poll() {
+  const live = document.getElementById("live");
+  if (!live) return;
+  try {
+    const r = await fetch("/api/status", { cache: "no-store" });
+    const status = await r.json();
+    const shown = live.dataset.run;
+    const run = status.current.find((x) => x.id === shown);
+    if (run) showRun(run);
+    else if (shown || status.current.length) { location.reload(); return; }  // started or ended
+  } catch (e) { /* daemon restarting: try again */ }
+  setTimeout(poll, 2000);
+}
+
+function setupAB() {
+  const audio = document.getElementById("ab-audio");
+  if (!audio) return;
+  const buttons = { a: document.getElementById("ab-play-a"), b: document.getElementById("ab-play-b"),
+                    ref: document.getElementById("ab-play-ref") };
+  const srcOf = { a: () => document.getElementById("ab-a").value,
+                  b: () => document.getElementById("ab-b").value,
+                  ref: () => buttons.ref.dataset.src };
+  function choose(which) {
+    const t = audio.currentTime, playing = !audio.paused;
+    for (const [k, b] of Object.entries(buttons)) if (b) b.classList.toggle("on", k === which);
+    audio.dataset.which = which;
+    audio.src = srcOf[which]();
+    audio.addEventListener("loadedmetadata", () => {
+      audio.currentTime = Math.min(t, audio.duration || t);
+      if (playing) audio.play();
+    }, { once: true });
+  }
+  for (const [k, b] of Object.entries(buttons)) if (b) b.addEventListener("click", () => choose(k));
+  for (const id of ["ab-a", "ab-b"]) {
+    document.getElementById(id).addEventListener("change", () => choose(audio.dataset.which || "a"));
+  }
+  audio.dataset.which = "a";
+  audio.src = srcOf.a();
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  setupAB();
+  if (document.getElementById("live")?.dataset.run !== undefined) setTimeout(poll, 2000);
+});
