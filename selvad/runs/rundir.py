@@ -69,14 +69,18 @@ def _toml_safe(d: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_run_toml(path: Path, run: Run, train_cfg: TrainConfig) -> Path:
-    """Write `run.toml`: a `[run]` table (id, job, sweep, dataset, hashes, attempt) and the
-    resolved `[config]` (None written as "auto"). Atomic (temp file + rename); returns path."""
+    """Write `run.toml`: a `[run]` table (id, job, sweep, dataset, hashes, attempt), the
+    resolved `[config]` (None written as "auto") and `[[files]]`, the dataset files the run
+    was queued with (name, size, sha256: its manifest; a change to the dataset queues a
+    newer run instead). Atomic (temp file + rename); returns path."""
     doc = {
         "run": {"id": run.id, "job": run.job, "sweep_id": run.sweep_id, "dataset": run.dataset,
                 "kind": run.kind, "priority": run.priority, "config_hash": run.config_hash,
                 "manifest_hash": run.manifest_hash, "attempt": run.attempts,
                 "files": len(run.manifest.get("files", []))},
         "config": _toml_safe(train_cfg.to_dict()),
+        "files": [{k: f[k] for k in ("name", "size", "sha256") if f.get(k) is not None}
+                  for f in run.manifest.get("files", [])],
     }
     atomic_write(path, tomli_w.dumps(doc))
     return path

@@ -123,6 +123,14 @@ def test_run_toml_is_valid_toml_with_auto_for_none(tmp_path: Path, cfg: DaemonCo
     doc = tomllib.loads(path.read_text())
     assert doc["run"]["id"] == run.id and doc["config"]["alpha"] == "auto"
     assert doc["config"]["val_clips"] == "auto" and doc["config"]["target"] == ["attn.qkv"]
+    manifest = {"files": [{"name": n, "size": 3, "mtime_ns": 1, "sha256": n * 2}
+                          for n in ("a.npz", "a.wav", "prompts.txt")]}
+    run = queue.enqueue("birds", "birds", run.config, manifest)
+    doc = tomllib.loads(write_run_toml(tmp_path / "m" / "run.toml", run,
+                                       TrainConfig(variant="tiny_16k")).read_text())
+    assert doc["files"] == [{"name": f["name"], "size": 3, "sha256": f["sha256"]}
+                            for f in manifest["files"]]  # exactly the files trained
+    assert doc["run"]["files"] == 3
 
 
 def test_latest_link_is_replaced_atomically(tmp_path: Path) -> None:
