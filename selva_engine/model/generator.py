@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from selva_engine.io import UnsafeFileError, safe_torch_load
 from selva_engine.model.layers import (
@@ -105,6 +106,9 @@ class Generator(nn.Module):
         self.text_seq_len = text_seq_len
         self.depth = depth
         self.fused_depth = fused_depth
+        # recompute each transformer block's activations in the backward pass instead of
+        # keeping them (less memory, one more block forward per step); training only
+        self.gradient_checkpointing = False
         d = hidden_dim
         act = nn.SiLU if v2 else nn.SELU
 
@@ -244,14 +248,21 @@ class Generator(nn.Module):
         global_c = (self.t_embed(t) + g).unsqueeze(1)  # (B, 1, D)
         extended_c = global_c + cond.sync_f  # (B, N, D)
         clip_f, text_f = cond.clip_f, cond.text_f
+        run = self._checkpointed if self.gradient_checkpointing and torch.is_grad_enabled() else _call
         for block in self.joint_blocks:
-            x, clip_f, text_f = block(
-                x, clip_f, text_f, global_c, extended_c, self.latent_rot, self.clip_rot
+            x, clip_f, text_f = run(
+                block, x, clip_f, text_f, global_c, extended_c, self.latent_rot, self.clip_rot
             )
         for block in self.fused_blocks:
-            x = block(x, extended_c, self.latent_rot)
+            x = run(block, x, extended_c, self.latent_rot)
         # the released weights were trained with global_c (not extended_c) here
         return self.final_layer(x, global_c)
+
+    @staticmethod
+    def _checkpointed(block: nn.Module, *args: torch.Tensor):
+        """block(*args) with its activations recomputed in the backward pass (non-reentrant
+        checkpointing: autocast state and RNG are replayed, so gradients are unchanged)."""
+        return checkpoint(block, *args, use_reentrant=False)
 
     def forward(
         self,
@@ -286,6 +297,10 @@ class Generator(nn.Module):
         )
         v_cond, v_uncond = both[:b], both[b:]
         return cfg_strength * v_cond + (1 - cfg_strength) * v_uncond
+
+
+def _call(block: nn.Module, *args: torch.Tensor):
+    return block(*args)
 
 
 class GeneratorLoadError(ValueError):

@@ -41,10 +41,31 @@ def swiglu_width(hidden: int, multiple_of: int = 256) -> int:
 
 
 class ChannelLastConv1d(nn.Conv1d):
-    """A Conv1d applied to (B, T, C) input; returns (B, T, C_out)."""
+    """A Conv1d applied to (B, T, C) input; returns (B, T, C_out).
+
+    A length-preserving convolution (stride 1, 2 * padding = kernel - 1) runs as one GEMM
+    over the k shifted copies of the zero-padded input, kept channel-last: the (B, T, C*k)
+    window matrix meets the weight (C_out, C, k) viewed as (C_out, C*k), which needs no copy.
+    This is a convolution without the (B, T, C) <-> (B, C, T) layout transposes a cuDNN conv
+    adds around itself. The weight and bias keep nn.Conv1d's names and shapes (checkpoints
+    load unchanged); any other geometry runs nn.Conv1d on the transposed input.
+    """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.transpose(1, 2)).transpose(1, 2)
+        (k,), (p,) = self.kernel_size, self.padding
+        if self.stride != (1,) or self.dilation != (1,) or self.groups != 1 or 2 * p != k - 1:
+            return super().forward(x.transpose(1, 2)).transpose(1, 2)
+        if k == 1:
+            return F.linear(x, self.weight[:, :, 0], self.bias)
+        b, t, c = x.shape
+        if torch.is_autocast_enabled(x.device.type):  # cast once, before the k-fold copy
+            x = x.to(torch.get_autocast_dtype(x.device.type))
+        padded = F.pad(x, (0, 0, p, p))  # (B, T + 2p, C)
+        # (B, T, C, k): window j of token t is padded[:, t + j]; stack (not unfold) keeps
+        # the backward a cheap slice sum
+        windows = torch.stack([padded[:, j : j + t] for j in range(k)], dim=-1)
+        weight = self.weight.reshape(self.out_channels, c * k)  # (C_out, C*k), a view
+        return F.linear(windows.reshape(b, t, c * k), weight, self.bias)
 
 
 class MLP(nn.Module):
@@ -194,9 +215,11 @@ class SelfAttention(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(B, T, D) -> q, k, v each (B, H, T, d); q/k normalised then rotated."""
         b, t, _ = x.shape
-        qkv = self.qkv(x).view(b, t, self.num_heads, -1, 3)  # (B, T, H, d, 3)
-        qkv = qkv.permute(4, 0, 2, 1, 3)  # (3, B, H, T, d)
-        q, k, v = qkv[0], qkv[1], qkv[2]
+        qkv = self.qkv(x).view(b, t, self.num_heads, -1, 3)  # (B, T, H, d, 3), j = q/k/v fastest
+        # one copy into (3, B, H, T, d): q, k and v each contiguous with a unit-stride last
+        # dim, which the fused SDPA kernels require (a strided v sends SDPA to the math path)
+        qkv = qkv.permute(4, 0, 2, 1, 3).contiguous()
+        q, k, v = qkv.unbind(0)
         # weight cast to the activation dtype: under bf16 autocast this is the reference's
         # bf16 numerics (eps = bf16 machine epsilon) and keeps torch's fused kernel
         q = F.rms_norm(q, q.shape[-1:], self.q_norm.weight.to(q.dtype), self.q_norm.eps)
