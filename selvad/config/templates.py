@@ -50,6 +50,8 @@ _DOCS: dict[str, str] = {
     "latent_noise_sigma": "0 = off; 0.01-0.05 adds noise to the latents (regularises)",
     "spectral_surgery": "off | smooth_abs | hard: also write adapter_final_surgery.pt to compare",
     "log_every": "steps per progress line",
+    "compile": "true: torch.compile the transformer blocks (faster GPU steps; falls back if it fails)",
+    "gradient_checkpointing": "true: recompute activations in backward (less memory, slower step)",
     "sample_steps": "Euler steps of each checkpoint sample",
     "sample_cfg": "classifier-free guidance strength of the samples",
     "sample_negative_prompt": "negative prompt of the samples",
@@ -142,7 +144,8 @@ def start_note(path: Path, cfg: DaemonConfig) -> str:
     if not job.trigger.on_change:
         return f"training starts only on `selvad enqueue {name}` (trigger.on_change = false)"
     minutes = job.trigger.settle_minutes
-    wait = f"{minutes:g} minute{'s' if minutes != 1 else ''}"
+    wait = (f"{minutes * 60:.0f} s" if minutes < 1 else
+            f"{minutes:g} minute{'s' if minutes != 1 else ''}")
     return (f"a running daemon queues its training {wait} after your last save "
             f"(trigger.settle_minutes; each save restarts the wait), so edit it now; "
             f"`selvad status` shows the run")
