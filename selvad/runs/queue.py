@@ -11,7 +11,10 @@ States and the only legal moves (`transition` enforces them)::
 A run queued again with `retry_at` (an automatic retry after its child was killed) waits
 until then: `next_run` and `claim` skip it while `not_before` lies in the future, and
 `auto_retries` counts those retries (a manual retry resets it). While a run is active its
-`error` column may hold a note for `selvad status` (e.g. that its child has stalled).
+`error` column may hold a note for `selvad status` (e.g. that its child has stalled). A
+queued run held by `hold` carries the note WAITING (its dataset has errors) and is skipped;
+`supersede` cancels queued, never started runs a newer config or dataset replaced, noted
+"superseded by RUN" (such a run never counts as a duplicate).
 
 The CLI never talks to the daemon directly: it writes rows into `requests` (cancel, retry,
 enqueue, skip) that the daemon reads with `pending_requests` and marks handled. Each thread
