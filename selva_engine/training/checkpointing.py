@@ -98,7 +98,8 @@ class Checkpointer:
                   "val_loss": ev.val_loss, "train_fixed_loss": ev.train_fixed_loss, "metrics": ev.metrics}
         ctx.log.append(record)
         report.write_metric_plot(ctx.out_dir / "metrics.png", state.history["ckpt_step"],
-                                 [json.loads(m) for m in state.history["metrics"]])
+                                 [json.loads(m) for m in state.history["metrics"]],
+                                 reference=self.reference_metrics)
         ctx.log.emit(record)
         return path
 
@@ -195,10 +196,11 @@ class Checkpointer:
         sample metrics."""
         data, hist = self.data, state.history
         stems = data.stems
+        # no validation plot without held-out clips: a train-clips-only curve reads as one
         report.write_loss_plots(self.ctx.out_dir, hist["step"], hist["loss"], {
             "train clips (fixed noise)": (hist["ckpt_step"], hist["train_fixed_loss"]),
-            **({"held-out clips": (hist["ckpt_step"], hist["val_loss"])} if data.val_idx else {}),
-        })
+            "held-out clips": (hist["ckpt_step"], hist["val_loss"]),
+        } if data.val_idx else None, total_steps=self.ctx.cfg.steps)
         report.write_meta(self.ctx.out_dir, {
             **meta, "best": state.best or None, "final": final, "recommendation": state.recommendation,
             "sample_clip": stems[data.sample_idx], "system": self.system,

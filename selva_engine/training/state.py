@@ -199,6 +199,7 @@ class RunState:
     window_start: float = 0.0
     overfitting: bool = False
     recommendation: dict | None = None  # the latest checkpoint recommendation
+    pace_s: float = 0.0  # seconds per step, an EMA over recent steps (0: not yet measured)
 
     def drain(self, runner: StepRunner) -> None:
         """Read the losses and grad norms waiting on the device into the log window (raises

@@ -179,6 +179,22 @@ def run_steps(ctx: RunContext, parts: TrainParts, state: RunState, checkpointer:
                       "signal": stopper.signal_name})
 
 
+ETA_SPAN_STEPS = 200  # the ETA follows the pace of about the last 200 steps
+
+
+def _smoothed_pace(state: RunState, elapsed: float, n_steps: int) -> float:
+    """Seconds per step for the ETA: an EMA over steps (time constant ETA_SPAN_STEPS) of each
+    window's pace, so one slow window (a checkpoint's sample and evaluation, a warm-up) moves
+    the ETA a little instead of swinging it. Updates and returns state.pace_s."""
+    pace = elapsed / max(n_steps, 1)
+    if state.pace_s <= 0:
+        state.pace_s = pace
+    else:
+        keep = float(np.exp(-max(n_steps, 1) / ETA_SPAN_STEPS))
+        state.pace_s = keep * state.pace_s + (1 - keep) * pace
+    return state.pace_s
+
+
 def log_progress(ctx: RunContext, parts: TrainParts, state: RunState) -> None:
     """One progress line for the steps since the last: reads the pending losses into the
     window, appends the window's mean loss and grad norm and the current LR to
@@ -193,9 +209,10 @@ def log_progress(ctx: RunContext, parts: TrainParts, state: RunState) -> None:
     hist["grad_norm"].append(float(np.mean(state.window_gn)) if state.window_gn else float("nan"))
     hist["lr"].append(parts.optimizer.param_groups[0]["lr"])
     line = {"event": "progress", "step": step, "steps": cfg.steps, "loss": mean_loss,
-            "smoothed_loss": report.ema(hist["loss"])[-1], "lr": hist["lr"][-1],
+            "smoothed_loss": report.ema_steps(hist["step"], hist["loss"],
+                                                report.smoothing_span(cfg.steps))[-1], "lr": hist["lr"][-1],
             "grad_norm": hist["grad_norm"][-1], "samples_per_s": rate,
-            "eta_s": (cfg.steps - step) * cfg.batch_size / max(rate, 1e-9)}
+            "eta_s": (cfg.steps - step) * _smoothed_pace(state, elapsed, len(state.window_loss))}
     ctx.log.append(line)
     ctx.log.emit(line)
     state.open_window()
