@@ -368,6 +368,15 @@ class RunQueue:
                            " updated_at=? WHERE id=?", (f"{SUPERSEDED} {by}", now, now, run_id))
         return ids
 
+    def refresh_manifest(self, run_id: str, manifest: dict[str, Any]) -> bool:
+        """Give a queued, never started run the dataset's current `manifest` (the files it
+        will train on); False when the run is not queued or has started before."""
+        with self._write() as db:
+            cur = db.execute("UPDATE runs SET manifest_json=?, manifest_hash=?, updated_at=?"
+                             " WHERE id=? AND state='queued' AND attempts=0",
+                             (_canonical(manifest), manifest_hash(manifest), time.time(), run_id))
+            return cur.rowcount == 1
+
     def hold(self, jobs: Iterable[str], held: bool) -> list[str]:
         """Hold back (`held`) or release the queued runs of `jobs`: a held run carries the
         WAITING note and `next_run` skips it. Returns the ids whose note changed."""

@@ -32,6 +32,9 @@ class JobEvents(Protocol):
     def check(self, job: Job) -> tuple[bool, dict[str, Any]]:
         """Validate the job's dataset; (ok, manifest)."""
 
+    def ready_to_start(self, run: Run) -> bool:
+        """Whether `run` may start now (its dataset settled and valid; manifest current)."""
+
 
 class DaemonContext(Protocol):
     """The daemon's state and actions shared with its handlers (all on the main thread)."""

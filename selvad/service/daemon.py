@@ -296,7 +296,7 @@ class Daemon:
             return
         assert self.queue is not None
         run = self._pick()
-        if run is None:
+        if run is None or not self.events.ready_to_start(run):
             return
         claimed = self.queue.claim(run.id)
         if claimed is None:

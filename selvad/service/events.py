@@ -32,7 +32,7 @@ from typing import Any
 from selvad.config.jobs import Job, JobError, load_job
 from selvad.datasets.validate import ValidationReport, validate_dataset
 from selvad.datasets.watch import DatasetEvent, JobEvent
-from selvad.runs.queue import WAITING, manifest_hash
+from selvad.runs.queue import WAITING, Run, manifest_hash
 from selvad.runs.watched import WatchedTable
 from selvad.service.context import DaemonContext
 
@@ -306,6 +306,29 @@ class EventHandler:
         self.watched.record("dataset", key, str(ev.path), fingerprint=fingerprint,
                             problem=old.problem if old else None)
         return old is None or old.fingerprint != fingerprint
+
+    def ready_to_start(self, run: Run) -> bool:
+        """Whether the queued `run` may start now. A training run that never started does
+        not start while its dataset's files are still settling or while the dataset has
+        errors, and it trains on the dataset as it is now: when the files changed since it
+        was queued (the change's own event is still on its way), its manifest is brought
+        up to date, so run.toml lists exactly the files trained."""
+        job = self.d.jobs.get(run.job)
+        if run.kind != "train" or run.attempts or job is None or job.dataset != run.dataset:
+            return True
+        if self.settling(job.dataset_dir):
+            return False
+        ok, manifest = self.check(job)
+        if not ok:
+            return False
+        assert self.d.queue is not None
+        if manifest_hash(manifest) != run.manifest_hash and self.d.queue.refresh_manifest(
+                run.id, manifest):
+            self.log.info("run.files_updated", run_id=run.id, job=run.job, dataset=run.dataset,
+                          files=len(manifest.get("files", [])),
+                          note="the dataset changed after the run was queued; it trains on "
+                               "the files as they are now")
+        return True
 
     def due_training(self) -> None:
         """Queue the training runs whose dataset has been quiet for their settle time."""

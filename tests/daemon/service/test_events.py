@@ -209,3 +209,21 @@ def test_a_restart_with_nothing_changed_reports_no_change(
         assert change != "created" and state != "queued"
         assert event not in ("dataset.changed", "job.training_due")
     assert d.events.train_due == {}
+
+
+def test_a_run_starts_on_the_files_as_they_are_now(daemon: Daemon, tmp_path: Path) -> None:
+    """Clips added after queueing (their event still settling toward the job's settle time):
+    the run that starts trains on them, and its manifest (run.toml) says so."""
+    d = daemon
+    assert d.queue is not None
+    data = tmp_path / "datasets" / "birds"
+    make_dataset(data, 3)
+    d.events.handle(JobEvent(_settled_job(tmp_path, "now", settle=0.0), "created"))
+    (run,) = d.queue.list_runs(job="now")
+    make_dataset(data, 4)  # one more clip, not reported yet
+    assert d.events.ready_to_start(run)
+    fresh = d.queue.get(run.id)
+    assert len(fresh.manifest["files"]) == len(run.manifest["files"]) + 2  # .wav and .npz
+    (data / "clip00.wav").write_bytes(b"not audio")
+    assert not d.events.ready_to_start(fresh)  # errors: it waits instead
+    assert d.queue.get(run.id).error is not None and d.queue.next_run() is None
