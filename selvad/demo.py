@@ -233,6 +233,10 @@ def run_demo(root: Path, steps: int = 100, weights: str = "", variant: str = "",
     if problem:
         print(f"selvad demo: {problem}", file=sys.stderr)
         return 1
+    from selvad.config.daemon import WebConfig
+
+    print(f"open http://{WebConfig().listen}/ in a browser to follow the run and listen to "
+          "its checkpoints (the daemon serves it once started)", flush=True)
     tiny = not weights
     variant = variant or ("tiny_16k" if tiny else "small_16k")
     if tiny:

@@ -59,7 +59,7 @@ class WebServer:
         deadline = time.monotonic() + START_TIMEOUT
         while not self.server.started and self.thread.is_alive() and time.monotonic() < deadline:
             time.sleep(0.02)
-        self.log.info("web.ready", url=self.url, token_needed=bool(web.token) or not web.loopback)
+        self.log.info("web.ready", url=self.url, actions_locked=bool(web.token) or not web.loopback)
 
     def stop(self) -> None:
         """Stop serving (open connections get 2 s) and wait for the thread."""
