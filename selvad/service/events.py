@@ -188,6 +188,8 @@ class EventHandler:
             self.log.info("job.waiting_for_dataset", job=job.name, dataset=job.dataset,
                           note="files are still being copied; queued once they settle")
             return
+        if change == "unchanged" and job.name in self.train_due:
+            return  # touched, not edited: the settle time already running stays
         if change == "unchanged" or not job.trigger.on_change or not job.trigger.settle_minutes:
             self._queue_loaded(job, reason=f"job file {change}")
             return
@@ -289,10 +291,11 @@ class EventHandler:
             if job.base.variant not in seen_variants:  # one extraction per variant
                 seen_variants.add(job.base.variant)
                 self.d.enqueue(job.extract_run(), manifest, reason="dataset changed")
-            if job.name in self.waiting:  # loaded while the clips were still arriving
-                self.waiting.discard(job.name)
+            waited = job.name in self.waiting  # loaded while the clips were still arriving
+            self.waiting.discard(job.name)
+            if waited and not (job.trigger.on_change and job.trigger.settle_minutes):
                 self._queue_loaded(job, reason="job file created; its dataset settled")
-            elif job.trigger.on_change and changed:
+            elif job.trigger.on_change and (changed or waited):
                 self._arm(job, why="dataset changed")
 
     def _dataset_changed(self, ev: DatasetEvent) -> bool:

@@ -227,3 +227,14 @@ def test_a_run_starts_on_the_files_as_they_are_now(daemon: Daemon, tmp_path: Pat
     (data / "clip00.wav").write_bytes(b"not audio")
     assert not d.events.ready_to_start(fresh)  # errors: it waits instead
     assert d.queue.get(run.id).error is not None and d.queue.next_run() is None
+
+
+def test_a_touch_keeps_the_running_settle_time(daemon: Daemon, tmp_path: Path) -> None:
+    d = daemon
+    make_dataset(tmp_path / "datasets" / "birds", 3)
+    path = _settled_job(tmp_path, "touch")
+    d.events.handle(JobEvent(path, "created"))
+    due = d.events.train_due["touch"]
+    os.utime(path)  # the watcher reports it, the content is the same
+    d.events.handle(JobEvent(path, "modified"))
+    assert d.events.train_due["touch"] == due and _kinds(d, "touch") == []
