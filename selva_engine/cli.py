@@ -106,6 +106,10 @@ def build_train_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval_steps", type=int, default=d.eval_steps,
                    help="Euler steps of the evaluation samples")
     p.add_argument("--eval_cfg", type=float, default=d.eval_cfg, help="CFG scale of the evaluation")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the transformer blocks (falls back with a warning)")
+    p.add_argument("--gradient_checkpointing", action="store_true",
+                   help="recompute block activations in backward: less memory, slower step")
     p.add_argument("--device", default=d.device, help="auto, cpu or cuda[:N]")
     p.add_argument("--cache_dir", default=d.cache_dir,
                    help="feature cache directory (empty: none)")

@@ -351,6 +351,8 @@ class StepRunner:
         self.start_step = 0  # the step this run (or its resume) started from: curriculum
         self._losses: list[torch.Tensor] = []
         self._norms: list[torch.Tensor] = []
+        # a one-shot stand-in for the first micro_step (acceleration.CompileTrial), or None
+        self.first_step: Callable[[StepRunner, list[int], int | None], None] | None = None
 
     def micro_step(self, idx_list: list[int], step: int | None = None) -> None:
         """Forward + backward of one micro-batch; its loss waits on the device for flush().
@@ -358,6 +360,9 @@ class StepRunner:
         `step` (1-based, the micro-step being trained) picks the curriculum's timestep mode;
         `self.start_step` is where this run (or its resume) began.
         """
+        if self.first_step is not None:
+            trial, self.first_step = self.first_step, None
+            return trial(self, idx_list, step)
         cfg, put = self.cfg, self._to_device
         idx = put(torch.tensor(idx_list))
         shape = (len(idx_list), *self.lat_mean.shape[1:])

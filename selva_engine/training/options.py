@@ -73,6 +73,13 @@ class TrainConfig:
     eval_cfg: float = 4.5  # CFG strength of the evaluation samples
     device: str = "auto"  # auto = cuda when available, else cpu
     cache_dir: str = ""  # extraction cache; "" = <output_dir>/.cache
+    # torch.compile the transformer blocks (fused kernels; a GPU gains most). The first step
+    # compiles (a "compile" event gives the seconds); if compiling fails the run warns and
+    # goes on without it
+    compile: bool = False
+    # recompute each transformer block's activations in the backward pass: far less memory
+    # for larger batches, at the cost of about one more forward pass per step
+    gradient_checkpointing: bool = False
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property

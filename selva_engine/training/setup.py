@@ -28,6 +28,7 @@ from selva_engine.model.generator import Conditions, Generator, load_generator
 from selva_engine.model.lora import apply_lora, lora_parameters
 from selva_engine.model.variants import get_variant
 from selva_engine.outputs.checkpoint import find_latest, list_checkpoints, load_checkpoint
+from selva_engine.training.acceleration import CompileTrial, compile_blocks
 from selva_engine.training.loop import (
     BatchSampler,
     FixedLossProbe,
@@ -276,10 +277,20 @@ def build_model(ctx: RunContext, data: TrainData, fresh: bool = True) -> TrainPa
     runner = StepRunner(model, fm, cfg, lat_mean=data.lat_mean, lat_std=data.lat_std, conditions=conditions,
                         autocast=autocast, scaler=scaler, optimizer=optimizer, scheduler=scheduler,
                         params=params_a + params_b, gen_t=gen_t, gen_noise=gen_noise)
+    _accelerate(ctx, model, runner)
     return TrainParts(model=model, lora_layers=lora_layers, params=params_a + params_b, optimizer=optimizer,
                       scheduler=scheduler, scaler=scaler, autocast=autocast, conditions=conditions, fm=fm,
                       sampler=sampler, gen_t=gen_t, gen_noise=gen_noise,
                       probe=FixedLossProbe(fm, seed=cfg.seed), runner=runner)
+
+
+def _accelerate(ctx: RunContext, model: Generator, runner: StepRunner) -> None:
+    """The speed options: activation checkpointing of the blocks, and torch.compile of them
+    with the first micro-step as a trial that falls back to eager (acceleration.py)."""
+    model.gradient_checkpointing = ctx.cfg.gradient_checkpointing
+    if ctx.cfg.compile:
+        compile_blocks(model)
+        runner.first_step = CompileTrial(model, ctx.log.emit, ctx.log.warn)
 
 
 def _clip_conditions(model: Generator, data: TrainData, lora_layers: list[str], autocast: Any) -> ClipConditions:

@@ -24,7 +24,8 @@ __all__ = ["DEFAULTS_KEYS", "FIELD_KEY", "SETTING_SECTIONS", "TriggerConfig", "c
 TRAIN_KEYS = ("lr", "steps", "warmup_steps", "batch_size", "grad_accum", "save_every",
               "precision", "seed", "timestep_sampling", "logit_normal_sigma", "lr_schedule",
               "lora_plus_ratio", "weight_decay", "grad_clip", "latent_sampling", "log_every",
-              "curriculum_switch", "latent_mixup_alpha", "latent_noise_sigma", "spectral_surgery")
+              "curriculum_switch", "latent_mixup_alpha", "latent_noise_sigma", "spectral_surgery",
+              "compile", "gradient_checkpointing")
 
 # job section -> {job key: TrainConfig field}
 SETTING_SECTIONS: dict[str, dict[str, str]] = {
