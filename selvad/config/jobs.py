@@ -70,8 +70,11 @@ SAFE_NAME_RULE = "letters, digits, '.', '_', '-', at most 64, starting with a le
 # TrainConfig options added after 0.1, with their defaults (see config_hash).
 LATER_OPTIONS = {"init_mode": "standard", "curriculum_switch": 0.6, "latent_mixup_alpha": 0.0,
                  "latent_noise_sigma": 0.0, "spectral_surgery": "off"}
-# TrainConfig fields the daemon fills itself; they never change what a run learns.
-HASH_EXCLUDED = ("data_dir", "output_dir", "selva_dir", "resume", "device", "cache_dir")
+# TrainConfig fields the daemon fills itself, and the speed options (compile, activation
+# checkpointing: the same numbers, computed faster or in less memory); they never change
+# what a run learns.
+HASH_EXCLUDED = ("data_dir", "output_dir", "selva_dir", "resume", "device", "cache_dir", "compile",
+                 "gradient_checkpointing")
 JOB_KEYS = ("dataset", *DEFAULTS_KEYS, "sweep")
 
 
