@@ -70,11 +70,10 @@ SAFE_NAME_RULE = "letters, digits, '.', '_', '-', at most 64, starting with a le
 # TrainConfig options added after 0.1, with their defaults (see config_hash).
 LATER_OPTIONS = {"init_mode": "standard", "curriculum_switch": 0.6, "latent_mixup_alpha": 0.0,
                  "latent_noise_sigma": 0.0, "spectral_surgery": "off"}
-# TrainConfig fields the daemon fills itself, and the speed options (compile, activation
-# checkpointing: the same numbers, computed faster or in less memory); they never change
-# what a run learns.
-HASH_EXCLUDED = ("data_dir", "output_dir", "selva_dir", "resume", "device", "cache_dir", "compile",
-                 "gradient_checkpointing")
+# TrainConfig fields the daemon fills itself; they never change what a run learns.
+HASH_EXCLUDED = ("data_dir", "output_dir", "selva_dir", "resume", "device", "cache_dir")
+# Job keys of speed alone (the same numbers, faster or in less memory): not in the hash either.
+SPEED_OPTIONS = ("compile", "gradient_checkpointing")
 JOB_KEYS = ("dataset", *DEFAULTS_KEYS, "sweep")
 
 
@@ -162,7 +161,7 @@ def config_hash(cfg: TrainConfig) -> str:
     upgrade does not make every finished run look changed (and queue it again).
     """
     d = cfg.to_dict()
-    for key in HASH_EXCLUDED:
+    for key in (*HASH_EXCLUDED, *SPEED_OPTIONS):
         d.pop(key, None)
     for key, default in LATER_OPTIONS.items():
         if d.get(key) == default:
