@@ -86,7 +86,8 @@ class DaemonTree:
             f'[paths]\ndataset_roots = ["datasets"]\njobs_dir = "jobs"\noutput_root = "out"\n'
             f'state_dir = "state"\nweights_dir = "{weights}"\n[device]\nname = "cpu"\n'
             f'[watch]\nsettle_seconds = {settle}\nrescan_minutes = 0\n'
-            '[retention]\nkeep_last_checkpoints = 10\n[logging]\nformat = "json"\n')
+            '[retention]\nkeep_last_checkpoints = 10\n[logging]\nformat = "json"\n'
+            '[web]\nlisten = "127.0.0.1:0"\n')  # a free port: tests run side by side
         self.log_path = root / "daemon.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.notify: FakeNotifySocket | None = None
@@ -175,6 +176,11 @@ class DaemonTree:
             if isinstance(ev, dict) and (name is None or ev.get("event") == name):
                 out.append(ev)
         return out
+
+    def web_url(self, timeout: float = 30) -> str:
+        """The web page's URL, from the daemon's `web.ready` log event."""
+        return self.wait_for(lambda: [e["url"] for e in self.events("web.ready")], timeout,
+                             "web.ready")[0]
 
     def wait_for(self, what: Callable[[], Any], timeout: float = 90, desc: str = "") -> Any:
         """Poll `what()` until truthy (returned); fail with the log tail after `timeout` s."""

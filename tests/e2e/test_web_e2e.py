@@ -1,0 +1,130 @@
+"""End-to-end: the web page of the real daemon on the tiny tree, in headless Chromium.
+
+Debian's `chromium` and `chromium-driver` (installed by .ci/run) driven by Selenium. The
+test trains a short run and checks the run page (every checkpoint with a playable audio
+element, A/B switching keeping the position), then starts a long run from the page, sees the
+dashboard's progress move and cancels it from the page; path tricks on the real server give
+404. Screenshots of each page are saved in the test's temporary directory.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .conftest import DaemonTree
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[object]:
+    if not (CHROMIUM and DRIVER):
+        pytest.fail("Chromium is missing: apt-get install -y chromium chromium-driver (.ci/run does)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update",
+                "--disable-sync", "--disable-dev-shm-usage", "--mute-audio",
+                "--autoplay-policy=no-user-gesture-required", "--window-size=1200,1400",
+                f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+        opts.add_argument(arg)
+    driver = webdriver.Chrome(options=opts, service=Service(DRIVER))
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return r.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def _duration(driver: object, css: str) -> list[float]:
+    """Durations of the audio elements matching `css`, once each has loaded its metadata."""
+    return driver.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        const els = [...document.querySelectorAll(arguments[0])];
+        Promise.all(els.map(a => a.readyState >= 1 ? a.duration : new Promise(res => {
+            a.addEventListener('loadedmetadata', () => res(a.duration), {once: true});
+            a.addEventListener('error', () => res(-1), {once: true}); a.load(); })))
+        .then(done);""", css)
+
+
+def _check_run_page(driver: object, url: str, run_id: str, steps: list[int], shots: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver.get(f"{url}runs/{run_id}")
+    rows = driver.find_elements(By.CSS_SELECTOR, "#checkpoints tr.ckpt")
+    assert [int(r.get_attribute("data-step")) for r in rows] == steps
+    durations = _duration(driver, "#checkpoints tr.ckpt audio")
+    assert len(durations) == len(steps) and all(d > 0 for d in durations), durations
+    assert all(d > 0 for d in _duration(driver, "tr.reference audio")), "reference clip plays"
+    assert driver.find_element(By.ID, "recommendation").is_displayed()
+    driver.save_screenshot(str(shots / "run_page.png"))
+    # A/B: play A from 0.5 s, switch to B: B plays on from the same moment
+    assert _duration(driver, "#ab-audio")[0] > 0
+    driver.execute_script("const a = document.getElementById('ab-audio'); a.currentTime = 0.5;")
+    driver.find_element(By.ID, "ab-play-b").click()
+    time.sleep(1.0)
+    src, pos = driver.execute_script(
+        "const a = document.getElementById('ab-audio'); return [a.src, a.currentTime];")
+    assert src.endswith(f"sample_step{steps[-1]:05d}.wav"), src
+    assert pos >= 0.5, pos
+
+
+def test_dashboard_run_page_ab_cancel_and_path_tricks(tree: DaemonTree, browser: object,
+                                                      tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver, shots = browser, tmp_path
+    tree.add_clips("birds", 3)
+    tree.write_job("birds", "birds")
+    tree.write_job("long", "birds", on_change=False, steps=100000,
+                   save_every=50000)
+    tree.start()
+    url = tree.web_url()
+    first = tree.wait_for(lambda: tree.runs(job="birds", kind="train"), 60, "a training run")[0]
+    assert tree.wait_state(first.id, ("done", "failed"), 240).state == "done"
+    _check_run_page(driver, url, first.id, [10, 20], shots)
+
+    driver.get(url)  # start the long job from the page
+    driver.find_element(By.CSS_SELECTOR, 'form[action="/jobs/long/enqueue"] button').click()
+    long = tree.wait_for(lambda: tree.runs(job="long", kind="train"), 30, "the long run")[0]
+    tree.wait_state(long.id, ("training",), 120)
+    driver.get(url)
+    step = driver.find_element(By.CSS_SELECTOR, '#live [data-field="step"]')
+    seen = {step.text}
+    deadline = time.monotonic() + 60
+    while len(seen) < 3 and time.monotonic() < deadline:  # the page updates itself
+        time.sleep(0.5)
+        seen.add(step.text)
+    assert len(seen) >= 3, f"the progress did not move: {seen}"
+    driver.save_screenshot(str(shots / "dashboard_training.png"))
+    driver.find_element(By.ID, "cancel").click()
+    assert tree.wait_state(long.id, ("cancelled",), 60).state == "cancelled"
+    driver.get(f"{url}runs/{long.id}")
+    driver.save_screenshot(str(shots / "run_cancelled.png"))
+
+    for trick in (f"runs/{first.id}/files/..%2F..%2F..%2Fselvad.toml",
+                  f"runs/{first.id}/files/%2e%2e%2frun.toml", f"runs/{first.id}/files/worker.log",
+                  f"runs/{first.id}/files/%2Fetc%2Fpasswd", "runs/..%2F..%2Fselvad.toml/files/x",
+                  "static/..%2F..%2Fcli.py"):
+        assert _status(url + trick) == 404, trick
+    assert _status(f"{url}runs/{first.id}/files/meta.json") == 200
