@@ -17,6 +17,8 @@ __all__ = ["Candidate", "Recommendation", "noise_symptom", "recommend"]
 # A sample shows the noise symptom when its hf ratio exceeds the reference's by both margins.
 NOISE_RATIO_FACTOR = 2.0
 NOISE_ABS_MARGIN = 0.05
+# The guide: "noticeable white noise: lower the strength to 0.6-0.7 before adjusting anything else".
+NOISY_STRENGTH = (0.6, 0.7)
 
 
 @dataclass
@@ -87,6 +89,8 @@ def recommend(candidates: list[Candidate], reference_hf: float | None = None,
         if overfitting:
             reason += "; the run overfits, so try it below full strength"
         return Recommendation(cand.id, cand.path, reason, (low, high), rejected)
-    return Recommendation(None, None, "every checkpoint shows the white-noise symptom; retrain with "
-                          "fewer steps or a lower lr, or use the adapter at low strength",
-                          (0.2, 0.5), rejected)
+    # the guide's first fix for white noise is strength 0.6-0.7, before retraining
+    return Recommendation(None, None, "every checkpoint shows the white-noise symptom; first try "
+                          "the adapter at strength 0.6-0.7 (the guide's fix for white noise), "
+                          "then retrain with fewer steps or a lower lr",
+                          NOISY_STRENGTH, rejected)

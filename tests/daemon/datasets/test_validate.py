@@ -55,7 +55,8 @@ def test_clean_dataset_is_ok(tmp_path):
     assert r.ok and r.findings == []
     assert len(r.clips) == 7 and r.clips[0].prompt == "dog barking"
     assert r.clips[0].prompt_source == "npz"
-    assert r.advice[0] == "7 clips: expect underfit; steps 2000-4000, rank 16, target attn.qkv"
+    assert r.advice[0] == ("7 clips: expect underfit (a quick test; the guide's table starts at "
+                           "10 clips); steps 2000-4000 at batch 4, rank 16, target attn.qkv")
     assert "OK: ready to train" in r.format_human()
 
 
@@ -115,8 +116,9 @@ MUTATIONS = {
                             ("warning", "c0.npz", "inconsistent-prompt")),
     "empty prompt": (lambda d: npz(d / "c0.npz", prompt=np.array("")),
                      ("warning", "c0.npz", "empty-prompt")),
-    "mixed prompt sources": (lambda d: (d / "prompts.txt").write_text("c1.npz: dog barking\n"),
-                             ("warning", "", "mixed-prompt-sources")),
+    "directory-name fallback": (lambda d: (npz(d / "c0.npz", duration=np.array(8.0)),
+                                           (d / "prompts.txt").write_text("c1.npz: dog\n")),
+                                ("warning", "", "mixed-prompt-sources")),
 }
 
 
@@ -233,9 +235,12 @@ def test_advice_table_is_contiguous():
 @pytest.mark.parametrize("n,expected", [
     (1, "1 clip: expect memorisation"),
     (4, "4 clips: expect memorisation"),
-    (7, "7 clips: expect underfit; steps 2000-4000"),
-    (15, "15 clips: expect underfit"),
-    (30, "30 clips: enough for a style adapter; steps 3000-6000"),
+    (7, "7 clips: expect underfit"),
+    (10, "10 clips: enough for a style adapter of a sound the model knows; steps 2000-4000 at batch 4"),
+    (19, "19 clips: enough for a style adapter of a sound the model knows; steps 2000-4000"),
+    (20, "20 clips: enough for a usable adapter; steps 4000-8000 at batch 4"),
+    (49, "49 clips: enough for a usable adapter; steps 4000-8000"),
+    (50, "50 clips: enough for a solid adapter; steps 6000-15000"),
     (100, "100 clips: enough for a solid adapter"),
     (150, "150 clips: the linear1 target pays off"),
 ])
@@ -252,3 +257,37 @@ def test_advice_with_config():
     assert not any("linear1 only" in a for a in advise(200, cfg))
     assert any("linear1 only" in a for a in advise(20, targets=["joint_blocks.0.linear1"]))
     assert not any("held out" in a for a in advise(8))
+
+
+def test_advice_quotes_batch_4_and_says_when_the_batch_differs():
+    lines = advise(30, TrainConfig(steps=5000, batch_size=16))
+    assert any("step range is for batch 4; at batch 16 expect fewer steps" in a for a in lines)
+    assert not any("step range is for batch" in a for a in advise(30, TrainConfig(steps=5000)))
+    assert not any("steps 5000 is" in a for a in advise(30, TrainConfig(steps=5000)))
+
+
+def test_partial_prompts_txt_is_fine(tmp_path):
+    """The guide's own prompts.txt example overrides only some clips; the rest keep the prompt
+    embedded in their .npz. That is no warning."""
+    d = dataset(tmp_path)
+    (d / "prompts.txt").write_text("# One line per file: filename: prompt text\n"
+                                   "c1.npz: a large dog barking aggressively\n")
+    r = V.validate_dataset(d, VARIANT)
+    assert r.ok and r.findings == [], r.format_human()
+    assert {c.prompt_source for c in r.clips} == {"npz", "prompts.txt"}
+
+
+def test_event_padded_with_silence_on_purpose_is_fine(tmp_path):
+    """A 1 s bark centred in 8 s of silence (the guide's advice for short events) is clean; a
+    1 s file (padded at the end by the loader) is told to centre its event."""
+    d = dataset(tmp_path)
+    x = np.zeros(8 * SR, np.float32)
+    t = np.arange(SR) / SR
+    x[int(3.5 * SR):int(4.5 * SR)] = 0.5 * np.sin(2 * np.pi * 440 * t)
+    sf.write(d / "c0.wav", x, SR)
+    r = V.validate_dataset(d, VARIANT)
+    assert r.ok and r.findings == [], r.format_human()
+    wav(d / "c1.wav", seconds=1.0)
+    r = V.validate_dataset(d, VARIANT)
+    short = [f for f in r.findings if f.code == "short-audio"]
+    assert short and "centred" in short[0].fix and "padded at the end" in short[0].message

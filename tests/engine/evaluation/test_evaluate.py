@@ -51,7 +51,7 @@ def test_run_names_a_recommendation(trained_run):
     # tiny weights still produces broadband noise: both checkpoints show the symptom
     assert meta["sample_reference_metrics"]["hf_energy_ratio"] < 1e-3
     assert rec["id"] is None and len(rec["rejected"]) == 2 and "white-noise" in rec["reason"]
-    assert rec["strength_range"] == [0.2, 0.5]
+    assert rec["strength_range"] == [0.6, 0.7] and "strength 0.6-0.7" in rec["reason"]
 
 
 def test_evaluator_outputs_and_determinism(trained_run, tiny_weights, tmp_path):
