@@ -1,9 +1,10 @@
-"""Text formatting shared by the terminal commands (`selvad status`, the demo): durations and
-progress bars. Pure functions, no imports from the rest of selvad."""
+"""Text formatting shared by the terminal commands (`selvad status`, `selvad run` on a
+terminal, the demo): durations, rounded numbers, progress bars and lines. Pure functions, no
+imports from the rest of selvad."""
 
 from __future__ import annotations
 
-__all__ = ["format_duration", "progress_bar"]
+__all__ = ["format_duration", "format_number", "progress_bar", "progress_line"]
 
 
 def format_duration(seconds: float | None) -> str:
@@ -26,3 +27,31 @@ def progress_bar(step: int | None, total: int | None, width: int = 30) -> str:
     filled = int(round(frac * width))
     return "[" + "#" * filled + "." * (width - filled) + f"] {frac:4.0%}"
 
+
+
+def format_number(value: float | int | None) -> str:
+    """A number as a person reads it: 4 significant digits ('0.6123', '1.234e-05', '3.1e+04'
+    only when it is that large), integers as they are, '?' for None."""
+    if value is None:
+        return "?"
+    if isinstance(value, bool | int):
+        return str(value)
+    if value != value:  # NaN
+        return "nan"
+    return f"{value:.4g}"
+
+
+def progress_line(step: int | None, total: int | None, *, loss: float | None = None,
+                  smoothed: float | None = None, samples_per_s: float | None = None,
+                  eta_s: float | None = None, width: int = 24) -> str:
+    """One line for a training run's progress, like kohya's or ai-toolkit's bars:
+    '[######..................]  25% step 500/2000  loss 0.6123 (smoothed 0.6412)
+    3.1 samples/s  ETA 4m10s'; fields that are None are left out (except the ETA: '?')."""
+    parts = [f"{progress_bar(step, total, width)} step {step or 0}/{total or '?'}"]
+    if loss is not None:
+        sm = f" (smoothed {format_number(smoothed)})" if smoothed is not None else ""
+        parts.append(f"loss {format_number(loss)}{sm}")
+    if samples_per_s:
+        parts.append(f"{samples_per_s:.1f} samples/s")
+    parts.append(f"ETA {format_duration(eta_s)}")
+    return "  ".join(parts)

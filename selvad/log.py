@@ -2,7 +2,9 @@
 
 One handler on the root logger renders every record, ours and foreign (torch, watchdog,
 apscheduler, py.warnings), either as JSON lines (journald, files; the default when stdout is
-not a terminal) or as readable console lines (a terminal). Processors add an ISO UTC
+not a terminal) or as readable console lines (a terminal: one short line per event, numbers
+rounded, long values cut, and the current run's progress as a bar redrawn in place).
+Processors add an ISO UTC
 timestamp, the level and the logger name, replace arrays and tensors by a shape summary
 (a log line must never carry a full tensor) and mask values of secret-looking keys.
 """
@@ -16,7 +18,10 @@ from typing import Any, TextIO
 
 import structlog
 
-__all__ = ["get_logger", "redact_secrets", "setup_logging", "summarize_arrays"]
+from selvad.display import format_duration, format_number, progress_line
+
+__all__ = ["ConsoleLineRenderer", "LiveConsoleHandler", "get_logger", "redact_secrets",
+           "setup_logging", "summarize_arrays"]
 
 _HANDLER_NAME = "selvad"
 _SECRET_WORDS = ("password", "passwd", "secret", "token", "api_key", "apikey", "credential")
@@ -69,6 +74,89 @@ def _use_json(fmt: str, stream: TextIO) -> bool:
 
 
 _LIBRARY_ROOTS = ("torch", "watchdog", "apscheduler")
+MAX_VALUE_CHARS = 160  # a console value longer than this is cut ("... (N chars)")
+_HIDDEN = ("timestamp", "level", "logger", "event", "exception")
+# A run's live bar ends with these events (the run left training).
+_BAR_ENDS = ("run.stopped", "run.child_error", "run.done", "run.interrupted")
+
+
+def _short(key: str, value: Any) -> str:
+    """One console value: numbers rounded, durations as 3m05s, long texts and lists cut."""
+    if key == "eta_s" and isinstance(value, int | float):
+        return format_duration(value)
+    if isinstance(value, float | int) and not isinstance(value, bool):
+        return format_number(value)
+    if isinstance(value, list | tuple | dict) and len(str(value)) > MAX_VALUE_CHARS:
+        return f"<{len(value)} items>"
+    text = str(value).replace("\r", "").replace("\n", " | ")
+    if len(text) > MAX_VALUE_CHARS:
+        text = f"{text[:MAX_VALUE_CHARS - 20]}... ({len(text)} chars)"
+    return text if " " not in text or text.startswith(("<", "[", "{")) else repr(text)
+
+
+class ConsoleLineRenderer:
+    """structlog renderer for a terminal: 'HH:MM:SS level    event  key=value ...', one line
+    per event; `run.progress` becomes a progress line (bar, step, loss, rate, ETA). A
+    traceback follows on its own lines."""
+
+    def __init__(self, colors: bool = False) -> None:
+        self.colors = colors
+
+    def __call__(self, _logger: Any, _method: str, ev: MutableMapping[str, Any]) -> str:
+        stamp = str(ev.get("timestamp", ""))[11:19]
+        level = str(ev.get("level", "info"))
+        name = str(ev.get("event", ""))
+        if name == "run.progress":
+            body = (f"run {ev.get('run_id', '?')}  " + progress_line(
+                ev.get("step"), ev.get("steps"), loss=ev.get("loss"),
+                smoothed=ev.get("smoothed_loss"), samples_per_s=ev.get("samples_per_s"),
+                eta_s=ev.get("eta_s")))
+        else:
+            fields = "  ".join(f"{k}={_short(k, v)}" for k, v in ev.items()
+                               if k not in _HIDDEN and v is not None)
+            body = f"{name}  {fields}".rstrip()
+        if self.colors and level in ("warning", "error", "critical"):
+            level_text = f"\x1b[{33 if level == 'warning' else 31}m{level:<7}\x1b[0m"
+        else:
+            level_text = f"{level:<7}"
+        line = f"{stamp} {level_text} {body}"
+        exc = ev.get("exception")
+        return f"{line}\n{exc}" if exc else line
+
+
+class LiveConsoleHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A StreamHandler for a terminal that keeps the current run's progress as one bar at the
+    bottom, redrawn in place (carriage return, clear line) by each `run.progress` event;
+    every other line is printed above it. With `live` False it writes plain lines."""
+
+    def __init__(self, stream: TextIO, live: bool) -> None:
+        super().__init__(stream)
+        self.live = live
+        self._bar = ""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = self.format(record)
+            ev = record.msg if isinstance(record.msg, dict) else {}
+            name = ev.get("event")
+            if not self.live:
+                self.stream.write(text + "\n")
+            elif name == "run.progress":
+                self._bar = text
+                self.stream.write("\r\x1b[K" + text)
+            else:
+                ends = name in _BAR_ENDS or (name == "run.state"
+                                             and ev.get("state") not in ("training", None))
+                if ends and self._bar:  # keep the last bar on screen, then the line
+                    self.stream.write("\n" + text + "\n")
+                    self._bar = ""
+                elif self._bar:  # the line above, the bar again below it
+                    self.stream.write("\r\x1b[K" + text + "\n" + self._bar)
+                else:
+                    self.stream.write(text + "\n")
+            self.flush()
+        except Exception:  # a log line must never take the daemon down
+            self.handleError(record)
 
 
 def setup_logging(format: str = "auto", level: str = "info",
@@ -110,13 +198,14 @@ def setup_logging(format: str = "auto", level: str = "info",
         renderer = structlog.processors.JSONRenderer(sort_keys=False)
         final = [structlog.processors.dict_tracebacks, renderer]
     else:
-        colors = bool(getattr(stream, "isatty", lambda: False)())
-        final = [structlog.dev.ConsoleRenderer(colors=colors)]
+        tty = bool(getattr(stream, "isatty", lambda: False)())
+        final = [structlog.processors.format_exc_info, ConsoleLineRenderer(colors=tty)]
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[structlog.stdlib.ExtraAdder(), *shared],
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *final],
     )
-    handler = logging.StreamHandler(stream)
+    handler = (logging.StreamHandler(stream) if as_json
+               else LiveConsoleHandler(stream, live=tty))
     handler.set_name(_HANDLER_NAME)
     handler.setFormatter(formatter)
     root = logging.getLogger()

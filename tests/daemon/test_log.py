@@ -84,3 +84,45 @@ def test_console_format_and_auto(restore_logging) -> None:
     assert "ready" not in buf.getvalue()  # the earlier handler was replaced
     with pytest.raises(ValueError):
         setup_logging("json", "loud")
+
+
+class _Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def _progress(log, step: int, loss: float) -> None:
+    log.info("run.progress", step=step, steps=20, loss=loss, smoothed_loss=loss + 0.01234567,
+             lr=1e-4, samples_per_s=3.14159, eta_s=130.7)
+
+
+def test_console_lines_are_short_and_rounded(restore_logging) -> None:
+    buf = io.StringIO()
+    setup_logging("console", "info", stream=buf)
+    log = get_logger("selvad.runs.worker", run_id="r1", job="dogs")
+    _progress(log, 5, 0.612345678)
+    log.info("run.files_updated", files=[f"clip_{i:04d}.wav" for i in range(300)],
+             message="x " * 800)
+    out = buf.getvalue().splitlines()
+    assert len(out) == 2 and all(len(line) < 400 for line in out), out
+    assert "step 5/20" in out[0] and "loss 0.6123 (smoothed 0.6247)" in out[0]
+    assert "3.1 samples/s" in out[0] and "ETA 2m10s" in out[0] and "0.612345678" not in out[0]
+    assert "files=<300 items>" in out[1] and "(1600 chars)" in out[1]
+
+
+def test_terminal_redraws_the_progress_bar_in_place(restore_logging) -> None:
+    buf = _Tty()
+    setup_logging("auto", "info", stream=buf)  # a terminal: console with the live bar
+    log = get_logger("selvad.runs.worker", run_id="r1")
+    log.info("run.state", state="training", step=0, steps=20)
+    _progress(log, 5, 0.9)
+    log.info("run.checkpoint", step=10, path="/o/adapter_step00010.pt")
+    _progress(log, 20, 0.5)
+    log.info("run.state", state="done")
+    out = buf.getvalue()
+    # the checkpoint line is printed above the bar, which is drawn again below it
+    assert "\r\x1b[K" in out and out.count("step 5/20") == 2
+    assert "run.checkpoint" in out.split("step 5/20")[1]
+    # the last bar stays on screen and the run's end starts a fresh line
+    assert out.endswith("\n") and "100% step 20/20" in out.split("\n")[-3]
+    assert "state=done" in out.split("\n")[-2]
