@@ -1,30 +1,35 @@
-"""Benchmark: trainer step throughput (samples/s) and peak memory, ours vs the original loop.
+"""Benchmark: the trainer's step against a faithful copy of ComfyUI-SelVA's training loop.
 
-The baseline follows ComfyUI-SelVA's train_lora.py loop, measured in the same run on the
-same model: one clip per forward pass (batch assembled clip by clip, gradients summed),
-features moved from host memory to the device at every step, conditions recomputed inside
-every forward, and the whole generator cast to the training dtype (LoRA weights included).
-Ours: one batched forward, all clip tensors resident on the device, conditions
-preprocessed once per clip, fp32 LoRA weights under bf16 autocast on a GPU.
+Baseline ("faithful"): ComfyUI-SelVA `train_lora.py`, branch feature/lora-timestep-sampling,
+lines ~373-411 (its training loop; described exactly in SELVA-FACTS.md sections 4.4 and 10.4):
+ONE batched forward of the stacked clips, the batch stacked on the host and moved with
+`.to(device, dtype)` at every step, the whole generator cast to the training dtype (LoRA
+weights and therefore AdamW state included; no autocast), conditions recomputed inside
+`forward`, t and x0 drawn in that dtype on the device, `loss.item()` every step, grad-norm
+clip 1.0, AdamW (lora_A / lora_B groups) with weight decay 1e-2, warm-up LambdaLR.
+Ours: selva_engine.training.loop.StepRunner as train() sets it up (clip tensors resident,
+conditions preprocessed once, fp32 LoRA weights under autocast, frozen weights stored in the
+compute dtype once, no host sync inside the step), optionally with --compile and
+--gradient_checkpointing (an extra "ours+ckpt" row shows the checkpointing cost). Both loops
+run the same model code.
 
-CPU: the tiny_16k variant. GPU: small_16k-shaped random weights. Both run the trainer's
-default precision as train() resolves it on the device: bf16 on a GPU and on a CPU with
-native bf16 (AVX512-BF16 / AMX), else fp32. Ours stores the frozen weights in that dtype once
-(`store_frozen_in_compute_dtype`) and autocasts; the baseline casts everything.
-The last line is `speedup: X.XX` (ours over the baseline). Target: >= 2 at batch 4.
+Per variant@batch: step ms, samples/s, model FLOPs per step (torch.utils.flop_counter, one
+forward + backward, recomputation not counted), achieved TFLOP/s, MFU against a matmul
+ceiling measured in this run (GPU: 8192^3 bf16; CPU: 2048^3 in the run's dtype), peak memory
+(GPU: allocated / reserved, each trainer alone in a child process; CPU: peak RSS over the
+base model). Defaults: GPU small_16k@16, large_44k@4, large_44k@16; CPU tiny_16k@4. Random
+weights of the real shapes. `--profile` prints the top kernels of ours (torch.profiler).
+The last line is `speedup: X.XX`: ours over the faithful baseline, last configuration.
 
-Peak memory is what each trainer adds over the base model (its model copy, optimizer state
-and step activations), measured alone in a child process: on a GPU the allocator's peak, on
-the CPU the peak RSS. Batching trades memory for speed: activations of the whole batch are
-alive at once.
-
-    python bench/train_throughput.py [--batch 4] [--steps 10] [--rounds 3] [--device auto]
+    python bench/train_throughput.py [--variant large_44k] [--batch 16] [--steps 10]
+        [--rounds 3] [--device auto] [--compile] [--gradient_checkpointing] [--profile]
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import subprocess
 import sys
 import time
@@ -33,37 +38,40 @@ from pathlib import Path
 import numpy as np
 import torch
 from generator_step import random_model  # bench/ is on sys.path when a bench script runs
+from torch.utils.flop_counter import FlopCounterMode
 
 from selva_engine.model.flow import FlowMatching
 from selva_engine.model.generator import Generator
 from selva_engine.model.lora import apply_lora, lora_parameters
 from selva_engine.model.variants import get_variant
+from selva_engine.training.acceleration import CompileTrial, compile_blocks
 from selva_engine.training.loop import (
     StepRunner,
     autocast_for,
+    compute_dtype,
     effective_precision,
     make_scheduler,
     store_frozen_in_compute_dtype,
 )
 from selva_engine.training.options import TrainConfig
 
+KEYS = ("x1", "clip", "sync", "text")
 
-def dataset(variant: str, clips: int) -> list[dict[str, np.ndarray]]:
+
+def dataset(variant: str, clips: int) -> list[dict[str, torch.Tensor]]:
+    """`clips` random clips of `variant`'s shapes as host fp32 tensors (as a loader gives them)."""
     v, s = get_variant(variant), get_variant(variant).sequence()
     rng = np.random.default_rng(0)
-    return [{"x1": rng.standard_normal((s.latent_seq_len, v.latent_dim)).astype(np.float32),
-             "clip": rng.standard_normal((s.clip_seq_len, v.clip_dim)).astype(np.float32),
-             "sync": rng.standard_normal((s.sync_seq_len, v.sync_dim)).astype(np.float32),
-             "text": rng.standard_normal((v.text_seq_len, v.text_dim)).astype(np.float32)}
+    shapes = {"x1": (s.latent_seq_len, v.latent_dim), "clip": (s.clip_seq_len, v.clip_dim),
+              "sync": (s.sync_seq_len, v.sync_dim), "text": (v.text_seq_len, v.text_dim)}
+    return [{k: torch.from_numpy(rng.standard_normal(shape).astype(np.float32)) for k, shape in shapes.items()}
             for _ in range(clips)]
 
 
 class Ours:
-    """Our trainer's step: selva_engine.training.loop.StepRunner, set up as train() sets it up
-    (clip tensors resident on the device, conditions preprocessed once, fp32 LoRA weights,
-    autocast in the low precision, AdamW with the LoRA+ groups and the LR schedule)."""
+    """Our trainer's step: StepRunner set up as train() sets it up."""
 
-    def __init__(self, base: Generator, data, device, precision: str) -> None:
+    def __init__(self, base: Generator, data, device, precision: str, *, checkpointing: bool = False) -> None:
         cfg = TrainConfig(batch_size=len(data), precision=precision, warmup_steps=0)
         self.model = copy.deepcopy(base)
         apply_lora(self.model, rank=16, targets=["attn.qkv"], dtype=torch.float32)
@@ -73,7 +81,7 @@ class Ours:
         optimizer = torch.optim.AdamW([{"params": a, "lr": cfg.lr}, {"params": b, "lr": cfg.lr}],
                                       weight_decay=cfg.weight_decay)
         autocast = autocast_for(device, precision)
-        stack = {k: torch.from_numpy(np.stack([d[k] for d in data])).to(device) for k in data[0]}
+        stack = {k: torch.stack([d[k] for d in data]).to(device) for k in KEYS}
         with torch.no_grad(), autocast:
             cond = self.model.preprocess_conditions(stack["clip"], stack["sync"], stack["text"])
         self.runner = StepRunner(
@@ -82,58 +90,103 @@ class Ours:
             scaler=torch.amp.GradScaler(device.type, enabled=False), optimizer=optimizer,
             scheduler=make_scheduler(optimizer, cfg), params=a + b,
             gen_t=torch.Generator().manual_seed(0), gen_noise=torch.Generator().manual_seed(1))
+        self.checkpointing = checkpointing
         self.steps, self.log_every = 0, cfg.log_every
 
+    def accelerate(self, compile_: bool) -> None:
+        """Switch on the speed options (after the FLOPs were counted on the plain step)."""
+        self.model.gradient_checkpointing = self.checkpointing
+        if compile_:
+            compile_blocks(self.model)
+            self.runner.first_step = CompileTrial(
+                self.model, lambda e: print(f"note: compiled {e['blocks']} blocks in {e['seconds']:.1f} s"),
+                lambda m: print(f"note: {m}"))
+
     def step(self, idx: list[int]) -> None:
-        self.runner.micro_step(idx)
+        self.runner.micro_step(idx, step=self.steps + 1)
         self.runner.optimizer_step()
         self.steps += 1
         if self.steps % self.log_every == 0:  # train() reads losses back once per log interval
             self.runner.flush(self.steps)
 
 
-class Baseline:
-    """The original loop: per-clip forwards, per-step host->device copies, recomputed
-    conditions, wholesale dtype cast (LoRA weights and AdamW state in that dtype)."""
+class Faithful:
+    """ComfyUI-SelVA train_lora.py's loop (lines ~373-411), as SELVA-FACTS 4.4 / 10.4 give it."""
 
     def __init__(self, base: Generator, data, device, precision: str) -> None:
-        self.dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        self.dtype, self.device, self.data = compute_dtype(precision), device, data
         self.model = copy.deepcopy(base)
         apply_lora(self.model, rank=16, targets=["attn.qkv"])
-        self.model.to(self.dtype).train()
+        self.model.to(self.dtype).train()  # wholesale: frozen weights, LoRA, so AdamW state
         a, b = lora_parameters(self.model)
         self.params = a + b
-        self.opt = torch.optim.AdamW(self.params, lr=1e-4)
-        self.data, self.device = data, device
-        self.fm = FlowMatching()
-        self.g = torch.Generator().manual_seed(0)
+        self.opt = torch.optim.AdamW([{"params": a, "lr": 1e-4}, {"params": b, "lr": 1e-4}],
+                                     lr=1e-4, weight_decay=1e-2)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: min(1.0, s / 100))
+        self.losses: list[float] = []
+
+    def accelerate(self, compile_: bool) -> None:
+        """The anchor has no speed options."""
 
     def step(self, idx: list[int]) -> None:
-        for j in idx:
-            item = {k: torch.from_numpy(v)[None].to(self.device, self.dtype) for k, v in self.data[j].items()}
-            x1 = self.model.normalize(item["x1"])
-            x0 = torch.randn(x1.shape, generator=self.g).to(self.device, self.dtype)
-            t = torch.rand(1, generator=self.g).to(self.device, self.dtype)
-            v = self.model(self.fm.path(x0, x1, t), item["clip"], item["sync"], item["text"], t)
-            (self.fm.loss(v.float(), x0.float(), x1.float()).mean() / len(idx)).backward()
+        batch = {k: torch.stack([self.data[j][k] for j in idx]).to(self.device, self.dtype) for k in KEYS}
+        x1 = self.model.normalize(batch["x1"])
+        t = torch.rand(len(idx), device=self.device, dtype=self.dtype)
+        x0 = torch.randn_like(x1)
+        tt = t[:, None, None]
+        xt = (1 - tt) * x0 + tt * x1
+        v = self.model(xt, batch["clip"], batch["sync"], batch["text"], t)  # conditions inside
+        loss = (v - (x1 - x0)).pow(2).mean(dim=(1, 2)).mean()
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(self.params, 1.0)
         self.opt.step()
+        self.sched.step()
         self.opt.zero_grad(set_to_none=True)
+        self.losses.append(loss.item())  # a host sync every step, as the anchor logs
 
 
-def measure(trainer, batch: int, clips: int, steps: int, device: torch.device) -> float:
-    """samples/s over `steps` steps after two warm-up steps."""
-    order = [[(s * batch + k) % clips for k in range(batch)] for s in range(steps + 2)]
-    trainer.step(order[0])
-    trainer.step(order[1])
+TRAINERS = {"ours": Ours, "faithful": Faithful,
+            "ours+ckpt": lambda *a: Ours(*a, checkpointing=True)}
+
+
+def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
+
+
+def batches(batch: int, clips: int, count: int, start: int = 0) -> list[list[int]]:
+    return [[((start + s) * batch + k) % clips for k in range(batch)] for s in range(count)]
+
+
+def seconds_per_step(trainer, batch: int, clips: int, steps: int, device: torch.device) -> float:
+    """Mean wall seconds of `steps` steps (the device drained before and after)."""
+    sync(device)
     start = time.perf_counter()
-    for idx in order[2:]:
+    for idx in batches(batch, clips, steps):
         trainer.step(idx)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return steps * batch / (time.perf_counter() - start)
+    sync(device)
+    return (time.perf_counter() - start) / steps
+
+
+def step_flops(trainer, batch: int, clips: int) -> float:
+    """FLOPs of one training step (forward + backward), counted by torch's FlopCounterMode."""
+    with FlopCounterMode(display=False) as counter:
+        trainer.step(batches(batch, clips, 1)[0])
+    return float(counter.get_total_flops())
+
+
+def matmul_ceiling(device: torch.device, dtype: torch.dtype) -> float:
+    """FLOP/s of a large square matmul in `dtype` on `device`: the ceiling MFU is taken against."""
+    n = 8192 if device.type == "cuda" else 2048
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    best = float("inf")
+    for _ in range(3 if device.type == "cpu" else 10):
+        sync(device)
+        start = time.perf_counter()
+        a @ b
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best
 
 
 def _proc_status_kib(field: str) -> int:
@@ -143,81 +196,125 @@ def _proc_status_kib(field: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {field}")
 
 
-def trainer_memory_mib(name: str, variant: str, args, device: torch.device, precision: str) -> float:
-    """Peak memory one trainer adds over the base model: its model copy, optimizer state and
-    step activations, with nothing else resident. Runs in this (fresh) process: CUDA reads
-    the allocator's peak, the CPU the peak RSS (VmHWM, reset through /proc/self/clear_refs)."""
-    base = random_model(variant, device)
-    data = dataset(variant, args.clips)
+def trainer_memory(name: str, variant: str, batch: int, clips: int, device: torch.device,
+                   precision: str) -> dict[str, float]:
+    """Peak memory (MiB) of one trainer alone in this (fresh) process over 3 steps: CUDA the
+    allocator's peak allocated and reserved bytes, the CPU the peak RSS over the base model."""
+    base, data = random_model(variant, device), dataset(variant, clips)
     if device.type == "cuda":
-        torch.cuda.synchronize()
+        sync(device)
         torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
     else:
         Path("/proc/self/clear_refs").write_text("5")  # peak RSS := current RSS
         before = _proc_status_kib("VmRSS") * 1024
-    trainer = {"ours": Ours, "baseline": Baseline}[name](base, data, device, precision)
-    measure(trainer, args.batch, args.clips, 3, device)
+    trainer = TRAINERS[name](base, data, device, precision)
+    trainer.accelerate(False)
+    seconds_per_step(trainer, batch, clips, 3, device)
     if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated()
-    else:
-        peak = _proc_status_kib("VmHWM") * 1024
-    return (peak - before) / 2**20
+        return {"allocated": torch.cuda.max_memory_allocated() / 2**20,
+                "reserved": torch.cuda.max_memory_reserved() / 2**20}
+    return {"rss": (_proc_status_kib("VmHWM") * 1024 - before) / 2**20}
 
 
-def memory_in_child(name: str, argv: list[str]) -> float:
-    """trainer_memory_mib of `name` measured in a child process (nan if that fails)."""
+def memory_in_child(name: str, variant: str, batch: int, clips: int, device: torch.device) -> str:
+    """trainer_memory of `name` measured in a child process, as text for the report row."""
+    argv = [sys.executable, __file__, "--variant", variant, "--batch", str(batch), "--clips", str(clips),
+            "--device", str(device), "--memory-of", name]
     try:
-        out = subprocess.run([sys.executable, __file__, *argv, "--memory-of", name],
-                             capture_output=True, text=True, check=False, timeout=900)
+        out = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=900)
     except subprocess.TimeoutExpired:
-        print(f"note: memory of {name} not measured: the child took over 900 s")
-        return float("nan")
+        return "n/a (the memory child took over 900 s)"
     for line in out.stdout.splitlines():
-        if line.startswith("memory_mib "):
-            return float(line.split()[1])
-    print(f"note: memory of {name} not measured: {out.stderr.strip()[-300:]}")
-    return float("nan")
+        if line.startswith("memory "):
+            mem = json.loads(line[len("memory "):])
+            if "rss" in mem:
+                return f"+{mem['rss']:.1f} MiB RSS over the base model"
+            return f"{mem['allocated']:.0f} MiB allocated, {mem['reserved']:.0f} MiB reserved"
+    return f"n/a ({out.stderr.strip()[-200:]})"
+
+
+def profile(trainer, batch: int, clips: int, device: torch.device) -> None:
+    """Print the top kernels of 3 steps of `trainer` (torch.profiler), by self time."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with torch_profile(activities=activities) as prof:
+        seconds_per_step(trainer, batch, clips, 3, device)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=key, row_limit=20, max_name_column_width=60))
+
+
+def run_config(variant: str, batch: int, args, device: torch.device, precision: str,
+               ceiling: float) -> float:
+    """Measure every trainer at variant@batch, print a row each; returns ours/faithful."""
+    clips = max(args.clips, batch)
+    base, data = random_model(variant, device), dataset(variant, clips)
+    names = ["ours", "faithful"] + (["ours+ckpt"] if args.gradient_checkpointing else [])
+    trainers = {n: TRAINERS[n](base, data, device, precision) for n in names}
+    flops = {n: step_flops(t, batch, clips) for n, t in trainers.items()}
+    for trainer in trainers.values():
+        trainer.accelerate(args.compile)
+        seconds_per_step(trainer, batch, clips, 2, device)  # warm-up (and compile)
+    best = dict.fromkeys(names, float("inf"))
+    for _ in range(args.rounds):  # interleaved so that machine load affects all alike
+        for name, trainer in trainers.items():
+            best[name] = min(best[name], seconds_per_step(trainer, batch, clips, args.steps, device))
+    if args.profile:
+        print(f"profile of ours at {variant}@{batch}:")
+        profile(trainers["ours"], batch, clips, device)
+    del trainers, base
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # leave the GPU to the measuring children
+    for name in names:
+        sec = best[name]
+        mem = memory_in_child(name, variant, batch, clips, device)
+        print(f"{variant}@{batch} {name:9s} step {sec * 1e3:9.1f} ms {batch / sec:9.2f} samples/s "
+              f"{flops[name] / 1e12:9.4f} TFLOP/step {flops[name] / sec / 1e12:8.3f} TFLOP/s "
+              f"MFU {100 * flops[name] / sec / ceiling:5.1f} %  peak {mem}")
+    return best["faithful"] / best["ours"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--variant", help="default: small_16k and large_44k on a GPU, tiny_16k on the CPU")
+    parser.add_argument("--batch", type=int, help="default: 16 and 4 on a GPU, 4 on the CPU")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--clips", type=int, default=8)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--memory-of", choices=["ours", "baseline"], help=argparse.SUPPRESS)
+    parser.add_argument("--compile", action="store_true", help="ours with torch.compile'd blocks")
+    parser.add_argument("--gradient_checkpointing", action="store_true",
+                        help="also measure ours with activation checkpointing (row ours+ckpt)")
+    parser.add_argument("--profile", action="store_true", help="print ours' top kernels")
+    parser.add_argument("--memory-of", choices=sorted(TRAINERS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else ("cpu" if args.device == "auto" else args.device))
-    variant = "small_16k" if device.type == "cuda" else "tiny_16k"
-    # the trainer's default precision as train() resolves it on this device (both loops use it)
     notes: list[str] = []
+    # the trainer's default precision as train() resolves it on this device (both loops use it)
     precision = effective_precision("bf16", device, notes.append)
     if args.memory_of:
-        print(f"memory_mib {trainer_memory_mib(args.memory_of, variant, args, device, precision):.3f}")
+        mem = trainer_memory(args.memory_of, args.variant, args.batch, args.clips, device, precision)
+        print("memory " + json.dumps(mem))
         return
     for note in notes:
         print(f"note: {note}")
-    base = random_model(variant, device)
-    data = dataset(variant, args.clips)
-    print(f"device {device}, {variant}-shaped random weights, {precision}, batch {args.batch}, "
-          f"LoRA r16 attn.qkv, {args.steps} steps x {args.rounds} rounds (best round kept)")
-    best = {"ours": 0.0, "baseline": 0.0}
-    trainers = {"ours": Ours(base, data, device, precision), "baseline": Baseline(base, data, device, precision)}
-    for _ in range(args.rounds):  # interleaved so that machine load affects both alike
-        for name, trainer in trainers.items():
-            best[name] = max(best[name], measure(trainer, args.batch, args.clips, args.steps, device))
-    del trainers, base
     if device.type == "cuda":
-        torch.cuda.empty_cache()  # leave the GPU to the measuring children
-    child_argv = ["--batch", str(args.batch), "--clips", str(args.clips), "--device", str(device)]
-    kind = "GPU allocated" if device.type == "cuda" else "RSS"
-    for name, rate in best.items():
-        mem = memory_in_child(name, child_argv)
-        print(f"{name:9s} {rate:8.2f} samples/s  peak +{mem:7.1f} MiB {kind} over the base model")
-    print(f"speedup: {best['ours'] / best['baseline']:.2f}")
+        defaults = [("small_16k", 16), ("large_44k", 4), ("large_44k", 16)]
+    else:
+        defaults = [("tiny_16k", 4)]
+    configs = [(args.variant or v, args.batch or b) for v, b in defaults]
+    configs = list(dict.fromkeys(configs))  # --variant/--batch given: fewer distinct ones
+    dtype = compute_dtype(precision)
+    ceiling = matmul_ceiling(device, dtype)
+    print(f"device {device}, {precision}, random weights, LoRA r16 attn.qkv, {args.steps} steps x "
+          f"{args.rounds} rounds (best kept); matmul ceiling {ceiling / 1e12:.2f} TFLOP/s ({dtype})")
+    speedup = 0.0
+    for variant, batch in configs:
+        speedup = run_config(variant, batch, args, device, precision, ceiling)
+        print(f"{variant}@{batch} ours / faithful: {speedup:.2f}x")
+    print(f"speedup: {speedup:.2f}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Every GPU measurement of issue 14 in one command, on the lent device machine:
+#   source .whl/env.sh && bash bench/gpu_report.sh [all|main|compile|profile|golden]
+# (call the device with carry [".whl", ".golden"]; ../shared/tools/device-prep.sh makes them).
+#   main     before (the faithful ComfyUI-SelVA loop) and after (ours), with and without
+#            activation checkpointing, at small_16k@16, large_44k@4, large_44k@16: step ms,
+#            samples/s, TFLOP/step, TFLOP/s, MFU vs the measured bf16 matmul ceiling, peak
+#            allocated / reserved memory; last line `speedup: X.XX` (large_44k@16)
+#   compile  ours with torch.compile'd blocks at large_44k@16 and @4 (compile time in a note)
+#   profile  the top kernels of ours at large_44k@16 (torch.profiler, 3 steps)
+#   golden   the conformance goldens on the GPU's stack (.golden)
+# Each stage runs under its own time limit (STAGE_TIMEOUT seconds, default 540) so that one
+# device call of at most 10 minutes can run one stage; `all` runs them in turn.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+if [ -z "${SELVA_GOLDEN_DIR:-}" ] && [ -f .whl/env.sh ]; then source .whl/env.sh; fi
+PY=${PYTHON:-python3}
+STEPS=${STEPS:-10}
+ROUNDS=${ROUNDS:-3}
+LIMIT=${STAGE_TIMEOUT:-540}
+"$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else "no CUDA GPU visible: run this on the lent device machine")'
+"$PY" -c 'import torch; p = torch.cuda.get_device_properties(0); print(f"GPU {p.name}, {p.total_memory / 2**30:.0f} GiB, torch {torch.__version__}, CUDA {torch.version.cuda}")'
+
+stage() {
+  echo; echo "== $1"; shift
+  timeout "$LIMIT" "$@" || echo "(stage exited with $?)"
+}
+
+run_main() {
+  stage "before (faithful) vs after (ours), with/without activation checkpointing" \
+    "$PY" bench/train_throughput.py --steps "$STEPS" --rounds "$ROUNDS" --gradient_checkpointing
+}
+run_compile() {
+  for b in 16 4; do
+    stage "ours with torch.compile, large_44k@$b" \
+      "$PY" bench/train_throughput.py --variant large_44k --batch "$b" --compile --steps "$STEPS" --rounds 2
+  done
+}
+run_profile() {
+  stage "profile of ours, large_44k@16" \
+    "$PY" bench/train_throughput.py --variant large_44k --batch 16 --steps 3 --rounds 1 --profile
+}
+run_golden() {
+  stage "goldens" "$PY" -m selva_engine.conformance "${SELVA_GOLDEN_DIR:-.golden}"
+}
+
+case "${1:-all}" in
+  main) run_main ;;
+  compile) run_compile ;;
+  profile) run_profile ;;
+  golden) run_golden ;;
+  all) run_main; run_compile; run_profile; run_golden ;;
+  *) echo "usage: bench/gpu_report.sh [all|main|compile|profile|golden]" >&2; exit 2 ;;
+esac
