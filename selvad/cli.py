@@ -147,8 +147,27 @@ def _run_lines(runs: Sequence[Run], header: bool = False, indent: str = "") -> l
     return lines
 
 
+def _status_follow(args: argparse.Namespace) -> int:
+    """`selvad status --follow`: the status redrawn in place every --interval seconds."""
+    import contextlib
+    import io
+
+    from selvad.display import follow
+
+    def render() -> tuple[int, str]:
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            rc = cmd_status(argparse.Namespace(**{**vars(args), "follow": False}))
+        stamp = time.strftime("%H:%M:%S")
+        return rc, f"selvad status (every {args.interval:g} s, Ctrl-C to stop; {stamp})\n" + buf.getvalue()
+
+    return follow(render, sys.stdout, args.interval)
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     """`selvad status`: counts per state, the current run with a progress bar, the queue."""
+    if getattr(args, "follow", False) and not getattr(args, "json", False):
+        return _status_follow(args)
     cfg = _config(args)
     q = _queue(cfg)
     if q is None:
@@ -331,6 +350,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--state", action="append", choices=STATES,
                    help="only runs in this state (repeatable)")
     s.add_argument("--job", help="only runs of this job")
+    s.add_argument("--follow", "-f", action="store_true",
+                   help="redraw the status in place until Ctrl-C (like watch)")
+    s.add_argument("--interval", type=float, default=2.0,
+                   help="seconds between redraws with --follow (default 2)")
     r = sub.add_parser("runs", parents=[common], help="runs of one job")
     r.add_argument("job")
     r.add_argument("--json", action="store_true")

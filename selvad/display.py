@@ -4,7 +4,11 @@ imports from the rest of selvad."""
 
 from __future__ import annotations
 
-__all__ = ["format_duration", "format_number", "progress_bar", "progress_line"]
+import time
+from collections.abc import Callable
+from typing import TextIO
+
+__all__ = ["follow", "format_duration", "format_number", "progress_bar", "progress_line"]
 
 
 def format_duration(seconds: float | None) -> str:
@@ -55,3 +59,26 @@ def progress_line(step: int | None, total: int | None, *, loss: float | None = N
         parts.append(f"{samples_per_s:.1f} samples/s")
     parts.append(f"ETA {format_duration(eta_s)}")
     return "  ".join(parts)
+
+
+CLEAR_SCREEN = "\x1b[H\x1b[2J"  # cursor home, erase the screen
+
+
+def follow(render: Callable[[], tuple[int, str]], stream: TextIO, interval: float = 2.0,
+           tty: bool | None = None) -> int:
+    """Show `render()`'s text again every `interval` seconds until Ctrl-C (then 0) or a
+    render fails (its exit status, its text shown once). On a terminal the text replaces the
+    previous one in place, like `watch`; elsewhere the texts follow each other, a blank line
+    apart. `render` returns (exit status, text)."""
+    tty = bool(getattr(stream, "isatty", lambda: False)()) if tty is None else tty
+    try:
+        while True:
+            rc, text = render()
+            stream.write((CLEAR_SCREEN if tty else "") + text + ("" if tty else "\n"))
+            stream.flush()
+            if rc != 0:
+                return rc
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        stream.write("\n")
+        return 0

@@ -62,3 +62,29 @@ def test_run_on_a_terminal_shows_a_live_progress_bar(tree: DaemonTree) -> None:
     lines = re.split(r"[\r\n]+", out)
     assert max(len(line) for line in lines) < 400, max(lines, key=len)
     assert re.search(r"run\.state .*state=done", out), out[-3000:]
+
+
+def test_status_follow_redraws_in_place_until_ctrl_c(tree: DaemonTree) -> None:
+    assert tree.queue.list_runs() == []  # creates the state database the daemon would
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "selvad.cli", "status", "--follow",
+                             "--interval", "0.3", "--config", str(tree.config)],
+                            stdin=slave, stdout=slave, stderr=slave, cwd=REPO)
+    os.close(slave)
+    chunks: list[bytes] = []
+    reader = threading.Thread(target=_read_all, args=(master, chunks), daemon=True)
+    reader.start()
+    try:
+        tree.wait_for(lambda: b"".join(chunks).count(b"\x1b[H\x1b[2J") >= 3, 60,
+                      "three redraws")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        reader.join(10)
+        os.close(master)
+    out = b"".join(chunks).decode(errors="replace")
+    assert "Traceback" not in out, out
+    screens = out.split("\x1b[H\x1b[2J")[1:]
+    assert all("runs: 0 queued" in s and "Ctrl-C to stop" in s for s in screens[:3]), out
