@@ -9,7 +9,7 @@ weights and therefore AdamW state included; no autocast), conditions recomputed 
 clip 1.0, AdamW (lora_A / lora_B groups) with weight decay 1e-2, warm-up LambdaLR.
 Ours: selva_engine.training.loop.StepRunner as train() sets it up (clip tensors resident,
 conditions preprocessed once, fp32 LoRA weights under autocast, frozen weights stored in the
-compute dtype once, no host sync inside the step), optionally with --compile and
+compute dtype once, fused AdamW, no host sync inside the step), optionally with --compile and
 --gradient_checkpointing (an extra "ours+ckpt" row shows the checkpointing cost). Both loops
 run the same model code.
 
@@ -79,7 +79,7 @@ class Ours:
         store_frozen_in_compute_dtype(self.model, precision)
         a, b = lora_parameters(self.model)
         optimizer = torch.optim.AdamW([{"params": a, "lr": cfg.lr}, {"params": b, "lr": cfg.lr}],
-                                      weight_decay=cfg.weight_decay)
+                                      weight_decay=cfg.weight_decay, fused=device.type in ("cuda", "cpu"))
         autocast = autocast_for(device, precision)
         stack = {k: torch.stack([d[k] for d in data]).to(device) for k in KEYS}
         with torch.no_grad(), autocast:
