@@ -305,7 +305,7 @@ def cmd_init_job(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as exc:
         return _fail(str(exc))
     print(f"wrote {path}\n{start_note(path, cfg)}\n(check the dataset first: "
-          f"selvad validate {args.dataset} --variant {args.variant})")
+          f"selvad validate {args.dataset} --variant {args.variant} --config {cfg.path})")
     return 0
 
 

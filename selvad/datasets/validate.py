@@ -54,6 +54,9 @@ from selva_engine.data.dataset import (
 from selva_engine.io import open_regular
 from selva_engine.model.variants import SequenceConfig, Variant, get_variant, variant_names
 from selva_engine.training.options import TrainConfig
+from selvad.config.daemon import DEFAULT_CONFIG_PATH, load_config
+from selvad.config.jobs import resolve_dataset
+from selvad.config.schema import ConfigError
 from selvad.datasets.advice import advise
 from selvad.datasets.report import (
     ERROR,
@@ -320,6 +323,24 @@ def validate_dataset(directory: Path | str, variant: Variant | str = "large_44k"
     return report
 
 
+def dataset_directory(value: str, config_path: str | None) -> Path | str:
+    """The directory `selvad validate` checks: `value` itself when it is a directory (or no
+    daemon config is around), else the dataset of that name in the config's dataset roots,
+    so the command `init-job` suggests works from any directory. A string is an error."""
+    path = Path(value)
+    explicit = config_path or os.environ.get("SELVAD_CONFIG")
+    config_file = Path(explicit or DEFAULT_CONFIG_PATH)
+    if path.is_dir() or (not explicit and not config_file.is_file()):
+        return path
+    try:
+        cfg = load_config(config_file)
+        return resolve_dataset(value, cfg.paths.dataset_roots)[1]
+    except (ConfigError, OSError) as exc:
+        return f"{value!r} is not a directory, and {config_file} cannot resolve it: {exc}"
+    except ValueError as exc:
+        return f"{value!r} is not a directory nor a dataset of {config_file}: {exc}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """`selvad validate DIR [--variant V] [--json] [--target ...] [--steps N] [--output F]`.
 
@@ -330,7 +351,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="selvad validate", description="Check a dataset directory of clip pairs.",
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=HELP_RULES)
-    parser.add_argument("directory", help="dataset directory (stem.npz + stem.wav pairs)")
+    parser.add_argument("directory", help="dataset directory (stem.npz + stem.wav pairs), or a "
+                        "dataset name of the daemon config's dataset roots")
+    parser.add_argument("--config", default=None,
+                        help="daemon config whose dataset roots resolve a dataset NAME (default: "
+                        "$SELVAD_CONFIG or /etc/selvad/selvad.toml, when it exists)")
     parser.add_argument("--variant", default=TrainConfig().variant, choices=variant_names(),
                         help="model variant to check against (rate, clip length, widths)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -342,7 +367,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.steps is not None or args.target:
         config = TrainConfig(steps=args.steps or TrainConfig().steps,
                              target=tuple(args.target or TrainConfig().target))
-    report = validate_dataset(args.directory, args.variant, config=config)
+    directory = dataset_directory(args.directory, args.config)
+    if isinstance(directory, str):
+        print(f"selvad validate: {directory}", file=sys.stderr)
+        return 2
+    report = validate_dataset(directory, args.variant, config=config)
     out = report.to_json() if args.json else report.format_human()
     sys.stdout.write(out)
     sys.stdout.flush()

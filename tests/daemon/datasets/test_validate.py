@@ -291,3 +291,24 @@ def test_event_padded_with_silence_on_purpose_is_fine(tmp_path):
     r = V.validate_dataset(d, VARIANT)
     short = [f for f in r.findings if f.code == "short-audio"]
     assert short and "centred" in short[0].fix and "padded at the end" in short[0].message
+
+
+def test_validate_resolves_a_dataset_name_through_the_config(make_config, tmp_path, monkeypatch,
+                                                             capsys) -> None:
+    """The command `init-job` suggests (`selvad validate NAME --config FILE`) works from any
+    directory: NAME is looked up in the config's dataset roots."""
+    from selvad.datasets.validate import main
+    from tests.conftest import write_clip
+
+    config = make_config("")
+    write_clip(tmp_path / "datasets" / "birds", "c0", freq=440.0, seed=1)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.delenv("SELVAD_CONFIG", raising=False)
+    assert main(["birds", "--variant", "tiny_16k", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert f"Dataset {tmp_path / 'datasets' / 'birds'}" in out and "ready to train" in out
+    assert main(["nosuch", "--variant", "tiny_16k", "--config", str(config)]) == 1  # empty
+    assert main(["../x", "--variant", "tiny_16k", "--config", str(config)]) == 2
+    assert "not a directory" in capsys.readouterr().err
