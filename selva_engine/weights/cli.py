@@ -27,11 +27,12 @@ def main(argv: list[str] | None = None) -> int:
     chk.add_argument("--md5", action="store_true", help="also verify published md5s (slow)")
     tiny = sub.add_parser("make-tiny", help="write a tiny weights directory for tests and demos")
     tiny.add_argument("dir", type=Path)
-    tiny.add_argument("--variant", choices=["tiny_16k", "tiny_44k", "all"], default="tiny_16k")
+    tiny_names = [n for n in variant_names(include_tiny=True) if get_variant(n).tiny]
+    tiny.add_argument("--variant", choices=[*tiny_names, "all"], default="tiny_16k")
     tiny.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.cmd == "make-tiny":
-        names = ["tiny_16k", "tiny_44k"] if args.variant == "all" else [args.variant]
+        names = tiny_names if args.variant == "all" else [args.variant]
         for name in names:
             w = make_tiny(args.dir, name, seed=args.seed)
             print(f"{name}: written to {w.selva_dir}")
@@ -47,9 +48,21 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {c.describe()}" + ("" if c.required else " [optional]"))
         if not ok:
             print(f"  fix: {fix_hint(Path(args.dir), get_variant(name))}")
+    print(_summary(args.dir, runnable, checked_real_only=not args.variant))
     if args.variant:
         return 0 if len(runnable) == len(names) else 1
     return 0 if runnable else 1
+
+
+def _summary(directory: Path, runnable: list[str], checked_real_only: bool) -> str:
+    """The closing line of `check`: which variants can run from `directory`."""
+    line = f"can run: {', '.join(runnable) if runnable else 'none of the variants checked'}"
+    if checked_real_only:
+        tiny = [n for n in variant_names(include_tiny=True) if get_variant(n).tiny and all(
+            c.status == "ok" for c in check_variant(directory, n) if c.required)]
+        if tiny:
+            line += f" (tiny test variants: {', '.join(tiny)})"
+    return line
 
 
 if __name__ == "__main__":

@@ -142,5 +142,13 @@ def test_cli_check_and_make_tiny(tmp_path, tiny16, capsys, monkeypatch):
     assert "CANNOT RUN" in out and "fix:" in out
     assert weights_main(["make-tiny", str(tmp_path / "t44"), "--variant", "tiny_44k", "--seed", "3"]) == 0
     assert weights_main(["check", str(tmp_path / "t44"), "--variant", "tiny_44k"]) == 0
+    capsys.readouterr()
+    assert weights_main(["check", str(tmp_path / "t44")]) == 1  # no real variant...
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "can run: none of the variants checked (tiny test variants: tiny_44k)")  # ...says so
+    assert weights_main(["make-tiny", str(tmp_path / "all"), "--variant", "all"]) == 0
+    assert weights_main(["check", str(tmp_path / "all"), "--variant", "tiny_16k", "--variant",
+                         "tiny_44k"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "can run: tiny_16k, tiny_44k"
     v2 = tmp_path / "t44" / "ext" / W.V2_DIR
     assert json.loads((v2 / "config.json").read_text())["use_tanh_at_final"] is False
