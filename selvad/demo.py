@@ -302,11 +302,49 @@ def _wait(proc: subprocess.Popen[bytes], narrator: _Narrator, root: Path, queue:
                 print(f"selvad demo: missing outputs in {run_dir}: {', '.join(missing)}",
                       file=sys.stderr)
                 return 1
-            print(f"\nadapter: {run_dir / 'adapter_final.pt'}\nlisten: {run_dir}/sample_step*.wav"
-                  f"\nnext: `selvad status --config {root / 'selvad.toml'}`, edit "
-                  f"{root / 'jobs' / 'demo.toml'} (a new run is queued), drop more clips into "
-                  f"{root / 'datasets' / 'demo'}")
+            print(closing_lines(root, run_dir))
             return 0
         time.sleep(0.5)
     print(f"selvad demo: the run did not finish within {timeout:g} s", file=sys.stderr)
     return 1
+
+
+def closing_lines(root: Path, run_dir: Path) -> str:
+    """What the demo says at the end: where the adapter and samples are, that the daemon has
+    stopped and the exact commands (with this venv's `selvad`) to start it again on the demo
+    tree and look around, and why a tiny model's samples sound like noise."""
+    selvad = Path(sys.executable).with_name("selvad")
+    exe = str(selvad) if selvad.exists() else f"{sys.executable} -m selvad.cli"
+    config = root / "selvad.toml"
+    rec = _recommendation(run_dir)
+    return "\n".join([
+        "",
+        f"adapter: {run_dir / 'adapter_final.pt'}",
+        f"listen:  {run_dir}/sample_step*.wav"
+        + (f"  (recommended: {rec})" if rec else ""),
+        "The samples of the tiny demo model are noise by design: its weights are random, so the",
+        "demo shows the pipeline, not the sound. With real weights the same run trains SelVA",
+        "(SELVA_DIR=/path/to/ComfyUI/models/selva selvad demo --variant small_16k).",
+        "",
+        "The daemon has stopped. To run it again on the demo tree and look around:",
+        f"  {exe} run --config {config}          # then, in another terminal:",
+        f"  {exe} status --config {config}",
+        f"  edit {root / 'jobs' / 'demo.toml'} (a new run is queued), or drop more clips into "
+        f"{root / 'datasets' / 'demo'}",
+    ])
+
+
+def _recommendation(run_dir: Path) -> str | None:
+    """The run's recommendation from its meta.json: "adapter_step00050.pt at strength
+    0.6-0.8", or "none: <reason>" (None when meta.json has none)."""
+    try:
+        rec = json.loads((run_dir / "meta.json").read_text()).get("recommendation") or {}
+    except (OSError, ValueError):
+        return None
+    if not rec:
+        return None
+    if not rec.get("path"):
+        return f"none: {rec.get('reason', 'no checkpoint qualified')}"
+    low, high = rec.get("strength_range") or (None, None)
+    strength = f" at strength {low:g}-{high:g}" if low is not None else ""
+    return f"{Path(rec['path']).name}{strength} ({rec.get('reason', '')})"

@@ -235,3 +235,14 @@ def test_demo_runs_to_completion(tmp_path: Path) -> None:
     assert "adapter_final.pt" in proc.stdout
     finals = list((demo / "output" / "demo").glob("2*/adapter_final.pt"))
     assert len(finals) == 1
+    # the closing lines: the daemon has stopped, how to run it again (this venv's selvad,
+    # the demo's config), why the tiny model's samples are noise, and the recommendation
+    assert "The daemon has stopped" in proc.stdout and "noise by design" in proc.stdout
+    again = [ln.strip().split("  #")[0].strip() for ln in proc.stdout.splitlines()
+             if ln.strip().endswith("# then, in another terminal:")][0]
+    assert again.split()[0] in (str(Path(sys.executable).with_name("selvad")), sys.executable)
+    assert again.endswith(f"run --config {demo / 'selvad.toml'}")
+    assert "recommended: " in proc.stdout
+    status = subprocess.run([*again.replace(" run ", " status ").split()], capture_output=True,
+                            text=True, timeout=60)  # the pasted command works
+    assert status.returncode == 0 and "done" in status.stdout, status.stdout + status.stderr
