@@ -178,7 +178,10 @@ def test_dataset_manifest_and_hash_cache(tmp_path: Path) -> None:
     (ds / "sub.wav").mkdir()
     cache: dict = {}
     m = dataset_manifest(ds, cache)
-    assert [f["name"] for f in m["files"]] == ["a.npz", "a.wav", "prompts.txt"]
+    assert [f["name"] for f in m["files"]] == ["a.npz", "a.wav", "prompts.txt", "sub.wav"]
+    # a directory named like a clip is listed with its problem (validation reports it, and
+    # removing it changes the manifest), never read or hashed
+    assert m["files"][-1]["sha256"] == "" and "directory" in m["files"][-1]["problem"]
     assert len(cache) == 3
     h = manifest_hash(m)
     # Cached hashes are reused: poison the cache and see it come back.

@@ -223,7 +223,11 @@ def test_bf16_autocast_step_keeps_fp32_lora_weights():
     assert all(torch.isfinite(p.grad).all() for p in a + b)
     with torch.no_grad():
         ref = model.predict_flow(fm.path(x0, latent, t), t, model.preprocess_conditions(clip, sync, text))
-    assert torch.allclose(v.float(), ref, atol=0.15)  # bf16 rounding only
+    # bf16 rounding only: the mean error is what bf16 costs (0.029 here); the maximum over
+    # the 4,000 outputs moves with the order of summation (0.135 with nn.Conv1d, 0.150 with
+    # the kernel-3 convolution as one GEMM), so it gets a looser bound than the mean
+    err = (v.float() - ref).abs()
+    assert err.mean() < 0.04 and err.max() < 0.2, (err.mean(), err.max())
 
 
 def test_frozen_weights_stored_in_bf16_give_autocast_numbers_exactly():
