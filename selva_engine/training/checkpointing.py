@@ -39,6 +39,7 @@ from selva_engine.training.state import (
 __all__ = ["CheckpointEval", "Checkpointer"]
 
 PROBE_TRAIN_CLIPS = 8  # training clips whose fixed-noise loss is tracked at each checkpoint
+REFERENCE_SAMPLE = "sample_reference.wav"  # the sample clip's own audio, written once
 REPORT_FILES = ("loss_raw.png", "loss_smoothed.png", "loss_validation.png", "metrics.png", "meta.json")
 REPORTS_BYTES = 256 << 10  # the report files before the first checkpoint has written them
 WAV_HEADER = 44  # bytes
@@ -160,6 +161,10 @@ class Checkpointer:
         metrics = compute_metrics(wave, seq.sampling_rate, reference=ref).to_dict()
         if self.reference_metrics is None:
             self.reference_metrics = compute_metrics(ref, seq.sampling_rate).to_dict()
+            # the clip's own audio as the model hears it (mono, its rate, 8 s), at the samples'
+            # loudness: what every sample is listened against (the web page's reference)
+            report.write_wav(ctx.out_dir / REFERENCE_SAMPLE, report.loudness_normalize(ref),
+                             seq.sampling_rate)
         return path, metrics
 
     def _save(self, parts: TrainParts, state: RunState, meta: dict, val_loss: float | None) -> Path:

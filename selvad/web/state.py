@@ -4,9 +4,9 @@ SQLite connections) and the files of known runs.
 Safe by construction: a URL never becomes a path. A run is looked up by id in the queue;
 its files are the entries of its run directory whose names match one of a fixed set of
 artefact patterns (`ARTEFACTS`) and that are regular files, not links; the run directory
-must be a real directory inside `output_root`. The reference clip of a run is the one
-audio file of its dataset manifest with the stem meta.json names, opened under the same
-rules. Anything else is `None`, which the app answers with 404.
+must be a real directory inside `output_root`. The reference clip of a run is its
+`sample_reference.wav`, written there by the trainer; nothing outside output_root is served.
+Anything else is `None`, which the app answers with 404.
 """
 
 from __future__ import annotations
@@ -30,8 +30,10 @@ __all__ = ["ARTEFACTS", "Checkpoint", "ReadOnlyState", "status_dict"]
 
 # artefact kind -> the names a run directory may serve under it
 ARTEFACTS: dict[str, re.Pattern[str]] = {
-    "adapter": re.compile(r"adapter_(?:step\d{5,}|final|final_\d{3}|final_surgery|best)\.pt"),
+    "adapter": re.compile(
+        r"adapter_(?:step\d{5,}|final|final_\d{3}|final_surgery|final_\d{3}_surgery|best)\.pt"),
     "sample": re.compile(r"sample_step\d{5,}\.wav"),
+    "reference": re.compile(r"sample_reference\.wav"),
     "plot": re.compile(r"(?:loss_raw|loss_smoothed|loss_validation|metrics)\.png"),
     "record": re.compile(r"(?:meta\.json|run\.toml|validation\.toml|progress\.jsonl)"),
 }
@@ -161,19 +163,10 @@ class ReadOnlyState:
         return data if isinstance(data, dict) else {}
 
     def reference(self, run: Run) -> Path | None:
-        """The audio of the run's sample clip: the manifest's audio file with the stem
-        meta.json names, a regular file directly inside the run's dataset directory."""
-        stem = self.meta(run).get("sample_clip")
-        data_dir = run.config.get("data_dir")
-        if not isinstance(stem, str) or not isinstance(data_dir, str) or not data_dir:
-            return None
-        for entry in run.manifest.get("files", []):
-            name = entry.get("name", "")
-            if Path(name).stem == stem and name.lower().endswith(AUDIO_EXTENSIONS) \
-                    and "/" not in name and entry.get("sha256"):
-                path = Path(data_dir) / name
-                return path if _regular(path) else None
-        return None
+        """The audio of the run's sample clip as the trainer wrote it into the run directory
+        (`sample_reference.wav`: mono, the model's rate, the samples' loudness). Nothing
+        outside output_root is served, so a run older than that file has no reference."""
+        return self.artefact(run.id, "sample_reference.wav")
 
     def checkpoints(self, run: Run, files: dict[str, str], meta: dict[str, Any]) -> list[Checkpoint]:
         """The checkpoint table: one row per step with a kept adapter or a sample."""

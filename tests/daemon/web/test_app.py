@@ -34,6 +34,7 @@ def _tree(tmp_path: Path, **web: Any) -> tuple[Any, RunQueue, str]:
     assert run is not None
     out = cfg.paths.output_root / "birds" / run.id
     out.mkdir(parents=True)
+    sf.write(out / "sample_reference.wav", np.zeros(1600, dtype=np.float32) + 0.1, 16000)
     for step in (10, 20):
         sf.write(out / f"sample_step{step:05d}.wav", np.zeros(1600, dtype=np.float32), 16000)
         (out / f"adapter_step{step:05d}.pt").write_bytes(b"weights")
@@ -91,7 +92,7 @@ def test_pages_render_with_strict_csp(site: Any) -> None:
 
 
 def test_artefacts_are_served(site: Any) -> None:
-    client, _, run_id, _ = site
+    client, _, run_id, root = site
     wav = client.get(f"/runs/{run_id}/files/sample_step00010.wav")
     assert wav.status_code == 200 and wav.headers["content-type"] == "audio/wav"
     part = client.get(f"/runs/{run_id}/files/sample_step00010.wav", headers={"range": "bytes=0-9"})
@@ -100,6 +101,10 @@ def test_artefacts_are_served(site: Any) -> None:
     assert pt.content == b"weights" and "attachment" in pt.headers["content-disposition"]
     ref = client.get(f"/runs/{run_id}/reference")
     assert ref.status_code == 200 and ref.content[:4] == b"RIFF"
+    # the reference comes from the run directory, never from the dataset (outside output_root)
+    run_dir = next((root / "out" / "birds").iterdir())
+    (run_dir / "sample_reference.wav").unlink()
+    assert client.get(f"/runs/{run_id}/reference").status_code == 404
 
 
 @pytest.mark.parametrize("path", [

@@ -64,6 +64,8 @@ def test_outputs_and_learning(tmp_path, dataset, tiny_weights):
     assert {"loss", "smoothed_loss", "lr", "grad_norm", "samples_per_s", "eta_s"} <= set(lines[0])
     losses = [x["loss"] for x in lines]
     assert np.mean(losses[-2:]) < 0.8 * np.mean(losses[:2])  # it learns the tones
+    ref, sr = sf.read(out / "sample_reference.wav")  # the clip's own audio, to listen against
+    assert sr == 16000 and len(ref) == 128000 and 0.02 < np.sqrt(np.mean(ref**2)) < 0.08
     wave, sr = sf.read(out / "sample_step00080.wav")
     assert sr == 16000 and len(wave) == 128000
     rms = np.sqrt(np.mean(wave**2))
