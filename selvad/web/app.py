@@ -1,8 +1,9 @@
 """The Starlette application of the web page (see docs/ARCHITECTURE.md and the README).
 
-Pages: `/` (queue, current run with a live progress bar, jobs), `/runs/<id>` (config, loss
-plots, checkpoint table with sample and reference audio, A/B listening, downloads). API:
-`/api/status` (what `selvad status --json` prints) and `/api/runs/<id>`. Actions are POST
+Pages: `/` (queue, current run with a live progress bar, jobs, datasets and job files with
+their problems), `/runs/<id>` (config, loss plots, checkpoint table with sample and reference
+audio, A/B listening, downloads), `/sweeps/<job>` (the sweep's runs side by side). API:
+`/api/status` (what `selvad status --json` prints), `/api/runs/<id>`, `/api/sweeps/<job>`. Actions are POST
 forms with the CSRF token that write request rows into the queue, as the CLI does; the main
 loop answers them. Reads go through selvad.web.state (read-only); files only as artefacts.
 """
@@ -32,6 +33,7 @@ from selvad.display import format_duration
 from selvad.runs.queue import RunQueue
 from selvad.web.security import Guard, SecurityHeaders
 from selvad.web.state import ReadOnlyState
+from selvad.web.sweeps import SWEEP_FILES, SweepView
 
 __all__ = ["create_app"]
 
@@ -48,6 +50,7 @@ class WebApp:
 
     def __init__(self, cfg: DaemonConfig) -> None:
         self.cfg, self.state, self.guard = cfg, ReadOnlyState(cfg), Guard(cfg.web)
+        self.sweeps = SweepView(self.state)
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
         self.templates.env.filters["duration"] = format_duration
         self.templates.env.filters["when"] = lambda t: time.strftime(
@@ -79,8 +82,12 @@ class WebApp:
         last = {}
         for r in runs:
             last[r.job] = r
+        watched = self.state.watched()
         return self.page(request, "index.html", status=self.state.status(), runs=runs[::-1][:50],
                          jobs=[(j, last.get(j)) for j in self.jobs()],
+                         sweeps={r.job for r in runs if r.sweep_id},
+                         datasets=[w for w in watched if w.kind == "dataset"],
+                         bad_jobs=[w for w in watched if w.kind == "job" and w.problem],
                          notice=self._notice(request), may_act=self.guard.may_act(request))
 
     def run_page(self, request: Request) -> Response:
@@ -97,6 +104,19 @@ class WebApp:
                          reference=self.state.reference(run) is not None,
                          rec=meta.get("recommendation") or {}, notice=self._notice(request),
                          may_act=self.guard.may_act(request))
+
+    def sweep_page(self, request: Request) -> Response:
+        login = self.guard.login(request)
+        if login is not None:
+            return login
+        job = request.path_params["job"]
+        if job not in self.sweeps.jobs():
+            return self.not_found("sweep")
+        summary = self.sweeps.summary(job)
+        return self.page(request, "sweep.html", job=job, summary=summary,
+                         rows=self.sweeps.rows(job, summary),
+                         plot=self.sweeps.file(job, "loss_comparison.png") is not None,
+                         rec=summary.get("recommendation") or {})
 
     def _notice(self, request: Request) -> str | None:
         raw = request.query_params.get("request", "")
@@ -129,6 +149,13 @@ class WebApp:
             return self.not_found("file")
         return FileResponse(path, media_type=MEDIA.get(path.suffix.lower(), "application/octet-stream"))
 
+    def sweep_file(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        path = self.sweeps.file(request.path_params["job"], name)
+        if path is None:
+            return self.not_found("file")
+        return FileResponse(path, media_type=SWEEP_FILES[name])
+
     def static_file(self, request: Request) -> Response:
         name = request.path_params["name"]
         if name not in STATIC:
@@ -148,6 +175,14 @@ class WebApp:
         meta = self.state.meta(run)
         return JSONResponse({**run.to_dict(), "files": files, "meta": meta,
                              "checkpoints": [vars(c) for c in self.state.checkpoints(run, files, meta)]})
+
+    def api_sweep(self, request: Request) -> Response:
+        job = request.path_params["job"]
+        if job not in self.sweeps.jobs():
+            return JSONResponse({"error": "No such sweep."}, 404)
+        summary = self.sweeps.summary(job)
+        return JSONResponse({"job": job, "summary": summary,
+                             "runs": [vars(r) for r in self.sweeps.rows(job, summary)]})
 
     # -- actions ------------------------------------------------------------------------
 
@@ -194,9 +229,12 @@ def create_app(cfg: DaemonConfig) -> Starlette:
         Route("/runs/{run_id}/reference", web.reference),
         Route("/runs/{run_id}/{action}", web.act, methods=["POST"]),
         Route("/jobs/{job}/{action}", web.act, methods=["POST"]),
+        Route("/sweeps/{job}", web.sweep_page),
+        Route("/sweeps/{job}/files/{name}", web.sweep_file),
         Route("/static/{name}", web.static_file),
         Route("/api/status", web.api_status),
         Route("/api/runs/{run_id}", web.api_run),
+        Route("/api/sweeps/{job}", web.api_sweep),
     ]
     app = Starlette(routes=routes)
     app.add_middleware(SecurityHeaders, web=cfg.web)

@@ -25,6 +25,7 @@ from urllib.parse import quote
 from selvad.config.daemon import DaemonConfig
 from selvad.runs.queue import ACTIVE, STATES, TERMINAL, Run
 from selvad.runs.rundir import run_dir_for
+from selvad.runs.watched import Watched
 
 __all__ = ["ARTEFACTS", "Checkpoint", "ReadOnlyState", "status_dict"]
 
@@ -54,12 +55,14 @@ class Checkpoint:
     recommended: bool
 
 
-def status_dict(cfg: DaemonConfig, runs: list[Run]) -> dict[str, Any]:
-    """The data of `selvad status --json` from the queue's runs (oldest first)."""
+def status_dict(cfg: DaemonConfig, runs: list[Run], problems: list[Watched]) -> dict[str, Any]:
+    """The data of `selvad status --json` from the queue's runs (oldest first) and the
+    `watched` rows with a problem."""
     return {"config": str(cfg.path), "counts": {s: sum(r.state == s for r in runs) for s in STATES},
             "current": [r.to_dict() for r in runs if r.state in ACTIVE],
             "queued": [r.to_dict() for r in runs if r.state == "queued"],
-            "recent": [r.to_dict() for r in runs if r.state in TERMINAL][-5:]}
+            "recent": [r.to_dict() for r in runs if r.state in TERMINAL][-5:],
+            "problems": [vars(p) for p in problems]}
 
 
 def _regular(path: Path) -> bool:
@@ -113,9 +116,19 @@ class ReadOnlyState:
                            (request_id,)).fetchone() if conn else None
         return None if row is None or row["handled_at"] is None else (row["result"] or "done")
 
+    def watched(self) -> list[Watched]:
+        """What the daemon last saw of each job file and dataset (the `watched` table): job
+        files first, then datasets, by name; `problem` is None when it does not block."""
+        conn = self._conn()
+        try:
+            rows = conn.execute("SELECT * FROM watched ORDER BY kind DESC, name").fetchall() if conn else []
+        except sqlite3.OperationalError:  # a database older than the table
+            return []
+        return [Watched(**dict(r)) for r in rows]
+
     def status(self) -> dict[str, Any]:
         """What `selvad status --json` prints."""
-        return status_dict(self.cfg, self.runs())
+        return status_dict(self.cfg, self.runs(), [w for w in self.watched() if w.problem])
 
     # -- files of runs ------------------------------------------------------------------
 

@@ -24,6 +24,17 @@ function showRun(run) {
   if (bar && run.total_steps) { bar.max = run.total_steps; bar.value = run.step ?? 0; }
 }
 
+// the runs table on the dashboard: the same poll refreshes the step and loss cells
+function showRows(runs) {
+  for (const run of runs) {
+    const row = document.querySelector(`tr[data-run="${CSS.escape(run.id)}"]`);
+    if (!row) continue;
+    const step = row.querySelector('[data-cell="step"]'), loss = row.querySelector('[data-cell="loss"]');
+    if (step && run.total_steps) step.textContent = `${run.step ?? 0}/${run.total_steps}`;
+    if (loss && run.loss !== null && run.loss !== undefined) loss.textContent = run.loss.toFixed(4);
+  }
+}
+
 async function poll() {
   const live = document.getElementById("live");
   if (!live) return;
@@ -32,6 +43,7 @@ async function poll() {
     const status = await r.json();
     const shown = live.dataset.run;
     const run = status.current.find((x) => x.id === shown);
+    showRows(status.current);
     if (run) showRun(run);
     else if (shown || status.current.length) { location.reload(); return; }  // started or ended
   } catch (e) { /* daemon restarting: try again */ }

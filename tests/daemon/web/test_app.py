@@ -15,6 +15,9 @@ from starlette.testclient import TestClient
 
 from selvad.config.daemon import parse_config
 from selvad.runs.queue import RunQueue
+from selvad.runs.rundir import run_dir_for
+from selvad.runs.sweeps import update_sweep_summary
+from selvad.runs.watched import WatchedTable
 from selvad.web.app import create_app
 from selvad.web.security import CSP
 
@@ -65,7 +68,7 @@ def test_status_api_is_selvad_status_json(site: Any) -> None:
     client, q, run_id, _ = site
     data = client.get("/api/status").json()
     assert data["counts"]["queued"] == 1 and data["queued"][0]["id"] == run_id
-    assert set(data) == {"config", "counts", "current", "queued", "recent"}
+    assert set(data) == {"config", "counts", "current", "queued", "recent", "problems"}
     assert "manifest" not in data["queued"][0]
 
 
@@ -164,3 +167,103 @@ def test_actions_off_loopback_need_the_token(tmp_path: Path) -> None:
     assert client.post(f"/runs/{run_id}/cancel", data={"csrf": csrf},
                        follow_redirects=False).status_code == 303
     assert [r.action for r in q.pending_requests()] == ["cancel"]
+
+
+def test_dashboard_shows_datasets_and_invalid_job_files(site: Any) -> None:
+    client, q, _, root = site
+    watched = WatchedTable(q)
+    watched.record("dataset", str(root / "data" / "birds"), "data/birds", fingerprint="f" * 64)
+    watched.record("dataset", str(root / "data" / "cats"), "data/cats", fingerprint="",
+                   problem="clip3.wav: not a sound file (RIFF header missing)")
+    watched.record("job", "broken", str(root / "jobs" / "broken.toml"),
+                   problem="broken.toml:train.steps: must be a positive integer (got -1)")
+    home = client.get("/").text
+    datasets = home.split('id="datasets"', 1)[1].split("</table>", 1)[0]
+    assert datasets.count("<details>") == 2 and "state done\">valid" in datasets
+    assert "state failed\">invalid" in datasets and "clip3.wav: not a sound file" in datasets
+    bad = home.split('id="bad-jobs"', 1)[1].split("</ul>", 1)[0]
+    assert "<details>" in bad and "train.steps: must be a positive integer" in bad
+    problems = client.get("/api/status").json()["problems"]  # as `selvad status --json`
+    assert [(p["kind"], p["name"]) for p in problems] == [
+        ("job", "broken"), ("dataset", str(root / "data" / "cats"))]
+
+
+def _sweep(tmp_path: Path) -> tuple[Any, RunQueue, list[str]]:
+    """The tree plus a finished two-run sweep of job "birds" with its real summary."""
+    cfg, q, _ = _tree(tmp_path)
+    data = tmp_path / "data" / "birds"
+    manifest = {"files": [{"name": "clip0.wav", "size": 1, "mtime_ns": 1, "sha256": "ab"}]}
+    ids = []
+    for n, lr in enumerate((1e-4, 3e-4)):
+        run = q.enqueue("birds", str(data), {"data_dir": str(data), "steps": 20, "lr": lr},
+                        manifest, sweep_id=f"lr{n}")
+        assert run is not None
+        out = run_dir_for(cfg, run)
+        out.mkdir(parents=True)
+        q.set_state(run.id, "extracting")
+        q.set_state(run.id, "training", output_dir=str(out))
+        lines = [{"step": s, "loss": 1.0 / s + n} for s in (5, 10, 15, 20)]
+        lines += [{"event": "checkpoint", "step": s, "val_loss": 0.3 + n, "metrics": {},
+                   "path": str(out / f"adapter_step{s:05d}.pt")} for s in (10, 20)]
+        (out / "progress.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+        for s in (10, 20):
+            sf.write(out / f"sample_step{s:05d}.wav", np.zeros(1600, dtype=np.float32), 16000)
+            (out / f"adapter_step{s:05d}.pt").write_bytes(b"weights")
+        (out / "meta.json").write_text(json.dumps({"recommendation": {
+            "id": "adapter_step00020.pt", "reason": f"run {n}: lowest held-out loss",
+            "strength_range": [0.5, 0.8]}}))
+        q.set_state(run.id, "done")
+        update_sweep_summary(cfg, q, q.get(run.id))
+        ids.append(run.id)
+    return cfg, q, ids
+
+
+def test_sweep_page_shows_runs_side_by_side(tmp_path: Path) -> None:
+    cfg, q, ids = _sweep(tmp_path)
+    client = TestClient(create_app(cfg))
+    assert 'href="/sweeps/birds"' in client.get("/").text
+    assert 'href="/sweeps/birds"' in client.get(f"/runs/{ids[0]}").text
+    page = client.get("/sweeps/birds")
+    assert page.status_code == 200 and page.headers["content-security-policy"] == CSP
+    table = page.text.split('id="sweep"', 1)[1].split("</table>", 1)[0]
+    assert table.count('class="sweep-run"') == 2 and "<th>lr</th>" in table
+    for run_id in ids:  # each run's recommended checkpoint's sample, and a link to the run
+        assert f'href="/runs/{run_id}"' in table
+        assert f'src="/runs/{run_id}/files/sample_step00020.wav"' in table
+    assert "run 1: lowest held-out loss" in table and "<th>steps</th>" not in table
+    assert 'src="/sweeps/birds/files/loss_comparison.png"' in page.text
+    png = client.get("/sweeps/birds/files/loss_comparison.png")
+    assert png.status_code == 200 and png.content[:4] == b"\x89PNG"
+    summary = client.get("/sweeps/birds/files/sweep_summary.json").json()
+    assert [e["run_id"] for e in summary["experiments"]] == ids
+    api = client.get("/api/sweeps/birds").json()
+    assert [(r["sweep_id"], r["sample"], r["config"]) for r in api["runs"]] == [
+        ("lr0", "sample_step00020.wav", {"lr": 1e-4}), ("lr1", "sample_step00020.wav", {"lr": 3e-4})]
+    assert client.get(f"/runs/{ids[0]}/files/sample_step00020.wav").status_code == 200
+
+
+@pytest.mark.parametrize("path", [
+    "/sweeps/nope", "/api/sweeps/nope", "/sweeps/..%2Fbirds", "/sweeps/birds/files/secret.txt",
+    "/sweeps/birds/files/..%2F..%2F..%2Fsecret.txt", "/sweeps/birds/files/../../secret.txt",
+    "/sweeps/birds/files/%2e%2e%2fsecret.txt", "/sweeps/birds/files/%252e%252e%252fsecret.txt",
+    "/sweeps/birds/files/%2Fetc%2Fpasswd", "/sweeps/birds/files/sweep_summary.json%00.png",
+    "/sweeps/..%2F..%2Fsecret.txt/files/sweep_summary.json", "/sweeps/nope/files/sweep_summary.json",
+    "/sweeps/birds/files/linked.png", "/sweeps/birds/files/loss_raw.png",
+])
+def test_sweep_path_tricks_give_404(tmp_path: Path, path: str) -> None:
+    cfg, _, _ = _sweep(tmp_path)
+    (tmp_path / "out" / "birds" / "sweep" / "linked.png").symlink_to(tmp_path / "secret.txt")
+    r = TestClient(create_app(cfg)).get(path)
+    assert r.status_code == 404, (path, r.status_code)
+    assert b"secret" not in r.content
+
+
+def test_sweep_files_behind_a_symlinked_directory_give_404(tmp_path: Path) -> None:
+    cfg, _, _ = _sweep(tmp_path)
+    sweep = tmp_path / "out" / "birds" / "sweep"
+    sweep.rename(tmp_path / "elsewhere")
+    sweep.symlink_to(tmp_path / "elsewhere")
+    client = TestClient(create_app(cfg))
+    assert client.get("/sweeps/birds/files/sweep_summary.json").status_code == 404
+    page = client.get("/sweeps/birds")  # the job still has a sweep: its runs from the queue
+    assert page.status_code == 200 and page.text.count('class="sweep-run"') == 2

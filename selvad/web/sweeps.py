@@ -1,0 +1,147 @@
+"""What the page shows of a job's sweep: the summary the daemon writes after each sweep run
+(selvad.runs.sweeps: `<output_root>/<job>/sweep/sweep_summary.json` and
+`loss_comparison.png`), joined with the queue's view of each run.
+
+Same rules as the files of runs: a job is looked up among the jobs that have sweep runs in
+the queue, its sweep directory must be a real directory (no link on the way) inside
+output_root, and only the two names of `SWEEP_FILES` are ever served, as regular files.
+Each run's recommended sample is served as that run's artefact (`/runs/<id>/files/...`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from selvad.runs.queue import Run
+from selvad.runs.sweeps import sweep_dir
+from selvad.web.state import ReadOnlyState
+
+__all__ = ["SWEEP_FILES", "SweepRow", "SweepView"]
+
+SWEEP_FILES = {"sweep_summary.json": "application/json", "loss_comparison.png": "image/png"}
+SUMMARY_MAX_BYTES = 16 << 20  # a summary larger than this is not parsed
+
+
+@dataclass(frozen=True)
+class SweepRow:
+    """One run of a sweep, as the sweep page's table shows it."""
+
+    sweep_id: str
+    run_id: str | None  # None when the summary names a run the queue no longer has
+    state: str
+    config: dict[str, Any]  # only the settings that differ between the sweep's runs
+    duration_s: float | None
+    final_loss: float | None  # smoothed training loss at the end
+    min_loss: float | None
+    min_loss_step: int | None
+    recommended: str | None  # the run's recommended adapter file name
+    strength_range: list[float] | None
+    reason: str | None
+    sample: str | None  # file name of the recommended checkpoint's sample, when kept
+    error: str | None
+
+
+def _is_real_dir(path: Path) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _varied(configs: list[dict[str, Any]]) -> list[str]:
+    """The config keys whose values are not the same in every run (sorted)."""
+    keys = sorted({k for c in configs for k in c})
+    return [k for k in keys if len({json.dumps(c.get(k), sort_keys=True, default=str)
+                                    for c in configs}) > 1]
+
+
+class SweepView:
+    """Read-only views of the sweeps of the jobs in `state`'s queue."""
+
+    def __init__(self, state: ReadOnlyState) -> None:
+        self.state = state
+
+    def jobs(self) -> list[str]:
+        """Names of the jobs with at least one sweep run in the queue."""
+        return sorted({r.job for r in self.state.runs() if r.sweep_id})
+
+    def runs(self, job: str) -> list[Run]:
+        """The newest run of every sweep id of `job`, in sweep id order."""
+        newest: dict[str, Run] = {}
+        for r in self.state.runs(job):
+            if r.kind == "train" and r.sweep_id:
+                newest[r.sweep_id] = r
+        return [newest[k] for k in sorted(newest)]
+
+    def directory(self, job: str) -> Path | None:
+        """The job's sweep directory when the job has sweep runs and the directory is a real
+        one (no link on the way) inside output_root; else None."""
+        if job not in self.jobs():
+            return None
+        root = self.state.cfg.paths.output_root
+        path = sweep_dir(self.state.cfg, job)
+        if not (_is_real_dir(path.parent) and _is_real_dir(path)):
+            return None
+        try:
+            return path if path.resolve().is_relative_to(root.resolve()) else None
+        except OSError:
+            return None
+
+    def file(self, job: str, name: str) -> Path | None:
+        """The path of sweep file `name` of `job` when it is one of SWEEP_FILES and a
+        regular file; else None."""
+        folder = self.directory(job) if name in SWEEP_FILES else None
+        if folder is None:
+            return None
+        try:
+            return folder / name if stat.S_ISREG(os.lstat(folder / name).st_mode) else None
+        except OSError:
+            return None
+
+    def summary(self, job: str) -> dict[str, Any]:
+        """The job's sweep_summary.json ({} when absent, too large or unreadable)."""
+        path = self.file(job, "sweep_summary.json")
+        try:
+            if path is None or path.stat().st_size > SUMMARY_MAX_BYTES:
+                return {}
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def rows(self, job: str, summary: dict[str, Any]) -> list[SweepRow]:
+        """One row per run of the sweep: the summary's experiments when it has them, else
+        the queue's sweep runs (before the first run finished)."""
+        experiments = [e for e in summary.get("experiments") or [] if isinstance(e, dict)]
+        if not experiments:
+            experiments = [{"id": r.sweep_id, "run_id": r.id, "status": r.state,
+                            "config": r.config, "error": r.error} for r in self.runs(job)]
+        varied = _varied([e.get("config") or {} for e in experiments])
+        return [self._row(job, e, varied) for e in experiments]
+
+    def _row(self, job: str, exp: dict[str, Any], varied: list[str]) -> SweepRow:
+        run = self.state.run(str(exp.get("run_id") or ""))
+        run = run if run is not None and run.job == job else None
+        res = exp.get("results") or {}
+        rec = (self.state.meta(run) if run else {}).get("recommendation") or res.get(
+            "run_recommendation") or {}
+        sample = None
+        if run is not None:
+            files = self.state.files(run)
+            picked = [c for c in self.state.checkpoints(run, files, {"recommendation": rec})
+                      if c.recommended]
+            sample = picked[0].sample if picked else None
+        config = exp.get("config") or {}
+        return SweepRow(
+            sweep_id=str(exp.get("id")), run_id=run.id if run else None,
+            state=run.state if run else str(exp.get("status")),
+            config={k: config.get(k) for k in varied}, duration_s=exp.get("duration_seconds"),
+            final_loss=res.get("final_loss"), min_loss=res.get("min_loss"),
+            min_loss_step=res.get("min_loss_step"), recommended=rec.get("id"),
+            strength_range=rec.get("strength_range"), reason=rec.get("reason"), sample=sample,
+            error=(run.error if run else exp.get("error")))
