@@ -113,8 +113,9 @@ class WebApp:
         if job not in self.sweeps.jobs():
             return self.not_found("sweep")
         summary = self.sweeps.summary(job)
-        return self.page(request, "sweep.html", job=job, summary=summary,
-                         rows=self.sweeps.rows(job, summary),
+        rows = self.sweeps.rows(job, summary)
+        return self.page(request, "sweep.html", job=job, summary=summary, rows=rows,
+                         best=self.sweeps.best(summary, rows),
                          plot=self.sweeps.file(job, "loss_comparison.png") is not None,
                          rec=summary.get("recommendation") or {})
 

@@ -21,7 +21,7 @@ from selvad.runs.queue import Run
 from selvad.runs.sweeps import sweep_dir
 from selvad.web.state import ReadOnlyState
 
-__all__ = ["SWEEP_FILES", "SweepRow", "SweepView"]
+__all__ = ["SWEEP_FILES", "SweepBest", "SweepRow", "SweepView"]
 
 SWEEP_FILES = {"sweep_summary.json": "application/json", "loss_comparison.png": "image/png"}
 SUMMARY_MAX_BYTES = 16 << 20  # a summary larger than this is not parsed
@@ -44,6 +44,17 @@ class SweepRow:
     reason: str | None
     sample: str | None  # file name of the recommended checkpoint's sample, when kept
     error: str | None
+
+
+@dataclass(frozen=True)
+class SweepBest:
+    """The sweep-wide recommendation (`<sweep id>@<step>` in the summary) as the page shows
+    it: which run, which step, and that checkpoint's sample when the run still has it."""
+
+    sweep_id: str
+    step: int
+    run_id: str | None
+    sample: str | None
 
 
 def _is_real_dir(path: Path) -> bool:
@@ -123,6 +134,17 @@ class SweepView:
                             "config": r.config, "error": r.error} for r in self.runs(job)]
         varied = _varied([e.get("config") or {} for e in experiments])
         return [self._row(job, e, varied) for e in experiments]
+
+    def best(self, summary: dict[str, Any], rows: list[SweepRow]) -> SweepBest | None:
+        """The summary's recommendation resolved to a run of `rows` (None when it has none)."""
+        sweep_id, _, step = str((summary.get("recommendation") or {}).get("id") or "").rpartition("@")
+        if not sweep_id or not step.isdigit():
+            return None
+        row = next((r for r in rows if r.sweep_id == sweep_id), None)
+        run = self.state.run(row.run_id) if row and row.run_id else None
+        name = f"sample_step{int(step):05d}.wav"
+        sample = name if run is not None and name in self.state.files(run) else None
+        return SweepBest(sweep_id, int(step), run.id if run else None, sample)
 
     def _row(self, job: str, exp: dict[str, Any], varied: list[str]) -> SweepRow:
         run = self.state.run(str(exp.get("run_id") or ""))

@@ -232,6 +232,9 @@ def test_sweep_page_shows_runs_side_by_side(tmp_path: Path) -> None:
         assert f'src="/runs/{run_id}/files/sample_step00020.wav"' in table
     assert "run 1: lowest held-out loss" in table and "<th>steps</th>" not in table
     assert 'src="/sweeps/birds/files/loss_comparison.png"' in page.text
+    best = page.text.split('id="sweep-recommendation"', 1)[1].split("</section>", 1)[0]
+    assert "run lr0 at step 10" in best  # the summary's "lr0@10", lowest held-out loss
+    assert f'src="/runs/{ids[0]}/files/sample_step00010.wav"' in best
     png = client.get("/sweeps/birds/files/loss_comparison.png")
     assert png.status_code == 200 and png.content[:4] == b"\x89PNG"
     summary = client.get("/sweeps/birds/files/sweep_summary.json").json()
