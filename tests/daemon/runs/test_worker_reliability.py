@@ -126,19 +126,22 @@ def test_a_silent_child_is_noted_as_stalled_once_and_cleared_when_it_speaks(
         cfg: DaemonConfig, queue: RunQueue, monkeypatch: pytest.MonkeyPatch,
         tmp_path: Path) -> None:
     proc = _start(queue, cfg, monkeypatch, tmp_path, "silent")
-    _until(lambda: queue.get(proc.run.id).state == "training", desc="training")
-    assert proc.check_stall() is False
-    proc.stall_after = 0.2
-    time.sleep(0.3)
-    assert proc.check_stall() is True and proc.check_stall() is True
-    _until(lambda: (queue.get(proc.run.id).error or "").startswith("stalled: no output"),
-           desc="the stall note")
-    assert "selvad cancel" in queue.get(proc.run.id).error
-    (proc.out_dir / "talk").write_text("")
-    _until(lambda: queue.get(proc.run.id).error is None, desc="the note to clear")
-    assert proc.stalled is False and queue.get(proc.run.id).step == 7
-    proc.cancel()
-    assert proc.wait(20).state == "cancelled"
+    try:
+        _until(lambda: queue.get(proc.run.id).state == "training", desc="training")
+        assert proc.check_stall() is False
+        proc.stall_after = 0.2
+        time.sleep(0.3)
+        assert proc.check_stall() is True and proc.check_stall() is True
+        _until(lambda: (queue.get(proc.run.id).error or "").startswith("stalled: no output"),
+               desc="the stall note")
+        assert "selvad cancel" in queue.get(proc.run.id).error
+        (proc.out_dir / "talk").write_text("")
+        _until(lambda: queue.get(proc.run.id).error is None, desc="the note to clear")
+        assert proc.stalled is False and queue.get(proc.run.id).step == 7
+        proc.cancel()
+        assert proc.wait(20).state == "cancelled"
+    finally:
+        proc.kill()  # a failed assertion must not leave the silent child running
 
 
 def test_sigkill_is_retried_later_then_fails_with_the_fix(
