@@ -93,8 +93,8 @@ def _figure_png(series: list[tuple[str, Sequence[int], Sequence[float]]], title:
     else:
         _sensible_ylim(ax, [v for _, _, vals in series for v in vals])
     ax.grid(True, alpha=0.3)
-    if legend or len(series) > 1:
-        ax.legend()
+    if (legend or len(series) > 1) and ax.get_legend_handles_labels()[0]:
+        ax.legend()  # (a resumed run with no history yet has nothing to label)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
