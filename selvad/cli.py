@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from selvad.config.daemon import DEFAULT_CONFIG_PATH, DaemonConfig, load_config
+from selvad.config.daemon import DEFAULT_CONFIG_PATH, DaemonConfig, default_config_path, load_config
 from selvad.config.jobs import check_run_id, job_file
 from selvad.config.schema import ConfigError
 from selvad.display import format_duration, progress_bar
@@ -39,7 +39,7 @@ FULL_BELOW = 64 * 1024  # bytes free under which a failing state database means 
 
 def default_config() -> Path:
     """$SELVAD_CONFIG, or /etc/selvad/selvad.toml."""
-    return Path(os.environ.get("SELVAD_CONFIG") or DEFAULT_CONFIG_PATH)
+    return default_config_path()
 
 
 def _fail(message: str, code: int = 1) -> int:
@@ -321,8 +321,11 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     """`selvad doctor`: environment checks (see selvad.doctor); exit 1 when any is a problem."""
     from selvad.doctor import format_checks, run_checks
 
-    explicit = "--config" in sys.argv or bool(os.environ.get("SELVAD_CONFIG"))
-    path = args.config if explicit or args.config.exists() else None
+    # an explicit --config or $SELVAD_CONFIG is checked even when missing (that is a problem);
+    # the built-in default only when it exists
+    default = default_config_path()
+    explicit = args.config is not None or bool(os.environ.get("SELVAD_CONFIG"))
+    path = args.config or default if explicit or default.exists() else None
     checks = run_checks(path)
     sys.stdout.write(format_checks(checks))
     return 1 if any(c.status == "problem" for c in checks) else 0
@@ -340,8 +343,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="selvad", description="SelVA LoRA training daemon.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("run", parents=[common], help="run the daemon (what systemd starts)")
-    sub.add_parser("doctor", parents=[common], help="check Python, torch/torchaudio, CUDA, "
-                   "soundfile, the config, weights and disk space")
+    doc = sub.add_parser("doctor", help="check Python, torch/torchaudio, CUDA, soundfile, the "
+                         "config, weights and disk space")
+    doc.add_argument("--config", type=Path, default=None,
+                     help="daemon config file (default: $SELVAD_CONFIG, or "
+                          f"{DEFAULT_CONFIG_PATH} when it exists)")
     v = sub.add_parser("validate", help="check a dataset directory", add_help=False)
     v.add_argument("rest", nargs=argparse.REMAINDER)
     s = sub.add_parser("status", parents=[common], help="queue overview and the current run")

@@ -11,6 +11,7 @@ file (see selvad.config.jobs) and is checked by the same code.
 from __future__ import annotations
 
 import ipaddress
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from selvad.config.windows import WindowError, parse_window
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
+    "default_config_path",
     "DaemonConfig",
     "DeviceConfig",
     "LoggingConfig",
@@ -251,6 +253,11 @@ def parse_config(data: dict[str, Any], path: Path | str) -> DaemonConfig:
     _check_values(cfg, p)
     p.raise_if_any()
     return cfg
+
+
+def default_config_path() -> Path:
+    """The config file used when none is given: $SELVAD_CONFIG, or /etc/selvad/selvad.toml."""
+    return Path(os.environ.get("SELVAD_CONFIG") or DEFAULT_CONFIG_PATH)
 
 
 def load_config(path: Path | str = DEFAULT_CONFIG_PATH) -> DaemonConfig:

@@ -54,7 +54,7 @@ from selva_engine.data.dataset import (
 from selva_engine.io import open_regular
 from selva_engine.model.variants import SequenceConfig, Variant, get_variant, variant_names
 from selva_engine.training.options import TrainConfig
-from selvad.config.daemon import DEFAULT_CONFIG_PATH, load_config
+from selvad.config.daemon import default_config_path, load_config
 from selvad.config.jobs import resolve_dataset
 from selvad.config.schema import ConfigError
 from selvad.datasets.advice import advise
@@ -329,7 +329,7 @@ def dataset_directory(value: str, config_path: str | None) -> Path | str:
     so the command `init-job` suggests works from any directory. A string is an error."""
     path = Path(value)
     explicit = config_path or os.environ.get("SELVAD_CONFIG")
-    config_file = Path(explicit or DEFAULT_CONFIG_PATH)
+    config_file = Path(config_path) if config_path else default_config_path()
     if path.is_dir() or (not explicit and not config_file.is_file()):
         return path
     try:

@@ -36,7 +36,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,7 +114,6 @@ class RunProcess:
         self.stalled = False
         self._stall_lock = threading.Lock()  # the reader clears what the main loop sets
         self._oom_before: int | None = None
-        self._stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL)
         self._reader: threading.Thread | None = None
         self._writer: RowWriter | None = None
         self._decided: Outcome | None = None
