@@ -2,7 +2,8 @@
 
 `Checkpointer.write(parts, state, final=...)` reads the pending losses back, computes the
 fixed-noise losses (held-out clips and the first training clips), generates and writes the
-sample `sample_stepNNNNN.wav` with its spectral metrics, saves `adapter_stepNNNNN.pt` (and
+sample `sample_stepNNNNN.wav` with its spectral metrics and its spectrogram picture
+(`sample_stepNNNNN.png`, selva_engine.outputs.spectrogram), saves `adapter_stepNNNNN.pt` (and
 `adapter_best.pt` when the validation loss improved), then rewrites the loss and metric
 plots and meta.json and logs the "checkpoint" record. The checkpoint file itself is
 described in selva_engine.outputs.checkpoint; its content comes from trainstate.checkpoint_payload.
@@ -27,6 +28,7 @@ from selva_engine.io import require_free_space
 from selva_engine.model.lora import lora_state_dict, save_adapter
 from selva_engine.outputs import report
 from selva_engine.outputs.checkpoint import checkpoint_name, list_checkpoints, save_checkpoint
+from selva_engine.outputs.spectrogram import write_spectrogram
 from selva_engine.training.loop import adapter_meta, overfitting
 from selva_engine.training.state import (
     RunContext,
@@ -44,6 +46,7 @@ REPORT_FILES = ("loss_raw.png", "loss_smoothed.png", "loss_validation.png", "met
 REPORTS_BYTES = 256 << 10  # the report files before the first checkpoint has written them
 WAV_HEADER = 44  # bytes
 SPACE_SLACK = 64 << 10  # bytes: what the estimate leaves out (history, RNG states, headers)
+SPECTROGRAM_BYTES = 128 << 10  # the sample's spectrogram picture (about 40 KB)
 
 
 def _size(path: Path) -> int:
@@ -118,7 +121,7 @@ class Checkpointer:
         sample = _size(samples[-1]) if samples else WAV_HEADER + 2 * int(seq.duration * seq.sampling_rate)
         reports = sum(_size(out_dir / name) for name in REPORT_FILES) or REPORTS_BYTES
         adapters = lora * ((1 if self.data.val_idx else 0) + (1 if final else 0))
-        return ckpt + sample + reports + adapters + SPACE_SLACK
+        return ckpt + sample + SPECTROGRAM_BYTES + reports + adapters + SPACE_SLACK
 
     def meta(self, step: int) -> dict[str, Any]:
         """The adapter meta (ComfyUI-SelVA keys plus ours) of this run at `step`."""
@@ -157,14 +160,16 @@ class Checkpointer:
         wave = report.loudness_normalize(wave)
         seq = ctx.variant.sequence()
         path = report.write_wav(ctx.out_dir / f"sample_step{step:05d}.wav", wave, seq.sampling_rate)
+        write_spectrogram(path.with_suffix(".png"), wave, seq.sampling_rate, f"sample at step {step}")
         ref = load_audio(data.clips[data.sample_idx].audio_path, seq.sampling_rate, seq.num_audio_frames)
         metrics = compute_metrics(wave, seq.sampling_rate, reference=ref).to_dict()
         if self.reference_metrics is None:
             self.reference_metrics = compute_metrics(ref, seq.sampling_rate).to_dict()
             # the clip's own audio as the model hears it (mono, its rate, 8 s), at the samples'
             # loudness: what every sample is listened against (the web page's reference)
-            report.write_wav(ctx.out_dir / REFERENCE_SAMPLE, report.loudness_normalize(ref),
-                             seq.sampling_rate)
+            loud = report.loudness_normalize(ref)
+            ref_path = report.write_wav(ctx.out_dir / REFERENCE_SAMPLE, loud, seq.sampling_rate)
+            write_spectrogram(ref_path.with_suffix(".png"), loud, seq.sampling_rate, "reference clip")
         return path, metrics
 
     def _save(self, parts: TrainParts, state: RunState, meta: dict, val_loss: float | None) -> Path:

@@ -9,11 +9,18 @@ the report, the log or `validation.toml`: of each (severity, code) the first
 `SHOWN_PER_CODE[severity]` are kept (5 warnings, 20 errors), the rest only counted and
 listed as one finding "… and N more like this" right after them. The counts
 (`error_count`, `warning_count`, `ok`) always cover every finding.
+
+The daemon keeps the last report of each dataset (without its clip list) in
+`<state_dir>/datasets/<hash of the dataset path>.json` (`save_last_report`), which the web
+page reads to list each dataset's errors and warnings.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import stat
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,12 +29,13 @@ from typing import Any
 import tomli_w
 
 __all__ = ["ERROR", "SHOWN_PER_CODE", "WARNING", "ClipEntry", "Finding", "ValidationReport",
-           "write_report"]
+           "forget_last_report", "load_last_report", "save_last_report", "write_report"]
 
 ERROR = "error"
 WARNING = "warning"
 SHOWN_PER_CODE = {ERROR: 20, WARNING: 5}  # findings of one kind listed; the rest are counted
 DATASET = "(dataset)"  # how dataset-level findings are headed in the terminal output
+LAST_REPORT_MAX_BYTES = 1 << 20  # a kept report larger than this is not read back
 
 
 @dataclass(frozen=True)
@@ -190,3 +198,38 @@ def write_report(report: ValidationReport, path: Path | str) -> Path:
     path = Path(path)
     text = report.to_json() if path.suffix.lower() == ".json" else report.to_toml()
     return atomic_write_text(path, text)
+
+
+def _last_report_path(state_dir: Path, dataset_dir: str) -> Path:
+    digest = hashlib.sha256(dataset_dir.encode("utf-8", "surrogateescape")).hexdigest()[:24]
+    return Path(state_dir) / "datasets" / f"{digest}.json"
+
+
+def save_last_report(report: ValidationReport, state_dir: Path, dataset_dir: str) -> Path:
+    """Keep `report` as the last one of the dataset at absolute path `dataset_dir` (what the
+    web page lists: counts, errors, warnings, advice; not the clip list) in
+    `state_dir/datasets/<hash of the path>.json`, atomically; returns the path."""
+    from selva_engine.io import atomic_write_text  # imports torch: only when writing
+
+    data = {k: v for k, v in report.to_dict().items() if k != "clips"}
+    return atomic_write_text(_last_report_path(state_dir, dataset_dir),
+                             json.dumps(data, ensure_ascii=False))
+
+
+def load_last_report(state_dir: Path, dataset_dir: str) -> dict[str, Any] | None:
+    """The report `save_last_report` kept for `dataset_dir`; None when there is none, or it
+    is not a regular file, too large or unreadable."""
+    path = _last_report_path(state_dir, dataset_dir)
+    try:
+        st = os.lstat(path)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > LAST_REPORT_MAX_BYTES:
+            return None
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def forget_last_report(state_dir: Path, dataset_dir: str) -> None:
+    """Delete the report kept for `dataset_dir` (a removed dataset); none is fine."""
+    _last_report_path(state_dir, dataset_dir).unlink(missing_ok=True)

@@ -8,7 +8,8 @@ The disk policy, per run directory:
 - kept: the newest `keep_last` step checkpoints; while a run is unfinished its newest
   step checkpoint (the resume point) whatever `keep_last` says, and the newest checkpoint
   that loads (when the highest-numbered files are unreadable, it is the resume point);
-- a pruned step checkpoint takes its sample (`sample_stepNNNNN.wav`) with it, so every
+- a pruned step checkpoint takes its sample (`sample_stepNNNNN.wav`, and its spectrogram
+  `sample_stepNNNNN.png`) with it, so every
   sample left to audition has the checkpoint it came from;
 - the temp files of writes a kill cut short go after TEMP_GRACE_S.
 
@@ -84,9 +85,9 @@ def prune_run_dir(run_dir: Path | str, keep_last: int, finished: bool = True) ->
                                       newest_loadable=latest[0].name if latest else None,
                                       protected=protected)
     removed = []
-    for name in doomed:  # a checkpoint and its sample go together
-        sample = "sample_" + name.removeprefix("adapter_").removesuffix(".pt") + ".wav"
-        for gone in (name, sample) if sample in names else (name,):
+    for name in doomed:  # a checkpoint and its sample (and the sample's picture) go together
+        sample = "sample_" + name.removeprefix("adapter_").removesuffix(".pt")
+        for gone in (name, *(n for n in (sample + ".wav", sample + ".png") if n in names)):
             (run_dir / gone).unlink(missing_ok=True)
             removed.append(run_dir / gone)
     return removed + remove_temp_files(run_dir, before=time.time() - TEMP_GRACE_S)

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from selvad.config.jobs import Job, JobError, load_job
+from selvad.datasets.report import forget_last_report, save_last_report
 from selvad.datasets.validate import ValidationReport, validate_dataset
 from selvad.datasets.watch import DatasetEvent, JobEvent
 from selvad.runs.queue import WAITING, Run, manifest_hash
@@ -116,6 +117,7 @@ class EventHandler:
                 progress=lambda done, total: self.d.keepalive(
                     f"validating {job.dataset}: {done}/{total} clips"))
             self._reports[key] = report
+            self._keep(report, key[0])
             if report.ok:
                 self.log.info("dataset.valid", dataset=job.dataset, **report_fields(report))
             else:
@@ -123,6 +125,13 @@ class EventHandler:
                     job), **report_fields(report))
         self._hold(job, None if report.ok else _problem(job, report))
         return report.ok, manifest
+
+    def _keep(self, report: ValidationReport, dataset_dir: str) -> None:
+        """Keep `report` for the web page's dataset list (a failed write is logged only)."""
+        try:
+            save_last_report(report, self.d.cfg.paths.state_dir, os.path.abspath(dataset_dir))
+        except OSError as exc:
+            self.log.warning("dataset.report_not_kept", dataset_dir=dataset_dir, error=str(exc))
 
     def _hold(self, job: Job, problem: str | None) -> None:
         """Record `job`'s dataset problem (None: none) and hold or release the queued runs
@@ -274,6 +283,7 @@ class EventHandler:
             self.log.info("dataset.removed", dataset=ev.name, path=str(ev.path),
                           jobs=[j.name for j in jobs])
             self.watched.forget("dataset", os.path.abspath(ev.path))
+            forget_last_report(self.d.cfg.paths.state_dir, os.path.abspath(ev.path))
             for j in jobs:
                 self.train_due.pop(j.name, None)
             return

@@ -33,7 +33,7 @@ from selvad.display import format_duration
 from selvad.runs.queue import RunQueue
 from selvad.web.security import Guard, SecurityHeaders
 from selvad.web.state import ReadOnlyState
-from selvad.web.sweeps import SWEEP_FILES, SweepView
+from selvad.web.sweeps import SWEEP_FILES, SweepView, ab_pair
 
 __all__ = ["create_app"]
 
@@ -86,7 +86,8 @@ class WebApp:
         return self.page(request, "index.html", status=self.state.status(), runs=runs[::-1][:50],
                          jobs=[(j, last.get(j)) for j in self.jobs()],
                          sweeps={r.job for r in runs if r.sweep_id},
-                         datasets=[w for w in watched if w.kind == "dataset"],
+                         datasets=[(w, self.state.dataset_report(w.name)) for w in watched
+                                   if w.kind == "dataset"],
                          bad_jobs=[w for w in watched if w.kind == "job" and w.problem],
                          notice=self._notice(request), may_act=self.guard.may_act(request))
 
@@ -114,8 +115,11 @@ class WebApp:
             return self.not_found("sweep")
         summary = self.sweeps.summary(job)
         rows = self.sweeps.rows(job, summary)
-        return self.page(request, "sweep.html", job=job, summary=summary, rows=rows,
-                         best=self.sweeps.best(summary, rows),
+        best = self.sweeps.best(summary, rows)
+        samples = self.sweeps.samples(rows)
+        return self.page(request, "sweep.html", job=job, summary=summary, rows=rows, best=best,
+                         samples=samples, pair=ab_pair(samples, best),
+                         clips=sorted({s.clip for s in samples if s.clip}),
                          plot=self.sweeps.file(job, "loss_comparison.png") is not None,
                          rec=summary.get("recommendation") or {})
 

@@ -6,6 +6,9 @@ its files are the entries of its run directory whose names match one of a fixed 
 artefact patterns (`ARTEFACTS`) and that are regular files, not links; the run directory
 must be a real directory inside `output_root`. The reference clip of a run is its
 `sample_reference.wav`, written there by the trainer; nothing outside output_root is served.
+The spectrogram pictures (`sample_stepNNNNN.png`, `sample_reference.png`) are the trainer's
+too: runs from before it drew them show none (the page never writes into a run directory,
+and drawing on request would spend the training machine's CPU in the page's thread).
 Anything else is `None`, which the app answers with 404.
 """
 
@@ -23,6 +26,7 @@ from typing import Any
 from urllib.parse import quote
 
 from selvad.config.daemon import DaemonConfig
+from selvad.datasets.report import load_last_report
 from selvad.runs.queue import ACTIVE, STATES, TERMINAL, Run
 from selvad.runs.rundir import run_dir_for
 from selvad.runs.watched import Watched
@@ -35,6 +39,7 @@ ARTEFACTS: dict[str, re.Pattern[str]] = {
         r"adapter_(?:step\d{5,}|final|final_\d{3}|final_surgery|final_\d{3}_surgery|best)\.pt"),
     "sample": re.compile(r"sample_step\d{5,}\.wav"),
     "reference": re.compile(r"sample_reference\.wav"),
+    "spectrogram": re.compile(r"sample_(?:step\d{5,}|reference)\.png"),
     "plot": re.compile(r"(?:loss_raw|loss_smoothed|loss_validation|metrics)\.png"),
     "record": re.compile(r"(?:meta\.json|run\.toml|validation\.toml|progress\.jsonl)"),
 }
@@ -50,6 +55,7 @@ class Checkpoint:
     step: int
     adapter: str | None  # file name of adapter_stepNNNNN.pt, when kept
     sample: str | None  # file name of sample_stepNNNNN.wav, when written
+    spectrogram: str | None  # file name of sample_stepNNNNN.png (its picture), when written
     val_loss: float | None
     metrics: dict[str, float]
     recommended: bool
@@ -126,6 +132,11 @@ class ReadOnlyState:
             return []
         return [Watched(**dict(r)) for r in rows]
 
+    def dataset_report(self, dataset_dir: str) -> dict[str, Any]:
+        """The last validation report the daemon kept of the dataset at `dataset_dir` (the
+        name of a `watched` row, never a URL): counts, errors, warnings, advice; {} if none."""
+        return load_last_report(self.cfg.paths.state_dir, dataset_dir) or {}
+
     def status(self) -> dict[str, Any]:
         """What `selvad status --json` prints."""
         return status_dict(self.cfg, self.runs(), [w for w in self.watched() if w.problem])
@@ -186,13 +197,13 @@ class ReadOnlyState:
         steps: dict[int, dict[str, str]] = {}
         for name, kind in files.items():
             m = STEP.search(name)
-            if m and kind in ("adapter", "sample"):
+            if m and kind in ("adapter", "sample", "spectrogram"):
                 steps.setdefault(int(m.group(1)), {})[kind] = name
         val = self._val_losses(run, files)
         metrics = meta.get("metrics") or {}
         picked = (meta.get("recommendation") or {}).get("id")
-        return [Checkpoint(step, d.get("adapter"), d.get("sample"), val.get(step),
-                           metrics.get(str(step)) or {},
+        return [Checkpoint(step, d.get("adapter"), d.get("sample"), d.get("spectrogram"),
+                           val.get(step), metrics.get(str(step)) or {},
                            picked is not None and picked == f"adapter_step{step:05d}.pt")
                 for step, d in sorted(steps.items())]
 

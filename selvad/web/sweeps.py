@@ -21,7 +21,7 @@ from selvad.runs.queue import Run
 from selvad.runs.sweeps import sweep_dir
 from selvad.web.state import ReadOnlyState
 
-__all__ = ["SWEEP_FILES", "SweepBest", "SweepRow", "SweepView"]
+__all__ = ["SWEEP_FILES", "SweepBest", "SweepRow", "SweepSample", "SweepView", "ab_pair"]
 
 SWEEP_FILES = {"sweep_summary.json": "application/json", "loss_comparison.png": "image/png"}
 SUMMARY_MAX_BYTES = 16 << 20  # a summary larger than this is not parsed
@@ -55,6 +55,19 @@ class SweepBest:
     step: int
     run_id: str | None
     sample: str | None
+
+
+@dataclass(frozen=True)
+class SweepSample:
+    """A checkpoint sample of one run of a sweep: a choice of the sweep page's A/B player."""
+
+    sweep_id: str
+    run_id: str
+    step: int
+    url: str  # the sample, served as the run's artefact
+    reference: str | None  # the url of that run's reference clip, when it has one
+    clip: str | None  # the stem of the clip the run sampled (meta.json)
+    recommended: bool  # the run's recommended checkpoint
 
 
 def _is_real_dir(path: Path) -> bool:
@@ -167,3 +180,38 @@ class SweepView:
             min_loss_step=res.get("min_loss_step"), recommended=rec.get("id"),
             strength_range=rec.get("strength_range"), reason=rec.get("reason"), sample=sample,
             error=(run.error if run else exp.get("error")))
+
+    def samples(self, rows: list[SweepRow]) -> list[SweepSample]:
+        """Every checkpoint sample of every run of `rows` (in row, then step order)."""
+        out = []
+        for row in rows:
+            run = self.state.run(row.run_id) if row.run_id else None
+            if run is None:
+                continue
+            files = self.state.files(run)
+            ref = f"/runs/{run.id}/reference" if "sample_reference.wav" in files else None
+            clip = self.state.meta(run).get("sample_clip")
+            rec = {"recommendation": {"id": row.recommended}}
+            out += [SweepSample(row.sweep_id, run.id, c.step, f"/runs/{run.id}/files/{c.sample}",
+                                ref, clip if isinstance(clip, str) else None, c.recommended)
+                    for c in self.state.checkpoints(run, files, rec) if c.sample]
+        return out
+
+
+def ab_pair(samples: list[SweepSample], best: SweepBest | None) -> tuple[int, int]:
+    """Indexes into `samples` of the A/B player's first choices: A is the sweep-wide
+    recommendation (else the first run's recommended or newest sample), B the recommended
+    (else newest) sample of the next run. Both 0 when there are no samples."""
+    runs = list(dict.fromkeys(s.sweep_id for s in samples))
+    if not runs:
+        return 0, 0
+
+    def pick(sweep_id: str, step: int | None = None) -> int:
+        mine = [i for i, s in enumerate(samples) if s.sweep_id == sweep_id]
+        exact = [i for i in mine if samples[i].step == step]
+        return (exact or [i for i in mine if samples[i].recommended] or mine)[-1]
+
+    first = best.sweep_id if best is not None and best.sweep_id in runs else runs[0]
+    a = pick(first, best.step if best is not None and best.sweep_id == first else None)
+    others = [r for r in runs if r != first]
+    return a, pick(others[0]) if others else a

@@ -1,5 +1,6 @@
 // selvad page: live progress (polls /api/status every 2 s while a run is active) and A/B
-// listening (one player; switching keeps the playback position). No inline script (CSP).
+// listening between checkpoints (run page) or runs (sweep page): one player; switching
+// keeps the playback position. No inline script (CSP).
 "use strict";
 
 function fmtDuration(s) {
@@ -57,7 +58,9 @@ function setupAB() {
                     ref: document.getElementById("ab-play-ref") };
   const srcOf = { a: () => document.getElementById("ab-a").value,
                   b: () => document.getElementById("ab-b").value,
-                  ref: () => buttons.ref.dataset.src };
+                  // the run page's reference, or on a sweep page the reference of A's run
+                  ref: () => document.getElementById("ab-a").selectedOptions[0]?.dataset.ref
+                             || buttons.ref.dataset.src };
   function choose(which) {
     const t = audio.currentTime, playing = !audio.paused;
     for (const [k, b] of Object.entries(buttons)) if (b) b.classList.toggle("on", k === which);

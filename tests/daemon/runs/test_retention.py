@@ -75,14 +75,15 @@ def test_a_pruned_checkpoint_takes_its_sample_and_best_and_recommended_stay(tmp_
     for step in (10, 20, 30, 40, 50):
         (tmp_path / checkpoint_name(step)).write_bytes(b"x")
         (tmp_path / f"sample_step{step:05d}.wav").write_bytes(b"RIFF")
+        (tmp_path / f"sample_step{step:05d}.png").write_bytes(b"PNG")  # its spectrogram
     for name in ("adapter_final.pt", "adapter_best.pt", "loss.png"):
         (tmp_path / name).write_bytes(b"x")
     (tmp_path / "meta.json").write_text(json.dumps({
         "best": {"step": 10, "val_loss": 0.1, "file": "adapter_best.pt"},
         "recommendation": {"id": "step00020", "path": str(tmp_path / checkpoint_name(20))}}))
     removed = sorted(p.name for p in prune_run_dir(tmp_path, 1))
-    assert removed == [checkpoint_name(30), checkpoint_name(40), "sample_step00030.wav",
-                       "sample_step00040.wav"]
+    assert removed == [checkpoint_name(30), checkpoint_name(40), "sample_step00030.png",
+                       "sample_step00030.wav", "sample_step00040.png", "sample_step00040.wav"]
     left = sorted(p.name for p in tmp_path.iterdir())
     for step in (10, 20, 50):  # best, recommended, newest: each with its sample
         assert checkpoint_name(step) in left and f"sample_step{step:05d}.wav" in left

@@ -46,7 +46,8 @@ def test_outputs_and_learning(tmp_path, dataset, tiny_weights):
     assert result.status == "done" and result.step == 80
     for name in ("adapter_step00040.pt", "adapter_step00080.pt", "adapter_final.pt", "meta.json",
                  "sample_step00040.wav", "sample_step00080.wav", "loss_raw.png", "loss_smoothed.png",
-                 "progress.jsonl"):
+                 "progress.jsonl", "sample_step00040.png", "sample_step00080.png",
+                 "sample_reference.png"):  # each sample's spectrogram beside it
         assert (out / name).is_file(), name
     assert not (out / "loss_validation.png").exists()  # 4 clips: no held-out clip, no plot
     final = torch.load(out / "adapter_final.pt", weights_only=True)

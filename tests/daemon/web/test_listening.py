@@ -1,0 +1,88 @@
+"""What the page offers for deciding by ear and by eye: each sample's spectrogram beside its
+player (served only as an artefact), A/B listening between two runs of a sweep, and the
+dashboard's datasets with their errors and warnings from the daemon's last validation."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from starlette.testclient import TestClient
+
+from selvad.datasets.report import load_last_report, save_last_report
+from selvad.datasets.validate import validate_dataset
+from selvad.runs.rundir import run_dir_for
+from selvad.runs.watched import WatchedTable
+from selvad.web.app import create_app
+
+from .test_app import _sweep, _tree
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 32
+
+
+def test_checkpoint_table_shows_each_samples_spectrogram(tmp_path: Path) -> None:
+    cfg, _, run_id = _tree(tmp_path)
+    out = next((tmp_path / "out" / "birds").iterdir())
+    client = TestClient(create_app(cfg))
+    assert "spectrogram" not in client.get(f"/runs/{run_id}").text  # an older run: no column
+    for name in ("sample_step00010.png", "sample_reference.png"):
+        (out / name).write_bytes(PNG)
+    (out / "sample_step00020.png").symlink_to(tmp_path / "secret.txt")  # never served
+    page = client.get(f"/runs/{run_id}").text
+    table = page.split('id="checkpoints"', 1)[1].split("</table>", 1)[0]
+    assert f'<img src="/runs/{run_id}/files/sample_step00010.png"' in table
+    assert f'<img src="/runs/{run_id}/files/sample_reference.png"' in table
+    assert "sample_step00020.png" not in table and table.count("<img") == 2
+    png = client.get(f"/runs/{run_id}/files/sample_step00010.png")
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+    assert client.get(f"/runs/{run_id}/files/sample_step00020.png").status_code == 404
+    api = client.get(f"/api/runs/{run_id}").json()
+    assert [c["spectrogram"] for c in api["checkpoints"]] == ["sample_step00010.png", None]
+
+
+def test_sweep_page_plays_two_runs_against_each_other(tmp_path: Path) -> None:
+    cfg, q, ids = _sweep(tmp_path)
+    for n, run_id in enumerate(ids):
+        out = run_dir_for(cfg, q.get(run_id))
+        sf.write(out / "sample_reference.wav", np.zeros(1600, dtype=np.float32) + 0.1, 16000)
+        meta = json.loads((out / "meta.json").read_text())
+        (out / "meta.json").write_text(json.dumps({**meta, "sample_clip": f"clip{n}"}))
+    page = TestClient(create_app(cfg)).get("/sweeps/birds").text
+    ab = page.split('id="ab"', 1)[1].split("</section>", 1)[0]
+    a, b = (ab.split(f'id="ab-{side}"', 1)[1].split("</select>", 1)[0] for side in "ab")
+    for select in (a, b):  # every checkpoint of every run, grouped by run with its settings
+        assert select.count("<option") == 4 and select.count("<optgroup") == 2
+        assert 'label="run lr0 · lr 0.0001"' in select
+        for run_id in ids:
+            assert f'data-ref="/runs/{run_id}/reference"' in select
+    # A: the sweep-wide recommendation (lr0 at step 10); B: the other run's recommended one
+    assert f'<option value="/runs/{ids[0]}/files/sample_step00010.wav" data-ref="/runs/{ids[0]}/reference" selected>' in a
+    assert f'<option value="/runs/{ids[1]}/files/sample_step00020.wav" data-ref="/runs/{ids[1]}/reference" selected>' in b
+    assert 'id="ab-play-ref"' in ab and 'id="ab-audio"' in ab
+    assert "clip0, clip1" in ab  # runs that sampled different clips are said to
+
+
+def test_dashboard_lists_each_datasets_errors_and_warnings(tmp_path: Path) -> None:
+    cfg, q, _ = _tree(tmp_path)
+    data = tmp_path / "data" / "birds"  # one .wav and no .npz: errors, and a warning
+    report = validate_dataset(data, "tiny_16k")
+    assert report.error_count and report.warning_count
+    path = save_last_report(report, cfg.paths.state_dir, os.path.abspath(data))
+    assert path.parent == cfg.paths.state_dir / "datasets"
+    kept = load_last_report(cfg.paths.state_dir, os.path.abspath(data))
+    assert kept is not None and "clips" not in kept and kept["warning_count"] == report.warning_count
+    WatchedTable(q).record("dataset", os.path.abspath(data), "data/birds",
+                           problem="1 error(s) for tiny_16k: no .npz files")
+    home = TestClient(create_app(cfg)).get("/").text
+    row = home.split('id="datasets"', 1)[1].split("</table>", 1)[0]
+    assert "state failed\">invalid" in row
+    assert f'data-warnings="{report.warning_count}"' in row
+    errors = row.split('class="findings errors"', 1)[1].split("</ul>", 1)[0]
+    warnings = row.split('class="findings warnings"', 1)[1].split("</ul>", 1)[0]
+    assert "no .npz files in this directory" in errors
+    assert "<b>clip0.wav</b>" in warnings and "→" in warnings  # the file, the problem, the fix
+    path.write_text("[not a report")  # unreadable: the row stays, without the lists
+    assert 'class="findings' not in TestClient(create_app(cfg)).get("/").text
