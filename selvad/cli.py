@@ -195,7 +195,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print("current: none (idle)")
     for r in current:
         sweep = f" [{r.sweep_id}]" if r.sweep_id else ""
-        print(f"current: {r.id}  {r.job}{sweep}  dataset {r.dataset}  {r.kind}  {r.state}")
+        where = f"  on {r.device}" if r.device else ""
+        print(f"current: {r.id}  {r.job}{sweep}  dataset {r.dataset}  {r.kind}  {r.state}{where}")
         if r.error:  # a note on a live run (e.g. stalled: no output for 30 minutes)
             print(f"  note: {r.error}")
         if r.kind == "train":

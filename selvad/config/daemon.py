@@ -25,6 +25,7 @@ __all__ = [
     "default_config_path",
     "DaemonConfig",
     "DeviceConfig",
+    "ExecutorConfig",
     "LoggingConfig",
     "PathsConfig",
     "RetentionConfig",
@@ -67,9 +68,57 @@ class PathsConfig:
 
 @dataclass(frozen=True)
 class DeviceConfig:
-    """Which device training runs on: "auto", "cpu", "cuda" or "cuda:N"."""
+    """Where runs execute on this machine (selvad.runs.slots): "auto", "cpu", "cuda",
+    "cuda:N", "all" (every GPU), or a list of slots (`["cuda:0", "cuda:1"]`; `["cpu",
+    "cpu"]` runs two CPU runs at once), one run per slot at a time."""
 
-    name: str = "auto"
+    name: tuple[str, ...] = ("auto",)
+
+    @property
+    def text(self) -> str:
+        """The setting as one string for logs ("auto", "cuda:0,cuda:1")."""
+        return ",".join(self.name)
+
+
+SINGLE_DEVICE_NAMES = ("auto", "cpu", "cuda", "all")  # names that stand alone (not in a list)
+
+
+def is_gpu_name(name: str) -> bool:
+    """Whether `name` is an indexed GPU ("cuda:N")."""
+    return name.startswith("cuda:") and name[5:].isdigit()
+
+
+def device_name_problem(names: tuple[str, ...]) -> str | None:
+    """The syntax problem of `[device] name` (None when fine): one of SINGLE_DEVICE_NAMES
+    or "cuda:N" alone, or a list of "cpu" / "cuda:N" entries naming no GPU twice."""
+    if not names:
+        return "is empty"
+    if len(names) == 1:
+        name = names[0]
+        ok = name in SINGLE_DEVICE_NAMES or is_gpu_name(name)
+        return None if ok else "unknown device"
+    for name in names:
+        if name != "cpu" and not is_gpu_name(name):
+            return f"a list may only hold \"cpu\" and \"cuda:N\" entries, not {name!r}"
+    gpus = [n for n in names if n != "cpu"]
+    if len(set(gpus)) != len(gpus):
+        return "names a GPU twice (one run per GPU at a time)"
+    return None
+
+
+@dataclass(frozen=True)
+class ExecutorConfig:
+    """Where runs execute: "local" (the `[device]` slots of this machine) or "ray" (a Ray
+    cluster places each run on a node with a free `resource`; `pip install 'selvad[ray]'`,
+    see the README's "Several machines (Ray)")."""
+
+    kind: str = "local"  # "local" | "ray"
+    address: str = "auto"  # ray: "auto" (this machine is a cluster node), "HOST:PORT", "ray://HOST:PORT"
+    resource: str = "GPU"  # ray: what each run needs one of: "GPU"; "CPU" for tests without GPUs
+
+
+EXECUTOR_KINDS = ("local", "ray")
+RAY_RESOURCES = ("GPU", "CPU")
 
 
 @dataclass(frozen=True)
@@ -156,6 +205,7 @@ class DaemonConfig:
     path: Path | None = None  # the file it was read from
     paths: PathsConfig = field(default_factory=PathsConfig)
     device: DeviceConfig = field(default_factory=DeviceConfig)
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     watch: WatchConfig = field(default_factory=WatchConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
@@ -167,6 +217,7 @@ class DaemonConfig:
 SECTIONS: dict[str, type] = {
     "paths": PathsConfig,
     "device": DeviceConfig,
+    "executor": ExecutorConfig,
     "watch": WatchConfig,
     "schedule": ScheduleConfig,
     "retention": RetentionConfig,
@@ -178,11 +229,12 @@ LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
 def _check_values(cfg: DaemonConfig, p: Problems) -> None:
-    dev = cfg.device.name
-    if dev not in ("auto", "cpu", "cuda") and not (
-        dev.startswith("cuda:") and dev[5:].isdigit()
-    ):
-        p.add("device.name", "unknown device", got=dev, expected='"auto", "cpu", "cuda" or "cuda:N"')
+    problem = device_name_problem(cfg.device.name)
+    if problem:
+        got = cfg.device.name[0] if len(cfg.device.name) == 1 else list(cfg.device.name)
+        p.add("device.name", problem, got=got, expected='"auto", "cpu", "cuda", "cuda:N", '
+              '"all" or a list such as ["cuda:0", "cuda:1"] or ["cpu", "cpu"]')
+    _check_executor(cfg.executor, p)
     w = cfg.watch
     if w.settle_seconds < 0:
         p.add("watch.settle_seconds", "must not be negative", got=w.settle_seconds,
@@ -216,6 +268,21 @@ def _check_values(cfg: DaemonConfig, p: Problems) -> None:
     if not cfg.paths.dataset_roots:
         p.add("paths.dataset_roots", "needs at least one directory", got=[],
               expected="a list of directories")
+
+
+def _check_executor(ex: ExecutorConfig, p: Problems) -> None:
+    if ex.kind not in EXECUTOR_KINDS:
+        p.add("executor.kind", "unknown executor", got=ex.kind, expected=" | ".join(EXECUTOR_KINDS))
+    if ex.resource not in RAY_RESOURCES:
+        p.add("executor.resource", "unknown resource", got=ex.resource,
+              expected=" | ".join(RAY_RESOURCES))
+    addr = ex.address
+    if addr != "auto" and not addr.startswith("ray://"):
+        try:
+            split_listen(addr)
+        except ValueError:
+            p.add("executor.address", "not a Ray address", got=addr,
+                  expected='"auto", "HOST:PORT" or "ray://HOST:PORT"')
 
 
 def _check_web(web: WebConfig, p: Problems) -> None:

@@ -240,7 +240,9 @@ def load_job(path: Path | str, cfg: DaemonConfig) -> Job:
         except ValueError as exc:
             p.add("dataset", str(exc), got=data["dataset"])
     merged = _merge(d_settings, settings)
-    dev = cfg.device.name if cfg.device.name in CHOICES["device"] else "cuda"  # index: worker
+    names = cfg.device.name  # the worker sets each run's device from its slot
+    dev = names[0] if len(names) == 1 and names[0] in CHOICES["device"] else (
+        "cpu" if set(names) == {"cpu"} else "cuda")
     base = TrainConfig(
         **{k: v for k, (v, _) in merged.items()},
         data_dir=str(dataset_dir) if dataset else "",

@@ -123,6 +123,7 @@ class Run:
     pid: int | None = None
     not_before: float | None = None
     auto_retries: int = 0
+    device: str | None = None  # the slot ("cuda:1", "cpu#0") or Ray node it runs (ran) on
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Run:
@@ -275,25 +276,30 @@ class RunQueue:
         """The queued run to start next: extraction runs first, then priority, then age;
         runs waiting for an automatic retry (`not_before` after `now`) or held by `hold`
         are skipped."""
-        row = self._conn().execute(
+        runs = self.startable(now, limit=1)
+        return runs[0] if runs else None
+
+    def startable(self, now: float | None = None, limit: int = 100) -> list[Run]:
+        """The queued runs that may start, in the order `next_run` takes them."""
+        rows = self._conn().execute(
             "SELECT * FROM runs WHERE state='queued' AND (not_before IS NULL OR not_before<=?)"
             " AND (error IS NULL OR error != ?)"
-            " ORDER BY kind='extract' DESC, priority DESC, created_at ASC, id ASC LIMIT 1",
-            (time.time() if now is None else now, WAITING),
-        ).fetchone()
-        return Run.from_row(row) if row else None
+            " ORDER BY kind='extract' DESC, priority DESC, created_at ASC, id ASC LIMIT ?",
+            (time.time() if now is None else now, WAITING, int(limit)),
+        ).fetchall()
+        return [Run.from_row(r) for r in rows]
 
-    def claim(self, run_id: str, pid: int | None = None) -> Run | None:
-        """Move a queued run to `extracting` for this process; None if it is not queued
-        any more (someone else claimed or cancelled it) or still waits for its automatic
-        retry time. Counts an attempt."""
+    def claim(self, run_id: str, pid: int | None = None, device: str | None = None) -> Run | None:
+        """Move a queued run to `extracting` for this process on `device` (a slot label);
+        None if it is not queued any more (someone else claimed or cancelled it) or still
+        waits for its automatic retry time. Counts an attempt."""
         now = time.time()
         with self._write() as db:
             cur = db.execute(
                 "UPDATE runs SET state='extracting', started_at=?, updated_at=?, pid=?,"
-                " attempts=attempts+1, finished_at=NULL, error=NULL, not_before=NULL"
+                " attempts=attempts+1, finished_at=NULL, error=NULL, not_before=NULL, device=?"
                 " WHERE id=? AND state='queued' AND (not_before IS NULL OR not_before<=?)",
-                (now, now, os.getpid() if pid is None else pid, run_id, now),
+                (now, now, os.getpid() if pid is None else pid, device, run_id, now),
             )
             claimed = cur.rowcount == 1
         return self.get(run_id) if claimed else None

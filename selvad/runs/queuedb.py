@@ -40,7 +40,8 @@ CREATE TABLE IF NOT EXISTS runs (
     attempts INTEGER NOT NULL DEFAULT 0,
     pid INTEGER,
     not_before REAL,               -- unix seconds: an automatic retry waits until then
-    auto_retries INTEGER NOT NULL DEFAULT 0
+    auto_retries INTEGER NOT NULL DEFAULT 0,
+    device TEXT                    -- where it runs (ran): a slot ("cuda:1") or a Ray node
 );
 CREATE INDEX IF NOT EXISTS runs_state ON runs (state, kind, priority, created_at);
 CREATE INDEX IF NOT EXISTS runs_identity ON runs (job, sweep_id, kind, config_hash, manifest_hash);
@@ -65,7 +66,8 @@ CREATE TABLE IF NOT EXISTS watched (
 """
 
 # (name, declaration) of the columns added to `runs` after 0.1, in the order they came
-ADDED_COLUMNS = (("not_before", "REAL"), ("auto_retries", "INTEGER NOT NULL DEFAULT 0"))
+ADDED_COLUMNS = (("not_before", "REAL"), ("auto_retries", "INTEGER NOT NULL DEFAULT 0"),
+                 ("device", "TEXT"))
 
 
 def create_or_upgrade(conn: sqlite3.Connection) -> None:

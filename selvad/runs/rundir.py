@@ -53,12 +53,15 @@ def child_device(name: str) -> tuple[str, dict[str, str]]:
     return name, {}
 
 
-def run_config(run: Run, cfg: DaemonConfig, output_dir: Path) -> TrainConfig:
+def run_config(run: Run, cfg: DaemonConfig, output_dir: Path,
+               device: str | None = None) -> TrainConfig:
     """The TrainConfig a child trains with: the queued config, with the daemon-owned fields
-    (output dir, weights, shared cache, device) taken from the current daemon config and
-    `resume="latest"` (a fresh run directory has no checkpoint, so it starts at step 0)."""
+    (output dir, weights, shared cache, device: `device`, the run's slot, or the single
+    `[device] name`) taken from the current daemon config and `resume="latest"` (a fresh
+    run directory has no checkpoint, so it starts at step 0)."""
     base = TrainConfig.from_dict(run.config)
-    device, _ = child_device(cfg.device.name)
+    if device is None:
+        device, _ = child_device(cfg.device.name[0])
     return replace(base, output_dir=str(output_dir), selva_dir=str(cfg.paths.weights_dir or ""),
                    cache_dir=str(cfg.paths.effective_cache_dir), device=device, resume="latest")
 

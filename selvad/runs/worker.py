@@ -62,6 +62,7 @@ from selvad.runs.rundir import (
     update_latest,
     write_run_toml,
 )
+from selvad.runs.slots import Slot
 from selvad.runs.sweeps import update_sweep_summary
 
 __all__ = ["EXIT_INTERRUPTED", "STALL_AFTER", "Outcome", "RunProcess", "describe_exit",
@@ -96,10 +97,15 @@ class RunProcess:
 
     stall_after = STALL_AFTER  # seconds; tests lower it
 
-    def __init__(self, run: Run, queue: RunQueue, cfg: DaemonConfig) -> None:
+    def __init__(self, run: Run, queue: RunQueue, cfg: DaemonConfig,
+                 slot: Slot | None = None) -> None:
         self.run, self.queue, self.cfg = run, queue, cfg
+        if slot is None:  # the single `[device] name`, as before device slots
+            device, env = child_device(cfg.device.name[0])
+            slot = Slot(cfg.device.name[0], device, env)
+        self.slot = slot
         self.log = get_logger("selvad.runs.worker", run_id=run.id, job=run.job, dataset=run.dataset,
-                              kind=run.kind)
+                              kind=run.kind, device=slot.label)
         self.is_train = run.kind == "train"
         self.out_dir = run_dir_for(cfg, run) if self.is_train else state_dir_for(cfg, run)
         self.private = state_dir_for(cfg, run)
@@ -125,7 +131,7 @@ class RunProcess:
     def _command(self) -> list[str]:
         trampoline = [sys.executable, "-m", "selvad.runs.child", "--parent", str(os.getpid())]
         if self.is_train:
-            cfg = run_config(self.run, self.cfg, self.out_dir)
+            cfg = run_config(self.run, self.cfg, self.out_dir, device=self.slot.device)
             cfg_json = self.private / "config.json"
             atomic_write(cfg_json, json.dumps(cfg.to_dict(), indent=2) + "\n")
             write_run_toml(self.out_dir / "run.toml", self.run, cfg)
@@ -133,12 +139,11 @@ class RunProcess:
             # so not here on the daemon's main loop; every option is read from the JSON file
             return [*trampoline, "--validation", str(self.out_dir / "validation.toml"),
                     "train", "--config_json", str(cfg_json), "--json"]
-        device, _ = child_device(self.cfg.device.name)
         return [*trampoline, "extract", "--data_dir", str(self.run.config["data_dir"]),
                 "--variant", str(self.run.config["variant"]),
                 "--selva_dir", str(self.cfg.paths.weights_dir or ""),
                 "--cache_dir", str(self.cfg.paths.effective_cache_dir),
-                "--device", device, "--json"]
+                "--device", self.slot.device, "--json"]
 
     def start(self) -> None:
         """Prepare the run directory (run.toml, `latest` link for training runs) and start
@@ -149,10 +154,9 @@ class RunProcess:
         if self.is_train:
             update_latest(self.out_dir.parent, self.run.id)
         cmd = self._command()
-        _, extra_env = child_device(self.cfg.device.name)
         env = {k: v for k, v in os.environ.items()
                if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS")}
-        env.update(extra_env)
+        env.update(self.slot.env)  # CUDA_VISIBLE_DEVICES: the child sees its own GPU only
         env["PYTHONUNBUFFERED"] = "1"
         self._oom_before = oom_kill_count()
         with open(self.out_dir / "worker.log", "ab") as err:
@@ -218,7 +222,7 @@ class RunProcess:
                 self._write().state("training", output_dir=str(self.out_dir))
                 self.state = "training"
                 self.log.info("run.state", state="training", step=self.step,
-                              steps=self.total_steps, device=ev.get("device"))
+                              steps=self.total_steps, torch_device=ev.get("device"))
             self._write().progress(step=self.step, total_steps=self.total_steps)
         elif kind == "progress":
             self.step, self.total_steps = ev.get("step"), ev.get("steps")

@@ -14,8 +14,8 @@ from typing import Any, Protocol
 from selvad.config.daemon import DaemonConfig
 from selvad.config.jobs import Job, RunSpec
 from selvad.datasets.watch import Watcher
+from selvad.runs.executor import RunHandle
 from selvad.runs.queue import Run, RunQueue
-from selvad.runs.worker import RunProcess
 
 __all__ = ["DaemonContext", "JobEvents"]
 
@@ -43,7 +43,7 @@ class DaemonContext(Protocol):
     log: Any  # structlog BoundLogger
     queue: RunQueue | None
     jobs: dict[str, Job]
-    current: RunProcess | None
+    running: dict[str, RunHandle]  # run id -> the run executing it (one per slot)
     watcher: Watcher | None
     wake: threading.Event
     skip_window: set[str]

@@ -1,4 +1,4 @@
-"""The daemon: watch, validate, queue, run one run at a time, talk to systemd.
+"""The daemon: watch, validate, queue, run one run per device slot, talk to systemd.
 
 One main thread owns all decisions; other threads only hand it work. The watcher thread
 (selvad.datasets.watch) and the apscheduler thread (rescan, retention) append events to an inbox
@@ -10,20 +10,24 @@ and set a wake-up Event; the main loop, ticking every `TICK` seconds, then:
    logged and its jobs are not queued), extraction is queued for every variant its jobs
    use, and jobs with `trigger.on_change` get training queued after `settle_minutes`,
 3. answers CLI requests stored in the queue database (see selvad.service.requests),
-4. starts the next run when none is running (training only inside a training window),
+4. reaps the runs that ended and fills each free slot of its executor with the next run
+   (training only inside a training window; see selvad.service.runner and
+   selvad.runs.executor: the device slots of this machine, or a Ray cluster),
 5. sends WATCHDOG=1 and a STATUS= line (also from inside long hashing and validation,
    through `keepalive`, so a large dataset never looks like a hung daemon).
 
 The queue refuses duplicates (same job, config hash and dataset manifest), so re-reported
-files and unchanged job files queue nothing. SIGTERM/SIGINT: STOPPING=1, the child is asked
-to checkpoint, its run goes back to `queued` and the daemon exits 0; the next start
-resumes it. Runs found `extracting`/`training` at start-up (the daemon died) are requeued.
+files and unchanged job files queue nothing. SIGTERM/SIGINT: STOPPING=1, every child is
+asked to checkpoint, their runs go back to `queued` and the daemon exits 0; the next start
+resumes them. Runs found `extracting`/`training` at start-up (the daemon died) are requeued.
 Before touching anything the daemon locks its state directory (selvad.runs.statelock): a
 second daemon on the same state directory logs `daemon.already_running` with the pid of
 the first and exits 75 without sending READY=1 (CLI commands never take that lock). Then
 it checks that audio resampling works (the probe of `selva_engine.audio.stack`, as
 `selvad doctor` does); when it does not, it logs `daemon.audio_stack_broken` with the fix
-and exits 78 without ever sending READY=1.
+and exits 78 without ever sending READY=1. So does a `[device]` or `[executor]` section
+this machine cannot serve (`daemon.bad_executor`: a GPU it does not have, Ray not
+installed or unreachable, storage a Ray node does not see).
 """
 
 from __future__ import annotations
@@ -33,21 +37,19 @@ import signal
 import threading
 import time
 from collections import deque
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from selva_engine.audio.stack import check_audio_stack
 from selvad.config.daemon import DaemonConfig, load_config
 from selvad.config.jobs import Job, RunSpec
-from selvad.config.windows import window_open
 from selvad.datasets.hashcache import FileHashCache
 from selvad.datasets.watch import Watcher
 from selvad.log import get_logger, setup_logging
 from selvad.runs.child import stop_orphan
+from selvad.runs.executor import Executor, LocalExecutor, RunHandle
 from selvad.runs.queue import (
     ACTIVE,
-    WAITING,
     Run,
     RunQueue,
     dataset_manifest,
@@ -55,16 +57,16 @@ from selvad.runs.queue import (
 )
 from selvad.runs.retention import prune_run_dir
 from selvad.runs.schedule import build_scheduler, reschedule
+from selvad.runs.slots import DeviceError, resolve_slots
 from selvad.runs.statelock import StateDirLocked, StateLock
-from selvad.runs.worker import RunProcess
 from selvad.service import notify
 from selvad.service.events import EventHandler
 from selvad.service.requests import RequestHandler
+from selvad.service.runner import STOP_TIMEOUT, Runner
 
 __all__ = ["EXIT_BROKEN_INSTALL", "EXIT_LOCKED", "STOP_TIMEOUT", "TICK", "Daemon", "run"]
 
 TICK = 0.25  # seconds between main-loop passes when nothing wakes it earlier
-STOP_TIMEOUT = 100.0  # seconds a stopping child may take to checkpoint (unit: 120 s)
 STATUS_EVERY = 2.0  # seconds between STATUS= updates
 # The install cannot work (torchaudio's library does not load): EX_CONFIG, which the unit's
 # RestartPreventExitStatus= names so systemd does not restart a broken install in a loop.
@@ -88,7 +90,8 @@ class Daemon:
         self.wake = threading.Event()
         self.inbox: deque[Any] = deque()
         self.jobs: dict[str, Job] = {}
-        self.current: RunProcess | None = None
+        self.running: dict[str, RunHandle] = {}  # run id -> its child (or Ray task)
+        self._runner: Runner | None = None  # built from [device]/[executor] at start-up
         self.skip_window: set[str] = set()
         self.queue: RunQueue | None = None
         self.watcher: Watcher | None = None
@@ -99,7 +102,6 @@ class Daemon:
         self.state_lock: StateLock | None = None  # held from start-up to the end of run()
         self._last_status = ("", 0.0)
         self._last_watchdog = 0.0
-        self._window_was_open: bool | None = None
         # services started beside the main loop (the web page): start() once the queue
         # exists, stop() at shutdown; an OSError from start() is logged and the daemon goes on
         self.companions: list[Any] = []
@@ -213,12 +215,15 @@ class Daemon:
             return EXIT_BROKEN_INSTALL
         self._prepare_dirs()
         self.queue = RunQueue(self.cfg.paths.queue_path)
+        if not self._check_executor():
+            return EXIT_BROKEN_INSTALL
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self.request_stop)
             signal.signal(signal.SIGINT, self.request_stop)
             signal.signal(signal.SIGHUP, self.request_reload)
         self.log.info("daemon.starting", config=str(self.config_path), pid=os.getpid(),
-                      device=self.cfg.device.name, settle_seconds=self.cfg.watch.settle_seconds)
+                      device=self.cfg.device.text, executor=self.cfg.executor.kind,
+                      settle_seconds=self.cfg.watch.settle_seconds)
         self._requeue_interrupted()
         self._start_companions()
         self._start_watching()
@@ -263,66 +268,47 @@ class Daemon:
 
     # -- runs ----------------------------------------------------------------------------
 
-    def training_allowed(self, run: Run | None = None) -> bool:
-        """True when a training run may start now (window open, or skipped for `run`)."""
-        if run is not None and run.id in self.skip_window:
-            return True
-        return window_open(self.cfg.schedule.training_windows, datetime.now())
+    @property
+    def runner(self) -> Runner:
+        """The runs in progress and the executor they run on (built on first use)."""
+        if self._runner is None:
+            self._runner = Runner(self, self.make_executor())
+        return self._runner
+
+    def make_executor(self) -> Executor:
+        """The executor of `[executor]` and `[device]`; DeviceError (its message says the
+        fix) when this machine cannot serve them."""
+        ex = self.cfg.executor
+        if ex.kind == "ray":
+            from selvad.runs.rayexec import RayExecutor
+
+            return RayExecutor.connect(self.cfg)
+        return LocalExecutor(resolve_slots(self.cfg.device.name))
+
+    def _check_executor(self) -> bool:
+        """Build the executor before READY; False (logged with the fix) when it cannot be."""
+        try:
+            runner = self.runner
+        except DeviceError as exc:
+            self.log.error("daemon.bad_executor", config=str(self.config_path),
+                           problem=str(exc), message=f"{self.config_path}: {exc}")
+            notify.status(f"not started: {exc}")
+            return False
+        slots = getattr(runner.executor, "slots", [])
+        self.log.info("daemon.executor", kind=runner.executor.kind,
+                      slots=[s.label for s in slots])
+        return True
 
     def _pick(self) -> Run | None:
-        assert self.queue is not None
-        run = self.queue.next_run()
-        if run is None or run.kind == "extract" or self.training_allowed(run):
-            self._note_window(True)
-            return run
-        now = time.time()
-        for other in self.queue.list_runs(states=["queued"]):
-            if (other.id in self.skip_window and (other.not_before or 0) <= now
-                    and other.error != WAITING):
-                return other
-        self._note_window(False)
-        return None
-
-    def _note_window(self, open_: bool) -> None:
-        if self._window_was_open is not None and open_ != self._window_was_open:
-            self.log.info("schedule.window", open=open_,
-                          windows=list(self.cfg.schedule.training_windows))
-        elif self._window_was_open is None and not open_:
-            self.log.info("schedule.waiting", windows=list(self.cfg.schedule.training_windows))
-        self._window_was_open = open_
+        return self.runner.pick()
 
     def _maybe_start_next(self) -> None:
-        if self.current is not None or self._stop:
-            return
-        assert self.queue is not None
-        run = self._pick()
-        if run is None or not self.events.ready_to_start(run):
-            return
-        claimed = self.queue.claim(run.id)
-        if claimed is None:
-            return
-        self.skip_window.discard(run.id)
-        self.log.info("run.state", state="extracting", run_id=run.id, job=run.job,
-                      dataset=run.dataset, kind=run.kind, sweep_id=run.sweep_id,
-                      attempt=claimed.attempts, resume=claimed.attempts > 1)
-        proc = RunProcess(claimed, self.queue, self.cfg)
-        try:
-            proc.start()
-        except Exception as exc:  # run boundary: e.g. the output dir is not writable
-            self.log.exception("run.start_failed", run_id=run.id, job=run.job,
-                               dataset=run.dataset)
-            self.queue.set_state(run.id, "failed", error=f"could not start the run: {exc}")
-            return
-        self.current = proc
+        if not self._stop:
+            self.runner.start_next()
 
     def _check_current(self) -> None:
-        if self.current is None:
-            return
-        if self.current.poll() is not None:
-            self.current = None
-            self.wake.set()  # start the next run right away
-        else:
-            self.current.check_stall()
+        if self._runner is not None:
+            self._runner.check()
 
     def retention(self) -> None:
         """Prune old step checkpoints of finished runs (and old run directories when
@@ -387,15 +373,7 @@ class Daemon:
     # -- systemd -------------------------------------------------------------------------
 
     def _status_text(self) -> str:
-        assert self.queue is not None
-        queued = len(self.queue.list_runs(states=["queued"]))
-        cur = self.current
-        if cur is None:
-            return f"idle; {queued} queued"
-        step = f" step {cur.step}/{cur.total_steps}" if cur.step is not None else ""
-        stalled = " STALLED (no output)" if cur.stalled else ""
-        return (f"{cur.state} {cur.run.kind} {cur.run.id} ({cur.run.job}){step}{stalled}; "
-                f"{queued} queued")
+        return self.runner.status_text()
 
     def _feed_watchdog(self, now: float) -> None:
         interval = notify.watchdog_interval()
@@ -437,6 +415,7 @@ class Daemon:
                            fix="fix the config file and reload again; the old config stays")
             notify.ready(self._status_text())
             return
+        self._reload_executor(new)
         self.cfg = new
         setup_logging(new.logging.format, new.logging.level)
         self._prepare_dirs()
@@ -448,32 +427,35 @@ class Daemon:
             reschedule(self.scheduler, **self._schedule_kwargs())
         notify.ready(self._status_text())
         self.log.info("daemon.reloaded", config=str(self.config_path),
-                      running=self.current.run.id if self.current else None)
+                      running=sorted(self.running))
+
+    def _reload_executor(self, new: DaemonConfig) -> None:
+        """New device slots apply to the next runs (running ones keep theirs); a device
+        list this machine cannot serve is logged and the old slots stay. The executor
+        kind and the Ray address change at the next start only."""
+        if new.executor != self.cfg.executor:
+            self.log.warning("config.executor_changed", fix="restart the daemon (systemctl "
+                             "restart selvad) to use the new [executor] section")
+        elif new.device != self.cfg.device and isinstance(self.runner.executor, LocalExecutor):
+            try:
+                self.runner.executor.slots = resolve_slots(new.device.name)
+            except DeviceError as exc:
+                self.log.error("config.reload_failed", problems=[f"{self.config_path}: {exc}"],
+                               fix="fix [device] and reload again; the old slots stay")
 
     # -- shutdown ------------------------------------------------------------------------
 
     def _shutdown(self) -> int:
         notify.stopping()
-        self.log.info("daemon.stopping", running=self.current.run.id if self.current else None)
+        self.log.info("daemon.stopping", running=sorted(self.running))
         if self.watcher is not None:
             self.watcher.stop()
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=False)
         for comp in self.companions:
             comp.stop()
-        cur = self.current
-        if cur is not None:
-            cur.interrupt()
-            deadline = time.monotonic() + STOP_TIMEOUT
-            outcome = None
-            while outcome is None and time.monotonic() < deadline:
-                outcome = cur.wait(0.5)
-                self._feed_watchdog(time.monotonic())
-            if outcome is None:
-                cur.kill()
-                outcome = cur.wait(10)
-            self.log.info("run.stopped", run_id=cur.run.id, job=cur.run.job,
-                          state=outcome.state if outcome else "unknown")
+        if self._runner is not None:
+            self._runner.stop_all(lambda: self._feed_watchdog(time.monotonic()), STOP_TIMEOUT)
         if self.hashes is not None:
             self.hashes.close()
         self.log.info("daemon.stopped")

@@ -69,10 +69,10 @@ class RequestHandler:
         run = q.get(req.run_id)
         if run is None:
             return f"no run with id {req.run_id!r} (see `selvad runs JOB`)"
-        cur = self.d.current
-        if cur is not None and cur.run.id == run.id:
+        cur = self.d.running.get(run.id)
+        if cur is not None:
             cur.cancel()
-            return f"cancelling {run.id}: it saves a checkpoint and stops"
+            return f"cancelling {run.id} on {cur.slot.label}: it saves a checkpoint and stops"
         if run.state in TERMINAL:
             return f"run {run.id} is already {run.state}"
         q.set_state(run.id, "cancelled")

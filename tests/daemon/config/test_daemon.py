@@ -26,7 +26,7 @@ def test_defaults_and_relative_paths(make_config, tmp_path: Path) -> None:
     assert cfg.paths.effective_cache_dir == tmp_path / "state" / "cache"
     assert cfg.paths.weights_dir is None
     assert cfg.watch.settle_seconds == 10.0 and cfg.watch.use_polling is False
-    assert cfg.logging.format == "auto" and cfg.device.name == "auto"
+    assert cfg.logging.format == "auto" and cfg.device.name == ("auto",)
     assert DEFAULT_CONFIG_PATH == Path("/etc/selvad/selvad.toml")
 
 
@@ -45,7 +45,7 @@ def test_values_parsed(make_config) -> None:
         '[logging]\nformat = "json"\nlevel = "DEBUG"\n'
     )
     cfg = load_config(path)
-    assert cfg.device.name == "cuda:1"
+    assert cfg.device.name == ("cuda:1",)
     assert cfg.watch.settle_seconds == 2.0 and isinstance(cfg.watch.settle_seconds, float)
     assert cfg.watch.use_polling and cfg.watch.ignore == ("*.bak",)
     assert cfg.schedule.training_windows == ("mon-fri 22:00-07:00",)

@@ -148,7 +148,7 @@ def test_training_waits_for_the_window_but_extraction_does_not(daemon, tmp_path:
 
 def test_a_run_that_cannot_start_fails_and_the_daemon_goes_on(daemon, tmp_path: Path,
                                                               monkeypatch) -> None:
-    from selvad.service import daemon as service
+    from selvad.runs.worker import RunProcess
 
     d = daemon()
     assert d.queue is not None
@@ -158,11 +158,11 @@ def test_a_run_that_cannot_start_fails_and_the_daemon_goes_on(daemon, tmp_path: 
     def boom(self) -> None:
         raise OSError("read-only file system")
 
-    monkeypatch.setattr(service.RunProcess, "start", boom)
+    monkeypatch.setattr(RunProcess, "start", boom)
     d._maybe_start_next()
-    failed = d.queue.list_runs(states=["failed"])
-    assert len(failed) == 1 and "read-only file system" in failed[0].error
-    assert d.current is None
+    failed = d.queue.list_runs(states=["failed"])  # each failed start frees the slot again
+    assert len(failed) == 2 and all("read-only file system" in r.error for r in failed)
+    assert d.running == {}
 
 
 def test_interrupted_runs_are_requeued_at_start_up(daemon, tmp_path: Path) -> None:
