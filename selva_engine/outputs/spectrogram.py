@@ -53,7 +53,7 @@ def log_mel(wave: np.ndarray, sampling_rate: int) -> np.ndarray:
 
 
 def spectrogram_png(wave: np.ndarray, sampling_rate: int, title: str = "") -> bytes:
-    """The PNG bytes of `wave`'s log-mel spectrogram (about 560 x 220 pixels)."""
+    """The PNG bytes of `wave`'s log-mel spectrogram (440 x 190 pixels)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -62,7 +62,7 @@ def spectrogram_png(wave: np.ndarray, sampling_rate: int, title: str = "") -> by
     levels = log_mel(wave, sampling_rate)
     seconds = np.asarray(wave).size / sampling_rate
     top = float(_mel(sampling_rate / 2))
-    fig = Figure(figsize=(5.6, 2.2), dpi=100)
+    fig = Figure(figsize=(4.4, 1.9), dpi=100)
     ax = fig.add_subplot(1, 1, 1)
     image = ax.imshow(levels, origin="lower", aspect="auto", cmap="magma",
                       vmin=DB_RANGE[0], vmax=DB_RANGE[1], extent=(0.0, seconds, 0.0, top),

@@ -65,6 +65,7 @@ class SweepSample:
     run_id: str
     step: int
     url: str  # the sample, served as the run's artefact
+    spectrogram: str | None  # the url of its spectrogram picture, when the trainer drew one
     reference: str | None  # the url of that run's reference clip, when it has one
     clip: str | None  # the stem of the clip the run sampled (meta.json)
     recommended: bool  # the run's recommended checkpoint
@@ -192,8 +193,10 @@ class SweepView:
             ref = f"/runs/{run.id}/reference" if "sample_reference.wav" in files else None
             clip = self.state.meta(run).get("sample_clip")
             rec = {"recommendation": {"id": row.recommended}}
-            out += [SweepSample(row.sweep_id, run.id, c.step, f"/runs/{run.id}/files/{c.sample}",
-                                ref, clip if isinstance(clip, str) else None, c.recommended)
+            base = f"/runs/{run.id}/files/"
+            out += [SweepSample(row.sweep_id, run.id, c.step, base + c.sample,
+                                base + c.spectrogram if c.spectrogram else None, ref,
+                                clip if isinstance(clip, str) else None, c.recommended)
                     for c in self.state.checkpoints(run, files, rec) if c.sample]
         return out
 

@@ -1,4 +1,5 @@
-// selvad page: live progress (polls /api/status every 2 s while a run is active) and A/B
+// selvad page: live progress (polls /api/status every 2 s while a run is active, every 5 s
+// on an idle dashboard to notice a run starting, never while the tab is hidden) and A/B
 // listening between checkpoints (run page) or runs (sweep page): one player; switching
 // keeps the playback position. No inline script (CSP).
 "use strict";
@@ -36,9 +37,15 @@ function showRows(runs) {
   }
 }
 
+const LIVE_POLL_MS = 2000, IDLE_POLL_MS = 5000;
+
 async function poll() {
   const live = document.getElementById("live");
   if (!live) return;
+  if (document.hidden) {  // a background tab costs the daemon nothing; poll again when shown
+    document.addEventListener("visibilitychange", poll, { once: true });
+    return;
+  }
   try {
     const r = await fetch("/api/status", { cache: "no-store" });
     const status = await r.json();
@@ -48,7 +55,7 @@ async function poll() {
     if (run) showRun(run);
     else if (shown || status.current.length) { location.reload(); return; }  // started or ended
   } catch (e) { /* daemon restarting: try again */ }
-  setTimeout(poll, 2000);
+  setTimeout(poll, live.dataset.run ? LIVE_POLL_MS : IDLE_POLL_MS);
 }
 
 function setupAB() {
@@ -61,7 +68,21 @@ function setupAB() {
                   // the run page's reference, or on a sweep page the reference of A's run
                   ref: () => document.getElementById("ab-a").selectedOptions[0]?.dataset.ref
                              || buttons.ref.dataset.src };
+  function showPictures() {  // the spectrograms of A's and B's choices, when there are some
+    for (const side of ["a", "b"]) {
+      const img = document.getElementById(`ab-pic-${side}`);
+      const option = document.getElementById(`ab-${side}`).selectedOptions[0];
+      const src = option?.dataset.spectrogram;
+      if (!img) continue;
+      img.parentElement.hidden = !src;
+      if (src) {
+        img.src = src;
+        img.nextElementSibling.textContent = `${side.toUpperCase()}: ${option.textContent}`;
+      }
+    }
+  }
   function choose(which) {
+    showPictures();
     const t = audio.currentTime, playing = !audio.paused;
     for (const [k, b] of Object.entries(buttons)) if (b) b.classList.toggle("on", k === which);
     audio.dataset.which = which;
@@ -77,9 +98,11 @@ function setupAB() {
   }
   audio.dataset.which = "a";
   audio.src = srcOf.a();
+  showPictures();
 }
 
 document.addEventListener("DOMContentLoaded", () => {
   setupAB();
-  if (document.getElementById("live")?.dataset.run !== undefined) setTimeout(poll, 2000);
+  const live = document.getElementById("live");
+  if (live?.dataset.run !== undefined) setTimeout(poll, live.dataset.run ? LIVE_POLL_MS : IDLE_POLL_MS);
 });

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,9 @@ def test_checkpoint_table_shows_each_samples_spectrogram(tmp_path: Path) -> None
     cfg, _, run_id = _tree(tmp_path)
     out = next((tmp_path / "out" / "birds").iterdir())
     client = TestClient(create_app(cfg))
-    assert "spectrogram" not in client.get(f"/runs/{run_id}").text  # an older run: no column
+    old = client.get(f"/runs/{run_id}").text  # an older run: no pictures, no talk of them
+    assert "<img" not in old.split('id="checkpoints"', 1)[1].split("<h2>Curves", 1)[0]
+    assert "The pictures show" not in old and 'id="ab-pic-a"' not in old
     for name in ("sample_step00010.png", "sample_reference.png"):
         (out / name).write_bytes(PNG)
     (out / "sample_step00020.png").symlink_to(tmp_path / "secret.txt")  # never served
@@ -36,6 +39,10 @@ def test_checkpoint_table_shows_each_samples_spectrogram(tmp_path: Path) -> None
     assert f'<img src="/runs/{run_id}/files/sample_step00010.png"' in table
     assert f'<img src="/runs/{run_id}/files/sample_reference.png"' in table
     assert "sample_step00020.png" not in table and table.count("<img") == 2
+    assert "The pictures show" in page and "sample and its spectrogram" in table
+    ab = page.split('id="ab"', 1)[1].split("</section>", 1)[0]  # A/B shows A's and B's pictures
+    assert 'id="ab-pic-a"' in ab and 'id="ab-pic-b"' in ab
+    assert f'data-spectrogram="/runs/{run_id}/files/sample_step00010.png"' in ab
     png = client.get(f"/runs/{run_id}/files/sample_step00010.png")
     assert png.status_code == 200 and png.headers["content-type"] == "image/png"
     assert client.get(f"/runs/{run_id}/files/sample_step00020.png").status_code == 404
@@ -59,8 +66,10 @@ def test_sweep_page_plays_two_runs_against_each_other(tmp_path: Path) -> None:
         for run_id in ids:
             assert f'data-ref="/runs/{run_id}/reference"' in select
     # A: the sweep-wide recommendation (lr0 at step 10); B: the other run's recommended one
-    assert f'<option value="/runs/{ids[0]}/files/sample_step00010.wav" data-ref="/runs/{ids[0]}/reference" selected>' in a
-    assert f'<option value="/runs/{ids[1]}/files/sample_step00020.wav" data-ref="/runs/{ids[1]}/reference" selected>' in b
+    assert re.findall(r'<option value="([^"]+)"[^>]* selected>', a) == [
+        f"/runs/{ids[0]}/files/sample_step00010.wav"]
+    assert re.findall(r'<option value="([^"]+)"[^>]* selected>', b) == [
+        f"/runs/{ids[1]}/files/sample_step00020.wav"]
     assert 'id="ab-play-ref"' in ab and 'id="ab-audio"' in ab
     assert "clip0, clip1" in ab  # runs that sampled different clips are said to
 
