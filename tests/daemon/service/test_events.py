@@ -238,3 +238,20 @@ def test_a_touch_keeps_the_running_settle_time(daemon: Daemon, tmp_path: Path) -
     os.utime(path)  # the watcher reports it, the content is the same
     d.events.handle(JobEvent(path, "modified"))
     assert d.events.train_due["touch"] == due and _kinds(d, "touch") == []
+
+
+def test_a_datasets_last_report_is_kept_for_the_page_and_forgotten_with_it(
+        daemon: Daemon, tmp_path: Path) -> None:
+    """The web page lists each dataset's errors and warnings from the report the daemon
+    keeps in state_dir/datasets/; a removed dataset takes its report along."""
+    from selvad.datasets.report import load_last_report
+
+    birds = tmp_path / "datasets" / "birds"
+    make_dataset(birds, 3)
+    (birds / "room_tone.wav").write_bytes((birds / "clip00.wav").read_bytes())  # no .npz
+    daemon.events.handle(JobEvent(_job(tmp_path, "manual", on_change=False), "created"))
+    kept = load_last_report(daemon.cfg.paths.state_dir, os.path.abspath(birds))
+    assert kept is not None and kept["ok"] and kept["clip_count"] == 3
+    assert [w["file"] for w in kept["warnings"]] == ["room_tone.wav"]
+    daemon.events.handle(DatasetEvent(tmp_path / "datasets", "birds", "removed"))
+    assert load_last_report(daemon.cfg.paths.state_dir, os.path.abspath(birds)) is None
