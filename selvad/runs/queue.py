@@ -358,6 +358,12 @@ class RunQueue:
             db.execute("UPDATE runs SET error=?, updated_at=? WHERE id=? AND state IN (?, ?)",
                        (note, time.time(), run_id, *ACTIVE))
 
+    def set_device(self, run_id: str, device: str) -> None:
+        """Record where a run executes (a Ray run learns its node once placed)."""
+        with self._write() as db:
+            db.execute("UPDATE runs SET device=?, updated_at=? WHERE id=?",
+                       (device, time.time(), run_id))
+
     def supersede(self, job: str, keep: set[tuple[str, str, str]], by: str) -> list[str]:
         """Cancel the queued, never started training runs of `job` whose (sweep_id,
         config_hash, manifest_hash) is not in `keep`, noted "superseded by `by`" (a run

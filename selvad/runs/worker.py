@@ -324,11 +324,10 @@ class RunProcess:
         with self._lock:
             if self._outcome is not None:
                 return self._outcome
-            assert self.proc is not None and self._writer is not None
+            assert self._writer is not None
             deadline = None if timeout is None else time.monotonic() + timeout
-            try:
-                code = self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
+            code = self._wait_exit(timeout)
+            if code is None:
                 return None
             if self._decided is None:
                 if self._reader is not None:
@@ -343,6 +342,14 @@ class RunProcess:
             self._writer.close()
             self._outcome = self._finish(self._decided)
             return self._outcome
+
+    def _wait_exit(self, timeout: float | None) -> int | None:
+        """The child's exit status, waiting up to `timeout` seconds; None while it runs."""
+        assert self.proc is not None
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
 
     def _decide(self, code: int) -> Outcome:
         stopped = code == EXIT_INTERRUPTED or (

@@ -294,9 +294,13 @@ class Daemon:
                            problem=str(exc), message=f"{self.config_path}: {exc}")
             notify.status(f"not started: {exc}")
             return False
-        slots = getattr(runner.executor, "slots", [])
-        self.log.info("daemon.executor", kind=runner.executor.kind,
-                      slots=[s.label for s in slots])
+        ex = runner.executor
+        if isinstance(ex, LocalExecutor):
+            self.log.info("daemon.executor", kind=ex.kind, slots=[s.label for s in ex.slots])
+        else:
+            self.log.info("daemon.executor", kind=ex.kind, address=self.cfg.executor.address,
+                          resource=self.cfg.executor.resource,
+                          capacity=getattr(ex, "capacity", lambda: None)())
         return True
 
     def _pick(self) -> Run | None:
