@@ -250,7 +250,7 @@ class RunQueue:
                 dup = db.execute(
                     "SELECT id FROM runs WHERE job=? AND sweep_id=? AND kind=? AND config_hash=?"
                     f" AND manifest_hash=? AND state NOT IN ({marks}) AND NOT (state='cancelled'"
-                    " AND error LIKE ?) LIMIT 1",
+                    " AND COALESCE(error, '') LIKE ?) LIMIT 1",  # NULL error: not superseded
                     (job, sweep_id, kind, chash, mhash, *rerun_states, SUPERSEDED + "%"),
                 ).fetchone()
                 if dup is not None:

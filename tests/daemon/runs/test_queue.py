@@ -88,6 +88,17 @@ def test_failed_or_cancelled_runs_can_be_queued_again(q: RunQueue) -> None:
     assert again is not None and again.id != run.id
 
 
+def test_automatic_triggers_never_revive_a_cancelled_or_failed_run(q: RunQueue) -> None:
+    for state in ("cancelled", "failed"):  # the user's cancel leaves no note (error NULL)
+        run = add(q, job=state)
+        q.claim(run.id)
+        q.set_state(run.id, state)
+        assert add(q, job=state, rerun_states=()) is None, state
+    first = add(q, job="sup")  # a superseded run is never a duplicate
+    q.supersede("sup", set(), by="newer")
+    assert add(q, job="sup", rerun_states=()) is not None and first is not None
+
+
 def test_next_run_order(q: RunQueue) -> None:
     low = add(q, job="low", priority=0)
     high = add(q, job="high", priority=5)
