@@ -43,29 +43,80 @@ def swiglu_width(hidden: int, multiple_of: int = 256) -> int:
 class ChannelLastConv1d(nn.Conv1d):
     """A Conv1d applied to (B, T, C) input; returns (B, T, C_out).
 
-    A length-preserving convolution (stride 1, 2 * padding = kernel - 1) runs as one GEMM
-    over the k shifted copies of the zero-padded input, kept channel-last: the (B, T, C*k)
-    window matrix meets the weight (C_out, C, k) viewed as (C_out, C*k), which needs no copy.
-    This is a convolution without the (B, T, C) <-> (B, C, T) layout transposes a cuDNN conv
-    adds around itself. The weight and bias keep nn.Conv1d's names and shapes (checkpoints
+    A length-preserving convolution (stride 1, 2 * padding = kernel - 1) stays channel-last,
+    without the (B, T, C) <-> (B, C, T) layout transposes a cuDNN conv adds around itself, as
+    one GEMM in whichever of two forms moves less memory:
+    - widening (C_out >= C): the (B, T, C*k) matrix of the k shifted copies of the zero-padded
+      input meets the weight (C_out, C, k) viewed as (C_out, C*k);
+    - narrowing (C_out < C): the input meets all k taps at once, (B, T, C) x (C, k*C_out), and
+      the k output slices are added shifted by their tap offsets (k*C_out wide instead of k*C).
+    Autograd's backward of either form is the other form in the opposite direction, so the
+    backward is cheap too. The weight and bias keep nn.Conv1d's names and shapes (checkpoints
     load unchanged); any other geometry runs nn.Conv1d on the transposed input.
     """
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def same_length(self) -> bool:
+        """True for the stride-1, length-preserving geometry computed as a GEMM."""
         (k,), (p,) = self.kernel_size, self.padding
-        if self.stride != (1,) or self.dilation != (1,) or self.groups != 1 or 2 * p != k - 1:
+        return self.stride == (1,) and self.dilation == (1,) and self.groups == 1 and 2 * p == k - 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.same_length():
             return super().forward(x.transpose(1, 2)).transpose(1, 2)
-        if k == 1:
+        if self.kernel_size == (1,):
             return F.linear(x, self.weight[:, :, 0], self.bias)
-        b, t, c = x.shape
-        if torch.is_autocast_enabled(x.device.type):  # cast once, before the k-fold copy
-            x = x.to(torch.get_autocast_dtype(x.device.type))
+        if self.out_channels < self.in_channels:
+            return self.taps(_autocast_input(x))
+        return self.from_windows(self.windows(x))
+
+    def windows(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, C) -> (B, T, C*k): window j of token t is the padded input at t + j.
+        Cast once under autocast, before the k-fold copy; stack (not unfold) keeps the
+        backward a cheap slice sum."""
+        (k,), (p,) = self.kernel_size, self.padding
+        x = _autocast_input(x)
         padded = F.pad(x, (0, 0, p, p))  # (B, T + 2p, C)
-        # (B, T, C, k): window j of token t is padded[:, t + j]; stack (not unfold) keeps
-        # the backward a cheap slice sum
-        windows = torch.stack([padded[:, j : j + t] for j in range(k)], dim=-1)
-        weight = self.weight.reshape(self.out_channels, c * k)  # (C_out, C*k), a view
-        return F.linear(windows.reshape(b, t, c * k), weight, self.bias)
+        t = x.shape[1]
+        return torch.stack([padded[:, j : j + t] for j in range(k)], dim=-1).flatten(2)
+
+    def from_windows(self, windows: torch.Tensor) -> torch.Tensor:
+        """The convolution's output from `windows(x)` (shared by convolutions of one input)."""
+        weight = self.weight.reshape(self.out_channels, -1)  # (C_out, C*k), a view
+        return F.linear(windows, weight, self.bias)
+
+    def taps(self, x: torch.Tensor) -> torch.Tensor:
+        """The narrowing form: every tap's output at once, then the shifted sum."""
+        (k,), (p,) = self.kernel_size, self.padding
+        n, t = self.out_channels, x.shape[1]
+        z = F.linear(x, self.weight.permute(2, 0, 1).reshape(k * n, self.in_channels))  # (B, T, k*C_out)
+        parts = [(j - p, z[..., j * n : (j + 1) * n]) for j in range(k) if abs(j - p) < t]
+        if torch.compiler.is_compiling():
+            # inductor fuses the padded slices into one kernel (and its CPU code generator
+            # rejects the in-place form below in bf16, torch 2.11)
+            y = sum(_shift(zj, s) for s, zj in parts)
+        else:
+            y = z[..., p * n : (p + 1) * n].contiguous()
+            for s, zj in parts:  # output token i takes tap j's output at token i + s
+                if s > 0:
+                    y[:, : t - s] += zj[:, s:]
+                elif s < 0:
+                    y[:, -s:] += zj[:, : t + s]
+        return y if self.bias is None else y + self.bias.to(y.dtype)
+
+
+def _shift(z: torch.Tensor, s: int) -> torch.Tensor:
+    """z (B, T, C) with token i + s at position i (zeros where i + s falls outside)."""
+    if s == 0:
+        return z
+    t = z.shape[1]
+    return F.pad(z[:, s:], (0, 0, 0, s)) if s > 0 else F.pad(z[:, : t + s], (0, 0, -s, 0))
+
+
+def _autocast_input(x: torch.Tensor) -> torch.Tensor:
+    """x in autocast's dtype when autocast is on (the GEMM would cast it anyway)."""
+    if torch.is_autocast_enabled(x.device.type):
+        return x.to(torch.get_autocast_dtype(x.device.type))
+    return x
 
 
 class MLP(nn.Module):
@@ -93,7 +144,11 @@ class ConvMLP(nn.Module):
         self.w3 = ChannelLastConv1d(dim, width, kernel_size, padding=padding, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        w1, w3 = self.w1, self.w3
+        if w1.same_length() and w1.kernel_size != (1,) and w1.out_channels >= w1.in_channels:
+            windows = w1.windows(x)  # w1 and w3 read the same windows: build them once
+            return self.w2(F.silu(w1.from_windows(windows)) * w3.from_windows(windows))
+        return self.w2(F.silu(w1(x)) * w3(x))
 
 
 class TimestepEmbedder(nn.Module):
@@ -149,10 +204,15 @@ def rope_table(length: int, head_dim: int, freq_scale: float = 1.0) -> torch.Ten
 
 
 def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """Rotate interleaved pairs of x (B, H, T, d) by `table` (1, T, d/2, 2, 2); fp32 math."""
-    xf = x.float().reshape(*x.shape[:-1], -1, 1, 2)  # (B, H, T, d/2, 1, 2)
-    out = table[..., 0] * xf[..., 0] + table[..., 1] * xf[..., 1]  # (B, H, T, d/2, 2)
-    return out.reshape(x.shape).to(x.dtype)
+    """Rotate interleaved pairs of x (B, H, T, d) by `table` (1, T, d/2, 2, 2); fp32 math.
+
+    Pair (a, b) rotated by angle w is the complex product (a + ib) * e^(iw): one fp32 kernel
+    forward and one (by the conjugate) backward, where the 2x2 matrix product of the table
+    costs a broadcast and a reduction each way.
+    """
+    pairs = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2).contiguous())
+    rotation = torch.view_as_complex(table[..., 0].float().contiguous())  # (1, T, d/2): cos + i sin
+    return torch.view_as_real(pairs * rotation).reshape(x.shape).to(x.dtype)
 
 
 _ATTENTION_BACKEND = "sdpa"
