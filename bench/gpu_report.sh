@@ -6,7 +6,8 @@
 #            activation checkpointing, at small_16k@16, large_44k@4, large_44k@16: step ms,
 #            samples/s, TFLOP/step, TFLOP/s, MFU vs the measured bf16 matmul ceiling, peak
 #            allocated / reserved memory; last line `speedup: X.XX` (large_44k@16)
-#   compile  ours with torch.compile'd blocks at large_44k@16 and @4 (compile time in a note)
+#   compile  ours eager and with torch.compile'd blocks (row ours+compile) at large_44k@16
+#            and @4 (compile time in a note)
 #   profile  the top kernels of ours at large_44k@16 (torch.profiler, 3 steps)
 #   golden   the conformance goldens on the GPU's stack (.golden)
 # Each stage runs under its own time limit (STAGE_TIMEOUT seconds, default 540) so that one

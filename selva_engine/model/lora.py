@@ -39,6 +39,7 @@ __all__ = [
     "apply_adapter",
     "apply_lora",
     "find_targets",
+    "infer_meta",
     "init_mode_of",
     "load_adapter",
     "load_lora_state_dict",
@@ -407,8 +408,9 @@ def save_adapter(path: Path | str, state_dict: dict[str, torch.Tensor], meta: di
     return atomic_torch_save(path, payload)
 
 
-def _infer_meta(sd: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """Meta for a bare state dict: rank from lora_A, targets from the layer names."""
+def infer_meta(sd: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Meta read off the tensors of an adapter state dict: rank from lora_A, targets from the
+    layer names, alpha = rank; {} when it holds no LoRA layer."""
     a_keys = [k for k in sd if k.endswith(".lora_A")]
     if not a_keys:
         return {}
@@ -430,7 +432,7 @@ def load_adapter(path: Path | str) -> Adapter:
         raise AdapterError(f"{path}: not a LoRA adapter (expected a state dict or {{'state_dict', 'meta'}})")
     if not any(k.endswith(".lora_A") for k in sd):
         raise AdapterError(f"{path}: contains no lora_A/lora_B tensors")
-    inferred = _infer_meta(sd)
+    inferred = infer_meta(sd)
     for key, value in inferred.items():
         meta.setdefault(key, value)
     if meta.get("alpha") in (None, 0):

@@ -25,7 +25,7 @@ from selva_engine.device import resolve_device
 from selva_engine.io import remove_temp_files
 from selva_engine.model.flow import FlowMatching
 from selva_engine.model.generator import Conditions, Generator, load_generator
-from selva_engine.model.lora import apply_lora, lora_parameters
+from selva_engine.model.lora import apply_lora, infer_meta, lora_parameters
 from selva_engine.model.variants import get_variant
 from selva_engine.outputs.checkpoint import find_latest, list_checkpoints, load_checkpoint
 from selva_engine.training.acceleration import CompileTrial, compile_blocks
@@ -161,9 +161,9 @@ def checkpoint_options(ckpt: dict[str, Any]) -> dict[str, Any]:
     """The LoRA options a step checkpoint was trained with (ours or ComfyUI-SelVA's): from its
     meta, else from its tensors; init_mode is "pissa" when it carries residual bases."""
     meta, sd = dict(ckpt.get("meta") or {}), ckpt.get("state_dict") or {}
-    a_keys = [k for k in sd if k.endswith(".lora_A")]
-    rank = int(meta.get("rank") or (sd[a_keys[0]].shape[0] if a_keys else 0)) or None
-    target = meta.get("target")
+    inferred = infer_meta(sd)
+    rank = int(meta.get("rank") or inferred.get("rank") or 0) or None
+    target = meta.get("target") or inferred.get("target")
     residual = any(k.endswith((".linear.weight", ".linear.bias")) for k in sd)
     return {"rank": rank, "alpha": float(meta.get("alpha") or rank) if rank else None,
             "target": ([target] if isinstance(target, str) else list(target)) if target else None,
