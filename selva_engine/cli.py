@@ -33,91 +33,118 @@ def build_train_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         epilog="Steps at batch 4 (the guide's table): 10-20 clips 2000-4000, 20-50 clips "
         "4000-8000, 50+ clips 6000-15000. Noisy samples: lower the adapter strength to 0.6-0.7.")
-    p.add_argument("--data_dir", default="", help="directory of stem.npz + stem.wav pairs (required "
+    for add in (_data_args, _lora_args, _optimizer_args, _checkpoint_args, _run_args):
+        add(p, d)
+    return p
+
+
+def _data_args(p: argparse.ArgumentParser, d: TrainConfig) -> None:
+    """Where the clips, weights and outputs are."""
+    g = p.add_argument_group("data and outputs")
+    g.add_argument("--data_dir", default="", help="directory of stem.npz + stem.wav pairs (required "
                    "unless --config_json gives it)")
-    p.add_argument("--output_dir", default=d.output_dir,
+    g.add_argument("--output_dir", default=d.output_dir,
                    help="where adapter checkpoints, samples and loss plots go")
-    p.add_argument("--variant", default=d.variant,
+    g.add_argument("--variant", default=d.variant,
                    help="model variant: small_16k, small_44k, medium_44k, large_44k")
-    p.add_argument("--selva_dir", default=os.environ.get("SELVA_DIR", ""),
+    g.add_argument("--selva_dir", default=os.environ.get("SELVA_DIR", ""),
                    help="weights directory (ComfyUI models/selva layout); from $SELVA_DIR")
-    p.add_argument("--rank", type=int, default=d.rank,
+
+
+def _lora_args(p: argparse.ArgumentParser, d: TrainConfig) -> None:
+    """The adapter: rank, scale, targets, initialisation."""
+    g = p.add_argument_group("the adapter")
+    g.add_argument("--rank", type=int, default=d.rank,
                    help="LoRA rank: higher = more capacity, more VRAM (8 fine detail, 32 hard sounds)")
-    p.add_argument("--alpha", type=float, default=None,
+    g.add_argument("--alpha", type=float, default=None,
                    help="LoRA alpha scaling; None means = rank (scale 1.0)")
-    p.add_argument("--target", nargs="+", default=list(d.target),
+    g.add_argument("--target", nargs="+", default=list(d.target),
                    help="layers to adapt; add linear1 only with 150+ clips")
-    p.add_argument("--lr", type=float, default=d.lr,
+    g.add_argument("--lora_dropout", type=float, default=d.lora_dropout,
+                   help="dropout on the LoRA input (0 = off)")
+    g.add_argument("--rslora", action="store_true", help="rank-stabilised LoRA: scale alpha/sqrt(rank)")
+    g.add_argument("--init_mode", choices=CHOICES["init_mode"], default=d.init_mode,
+                   help="standard (B = 0) or pissa (top-r SVD of the base; forces dropout 0)")
+    g.add_argument("--spectral_surgery", choices=CHOICES["spectral_surgery"],
+                   default=d.spectral_surgery, help="post-training singular-value reweighting")
+
+
+def _optimizer_args(p: argparse.ArgumentParser, d: TrainConfig) -> None:
+    """Learning rate, schedule, batch and the training objective."""
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--lr", type=float, default=d.lr,
                    help="learning rate (loss spikes early: 5e-5; very slow: 2e-4)")
-    p.add_argument("--steps", type=int, default=d.steps, help="total training steps")
-    p.add_argument("--warmup_steps", type=int, default=d.warmup_steps,
+    g.add_argument("--steps", type=int, default=d.steps, help="total training steps")
+    g.add_argument("--warmup_steps", type=int, default=d.warmup_steps,
                    help="linear LR warmup steps")
-    p.add_argument("--batch_size", type=int, default=d.batch_size,
+    g.add_argument("--batch_size", type=int, default=d.batch_size,
                    help="clips per step: higher is more stable, uses more VRAM")
-    p.add_argument("--grad_accum", type=int, default=d.grad_accum,
+    g.add_argument("--grad_accum", type=int, default=d.grad_accum,
                    help="gradient accumulation steps (effective batch = batch_size x this)")
-    p.add_argument("--save_every", type=int, default=d.save_every,
-                   help="save a checkpoint and a sample every N steps")
-    p.add_argument("--resume", default="",
-                   help="resume from adapter_stepNNNNN.pt or 'latest' (empty: start fresh)")
-    p.add_argument("--precision", choices=CHOICES["precision"], default=d.precision,
-                   help="mixed precision")
-    p.add_argument("--seed", type=int, default=d.seed, help="random seed")
-    p.add_argument("--timestep_sampling", "--timestep_mode", dest="timestep_sampling",
+    g.add_argument("--timestep_sampling", "--timestep_mode", dest="timestep_sampling",
                    choices=CHOICES["timestep_sampling"], default=d.timestep_sampling,
                    help="how flow timesteps are drawn (logit_normal: lower loss floor)")
-    p.add_argument("--logit_normal_sigma", type=float, default=d.logit_normal_sigma,
+    g.add_argument("--logit_normal_sigma", type=float, default=d.logit_normal_sigma,
                    help="spread of logit-normal timesteps")
-    p.add_argument("--lr_schedule", choices=CHOICES["lr_schedule"], default=d.lr_schedule,
+    g.add_argument("--lr_schedule", choices=CHOICES["lr_schedule"], default=d.lr_schedule,
                    help="LR after warmup")
-    p.add_argument("--lora_plus_ratio", type=float, default=d.lora_plus_ratio,
+    g.add_argument("--lora_plus_ratio", type=float, default=d.lora_plus_ratio,
                    help="LoRA+: LR of B = lr x ratio (1 = plain LoRA)")
-    p.add_argument("--weight_decay", type=float, default=d.weight_decay, help="AdamW weight decay")
-    p.add_argument("--lora_dropout", type=float, default=d.lora_dropout,
-                   help="dropout on the LoRA input (0 = off)")
-    p.add_argument("--rslora", action="store_true", help="rank-stabilised LoRA: scale alpha/sqrt(rank)")
-    p.add_argument("--init_mode", choices=CHOICES["init_mode"], default=d.init_mode,
-                   help="standard (B = 0) or pissa (top-r SVD of the base; forces dropout 0)")
-    p.add_argument("--curriculum_switch", type=float, default=d.curriculum_switch,
+    g.add_argument("--weight_decay", type=float, default=d.weight_decay, help="AdamW weight decay")
+    g.add_argument("--curriculum_switch", type=float, default=d.curriculum_switch,
                    help="with --timestep_mode curriculum: fraction trained logit-normal")
-    p.add_argument("--latent_mixup_alpha", type=float, default=d.latent_mixup_alpha,
+    g.add_argument("--latent_mixup_alpha", type=float, default=d.latent_mixup_alpha,
                    help="Beta(a, a) latent mixup within a batch (0 = off)")
-    p.add_argument("--latent_noise_sigma", type=float, default=d.latent_noise_sigma,
+    g.add_argument("--latent_noise_sigma", type=float, default=d.latent_noise_sigma,
                    help="latent noise sigma * std(x1) (0 = off)")
-    p.add_argument("--spectral_surgery", choices=CHOICES["spectral_surgery"],
-                   default=d.spectral_surgery, help="post-training singular-value reweighting")
-    p.add_argument("--grad_clip", type=float, default=d.grad_clip,
+    g.add_argument("--grad_clip", type=float, default=d.grad_clip,
                    help="clip the gradient norm to this (0 = off)")
-    p.add_argument("--latent_sampling", choices=CHOICES["latent_sampling"], default=d.latent_sampling,
+    g.add_argument("--latent_sampling", choices=CHOICES["latent_sampling"], default=d.latent_sampling,
                    help="how a latent is drawn from the VAE's distribution")
-    p.add_argument("--val_clips", type=int, default=None,
+
+
+def _checkpoint_args(p: argparse.ArgumentParser, d: TrainConfig) -> None:
+    """Checkpoints, their samples, validation and evaluation."""
+    g = p.add_argument_group("checkpoints, samples and evaluation")
+    g.add_argument("--save_every", type=int, default=d.save_every,
+                   help="save a checkpoint and a sample every N steps")
+    g.add_argument("--val_clips", type=int, default=None,
                    help="clips held out for validation loss; None: 1 with >= 8 clips, else 0")
-    p.add_argument("--overfit_patience", type=int, default=d.overfit_patience,
+    g.add_argument("--overfit_patience", type=int, default=d.overfit_patience,
                    help="warn after N checkpoints of rising validation loss")
-    p.add_argument("--log_every", type=int, default=d.log_every, help="progress line every N steps")
-    p.add_argument("--sample_steps", type=int, default=d.sample_steps,
+    g.add_argument("--log_every", type=int, default=d.log_every, help="progress line every N steps")
+    g.add_argument("--sample_steps", type=int, default=d.sample_steps,
                    help="Euler steps of each checkpoint's sample")
-    p.add_argument("--sample_cfg", type=float, default=d.sample_cfg,
+    g.add_argument("--sample_cfg", type=float, default=d.sample_cfg,
                    help="CFG scale of each checkpoint's sample")
-    p.add_argument("--sample_negative_prompt", default=d.sample_negative_prompt,
+    g.add_argument("--sample_negative_prompt", default=d.sample_negative_prompt,
                    help="negative prompt of each checkpoint's sample")
-    p.add_argument("--eval_clips", type=int, default=d.eval_clips,
+    g.add_argument("--eval_clips", type=int, default=d.eval_clips,
                    help="after training, evaluate every checkpoint on N clips (0 = off)")
-    p.add_argument("--eval_steps", type=int, default=d.eval_steps,
+    g.add_argument("--eval_steps", type=int, default=d.eval_steps,
                    help="Euler steps of the evaluation samples")
-    p.add_argument("--eval_cfg", type=float, default=d.eval_cfg, help="CFG scale of the evaluation")
-    p.add_argument("--compile", action="store_true",
+    g.add_argument("--eval_cfg", type=float, default=d.eval_cfg, help="CFG scale of the evaluation")
+
+
+def _run_args(p: argparse.ArgumentParser, d: TrainConfig) -> None:
+    """Precision, seed, resuming, speed options, device and output format."""
+    g = p.add_argument_group("how the run goes")
+    g.add_argument("--precision", choices=CHOICES["precision"], default=d.precision,
+                   help="mixed precision")
+    g.add_argument("--seed", type=int, default=d.seed, help="random seed")
+    g.add_argument("--resume", default="",
+                   help="resume from adapter_stepNNNNN.pt or 'latest' (empty: start fresh)")
+    g.add_argument("--compile", action="store_true",
                    help="torch.compile the transformer blocks (falls back with a warning)")
-    p.add_argument("--gradient_checkpointing", action="store_true",
+    g.add_argument("--gradient_checkpointing", action="store_true",
                    help="recompute block activations in backward: less memory, slower step")
-    p.add_argument("--device", default=d.device, help="auto, cpu or cuda[:N]")
-    p.add_argument("--cache_dir", default=d.cache_dir,
+    g.add_argument("--device", default=d.device, help="auto, cpu or cuda[:N]")
+    g.add_argument("--cache_dir", default=d.cache_dir,
                    help="feature cache directory (empty: none)")
-    p.add_argument("--config_json", default="",
+    g.add_argument("--config_json", default="",
                    help="read all options from this JSON file (empty: flags only)")
-    p.add_argument("--json", action="store_true",
+    g.add_argument("--json", action="store_true",
                    help="progress events as JSON lines on stdout instead of readable lines")
-    return p
 
 
 def _human(event: dict) -> str | None:
