@@ -11,8 +11,8 @@ a `DeviceError` (the daemon refuses to start, exit 78).
 Capacity is the cluster's total of `[executor] resource` ("GPU", or "CPU" for tests), one
 run per unit, so the daemon keeps its own priority order and never queues runs inside Ray.
 Each run is a `RayRun`: an actor of `selvad.runs.rayremote.RunActor` needing one unit
-(`num_gpus=1`), which starts the same child as a local run and streams its lines back
-(a Ray generator); the events update the queue exactly as for a local child, stderr goes
+(`num_gpus=1`), which starts the same child as a local run and hands its lines back
+(a long poll: `take` calls, which work through Ray Client as well); the events update the queue exactly as for a local child, stderr goes
 to the run's worker.log. Cancel and shutdown are actor calls that send SIGTERM to the child
 (it checkpoints, then exits); after the stop timeout the actor is killed with `ray.kill`.
 When Ray reports the actor lost (its node died) the run is queued again at once and
@@ -46,6 +46,7 @@ MARKER = ".selvad-storage-check"  # written by the daemon, read on every node, t
 MAX_LOST = 3  # a run whose node is lost this many times in a row fails
 CHECK_TIMEOUT = 120.0  # seconds the storage check may take on all nodes
 CAPACITY_EVERY = 1.0  # seconds between asks for the cluster's resources
+POLL_WAIT = 5.0  # seconds one `take` call waits for the child's next line
 _TRAMPOLINE_ARGS = 5  # python -m selvad.runs.child --parent PID: the actor supplies its own
 
 
@@ -63,7 +64,8 @@ class RayExecutor:
         self.resource = cfg.executor.resource
         self.device = "cuda" if self.resource == "GPU" else "cpu"
         opts = {"num_gpus": 1, "num_cpus": 0} if self.resource == "GPU" else {"num_cpus": 1}
-        self.actor_class = ray.remote(max_concurrency=2)(RunActor).options(**opts)
+        # start/take and signal run side by side in the actor
+        self.actor_class = ray.remote(max_concurrency=4)(RunActor).options(**opts)
         self._capacity = (0, 0.0)
 
     @classmethod
@@ -206,32 +208,33 @@ class RayRun(RunProcess):
                              f"{self.run.attempts} on Ray: {' '.join(args)}\n".encode())
         self._log_file.flush()
         self.actor = self.ex.actor_class.remote()
-        stream = self.actor.run.remote(args, {"PYTHONUNBUFFERED": "1", **self.slot.env},
-                                       config_json)
+        started = self.actor.start.remote(args, {"PYTHONUNBUFFERED": "1", **self.slot.env},
+                                          config_json)
         self.log.info("run.submitted", executor="ray", resource=self.ex.resource,
                       output_dir=str(self.out_dir), attempt=self.run.attempts)
         self.last_output = time.monotonic()
         self._writer = RowWriter(self.queue, self.run.id, self.log)
-        self._reader = threading.Thread(target=self._pump, args=(stream,),
+        self._reader = threading.Thread(target=self._pump, args=(started,),
                                         name=f"ray-{self.run.id}", daemon=True)
         self._reader.start()
 
-    def _pump(self, stream: Any) -> None:
-        """The reader thread: every item the actor yields, until it ends or is lost."""
+    def _pump(self, started: Any) -> None:
+        """The reader thread: wait for the actor to be placed and start the child, then
+        take its lines until it exits or Ray reports the actor lost."""
         from ray.exceptions import RayActorError
 
+        ray = self.ex.ray
         try:
-            for ref in stream:
-                kind, value = self.ex.ray.get(ref)
-                if kind == "out":
-                    self._on_line(value.strip())
-                elif kind == "err":
-                    self._log_file.write(value.encode("utf-8", "replace") + b"\n")
-                    self._log_file.flush()
-                elif kind == "started":
-                    self._placed(value)
-                elif kind == "exit":
-                    self._code = int(value)
+            self._placed(ray.get(started))
+            while self._code is None:
+                for kind, value in ray.get(self.actor.take.remote(POLL_WAIT)):
+                    if kind == "out":
+                        self._on_line(value.strip())
+                    elif kind == "err":
+                        self._log_file.write(value.encode("utf-8", "replace") + b"\n")
+                        self._log_file.flush()
+                    elif kind == "exit":
+                        self._code = int(value)
         except RayActorError as exc:
             self._lost = one_line(str(exc).split("\n")[0] + " " + _death_cause(str(exc)), 240)
         except Exception as exc:  # never leave the run hanging: count it as lost
