@@ -6,7 +6,9 @@ At start-up `RayExecutor.connect` joins the cluster at `[executor] address` and 
 every node sees the daemon's storage: it writes a marker file with a random token into each
 dataset root, the cache, the output root and the weights directory, and a task pinned to
 each node (NodeAffinitySchedulingStrategy) reads them back; a node that cannot is named in
-a `DeviceError` (the daemon refuses to start, exit 78).
+a `DeviceError` (the daemon refuses to start, exit 78). A node that joins later is checked
+the same way in the background (`ray.node_joined`, or `ray.node_storage_missing` with the
+fix).
 
 Capacity is the cluster's total of `[executor] resource` ("GPU", or "CPU" for tests), one
 run per unit, so the daemon keeps its own priority order and never queues runs inside Ray.
@@ -33,6 +35,7 @@ from typing import Any
 
 from selva_engine.io import atomic_write_text
 from selvad.config.daemon import DaemonConfig
+from selvad.log import get_logger
 from selvad.runs.queue import Run, RunQueue
 from selvad.runs.rayremote import CONFIG_PLACEHOLDER, RunActor, read_markers
 from selvad.runs.rowwriter import RowWriter
@@ -45,6 +48,8 @@ __all__ = ["MARKER", "MAX_LOST", "RayExecutor", "RayRun"]
 MARKER = ".selvad-storage-check"  # written by the daemon, read on every node, then removed
 MAX_LOST = 3  # a run whose node is lost this many times in a row fails
 CHECK_TIMEOUT = 120.0  # seconds the storage check may take on all nodes
+STORAGE_FIX = ("mount the dataset roots, the cache, the output root and the weights at the "
+               "same paths on every node (NFS or similar)")
 CAPACITY_EVERY = 1.0  # seconds between asks for the cluster's resources
 POLL_WAIT = 5.0  # seconds one `take` call waits for the child's next line
 _TRAMPOLINE_ARGS = 5  # python -m selvad.runs.child --parent PID: the actor supplies its own
@@ -67,6 +72,10 @@ class RayExecutor:
         # start/take and signal run side by side in the actor
         self.actor_class = ray.remote(max_concurrency=4)(RunActor).options(**opts)
         self._capacity = (0, 0.0)
+        self._known_capacity = 0
+        self._checked: set[str] = set()  # node ids whose storage was checked
+        self._checker: threading.Thread | None = None
+        self.log = get_logger("selvad.runs.rayexec")
 
     @classmethod
     def connect(cls, cfg: DaemonConfig) -> RayExecutor:
@@ -108,34 +117,44 @@ class RayExecutor:
         return [d for d in dirs if d.is_dir()]
 
     def check_storage(self) -> None:
-        """Write a marker into each shared directory, have a task on every alive node read
-        them all, remove them; DeviceError naming each node and path that failed."""
+        """Check every alive node (see `storage_problems`); DeviceError naming each node
+        and path that failed."""
+        problems = self.storage_problems(self._alive_nodes())
+        if problems:
+            raise DeviceError(
+                "these Ray nodes do not see the daemon's storage: " + "; ".join(problems)
+                + f". {STORAGE_FIX}; {_fix()}")
+
+    def _alive_nodes(self) -> dict[str, str]:
+        """Alive nodes: node id -> "node ADDRESS (ID8)"."""
+        return {n["NodeID"]: f"node {n.get('NodeManagerAddress')} ({n['NodeID'][:8]})"
+                for n in self.ray.nodes() if n.get("Alive")}
+
+    def storage_problems(self, nodes: dict[str, str]) -> list[str]:
+        """Write a marker into each shared directory, have a task on each of `nodes` read
+        them all, remove them; one line per node and path that failed. The nodes count
+        as checked."""
         markers = {}
         for d in self.shared_dirs():
             token = secrets.token_hex(16)
             atomic_write_text(d / MARKER, token + "\n")
             markers[str(d / MARKER)] = token
         try:
-            problems = self._read_on_every_node(markers)
+            problems = self._read_on(nodes, markers)
         finally:
             for path in markers:
                 Path(path).unlink(missing_ok=True)
-        if problems:
-            raise DeviceError(
-                "these Ray nodes do not see the daemon's storage: " + "; ".join(problems)
-                + ". Mount the dataset roots, the cache, the output root and the weights at "
-                f"the same paths on every node (NFS or similar); {_fix()}")
+        self._checked |= set(nodes)
+        return problems
 
-    def _read_on_every_node(self, markers: dict[str, str]) -> list[str]:
+    def _read_on(self, nodes: dict[str, str], markers: dict[str, str]) -> list[str]:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         task = self.ray.remote(read_markers)
         refs = {}
-        for node in self.ray.nodes():
-            if node.get("Alive"):
-                name = f"node {node.get('NodeManagerAddress')} ({node['NodeID'][:8]})"
-                refs[name] = task.options(num_cpus=0, scheduling_strategy=(
-                    NodeAffinitySchedulingStrategy(node["NodeID"], soft=False))).remote(markers)
+        for node_id, name in nodes.items():
+            refs[name] = task.options(num_cpus=0, scheduling_strategy=(
+                NodeAffinitySchedulingStrategy(node_id, soft=False))).remote(markers)
         problems = []
         for name, ref in refs.items():
             try:
@@ -155,7 +174,32 @@ class RayExecutor:
         if now - when >= CAPACITY_EVERY:
             value = int(self.ray.cluster_resources().get(self.resource, 0))
             self._capacity = (value, now)
+            if value > self._known_capacity:  # a node joined: check its storage
+                self._check_joined()
+            self._known_capacity = value
         return value
+
+    def _check_joined(self) -> None:
+        """Check the storage of nodes that joined since start-up, in a thread (the main
+        loop goes on); a node that does not see it is logged with the fix. Ray places
+        runs there all the same: stop Ray on that node (`ray stop`) or mount the paths."""
+        new = {k: v for k, v in self._alive_nodes().items() if k not in self._checked}
+        if not new or self._checker is not None and self._checker.is_alive():
+            return
+
+        def check() -> None:
+            try:
+                problems = self.storage_problems(new)
+            except Exception as exc:  # never fatal: the runs there fail with their own error
+                problems = [f"the check failed ({one_line(str(exc), 160)})"]
+            for problem in problems:
+                self.log.error("ray.node_storage_missing", problem=problem,
+                               fix=f"{STORAGE_FIX}, or `ray stop` on that node")
+            if not problems:
+                self.log.info("ray.node_joined", nodes=sorted(new.values()))
+
+        self._checker = threading.Thread(target=check, name="ray-storage-check", daemon=True)
+        self._checker.start()
 
     def free_slots(self, running: Any) -> list[Slot]:
         """One slot per unit of the resource no run holds (Ray picks the node)."""

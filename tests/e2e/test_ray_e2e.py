@@ -87,6 +87,7 @@ def test_two_nodes_node_loss_resumes_cancel_stops_remote_run(cluster, tree: Daem
                          "alpha requeued")
     assert "Ray lost the run" in lost[0]["error"], lost[0]
     cluster.add_node(**NODE)
+    tree.wait_for(lambda: tree.events("ray.node_joined"), 60, "the new node's storage check")
     done = tree.wait_state(a.id, ("done", "failed"), 240)
     assert done.state == "done", done.error
     assert done.device != a.device and done.attempts == 2
