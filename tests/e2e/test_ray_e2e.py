@@ -1,18 +1,21 @@
 """End-to-end on a real Ray cluster of several nodes on this machine (ray.cluster_utils):
 the daemon places two runs on two nodes at once, a node killed mid-run has its run resumed
 on another node from its checkpoint, cancel stops the remote child; and a daemon whose
-`[executor] kind = "ray"` cannot work refuses to start with the fix (exit 78)."""
+`[executor] kind = "ray"` cannot work (storage a node does not see, Ray not installed)
+refuses to start with the fix (exit 78). About 50 s on 2 cores, cluster starts included."""
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from .conftest import DaemonTree
+from .conftest import REPO, DaemonTree
 
 pytestmark = [pytest.mark.e2e, pytest.mark.ray]
 
@@ -108,6 +111,35 @@ def test_two_nodes_node_loss_resumes_cancel_stops_remote_run(cluster, tree: Daem
     assert list((tree.root / "out" / "beta" / b.id).glob("adapter_step*.pt"))
     tree.signal(15)
     assert tree.wait_exit(60) == 0
+
+
+def test_storage_a_node_does_not_see_refuses_to_start(monkeypatch: pytest.MonkeyPatch,
+                                                      tree: DaemonTree) -> None:
+    """The daemon's output root is a tmpfs in a mount namespace of its own, so the Ray node
+    sees another (empty) directory at that path: the start-up check names it, exit 78."""
+    if subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0:
+        pytest.skip("cannot make a mount namespace here (needs root): unshare -m")
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    from ray.cluster_utils import Cluster
+
+    c = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 1, "include_dashboard": False, "object_store_memory": 80 * MiB})
+    try:
+        _use_ray(tree, c.address)
+        out = tree.root / "out"
+        script = (f"mount -t tmpfs -o size=16m tmpfs {out} && exec {sys.executable} -m "
+                  f"selvad.cli run --config {tree.config}")
+        with open(tree.log_path, "ab") as log:
+            proc = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c",
+                                   script], stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+                                  timeout=180)
+        assert proc.returncode == 78, tree.log_tail()
+        [ev] = tree.events("daemon.bad_executor")
+        assert "do not see the daemon's storage" in ev["message"], ev["message"]
+        assert f"{out}/.selvad-storage-check: No such file" in ev["message"]
+        assert "same paths on every node" in ev["message"]
+    finally:
+        c.shutdown()
 
 
 def test_ray_not_installed_refuses_to_start(tree: DaemonTree, tmp_path: Path) -> None:
