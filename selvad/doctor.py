@@ -4,8 +4,10 @@ Checks: Python; the torch / torchaudio / torchvision versions against the pins i
 own metadata; whether torchaudio's native library loads and resamples (the same probe the
 daemon runs before it reports READY, see `selva_engine.audio.stack`); CUDA (device name,
 compute capability, bf16) or the CPU's native bf16; soundfile's libsndfile and its formats;
-and, given a config file, its validity, the weights of each variant (as `selva-weights
-check`) and the free disk space of the configured roots. Nothing is written anywhere.
+and, given a config file, its validity, the device slots of `[device]` on this machine
+(or, with `[executor] kind = "ray"`, whether Ray is installed), the weights of each variant
+(as `selva-weights check`) and the free disk space of the configured roots. Nothing is
+written anywhere.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 from selva_engine.audio.stack import check_audio_stack, installed_version, pinned_requirement
 from selvad.config.daemon import DaemonConfig, load_config
 from selvad.config.schema import ConfigError
+from selvad.runs.slots import DeviceError, resolve_slots
 
 __all__ = ["Check", "format_checks", "run_checks"]
 
@@ -118,6 +121,26 @@ def _weights(cfg: DaemonConfig) -> list[Check]:
     return out
 
 
+def _devices(cfg: DaemonConfig) -> list[Check]:
+    """The slots runs get on this machine, or whether Ray can be used."""
+    where = f"{cfg.path}:" if cfg.path else ""
+    if cfg.executor.kind == "ray":
+        try:
+            import ray
+        except ImportError as exc:
+            return [Check("executor", "problem", f'{where}executor.kind = "ray" but Ray is not '
+                          f"installed ({exc})", "pip install 'selvad[ray]' here and on every "
+                          'node, or write kind = "local"')]
+        return [Check("executor", "ok", f"Ray {ray.__version__} installed; the daemon joins "
+                      f"{cfg.executor.address} and checks every node's storage at start")]
+    try:
+        slots = resolve_slots(cfg.device.name)
+    except DeviceError as exc:
+        return [Check("devices", "problem", f"{where}{exc}", "edit [device] name")]
+    return [Check("devices", "ok", "one run at a time on each of " + ", ".join(
+        s.label for s in slots))]
+
+
 def _existing_parent(path: Path) -> Path:
     while not path.exists() and path != path.parent:
         path = path.parent
@@ -168,7 +191,7 @@ def run_checks(config_path: Path | None) -> list[Check]:
     found, cfg = _config(config_path)
     checks += found
     if cfg is not None:
-        checks += _weights(cfg) + _disk(cfg)
+        checks += _devices(cfg) + _weights(cfg) + _disk(cfg)
     return checks
 
 

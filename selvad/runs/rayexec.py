@@ -123,7 +123,7 @@ class RayExecutor:
         if problems:
             raise DeviceError(
                 "these Ray nodes do not see the daemon's storage: " + "; ".join(problems)
-                + f". {STORAGE_FIX}; {_fix()}")
+                + f". {STORAGE_FIX[0].upper()}{STORAGE_FIX[1:]}; {_fix()}")
 
     def _alive_nodes(self) -> dict[str, str]:
         """Alive nodes: node id -> "node ADDRESS (ID8)"."""

@@ -290,8 +290,10 @@ class Daemon:
         try:
             runner = self.runner
         except DeviceError as exc:
-            self.log.error("daemon.bad_executor", config=str(self.config_path),
-                           problem=str(exc), message=f"{self.config_path}: {exc}")
+            text, path = str(exc), str(self.config_path)
+            message = (text if text.startswith(path) else
+                       f"{path}:{text}" if text.startswith("device.") else f"{path}: {text}")
+            self.log.error("daemon.bad_executor", config=path, problem=text, message=message)
             notify.status(f"not started: {exc}")
             return False
         ex = runner.executor
