@@ -9,6 +9,11 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+# The Ray tests' clusters live on this machine alone: with this (Ray's own switch, read when
+# ray is imported, so before any test module imports it; children inherit it) every Ray
+# process and driver binds and dials the loopback address, never the machine's LAN address.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
 
 def golden_path() -> Path:
     """SELVA_GOLDEN_DIR, default ../shared/golden next to the repository."""

@@ -20,7 +20,9 @@ from .conftest import REPO, DaemonTree
 pytestmark = [pytest.mark.e2e, pytest.mark.ray]
 
 MiB = 1 << 20
-NODE = {"num_cpus": 1, "object_store_memory": 80 * MiB}  # one run per node (resource CPU)
+# every Ray process binds the loopback address (Ray would take the machine's LAN address)
+LOOPBACK = {"node_ip_address": "127.0.0.1"}
+NODE = {"num_cpus": 1, "object_store_memory": 80 * MiB, **LOOPBACK}  # one run per node (resource CPU)
 
 
 @pytest.fixture
@@ -30,7 +32,7 @@ def cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
     from ray.cluster_utils import Cluster
 
     c = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 0, "include_dashboard": False, "object_store_memory": 80 * MiB})
+        "num_cpus": 0, "include_dashboard": False, "object_store_memory": 80 * MiB, **LOOPBACK})
     for _ in range(2):
         c.add_node(**NODE)
     c.wait_for_nodes()
@@ -123,7 +125,7 @@ def test_storage_a_node_does_not_see_refuses_to_start(monkeypatch: pytest.Monkey
     from ray.cluster_utils import Cluster
 
     c = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "include_dashboard": False, "object_store_memory": 80 * MiB})
+        "num_cpus": 1, "include_dashboard": False, "object_store_memory": 80 * MiB, **LOOPBACK})
     try:
         _use_ray(tree, c.address)
         out = tree.root / "out"

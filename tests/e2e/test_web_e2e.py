@@ -175,7 +175,7 @@ def test_dashboard_run_page_ab_cancel_and_path_tricks(tree: DaemonTree, browser:
     assert len(seen) >= 3, f"the progress did not move: {seen}"
     assert len(cells) >= 3 and all(c.endswith("/100000") for c in cells), cells  # the runs table too
     driver.save_screenshot(str(shots / "dashboard_training.png"))
-    driver.find_element(By.ID, "cancel").click()
+    driver.find_element(By.CSS_SELECTOR, f'#live section[data-run="{long.id}"] button.cancel').click()
     assert tree.wait_state(long.id, ("cancelled",), 60).state == "cancelled"
     driver.get(f"{url}runs/{long.id}")
     driver.save_screenshot(str(shots / "run_cancelled.png"))

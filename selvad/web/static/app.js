@@ -12,6 +12,8 @@ function fmtDuration(s) {
 }
 
 function showRun(run) {
+  const section = document.querySelector(`#live section[data-run="${CSS.escape(run.id)}"]`);
+  if (!section) return;
   const fields = {
     step: run.step ?? 0, total_steps: run.total_steps ?? "?",
     loss: run.loss === null ? "-" : run.loss.toFixed(4),
@@ -19,10 +21,10 @@ function showRun(run) {
     eta_s: fmtDuration(run.eta_s),
   };
   for (const [k, v] of Object.entries(fields)) {
-    const el = document.querySelector(`#live [data-field="${k}"]`);
+    const el = section.querySelector(`[data-field="${k}"]`);
     if (el) el.textContent = v;
   }
-  const bar = document.getElementById("bar");
+  const bar = section.querySelector("progress.bar");
   if (bar && run.total_steps) { bar.max = run.total_steps; bar.value = run.step ?? 0; }
 }
 
@@ -39,6 +41,10 @@ function showRows(runs) {
 
 const LIVE_POLL_MS = 2000, IDLE_POLL_MS = 5000;
 
+// the runs #live shows (data-runs): on the dashboard every active run (data-scope "all": a
+// run starting or ending reloads the page), on a run page that run alone ("one")
+function shownRuns(live) { return live.dataset.runs.split(" ").filter(Boolean); }
+
 async function poll() {
   const live = document.getElementById("live");
   if (!live) return;
@@ -49,13 +55,15 @@ async function poll() {
   try {
     const r = await fetch("/api/status", { cache: "no-store" });
     const status = await r.json();
-    const shown = live.dataset.run;
-    const run = status.current.find((x) => x.id === shown);
+    const shown = shownRuns(live), active = status.current.map((x) => x.id);
+    const changed = live.dataset.scope === "all"
+      ? shown.length !== active.length || shown.some((id) => !active.includes(id))
+      : shown.some((id) => !active.includes(id));
+    if (changed) { location.reload(); return; }  // a run started or ended
     showRows(status.current);
-    if (run) showRun(run);
-    else if (shown || status.current.length) { location.reload(); return; }  // started or ended
+    for (const run of status.current) showRun(run);
   } catch (e) { /* daemon restarting: try again */ }
-  setTimeout(poll, live.dataset.run ? LIVE_POLL_MS : IDLE_POLL_MS);
+  setTimeout(poll, shownRuns(live).length ? LIVE_POLL_MS : IDLE_POLL_MS);
 }
 
 function setupAB() {
@@ -104,5 +112,5 @@ function setupAB() {
 document.addEventListener("DOMContentLoaded", () => {
   setupAB();
   const live = document.getElementById("live");
-  if (live?.dataset.run !== undefined) setTimeout(poll, live.dataset.run ? LIVE_POLL_MS : IDLE_POLL_MS);
+  if (live) setTimeout(poll, shownRuns(live).length ? LIVE_POLL_MS : IDLE_POLL_MS);
 });

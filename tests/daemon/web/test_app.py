@@ -188,6 +188,26 @@ def test_dashboard_shows_datasets_and_invalid_job_files(site: Any) -> None:
         ("job", "broken"), ("dataset", str(root / "data" / "cats"))]
 
 
+def test_dashboard_shows_every_active_run_with_its_device(site: Any) -> None:
+    """Two slots training at once: one live section each (app.js refreshes each by its id)."""
+    client, q, first, root = site
+    data = root / "data" / "birds"
+    second = q.enqueue("birds", str(data), {"data_dir": str(data), "steps": 30},
+                       {"files": [{"name": "clip0.wav", "size": 2, "mtime_ns": 2, "sha256": "cd"}]})
+    assert second is not None
+    for run_id, device in ((first, "cpu#0"), (second.id, "cpu#1")):
+        assert q.claim(run_id, device=device) is not None
+        q.set_state(run_id, "training")
+    home = client.get("/").text
+    live = home.split('<div id="live"', 1)[1].split("</div>", 1)[0]
+    assert f'data-runs="{first} {second.id}"' in live or f'data-runs="{second.id} {first}"' in live
+    for run_id, device in ((first, "cpu#0"), (second.id, "cpu#1")):
+        section = live.split(f'<section class="current" data-run="{run_id}">', 1)[1].split("</section>", 1)[0]
+        assert f'<b class="device">{device}</b>' in section and 'data-field="step"' in section
+        assert f'action="/runs/{run_id}/cancel"' in section
+    assert home.count('id="') == len(set(x.split('"', 1)[0] for x in home.split('id="')[1:]))  # ids unique
+
+
 def _sweep(tmp_path: Path) -> tuple[Any, RunQueue, list[str]]:
     """The tree plus a finished two-run sweep of job "birds" with its real summary."""
     cfg, q, _ = _tree(tmp_path)
