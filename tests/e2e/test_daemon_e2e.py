@@ -168,7 +168,7 @@ def test_sighup_reloads_and_sigterm_leaves_checkpoint_and_queued_run(tree: Daemo
     tree.wait_for(reloaded, 30, "RELOADING=1 then READY=1")
     reloading = [m for m in tree.notify.messages[before:] if "RELOADING=1" in m][0]
     assert "MONOTONIC_USEC=" in reloading
-    assert tree.events("daemon.reloaded")[-1]["running"] == run.id
+    assert tree.events("daemon.reloaded")[-1]["running"] == [run.id]  # every slot's run
     tree.wait_for(lambda: (tree.queue.get(run.id).step or 0) > step_at_reload, 60,
                   "training to go on after the reload")
     after = tree.queue.get(run.id)
