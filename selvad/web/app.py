@@ -11,6 +11,7 @@ loop answers them. Reads go through selvad.web.state (read-only); files only as 
 from __future__ import annotations
 
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -45,6 +46,18 @@ ACTIONS = ("cancel", "retry")
 FORM_MAX_BYTES = 4096
 
 
+
+def _when(t: float | str | None) -> str:
+    """Local "YYYY-MM-DD HH:MM" of epoch seconds or an ISO 8601 time ("-" when unknown)."""
+    if not t:
+        return "-"
+    if isinstance(t, str):
+        try:
+            t = datetime.fromisoformat(t).timestamp()
+        except ValueError:
+            return t
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(t))
+
 class WebApp:
     """The handlers, sharing the read-only state, the guard and the templates."""
 
@@ -53,8 +66,7 @@ class WebApp:
         self.sweeps = SweepView(self.state)
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
         self.templates.env.filters["duration"] = format_duration
-        self.templates.env.filters["when"] = lambda t: time.strftime(
-            "%Y-%m-%d %H:%M", time.localtime(t)) if t else "-"
+        self.templates.env.filters["when"] = _when
         self.static = {name: (HERE / "static" / name).read_bytes() for name in STATIC}
         self._queue: RunQueue | None = None
 

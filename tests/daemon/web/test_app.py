@@ -5,6 +5,7 @@ action token off loopback."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -251,6 +252,8 @@ def test_sweep_page_shows_runs_side_by_side(tmp_path: Path) -> None:
         assert f'href="/runs/{run_id}"' in table
         assert f'src="/runs/{run_id}/files/sample_step00020.wav"' in table
     assert "run 1: lowest held-out loss" in table and "<th>steps</th>" not in table
+    updated = page.text.split("Summary updated ", 1)[1].split(".", 1)[0]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d", updated), updated  # local time, not raw ISO
     assert 'src="/sweeps/birds/files/loss_comparison.png"' in page.text
     best = page.text.split('id="sweep-recommendation"', 1)[1].split("</section>", 1)[0]
     assert "run lr0 at step 10" in best  # the summary's "lr0@10", lowest held-out loss
