@@ -27,6 +27,16 @@ def tiny(seed: int = 0) -> Generator:
     return model.requires_grad_(False)
 
 
+def tiny_with_lora() -> Generator:
+    """tiny() in training mode with rank-4 LoRA on attn.qkv, B != 0 (so every weight has a gradient)."""
+    model = tiny()
+    apply_lora(model, rank=4, targets=["attn.qkv"], dtype=torch.float32,
+               generator=torch.Generator().manual_seed(5))
+    for p in lora_parameters(model)[1]:
+        nn.init.normal_(p, std=0.05, generator=torch.Generator().manual_seed(6))
+    return model.train()
+
+
 def inputs(model: Generator, batch: int = 2) -> tuple[torch.Tensor, ...]:
     v, s = get_variant("tiny_16k"), get_variant("tiny_16k").sequence()
     g = torch.Generator().manual_seed(3)
@@ -143,12 +153,7 @@ def test_compiled_blocks_give_the_eager_loss_and_gradients(precision):
 
     results = []
     for compiled in (False, True):
-        model = tiny()
-        apply_lora(model, rank=4, targets=["attn.qkv"], dtype=torch.float32,
-                   generator=torch.Generator().manual_seed(5))
-        for p in lora_parameters(model)[1]:
-            nn.init.normal_(p, std=0.05, generator=torch.Generator().manual_seed(6))  # B != 0
-        model.train()
+        model = tiny_with_lora()
         if compiled:
             compile_blocks(model)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
@@ -165,12 +170,7 @@ def test_compiled_blocks_give_the_eager_loss_and_gradients(precision):
 def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
     results = []
     for checkpointing in (False, True):
-        model = tiny()
-        apply_lora(model, rank=4, targets=["attn.qkv"], dtype=torch.float32,
-                   generator=torch.Generator().manual_seed(5))
-        for p in lora_parameters(model)[1]:
-            nn.init.normal_(p, std=0.05, generator=torch.Generator().manual_seed(6))  # B != 0
-        model.train()
+        model = tiny_with_lora()
         model.gradient_checkpointing = checkpointing
         loss = model(*inputs(model)).square().mean()
         loss.backward()
