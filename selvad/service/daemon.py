@@ -438,7 +438,11 @@ class Daemon:
     def _reload_executor(self, new: DaemonConfig) -> None:
         """New device slots apply to the next runs (running ones keep theirs); a device
         list this machine cannot serve is logged and the old slots stay. The executor
-        kind and the Ray address change at the next start only."""
+        kind, the Ray address and the [web] section change at the next start only (a
+        warning says so)."""
+        if new.web != self.cfg.web:  # the page's server is bound at start
+            self.log.warning("config.web_changed", fix="restart the daemon (systemctl restart "
+                             "selvad) to serve the page with the new [web] section")
         if new.executor != self.cfg.executor:
             self.log.warning("config.executor_changed", fix="restart the daemon (systemctl "
                              "restart selvad) to use the new [executor] section")

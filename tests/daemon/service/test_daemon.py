@@ -194,3 +194,21 @@ def test_retention_prunes_finished_runs_only(daemon, tmp_path: Path) -> None:
     d.retention()
     assert sorted(p.name for p in runs[0].iterdir()) == ["adapter_final.pt", "adapter_step00030.pt"]
     assert len(list(runs[1].iterdir())) == 4  # the training run is untouched
+
+
+def test_a_reload_that_changes_web_or_executor_says_restart(make_config, daemon) -> None:
+    """The page's server and the executor are bound at start: a reload that changes them
+    warns with the fix instead of pretending to apply them."""
+    from structlog.testing import capture_logs
+
+    from selvad.config.daemon import load_config
+
+    d = daemon()
+    new = load_config(make_config('[web]\nlisten = "127.0.0.1:9999"\n'))
+    with capture_logs() as logs:
+        d._reload_executor(new)
+    warned = [e for e in logs if e["event"] == "config.web_changed"]
+    assert len(warned) == 1 and "restart" in warned[0]["fix"]
+    with capture_logs() as logs:
+        d._reload_executor(load_config(make_config("")))  # the same [web] again: nothing said
+    assert not [e for e in logs if e["event"].startswith("config.")]
