@@ -200,6 +200,7 @@ class RunState:
     overfitting: bool = False
     recommendation: dict | None = None  # the latest checkpoint recommendation
     pace_s: float = 0.0  # seconds per step, an EMA over recent steps (0: not yet measured)
+    pace_windows: int = 0  # log windows the pace has seen (the first one carries the warm-up)
 
     def drain(self, runner: StepRunner) -> None:
         """Read the losses and grad norms waiting on the device into the log window (raises

@@ -185,9 +185,13 @@ ETA_SPAN_STEPS = 200  # the ETA follows the pace of about the last 200 steps
 def _smoothed_pace(state: RunState, elapsed: float, n_steps: int) -> float:
     """Seconds per step for the ETA: an EMA over steps (time constant ETA_SPAN_STEPS) of each
     window's pace, so one slow window (a checkpoint's sample and evaluation, a warm-up) moves
-    the ETA a little instead of swinging it. Updates and returns state.pace_s."""
+    the ETA a little instead of swinging it. The first window (first kernels, allocations,
+    compiling: often several times slower) only stands until the second replaces it, so it
+    does not inflate the ETA for the next ETA_SPAN_STEPS steps. Updates and returns
+    state.pace_s."""
     pace = elapsed / max(n_steps, 1)
-    if state.pace_s <= 0:
+    state.pace_windows += 1
+    if state.pace_s <= 0 or state.pace_windows <= 2:
         state.pace_s = pace
     else:
         keep = float(np.exp(-max(n_steps, 1) / ETA_SPAN_STEPS))

@@ -7,7 +7,8 @@ exactly one run, training or extraction alike, so a GPU never has two jobs on it
 extraction run takes a free slot like a training run, in queue order (extraction first,
 then priority, then age). A run's child is pinned to its slot's GPU with
 CUDA_VISIBLE_DEVICES (mapped through the daemon's own CUDA_VISIBLE_DEVICES, if it has
-one), so inside the child the GPU is always "cuda".
+one), so inside the child the GPU is always "cuda". With several slots, each child's torch
+uses an equal share of the CPU cores.
 
 `resolve_slots` checks the names against the machine (a GPU index it does not have is a
 `DeviceError` whose message says the fix); the config parser only checks the syntax, so a
@@ -90,4 +91,16 @@ def resolve_slots(names: tuple[str, ...], count: Callable[[], int] = gpu_count,
             k += 1
         else:
             out.append(_gpu_slot(int(name[5:]), visible))
-    return out
+    return _share_cores(out) if len(out) > 1 else out
+
+
+def _share_cores(slots: list[Slot]) -> list[Slot]:
+    """Several slots: each child's torch gets an equal share of this process's CPU cores
+    (OMP_NUM_THREADS / MKL_NUM_THREADS), where every child would otherwise start one thread
+    per core and the runs would slow each other down by oversubscription. A thread count
+    the daemon was started with is kept."""
+    if "OMP_NUM_THREADS" in os.environ:
+        return slots
+    share = str(max(1, len(os.sched_getaffinity(0)) // len(slots)))
+    threads = {"OMP_NUM_THREADS": share, "MKL_NUM_THREADS": share}
+    return [Slot(s.label, s.device, {**s.env, **threads}) for s in slots]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from selvad.runs.slots import DeviceError, Slot, resolve_slots
@@ -16,12 +18,21 @@ def test_a_single_name_is_one_slot_as_before() -> None:
     assert resolve_slots(("auto",)) == [Slot("auto", "auto")]
 
 
-def test_cpu_slots_are_numbered_and_gpus_pinned() -> None:
-    assert [s.label for s in resolve_slots(("cpu", "cpu"))] == ["cpu#0", "cpu#1"]
+def test_cpu_slots_are_numbered_and_gpus_pinned(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    share = str(max(1, len(os.sched_getaffinity(0)) // 2))  # each of 2 runs: half the cores
+    threads = {"OMP_NUM_THREADS": share, "MKL_NUM_THREADS": share}
+    slots = resolve_slots(("cpu", "cpu"))
+    assert [(s.label, dict(s.env)) for s in slots] == [("cpu#0", threads), ("cpu#1", threads)]
     slots = resolve_slots(("cuda:0", "cuda:1"), _gpus(2), visible="")
     assert [(s.label, s.device, dict(s.env)) for s in slots] == [
-        ("cuda:0", "cuda", {"CUDA_VISIBLE_DEVICES": "0"}),
-        ("cuda:1", "cuda", {"CUDA_VISIBLE_DEVICES": "1"})]
+        ("cuda:0", "cuda", {"CUDA_VISIBLE_DEVICES": "0", **threads}),
+        ("cuda:1", "cuda", {"CUDA_VISIBLE_DEVICES": "1", **threads})]
+
+
+def test_a_thread_count_the_daemon_was_given_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert [dict(s.env) for s in resolve_slots(("cpu", "cpu"))] == [{}, {}]
 
 
 def test_all_takes_every_gpu_through_the_daemons_own_visible_devices() -> None:
