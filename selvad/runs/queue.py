@@ -1,12 +1,7 @@
 """Persistent run queue in SQLite (WAL) and the run state machine.
 
-States and the only legal moves (`transition` enforces them)::
-
-    queued -> extracting -> training -> done | failed | cancelled
-    extracting -> done                  (an extraction-only run ends after extracting)
-    queued -> cancelled
-    extracting | training -> queued     (daemon shutdown, or resume after a crash)
-    failed | cancelled -> queued        (retry)
+The states and their legal moves are in selvad.runs.records (re-exported here with `Run`,
+`Request` and the other record types).
 
 A run queued again with `retry_at` (an automatic retry after its child was killed) waits
 until then: `next_run` and `claim` skip it while `not_before` lies in the future, and
@@ -25,152 +20,53 @@ helpers are re-exported here).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import secrets
 import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from selvad.datasets.manifest import AUDIO_EXTENSIONS, dataset_manifest, manifest_hash
 from selvad.runs.queuedb import create_or_upgrade
+from selvad.runs.records import (
+    ACTIONS,
+    ACTIVE,
+    KINDS,
+    STATES,
+    SUPERSEDED,
+    TERMINAL,
+    WAITING,
+    IllegalTransition,
+    Request,
+    Run,
+    canonical_json,
+    config_digest,
+    new_run_id,
+    transition,
+)
 
 __all__ = [
     "ACTIONS",
+    "ACTIVE",
     "AUDIO_EXTENSIONS",
     "KINDS",
     "STATES",
     "SUPERSEDED",
+    "TERMINAL",
     "WAITING",
     "IllegalTransition",
     "Request",
     "Run",
     "RunQueue",
+    "config_digest",
     "dataset_manifest",
     "manifest_hash",
+    "new_run_id",
     "transition",
 ]
-
-STATES = ("queued", "extracting", "training", "done", "failed", "cancelled")
-ACTIVE = ("extracting", "training")
-TERMINAL = ("done", "failed", "cancelled")
-KINDS = ("train", "extract")
-ACTIONS = ("cancel", "retry", "enqueue", "skip")
-# the note (`error` column) of a queued run held back because its dataset has errors, and
-# the note of a queued run that a newer config or dataset replaced ("superseded by RUN")
-WAITING = "waiting: dataset has errors"
-SUPERSEDED = "superseded by"
-_LEGAL: dict[str, tuple[str, ...]] = {
-    "queued": ("extracting", "cancelled"),
-    "extracting": ("training", "done", "failed", "cancelled", "queued"),
-    "training": ("done", "failed", "cancelled", "queued"),
-    "done": (),
-    "failed": ("queued",),
-    "cancelled": ("queued",),
-}
-
-
-
-class IllegalTransition(ValueError):
-    """A run state change that the state machine does not allow."""
-
-    def __init__(self, old: str, new: str) -> None:
-        self.old, self.new = old, new
-        allowed = ", ".join(_LEGAL.get(old, ())) or "nothing (final state)"
-        super().__init__(f"illegal run state change {old} -> {new} (from {old}: {allowed})")
-
-
-def transition(old: str, new: str) -> str:
-    """Check the state change `old` -> `new`; return `new` or raise IllegalTransition."""
-    if old not in _LEGAL or new not in _LEGAL or new not in _LEGAL[old]:
-        raise IllegalTransition(old, new)
-    return new
-
-
-@dataclass(frozen=True)
-class Run:
-    """One row of `runs`; `config` and `manifest` are the decoded JSON columns."""
-
-    id: str
-    job: str
-    sweep_id: str
-    dataset: str
-    kind: str
-    state: str
-    priority: int
-    config: dict[str, Any]
-    config_hash: str
-    manifest: dict[str, Any]
-    manifest_hash: str
-    created_at: float
-    started_at: float | None = None
-    finished_at: float | None = None
-    error: str | None = None
-    output_dir: str | None = None
-    step: int | None = None
-    total_steps: int | None = None
-    loss: float | None = None
-    samples_per_s: float | None = None
-    eta_s: float | None = None
-    updated_at: float | None = None
-    attempts: int = 0
-    pid: int | None = None
-    not_before: float | None = None
-    auto_retries: int = 0
-    device: str | None = None  # the slot ("cuda:1", "cpu#0") or Ray node it runs (ran) on
-
-    @classmethod
-    def from_row(cls, row: sqlite3.Row) -> Run:
-        """Decode a database row (JSON columns parsed; columns of a newer version that
-        this one does not know are ignored)."""
-        d = {k: row[k] for k in row.keys() if k in _RUN_COLUMNS}
-        d["config"] = json.loads(d.pop("config_json"))
-        d["manifest"] = json.loads(d.pop("manifest_json"))
-        return cls(**d)
-
-    def to_dict(self, with_manifest: bool = False) -> dict[str, Any]:
-        """Plain data for `--json` output; the (large) manifest only when asked for."""
-        d = {f.name: getattr(self, f.name) for f in fields(self)}
-        if not with_manifest:
-            d.pop("manifest")
-        return d
-
-
-_RUN_COLUMNS = {f.name for f in fields(Run)} | {"config_json", "manifest_json"}
-
-
-@dataclass(frozen=True)
-class Request:
-    """One row of `requests`: something the CLI asked the daemon to do."""
-
-    id: int
-    action: str
-    run_id: str | None
-    job: str | None
-    created_at: float
-    handled_at: float | None = None
-    result: str | None = None
-
-
-def new_run_id(now: float | None = None) -> str:
-    """A sortable, unique run id like "20261125-081500-ab12" (UTC time + random hex)."""
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(time.time() if now is None else now))
-    return f"{stamp}-{secrets.token_hex(2)}"
-
-
-def _canonical(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-
-
-def config_digest(config: dict[str, Any]) -> str:
-    """The default config hash of a run: sha256 of the canonical JSON of `config`."""
-    return hashlib.sha256(_canonical(config).encode()).hexdigest()
 
 
 class RunQueue:
@@ -262,8 +158,8 @@ class RunQueue:
                 "INSERT INTO runs (id, job, sweep_id, dataset, kind, state, priority, config_json,"
                 " config_hash, manifest_json, manifest_hash, created_at, updated_at)"
                 " VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?)",
-                (run_id, job, sweep_id, dataset, kind, priority, _canonical(config), chash,
-                 _canonical(manifest), mhash, now, now),
+                (run_id, job, sweep_id, dataset, kind, priority, canonical_json(config), chash,
+                 canonical_json(manifest), mhash, now, now),
             )
         return self.get(run_id)
 
@@ -386,7 +282,7 @@ class RunQueue:
         with self._write() as db:
             cur = db.execute("UPDATE runs SET manifest_json=?, manifest_hash=?, updated_at=?"
                              " WHERE id=? AND state='queued' AND attempts=0",
-                             (_canonical(manifest), manifest_hash(manifest), time.time(), run_id))
+                             (canonical_json(manifest), manifest_hash(manifest), time.time(), run_id))
             return cur.rowcount == 1
 
     def hold(self, jobs: Iterable[str], held: bool) -> list[str]:
