@@ -38,8 +38,6 @@ from selvad.config.daemon import DaemonConfig
 from selvad.log import get_logger
 from selvad.runs.queue import Run, RunQueue
 from selvad.runs.rayremote import CONFIG_PLACEHOLDER, RunActor, read_markers
-from selvad.runs.rowwriter import RowWriter
-from selvad.runs.rundir import update_latest
 from selvad.runs.slots import DeviceError, Slot
 from selvad.runs.worker import Outcome, RunProcess, one_line
 
@@ -237,10 +235,7 @@ class RayRun(RunProcess):
 
     def start(self) -> None:
         """Write the run's files and start its actor; the reader thread follows it."""
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.private.mkdir(parents=True, exist_ok=True)
-        if self.is_train:
-            update_latest(self.out_dir.parent, self.run.id)
+        self._prepare_dirs()
         args = self._command()[_TRAMPOLINE_ARGS:]
         config_json = None
         if "--config_json" in args:  # sent by value: the state dir need not be shared
@@ -248,19 +243,13 @@ class RayRun(RunProcess):
             config_json = Path(args[i]).read_text(encoding="utf-8")
             args[i] = CONFIG_PLACEHOLDER
         self._log_file = open(self.out_dir / "worker.log", "ab")  # noqa: SIM115 (the reader closes it)
-        self._log_file.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} attempt "
-                             f"{self.run.attempts} on Ray: {' '.join(args)}\n".encode())
-        self._log_file.flush()
+        self._log_header(self._log_file, args, " on Ray")
         self.actor = self.ex.actor_class.remote()
         started = self.actor.start.remote(args, {"PYTHONUNBUFFERED": "1", **self.slot.env},
                                           config_json)
         self.log.info("run.submitted", executor="ray", resource=self.ex.resource,
                       output_dir=str(self.out_dir), attempt=self.run.attempts)
-        self.last_output = time.monotonic()
-        self._writer = RowWriter(self.queue, self.run.id, self.log)
-        self._reader = threading.Thread(target=self._pump, args=(started,),
-                                        name=f"ray-{self.run.id}", daemon=True)
-        self._reader.start()
+        self._follow(self._pump, f"ray-{self.run.id}", started)
 
     def _pump(self, started: Any) -> None:
         """The reader thread: wait for the actor to be placed and start the child, then

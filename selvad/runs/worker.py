@@ -149,10 +149,7 @@ class RunProcess:
         """Prepare the run directory (run.toml, `latest` link for training runs) and start
         the child (which writes validation.toml). Raises OSError when the child cannot be
         started; the caller records that as a failed run."""
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.private.mkdir(parents=True, exist_ok=True)
-        if self.is_train:
-            update_latest(self.out_dir.parent, self.run.id)
+        self._prepare_dirs()
         cmd = self._command()
         env = {k: v for k, v in os.environ.items()
                if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS")}
@@ -160,17 +157,32 @@ class RunProcess:
         env["PYTHONUNBUFFERED"] = "1"
         self._oom_before = oom_kill_count()
         with open(self.out_dir / "worker.log", "ab") as err:
-            err.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} attempt {self.run.attempts}: "
-                      f"{' '.join(cmd)}\n".encode())
-            err.flush()
+            self._log_header(err, cmd)
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                          stderr=err, env=env, start_new_session=True)
         atomic_write(self.private / "child.pid", f"{self.proc.pid}\n")
         self.log.info("run.child_started", pid=self.proc.pid, output_dir=str(self.out_dir),
                       attempt=self.run.attempts)
+        self._follow(self._read, f"run-{self.run.id}")
+
+    def _prepare_dirs(self) -> None:
+        """The run's output and private directories, and `latest` for a training run."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.private.mkdir(parents=True, exist_ok=True)
+        if self.is_train:
+            update_latest(self.out_dir.parent, self.run.id)
+
+    def _log_header(self, log: Any, cmd: list[str], where: str = "") -> None:
+        """The line worker.log gets before each attempt's output: when, which, the command."""
+        log.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} attempt {self.run.attempts}"
+                  f"{where}: {' '.join(cmd)}\n".encode())
+        log.flush()
+
+    def _follow(self, reader: Any, name: str, *args: Any) -> None:
+        """Start following the started run: its queue writer and the reader thread."""
         self.last_output = time.monotonic()
         self._writer = RowWriter(self.queue, self.run.id, self.log)
-        self._reader = threading.Thread(target=self._read, name=f"run-{self.run.id}", daemon=True)
+        self._reader = threading.Thread(target=reader, args=args, name=name, daemon=True)
         self._reader.start()
 
     # -- events --------------------------------------------------------------------------
