@@ -43,13 +43,14 @@ def mel_to_hz_slaney(mel: np.ndarray | float) -> np.ndarray:
 
 
 def slaney_mel_filterbank(
-    sr: int, n_fft: int, n_mels: int, fmin: float = 0.0, fmax: float | None = None
+    sr: int, n_fft: int, n_mels: int, fmin: float = 0.0, fmax: float | None = None,
+    dtype: type = np.float32,
 ) -> np.ndarray:
     """Triangular mel filterbank equal to librosa's `filters.mel` defaults, (n_mels, n_fft//2+1).
 
     Band edges are `n_mels + 2` points evenly spaced on the Slaney mel scale between fmin and
     fmax (Hz; None = sr/2); each triangle is scaled by 2 / (its width in Hz) so every band has
-    the same area (Slaney normalisation). Computed in float64, returned as float32.
+    the same area (Slaney normalisation). Computed in float64, returned as `dtype`.
     """
     if fmax is None:
         fmax = sr / 2.0
@@ -62,7 +63,7 @@ def slaney_mel_filterbank(
     falling = dist[2:] / widths[1:, None]
     weights = np.maximum(0.0, np.minimum(rising, falling))  # (n_mels, F)
     weights *= (2.0 / (edges[2:] - edges[:-2]))[:, None]
-    return weights.astype(np.float32)
+    return weights.astype(dtype)
 
 
 class MelConverter(nn.Module):

@@ -29,6 +29,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from selva_engine.audio.mel import slaney_mel_filterbank
+
 __all__ = ["N_FFT", "HOP", "N_MELS", "SampleMetrics", "compute_metrics", "mel_filterbank"]
 
 N_FFT = 2048
@@ -84,38 +86,11 @@ def _power_spec(x: np.ndarray) -> np.ndarray:
     return np.abs(np.fft.rfft(_frames(x) * win, axis=1)) ** 2
 
 
-def _hz_to_mel(f: np.ndarray) -> np.ndarray:
-    """Slaney mel scale: linear below 1 kHz, logarithmic above."""
-    f = np.asarray(f, dtype=np.float64)
-    lin = f / (200.0 / 3)
-    logstep = math.log(6.4) / 27.0
-    return np.where(f >= 1000.0, 15.0 + np.log(np.maximum(f, 1e-9) / 1000.0) / logstep, lin)
-
-
-def _mel_to_hz(m: np.ndarray) -> np.ndarray:
-    m = np.asarray(m, dtype=np.float64)
-    logstep = math.log(6.4) / 27.0
-    return np.where(m >= 15.0, 1000.0 * np.exp(logstep * (m - 15.0)), m * (200.0 / 3))
-
-
 def mel_filterbank(sr: int, n_fft: int = N_FFT, n_mels: int = N_MELS, f_min: float = 0.0,
                    f_max: float | None = None) -> np.ndarray:
-    """Slaney-style triangular mel filterbank (n_mels, n_fft//2 + 1), area-normalised.
-
-    Same construction as librosa's default (`htk=False, norm="slaney"`): band edges equally
-    spaced on the Slaney mel scale from `f_min` to `f_max` (default sr/2) Hz, each triangle
-    scaled by 2 / (upper edge − lower edge) in Hz.
-    """
-    f_max = sr / 2.0 if f_max is None else f_max
-    fft_hz = np.linspace(0.0, sr / 2.0, n_fft // 2 + 1)
-    edges = _mel_to_hz(np.linspace(_hz_to_mel(f_min), _hz_to_mel(f_max), n_mels + 2))
-    widths = np.diff(edges)  # (n_mels + 1,)
-    ramps = edges[:, None] - fft_hz[None, :]  # (n_mels + 2, bins)
-    lower = -ramps[:-2] / widths[:-1, None]
-    upper = ramps[2:] / widths[1:, None]
-    fb = np.maximum(0.0, np.minimum(lower, upper))
-    fb *= (2.0 / (edges[2:] - edges[:-2]))[:, None]
-    return fb
+    """Slaney-style triangular mel filterbank (n_mels, n_fft//2 + 1), area-normalised, float64:
+    the model's own (selva_engine.audio.mel, librosa's default `htk=False, norm="slaney"`)."""
+    return slaney_mel_filterbank(sr, n_fft, n_mels, f_min, f_max, dtype=np.float64)
 
 
 def _shape_metrics(x: np.ndarray, sr: int, power: np.ndarray) -> dict[str, float]:
