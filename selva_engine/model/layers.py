@@ -66,7 +66,7 @@ class ChannelLastConv1d(nn.Conv1d):
         if self.kernel_size == (1,):
             return F.linear(x, self.weight[:, :, 0], self.bias)
         if self.out_channels < self.in_channels:
-            return self.taps(_autocast_input(x))
+            return self.taps(x)
         return self.from_windows(self.windows(x))
 
     def windows(self, x: torch.Tensor) -> torch.Tensor:
@@ -87,6 +87,7 @@ class ChannelLastConv1d(nn.Conv1d):
     def taps(self, x: torch.Tensor) -> torch.Tensor:
         """The narrowing form: every tap's output at once, then the shifted sum."""
         (k,), (p,) = self.kernel_size, self.padding
+        x = _autocast_input(x)
         n, t = self.out_channels, x.shape[1]
         z = F.linear(x, self.weight.permute(2, 0, 1).reshape(k * n, self.in_channels))  # (B, T, k*C_out)
         parts = [(j - p, z[..., j * n : (j + 1) * n]) for j in range(k) if abs(j - p) < t]
