@@ -24,7 +24,8 @@ Before touching anything the daemon locks its state directory (selvad.runs.state
 second daemon on the same state directory logs `daemon.already_running` with the pid of
 the first and exits 75 without sending READY=1 (CLI commands never take that lock). Then
 it checks that audio resampling works (the probe of `selva_engine.audio.stack`, as
-`selvad doctor` does); when it does not, it logs `daemon.audio_stack_broken` with the fix
+`selvad doctor` does, in a short-lived child so torch never loads into the daemon:
+selvad.service.stackprobe); when it does not, it logs `daemon.audio_stack_broken` with the fix
 and exits 78 without ever sending READY=1. So does a `[device]` or `[executor]` section
 this machine cannot serve (`daemon.bad_executor`: a GPU it does not have, Ray not
 installed or unreachable, storage a Ray node does not see).
@@ -40,7 +41,6 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from selva_engine.audio.stack import check_audio_stack
 from selvad.config.daemon import DaemonConfig, load_config
 from selvad.config.jobs import Job, RunSpec
 from selvad.datasets.hashcache import FileHashCache
@@ -63,6 +63,7 @@ from selvad.service import notify
 from selvad.service.events import EventHandler
 from selvad.service.requests import RequestHandler
 from selvad.service.runner import STOP_TIMEOUT, Runner
+from selvad.service.stackprobe import probe_in_child
 
 __all__ = ["EXIT_BROKEN_INSTALL", "EXIT_LOCKED", "STOP_TIMEOUT", "TICK", "Daemon", "run"]
 
@@ -207,7 +208,9 @@ class Daemon:
         return True
 
     def _serve(self) -> int:
-        stack = check_audio_stack()  # clips at another rate than the model's need it
+        # clips at another rate than the model's need it; probed in a child so that torch
+        # never loads into the daemon (idle RSS ~60 MB instead of ~530 MB)
+        stack = probe_in_child()
         if not stack.ok:
             self.log.error("daemon.audio_stack_broken", problem=stack.problem, fix=stack.fix,
                            pair=stack.pair)

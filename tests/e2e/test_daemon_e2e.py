@@ -20,7 +20,7 @@ import pytest
 
 from selvad.demo import EXPECTED_OUTPUTS, copy_slowly, make_dataset, missing_outputs
 
-from .conftest import REPO, DaemonTree
+from .conftest import REPO, DaemonTree, scaled
 
 pytestmark = pytest.mark.e2e
 
@@ -197,7 +197,7 @@ def test_kill9_then_restart_resumes_from_last_checkpoint(tree: DaemonTree) -> No
     tree.wait_for(lambda: (run_dir / "adapter_step00010.pt").exists(), 120, "a checkpoint")
     assert tree.proc is not None
     tree.proc.kill()  # SIGKILL: no clean-up at all in the daemon
-    tree.proc.wait(10)
+    tree.proc.wait(scaled(10))
     assert tree.queue.get(run.id).state in ("extracting", "training")
 
     tree.start()
@@ -226,7 +226,7 @@ def test_demo_runs_to_completion(tmp_path: Path) -> None:
     try:
         proc = subprocess.run([sys.executable, "-m", "selvad.cli", "demo", str(demo),
                                "--steps", "20"], capture_output=True, text=True, cwd=REPO,
-                              timeout=300)
+                              timeout=scaled(300))
     finally:
         for pid_file in (demo / "state" / "runs").glob("*/child.pid"):
             pid_file.unlink(missing_ok=True)  # children stop with the daemon (pdeathsig)
@@ -244,5 +244,5 @@ def test_demo_runs_to_completion(tmp_path: Path) -> None:
     assert again.endswith(f"run --config {demo / 'selvad.toml'}")
     assert "recommended: " in proc.stdout
     status = subprocess.run([*again.replace(" run ", " status ").split()], capture_output=True,
-                            text=True, timeout=60)  # the pasted command works
+                            text=True, timeout=scaled(60))  # the pasted command works
     assert status.returncode == 0 and "done" in status.stdout, status.stdout + status.stderr

@@ -13,7 +13,7 @@ import pytest
 import soundfile as sf
 
 from tests.conftest import write_clip
-from tests.e2e.conftest import DaemonTree
+from tests.e2e.conftest import DaemonTree, scaled
 
 pytestmark = pytest.mark.e2e
 
@@ -35,7 +35,7 @@ def test_daemon_refuses_to_start_without_a_working_resampler(
 
 def _doctor(config: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "selvad.cli", "doctor", "--config", str(config)],
-                          capture_output=True, text=True, timeout=120, env=env)
+                          capture_output=True, text=True, timeout=scaled(120), env=env)
 
 
 def test_doctor_reports_a_working_setup(tree: DaemonTree) -> None:
@@ -84,9 +84,9 @@ def test_validate_is_not_ready_when_clips_need_a_broken_resampler(
     data = tmp_path / "birds"
     _clips_48k(data)
     cmd = [sys.executable, "-m", "selvad.cli", "validate", str(data), "--variant", "tiny_16k"]
-    ok = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    ok = subprocess.run(cmd, capture_output=True, text=True, timeout=scaled(120))
     assert ok.returncode == 0 and "OK: ready to train" in ok.stdout, ok.stdout + ok.stderr
-    broken = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
+    broken = subprocess.run(cmd, capture_output=True, text=True, timeout=scaled(120),
                             env=broken_torchaudio)
     assert broken.returncode == 1, broken.stdout + broken.stderr
     assert "ready to train" not in broken.stdout

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import REPO, DaemonTree
+from .conftest import REPO, DaemonTree, scaled
 
 pytestmark = [pytest.mark.e2e, pytest.mark.ray]
 
@@ -134,7 +134,7 @@ def test_storage_a_node_does_not_see_refuses_to_start(monkeypatch: pytest.Monkey
         with open(tree.log_path, "ab") as log:
             proc = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c",
                                    script], stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
-                                  timeout=180)
+                                  timeout=scaled(180))
         assert proc.returncode == 78, tree.log_tail()
         [ev] = tree.events("daemon.bad_executor")
         assert "do not see the daemon's storage" in ev["message"], ev["message"]

@@ -19,7 +19,7 @@ import pytest
 
 from selvad.runs.queue import Run
 
-from .conftest import REPO, DaemonTree, FakeNotifySocket
+from .conftest import REPO, DaemonTree, FakeNotifySocket, scaled
 
 pytestmark = pytest.mark.e2e
 
@@ -74,7 +74,7 @@ def test_second_daemon_is_refused_and_kill_9_leaves_no_stale_lock(tree: DaemonTr
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO,
                 env={**os.environ, "NOTIFY_SOCKET": str(notify.path)})
         try:
-            code = second.wait(60)
+            code = second.wait(scaled(60))
         finally:
             if second.poll() is None:
                 second.kill()
@@ -93,7 +93,7 @@ def test_second_daemon_is_refused_and_kill_9_leaves_no_stale_lock(tree: DaemonTr
     assert status.returncode == 0 and run.id in status.stdout
 
     first.send_signal(signal.SIGKILL)  # the kernel drops its lock: the next daemon starts
-    first.wait(10)
+    first.wait(scaled(10))
     again = tree.start()
     tree.wait_for(lambda: len(tree.events("daemon.ready")) >= 2, 60, "the restarted daemon")
     assert (tree.root / "state" / "selvad.lock").read_text().strip() == str(again.pid)

@@ -13,7 +13,7 @@ import threading
 
 import pytest
 
-from tests.e2e.conftest import REPO, DaemonTree
+from tests.e2e.conftest import REPO, DaemonTree, scaled
 
 
 def _read_all(fd: int, sink: list[bytes]) -> None:
@@ -49,7 +49,7 @@ def test_run_on_a_terminal_shows_a_live_progress_bar(tree: DaemonTree) -> None:
         tree.wait_for(lambda: b"state=done" in b"".join(chunks), 30, "the done line")
     finally:
         proc.send_signal(signal.SIGTERM)
-        proc.wait(60)
+        proc.wait(scaled(60))
         reader.join(10)
         os.close(master)
     out = b"".join(chunks).decode(errors="replace")
@@ -78,7 +78,7 @@ def test_status_follow_redraws_in_place_until_ctrl_c(tree: DaemonTree) -> None:
         tree.wait_for(lambda: b"".join(chunks).count(b"\x1b[H\x1b[2J") >= 3, 60,
                       "three redraws")
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(30) == 0
+        assert proc.wait(scaled(30)) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
