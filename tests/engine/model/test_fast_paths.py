@@ -148,8 +148,17 @@ def test_rope_as_complex_product_equals_the_rotation_matrices(dtype):
 @pytest.mark.slow
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_compiled_blocks_give_the_eager_loss_and_gradients(precision):
-    """torch.compile for real (inductor's CPU code generator): no fallback, same numbers."""
+    """torch.compile for real (inductor's CPU code generator): no fallback, same numbers.
+
+    bf16 is compared only on a CPU with native bf16: elsewhere inductor emulates it with
+    other roundings than eager's (grads 5.6 % apart on an AMD EPYC without AVX512-BF16), and
+    the trainer never runs bf16 there (effective_precision falls back to fp32)."""
     from selva_engine.training.acceleration import compile_blocks
+    from selva_engine.training.loop import cpu_has_native_bf16
+
+    if precision == "bf16" and not cpu_has_native_bf16():
+        pytest.skip("this CPU has no native bf16 (AVX512-BF16/AMX): training runs fp32 here, "
+                    "so the compiled bf16 path is never used on it")
 
     results = []
     for compiled in (False, True):
