@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import threading
 import time
 from collections import deque
@@ -55,6 +56,7 @@ from selvad.runs.queue import (
     dataset_manifest,
     manifest_hash,
 )
+from selvad.runs.recovery import QueueUnrecoverable, backup, open_queue
 from selvad.runs.retention import prune_run_dir
 from selvad.runs.schedule import build_scheduler, reschedule
 from selvad.runs.slots import DeviceError, resolve_slots
@@ -217,7 +219,8 @@ class Daemon:
             notify.status(f"not started: {stack.problem}")
             return EXIT_BROKEN_INSTALL
         self._prepare_dirs()
-        self.queue = RunQueue(self.cfg.paths.queue_path)
+        if not self._open_queue():
+            return EXIT_BROKEN_INSTALL
         if not self._check_executor():
             return EXIT_BROKEN_INSTALL
         if threading.current_thread() is threading.main_thread():
@@ -239,6 +242,33 @@ class Daemon:
             self.wake.clear()
             self._tick()
         return self._shutdown()
+
+    def _open_queue(self) -> bool:
+        """Open the queue database, recovering a damaged one (selvad.runs.recovery); False
+        (logged, one line with the fix) when nothing can restore it."""
+        db = self.cfg.paths.queue_path
+        try:
+            self.queue, rec = open_queue(db, self.cfg.paths.output_root)
+        except QueueUnrecoverable as exc:
+            self.log.error("daemon.queue_unrecoverable", path=str(db), message=str(exc))
+            notify.status(f"not started: {exc}")
+            return False
+        if rec.problem is not None:
+            self.log.warning("queue.recovered", path=str(db), problem=rec.problem,
+                             moved_to=str(rec.moved_to),
+                             restored_from=str(rec.restored_from or "") or None,
+                             runs_from_output_tree=rec.runs_restored)
+        elif rec.runs_restored:
+            self.log.warning("queue.runs_restored", path=str(db), runs=rec.runs_restored)
+        self._backup_queue()
+        return True
+
+    def _backup_queue(self) -> None:
+        try:
+            backup(self.queue)  # type: ignore[arg-type]
+        except (OSError, sqlite3.Error) as exc:
+            self.log.warning("queue.backup_failed", path=str(self.cfg.paths.queue_path),
+                             message=str(exc), fix="check the state directory's free space")
 
     def _start_companions(self) -> None:
         for comp in self.companions:
@@ -317,7 +347,10 @@ class Daemon:
 
     def _check_current(self) -> None:
         if self._runner is not None:
+            before = len(self.running)
             self._runner.check()
+            if len(self.running) < before:  # a run ended: keep a consistent copy
+                self._backup_queue()
 
     def retention(self) -> None:
         """Prune old step checkpoints of finished runs (and old run directories when
