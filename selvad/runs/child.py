@@ -25,9 +25,19 @@ from selvad.config.daemon import DaemonConfig
 from selvad.runs.queue import Run
 from selvad.runs.rundir import state_dir_for
 
-__all__ = ["main", "stop_orphan", "write_validation"]
+__all__ = ["main", "signal_group", "stop_orphan", "write_validation"]
 
 _PR_SET_PDEATHSIG = 1
+
+
+def signal_group(pgid: int, sig: int) -> None:
+    """Send `sig` to process group `pgid`. SIGTERM is preceded by SIGCONT: a stopped child
+    (SIGSTOP, a debugger, `kill -STOP`) would keep SIGTERM pending and never checkpoint, and
+    the stop timeout would end in SIGKILL with the steps since the last save lost. Raises
+    ProcessLookupError when the group is gone."""
+    if sig == signal.SIGTERM:
+        os.killpg(pgid, signal.SIGCONT)
+    os.killpg(pgid, sig)
 
 
 def stop_orphan(cfg: DaemonConfig, run: Run, timeout: float = 60.0) -> int | None:
@@ -46,7 +56,7 @@ def stop_orphan(cfg: DaemonConfig, run: Run, timeout: float = 60.0) -> int | Non
         pid_file.unlink(missing_ok=True)
         return None
     try:
-        os.killpg(pid, signal.SIGTERM)
+        signal_group(pid, signal.SIGTERM)
     except ProcessLookupError:
         return None
     deadline = time.monotonic() + timeout

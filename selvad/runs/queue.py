@@ -247,6 +247,20 @@ class RunQueue:
         with self._write() as db:
             db.execute(f"UPDATE runs SET {cols} WHERE id=?", (*sets.values(), run_id))
 
+    def retry_waiting(self) -> list[Run]:
+        """Queued runs that wait for an automatic retry (`not_before` set)."""
+        rows = self._conn().execute(
+            "SELECT * FROM runs WHERE state='queued' AND not_before IS NOT NULL").fetchall()
+        return [Run.from_row(r) for r in rows]
+
+    def release_retry(self, run_id: str) -> bool:
+        """End a queued run's automatic-retry wait now (clear `not_before`); False when it
+        is no longer a queued run."""
+        with self._write() as db:
+            cur = db.execute("UPDATE runs SET not_before=NULL, updated_at=? WHERE id=? AND"
+                             " state='queued'", (time.time(), run_id))
+        return cur.rowcount == 1
+
     def set_note(self, run_id: str, note: str | None) -> None:
         """Show `note` (None clears it) in the `error` column of an active run, e.g. that
         its child stalled; a run that has ended keeps its own error."""

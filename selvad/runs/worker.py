@@ -42,6 +42,7 @@ from typing import Any
 
 from selvad.config.daemon import DaemonConfig
 from selvad.log import get_logger
+from selvad.runs.child import signal_group
 from selvad.runs.exits import (
     describe_exit,
     kill_cause,
@@ -302,7 +303,7 @@ class RunProcess:
         if self.proc is None or self.proc.poll() is not None:
             return
         try:
-            os.killpg(self.proc.pid, sig)
+            signal_group(self.proc.pid, sig)  # SIGCONT first for SIGTERM: a stopped child
         except ProcessLookupError:
             pass
 

@@ -58,6 +58,7 @@ from selvad.runs.queue import (
 )
 from selvad.runs.recovery import QueueUnrecoverable, backup, open_queue
 from selvad.runs.retention import prune_run_dir
+from selvad.runs.retrywait import RetryWaits
 from selvad.runs.schedule import build_scheduler, reschedule
 from selvad.runs.slots import DeviceError, resolve_slots
 from selvad.runs.statelock import StateDirLocked, StateLock
@@ -110,6 +111,7 @@ class Daemon:
         self.companions: list[Any] = []
         self.events = EventHandler(self)
         self.requests = RequestHandler(self)
+        self.retry_waits = RetryWaits()  # SIGKILL retry delays on the monotonic clock
 
     # -- signals -------------------------------------------------------------------------
 
@@ -281,7 +283,8 @@ class Daemon:
     def _tick(self) -> None:
         """One pass of the main loop; any error is logged and the daemon goes on."""
         steps = (self._maybe_reload, self._drain_inbox, self.requests.handle_pending,
-                 self.events.due_training, self._check_current, self._maybe_start_next,
+                 self.events.due_training, self._check_current, self._release_retries,
+                 self._maybe_start_next,
                  self._heartbeat)
         for step in steps:
             if self._stop:
@@ -337,6 +340,13 @@ class Daemon:
                           resource=self.cfg.executor.resource,
                           capacity=getattr(ex, "capacity", lambda: None)())
         return True
+
+    def _release_retries(self) -> None:
+        """End the automatic-retry waits that are over by the monotonic clock."""
+        assert self.queue is not None
+        for run_id in self.retry_waits.due(self.queue.retry_waiting()):
+            if self.queue.release_retry(run_id):
+                self.log.info("run.retry_due", run_id=run_id)
 
     def _pick(self) -> Run | None:
         return self.runner.pick()
