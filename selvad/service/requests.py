@@ -22,8 +22,11 @@ answer saying so; a job file that is not a regular file (a FIFO) is refused unre
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from selvad.config.jobs import RunSpec, check_run_id, job_file
 from selvad.runs.queue import TERMINAL, Request, Run
+from selvad.runs.rundir import run_dir_for
 from selvad.service.context import DaemonContext
 
 __all__ = ["RequestHandler"]
@@ -99,13 +102,26 @@ class RequestHandler:
         self.log.info("run.state", state="queued", run_id=run.id, job=run.job,
                       dataset=run.dataset, kind=run.kind, reason="retry requested")
         self.d.wake.set()
+        resumes = self._resume_phrase(run)
         if req.job is not None:
             return (f"queued {run.id} again: the job file's current config is the one it ran "
-                    "(it resumes from its newest checkpoint)")
+                    f"({resumes})")
         changed = spec is not None and spec.config_hash != run.config_hash
-        return (f"queued {run.id} again with the config it ran (it resumes from its newest "
-                "checkpoint)" + (f"; the job file has changed since: `selvad retry {run.id} "
-                                 "--current` runs its current config" if changed else ""))
+        return (f"queued {run.id} again with the config it ran ({resumes})"
+                + (f"; the job file has changed since: `selvad retry {run.id} "
+                   "--current` runs its current config" if changed else ""))
+
+    def _resume_phrase(self, run: Run) -> str:
+        """Where a retried run starts: from its newest step checkpoint, or from step 0 when
+        its run directory (or every checkpoint in it) is gone."""
+        if run.kind != "train":
+            return "it extracts again; features already cached are kept"
+        out = Path(run.output_dir) if run.output_dir else run_dir_for(self.d.cfg, run)
+        if not out.is_dir():
+            return f"it starts from step 0: its run directory {out} is gone"
+        if not any(out.glob("adapter_step*.pt")):
+            return f"it starts from step 0: {out} holds no adapter_stepNNNNN.pt checkpoint"
+        return "it resumes from its newest checkpoint"
 
     def _current_spec(self, run: Run) -> tuple[RunSpec | None, str]:
         """The job file's current spec for `run` (same sweep id) and, when there is none,

@@ -104,3 +104,20 @@ def test_retry_current_queues_the_job_files_config(daemon: Daemon, tmp_path: Pat
 def test_retry_current_refuses_a_job_that_is_a_path(daemon: Daemon, tmp_path: Path) -> None:
     run_id = _cancelled_run(daemon, tmp_path)
     assert _answer(daemon, "retry", run_id=run_id, job="../x").startswith("refused: ")
+
+
+def test_retry_says_where_the_run_starts_from_its_run_directory(daemon: Daemon,
+                                                               tmp_path: Path) -> None:
+    d = daemon
+    assert d.queue is not None
+    run_id = _cancelled_run(d, tmp_path)
+    run_dir = d.cfg.paths.output_root / "birds" / run_id
+    run_dir.mkdir(parents=True)
+    (run_dir / "adapter_step00010.pt").write_bytes(b"x")
+    assert "it resumes from its newest checkpoint" in _answer(d, "retry", run_id=run_id)
+    assert _answer(d, "cancel", run_id=run_id) == f"cancelled {run_id}"
+    (run_dir / "adapter_step00010.pt").unlink()
+    run_dir.rmdir()  # deleted while it ran
+    answer = _answer(d, "retry", run_id=run_id)
+    assert f"it starts from step 0: its run directory {run_dir} is gone" in answer, answer
+    assert "resumes" not in answer
