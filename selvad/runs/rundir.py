@@ -8,6 +8,7 @@ config and pid file (extraction runs keep their `worker.log` there too).
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from dataclasses import replace
@@ -23,6 +24,7 @@ from selvad.runs.queue import Run
 __all__ = [
     "atomic_write",
     "child_device",
+    "describe_start_error",
     "prune_job_runs",
     "run_config",
     "run_dir_for",
@@ -87,6 +89,28 @@ def write_run_toml(path: Path, run: Run, train_cfg: TrainConfig) -> Path:
     }
     atomic_write(path, tomli_w.dumps(doc))
     return path
+
+
+def describe_start_error(exc: BaseException) -> str:
+    """One sentence with the fix for why a run could not start: an OSError writing its run
+    or state directory (read-only, not ours, read-only file system, full) names the path
+    and what to do instead of a raw errno; anything else is its own message."""
+    if not isinstance(exc, OSError) or exc.errno is None:
+        return str(exc)
+    where = Path(exc.filename) if exc.filename else None
+    target = f"{where.parent if where and not where.is_dir() else where}" if where else "it"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return (f"cannot write {where or 'the run directory'} (permission denied); make {target} "
+                "writable by the user selvad runs as (chown/chmod u+w), or remove it so it is "
+                "made again, then `selvad retry` the run")
+    if exc.errno == errno.EROFS:
+        return (f"cannot write {where or 'the run directory'}: its file system is mounted "
+                "read-only; remount it read-write or point paths.output_root elsewhere, then "
+                "`selvad retry` the run")
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"cannot write {where or 'the run directory'}: no space left; free space "
+                "(older runs, checkpoints) and `selvad retry` the run")
+    return f"cannot write {where or 'the run directory'} ({exc.strerror or exc})"
 
 
 def atomic_write(path: Path, text: str) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 from selvad.config.windows import window_open
 from selvad.runs.executor import Executor, RunHandle
 from selvad.runs.queue import Run
+from selvad.runs.rundir import describe_start_error
 from selvad.runs.slots import Slot
 from selvad.service.context import DaemonContext
 
@@ -107,7 +108,8 @@ class Runner:
         except Exception as exc:  # run boundary: e.g. the output dir is not writable
             self.d.log.exception("run.start_failed", run_id=run.id, job=run.job,
                                  dataset=run.dataset, device=slot.label)
-            self.d.queue.set_state(run.id, "failed", error=f"could not start the run: {exc}")
+            self.d.queue.set_state(run.id, "failed",
+                                   error=f"could not start the run: {describe_start_error(exc)}")
             return True
         self.running[run.id] = handle
         return True

@@ -56,3 +56,30 @@ def test_training_waits_while_its_dataset_is_extracted_others_go(two_slots: Daem
     assert d._pick().id == fish.id  # birds would encode the same clips a second time
     del d.running[extract.id]
     assert d._pick().id == birds.id
+
+
+@pytest.mark.parametrize(("err", "expect"), [
+    (13, "make {dir} writable by the user selvad runs as"),
+    (30, "mounted read-only; remount it read-write"),
+    (28, "no space left; free space"),
+])
+def test_a_run_dir_that_cannot_be_written_fails_with_one_sentence_and_the_fix(
+        two_slots: Daemon, monkeypatch: pytest.MonkeyPatch, err: int, expect: str) -> None:
+    import os
+
+    d = two_slots
+    assert d.queue is not None
+    run = _enqueue(d, "birds")
+    run_dir = d.cfg.paths.output_root / "birds" / run.id
+    run_dir.mkdir(parents=True)
+    target = run_dir / "run.toml"
+
+    def refuse(self: RunProcess) -> None:  # what a read-only run directory does to start()
+        raise OSError(err, os.strerror(err), str(target))
+
+    monkeypatch.setattr(RunProcess, "start", refuse)
+    assert d.runner.start(run, d.runner.executor.slots[0])
+    failed = d.queue.get(run.id)
+    assert failed.state == "failed" and "Errno" not in (failed.error or "")
+    assert expect.format(dir=run_dir) in failed.error and str(target) in failed.error
+    assert "\n" not in failed.error and "`selvad retry`" in failed.error
