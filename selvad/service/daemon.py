@@ -38,6 +38,7 @@ import signal
 import sqlite3
 import threading
 import time
+import traceback
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -291,8 +292,10 @@ class Daemon:
                 return
             try:
                 step()
-            except Exception:  # the daemon never dies of one bad event
-                self.log.exception("daemon.tick_failed", step=step.__name__)
+            except Exception as exc:  # the daemon never dies of one bad event
+                # no exception message: it may quote a job file or a clip's metadata
+                self.log.error("daemon.tick_failed", step=step.__name__,
+                               error=type(exc).__name__, frames=code_frames(exc))
 
     def _drain_inbox(self) -> None:
         while self.inbox:
@@ -516,6 +519,13 @@ class Daemon:
             self.hashes.close()
         self.log.info("daemon.stopped")
         return 0
+
+
+def code_frames(exc: BaseException) -> list[str]:
+    """Where `exc` was raised, as "file:line in function" frames (innermost last), without
+    its message or source lines: what a log may keep of an error about user data."""
+    return [f"{f.filename}:{f.lineno} in {f.name}"
+            for f in traceback.extract_tb(exc.__traceback__)]
 
 
 def active_runs(queue: RunQueue) -> list[Run]:

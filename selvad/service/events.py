@@ -158,8 +158,13 @@ class EventHandler:
     # -- jobs ----------------------------------------------------------------------------
 
     def load(self, path: Path) -> Job | None:
-        """Load the job file at `path`; log and return None when it is invalid."""
+        """Load the job file at `path`; log and return None when it is invalid (a symbolic
+        link is: the page lists regular files only, and a link may lead out of jobs_dir)."""
         try:
+            if path.is_symlink():
+                raise JobError([f"{path}: is a symbolic link; job files must be regular files "
+                                "in the jobs directory (replace the link with a copy of its "
+                                "target)"])
             return load_job(path, self.d.cfg)
         except JobError as exc:
             problems = list(exc.problems)

@@ -212,3 +212,17 @@ def test_a_reload_that_changes_web_or_executor_says_restart(make_config, daemon)
     with capture_logs() as logs:
         d._reload_executor(load_config(make_config("")))  # the same [web] again: nothing said
     assert not [e for e in logs if e["event"].startswith("config.")]
+
+
+def test_a_symlinked_job_file_is_refused_with_a_problem_the_page_shows(daemon,
+                                                                       tmp_path: Path) -> None:
+    d = daemon()
+    make_dataset(tmp_path / "datasets" / "birds", 3)
+    target = _job(tmp_path, "real", "birds").rename(tmp_path / "elsewhere.toml")
+    link = tmp_path / "jobs" / "linked.toml"
+    link.symlink_to(target)
+    d.events.handle(JobEvent(link, "created"))
+    assert "linked" not in d.jobs and _kinds(d, "linked", "birds") == []
+    problem = d.events.watched.get("job", "linked").problem
+    assert problem and "symbolic link" in problem and "copy" in problem
+
