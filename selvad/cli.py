@@ -188,9 +188,12 @@ def cmd_status(args: argparse.Namespace) -> int:
                           "problems": [asdict(p) for p in problems]}, indent=2, default=str))
         return 0
     print("runs: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
-    for p in problems:  # what blocks training, and where to look
-        print(f"problem: {p.kind} {p.name if p.kind == 'job' else p.path}: {p.problem}"
+    for p in problems:  # what blocks training, and where to look; every line of it
+        first, *rest = (p.problem or "").splitlines() or [""]
+        print(f"problem: {p.kind} {p.name if p.kind == 'job' else p.path}: {first}"
               + (f" ({p.path})" if p.kind == "job" else ""))
+        for line in rest:
+            print(f"  {line}")
     if not current:
         print("current: none (idle)")
     for r in current:

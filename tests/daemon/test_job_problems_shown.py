@@ -1,0 +1,48 @@
+"""An invalid job file's problems, every one, in `selvad status` (issues 21.4 and 22.2)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from selvad.cli import main
+from selvad.datasets.watch import JobEvent
+from selvad.runs.queue import RunQueue
+from selvad.service.daemon import Daemon
+
+
+def test_status_lists_every_problem_of_a_job_file(make_config: Callable[[str], Path],
+                                                   tmp_path: Path, capsys) -> None:
+    config = make_config("")
+    (tmp_path / "datasets" / "birds").mkdir()
+    d = Daemon(config)
+    d.queue = RunQueue(d.cfg.paths.queue_path)
+    path = tmp_path / "jobs" / "hostile.toml"
+    path.write_text('dataset = "birds"\npriority = 9223372036854775808\nrank = 8\n'
+                    '[train]\nlr = nan\nseed = 18446744073709551616\nbatch_size = 1000000\n'
+                    '[trigger]\nsettle_minutes = inf\n')
+    d.events.handle(JobEvent(path, "created"))
+    assert "hostile" not in d.jobs
+    capsys.readouterr()
+    assert main(["status", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert f"problem: job hostile: 6 problems; fix the job file, the daemon picks it up when " \
+           f"saved: ({path})" in out, out
+    for key in ("priority", "rank", "train.lr", "train.seed", "train.batch_size",
+                "trigger.settle_minutes"):
+        assert f"  {path}:{key}: " in out, (key, out)
+    assert "more" not in out
+
+
+def test_a_deeply_nested_job_file_is_one_status_line(make_config: Callable[[str], Path],
+                                                     tmp_path: Path, capsys) -> None:
+    config = make_config("")
+    d = Daemon(config)
+    d.queue = RunQueue(d.cfg.paths.queue_path)
+    path = tmp_path / "jobs" / "deep.toml"
+    path.write_text('dataset = "birds"\nx = ' + "[" * 5000 + "]" * 5000 + "\n")
+    d.events.handle(JobEvent(path, "created"))
+    capsys.readouterr()
+    assert main(["status", "--config", str(config)]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if "deep" in line]
+    assert len(lines) == 1 and "nested too deeply" in lines[0], lines
