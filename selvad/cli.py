@@ -298,19 +298,30 @@ def _request(args: argparse.Namespace, action: str, run_id: str | None = None,
 
 def cmd_init_job(args: argparse.Namespace) -> int:
     """`selvad init-job NAME --dataset DIR`: a commented job file in the jobs directory."""
+    from selvad.config.jobcheck import choose_variant
     from selvad.config.templates import start_note, write_job_file
 
     cfg = _config(args)
     try:
-        path = write_job_file(cfg.paths.jobs_dir, args.name, args.dataset, args.variant)
+        variant, note = choose_variant(cfg, args.variant)
+        path = write_job_file(cfg.paths.jobs_dir, args.name, args.dataset, variant)
     except FileExistsError:
         return _fail(f"{cfg.paths.jobs_dir / (args.name + '.toml')} exists already; edit it "
                      "or choose another name")
     except (ValueError, OSError) as exc:
         return _fail(str(exc))
-    print(f"wrote {path}\n{start_note(path, cfg)}\n(check the dataset first: "
-          f"selvad validate {args.dataset} --variant {args.variant} --config {cfg.path})")
+    print(f"wrote {path}" + (f"\nnote: {note}" if note else "")
+          + f"\n{start_note(path, cfg)}\n(check the dataset first: "
+          f"selvad validate {args.dataset} --variant {variant} --config {cfg.path}; "
+          f"the job file: selvad check-job {path} --config {cfg.path})")
     return 0
+
+
+def _check_job(args: argparse.Namespace) -> int:
+    """`selvad check-job FILE`: see selvad.config.jobcheck."""
+    from selvad.config.jobcheck import cmd_check_job
+
+    return cmd_check_job(args)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -381,7 +392,13 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("init-job", parents=[common], help="write a commented job file")
     i.add_argument("name")
     i.add_argument("--dataset", required=True, help="dataset name or directory")
-    i.add_argument("--variant", default="large_44k")
+    i.add_argument("--variant", default=None,
+                   help="model variant (default: large_44k when the configured weights can "
+                        "run it, else one they can run)")
+    cj = sub.add_parser("check-job", parents=[common],
+                        help="check a job file (a path or a job name) as the daemon would, "
+                             "and its variant's weights")
+    cj.add_argument("job", help="job file path, or the name of a job in the jobs directory")
     d = sub.add_parser("demo", help="train a tiny adapter end to end with the real daemon")
     d.add_argument("dir", nargs="?", default="selvad-demo")
     d.add_argument("--steps", type=int, default=100, help="training steps (default 100)")
@@ -422,6 +439,7 @@ def _dispatch(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     handlers: dict[str, Callable[[argparse.Namespace], int]] = {
         "run": cmd_run, "doctor": cmd_doctor, "init-job": cmd_init_job, "demo": cmd_demo,
+        "check-job": _check_job,
         "status": _state_command(cmd_status), "runs": _state_command(cmd_runs),
         "enqueue": _state_command(lambda a: _request(a, "enqueue", job=a.job)),
         "cancel": _state_command(lambda a: _request(a, "cancel", run_id=a.run)),
