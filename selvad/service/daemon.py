@@ -238,12 +238,18 @@ class Daemon:
         return self._shutdown()
 
     def _start_companions(self) -> None:
+        """Start the web page (the only companion); one that cannot start is logged and
+        recorded as a `page` problem, which `selvad status` shows, and the daemon goes on."""
         for comp in self.companions:
+            name = type(comp).__name__
             try:
                 comp.start()
             except OSError as exc:
-                self.log.error("daemon.companion_failed", companion=type(comp).__name__,
-                               message=str(exc))
+                self.log.error("daemon.companion_failed", companion=name, message=str(exc))
+                self.events.watched.record("page", name, self.cfg.web.listen,
+                                           problem=f"not served: {exc}")
+            else:
+                self.events.watched.forget("page", name)
 
     def _tick(self) -> None:
         """One pass of the main loop; any error is logged and the daemon goes on."""
