@@ -46,3 +46,30 @@ def test_a_deeply_nested_job_file_is_one_status_line(make_config: Callable[[str]
     assert main(["status", "--config", str(config)]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if "deep" in line]
     assert len(lines) == 1 and "nested too deeply" in lines[0], lines
+
+
+class WebServer:  # stands in for selvad.web.server.WebServer (recorded by class name)
+    port_taken = True
+
+    def start(self) -> None:
+        if self.port_taken:
+            raise OSError("the web page cannot listen on 127.0.0.1:8765 (Address already in use); "
+                          "set [web] listen to a free port or enabled = false")
+
+
+def test_status_says_when_the_page_is_not_served(make_config: Callable[[str], Path],
+                                                 capsys) -> None:
+    config = make_config("")
+    d = Daemon(config)
+    d.queue = RunQueue(d.cfg.paths.queue_path)
+    d.companions = [WebServer()]
+    d._start_companions()
+    capsys.readouterr()
+    assert main(["status", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert ("problem: page 127.0.0.1:8765: not served: the web page cannot listen on "
+            "127.0.0.1:8765 (Address already in use); set [web] listen to a free port") in out, out
+    d.companions[0].port_taken = False  # freed: the next start serves and clears it
+    d._start_companions()
+    assert main(["status", "--config", str(config)]) == 0
+    assert "problem: page" not in capsys.readouterr().out
