@@ -55,6 +55,15 @@ def summarize_arrays(_logger: Any, _method: str, event_dict: MutableMapping[str,
     return event_dict
 
 
+def drop_color_extras(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+                      ) -> MutableMapping[str, Any]:
+    """structlog processor: drop the copies of a message with terminal escape codes that
+    libraries attach to their records (uvicorn's `color_message`)."""
+    for key in _COLOR_EXTRAS:
+        event_dict.pop(key, None)
+    return event_dict
+
+
 def redact_secrets(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]
                    ) -> MutableMapping[str, Any]:
     """structlog processor: mask the value of any key that looks like a secret."""
@@ -73,6 +82,7 @@ def _use_json(fmt: str, stream: TextIO) -> bool:
     return not (callable(isatty) and isatty())
 
 
+_COLOR_EXTRAS = ("color_message",)
 _LIBRARY_ROOTS = ("torch", "watchdog", "apscheduler")
 MAX_VALUE_CHARS = 160  # a console value longer than this is cut ("... (N chars)")
 MAX_ITEMS = 20  # items of one list shown on their own lines (then "... and N more")
@@ -226,7 +236,7 @@ def setup_logging(format: str = "auto", level: str = "info",
         tty = bool(getattr(stream, "isatty", lambda: False)())
         final = [structlog.processors.format_exc_info, ConsoleLineRenderer(colors=tty)]
     formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[structlog.stdlib.ExtraAdder(), *shared],
+        foreign_pre_chain=[structlog.stdlib.ExtraAdder(), drop_color_extras, *shared],
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *final],
     )
     handler = (logging.StreamHandler(stream) if as_json

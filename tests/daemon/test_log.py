@@ -139,3 +139,15 @@ def test_terminal_redraws_the_progress_bar_in_place(restore_logging) -> None:
     # the last bar stays on screen and the run's end starts a fresh line
     assert out.endswith("\n") and "100% step 20/20" in out.split("\n")[-3]
     assert "state=done" in out.split("\n")[-2]
+
+
+def test_uvicorn_records_carry_no_color_message(restore_logging) -> None:
+    for fmt in ("json", "console"):
+        buf = io.StringIO()
+        setup_logging(fmt, "info", stream=buf)
+        logging.getLogger("uvicorn.error").info(
+            "Started server process [%d]", 42,
+            extra={"color_message": "Started server process [\x1b[36m%d\x1b[0m]"})
+        out = buf.getvalue()
+        assert "Started server process [42]" in out, out
+        assert "color_message" not in out and "\x1b" not in out and "\\u001b" not in out, out
