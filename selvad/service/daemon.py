@@ -334,7 +334,8 @@ class Daemon:
         for run in finished:
             if run.kind == "train" and run.output_dir and Path(run.output_dir).is_dir():
                 removed += len(prune_run_dir(run.output_dir, r.keep_last_checkpoints,
-                                             finished=run.state == "done"))
+                                             finished=run.state == "done",
+                                             keep_spread=r.keep_spread))
         for job in sorted({run.job for run in finished}):
             ids = {run.id for run in finished if run.job == job}
             removed += len(prune_job_runs(self.cfg, job, ids, r.keep_runs_per_job))
