@@ -188,6 +188,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                           "problems": [asdict(p) for p in problems]}, indent=2, default=str))
         return 0
     print("runs: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    print(_daemon_line(cfg, q))
     for p in problems:  # what blocks training, and where to look; every line of it
         first, *rest = (p.problem or "").splitlines() or [""]
         print(f"problem: {p.kind} {p.name if p.kind == 'job' else p.path}: {first}"
@@ -195,11 +196,16 @@ def cmd_status(args: argparse.Namespace) -> int:
         for line in rest:
             print(f"  {line}")
     if not current:
-        print("current: none (idle)")
+        print("current: none" + (" (idle)" if daemon_running(cfg.paths.state_dir) else ""))
+    stopping = _cancelling(q)
     for r in current:
         sweep = f" [{r.sweep_id}]" if r.sweep_id else ""
         where = f"  on {r.device}" if r.device else ""
-        print(f"current: {r.id}  {r.job}{sweep}  dataset {r.dataset}  {r.kind}  {r.state}{where}")
+        state = f"{r.state} (cancelling: saving a checkpoint, then it stops)" \
+            if r.id in stopping else r.state
+        print(f"current: {r.id}  {r.job}{sweep}  dataset {r.dataset}  {r.kind}  {state}{where}")
+        if r.kind == "train" and (saved := last_checkpoint(r.output_dir)):
+            print(f"  last checkpoint: step {saved[0]} ({saved[1]})")
         if r.error:  # a note on a live run (e.g. stalled: no output for 30 minutes)
             print(f"  note: {r.error}")
         if r.kind == "train":
@@ -215,6 +221,38 @@ def cmd_status(args: argparse.Namespace) -> int:
         print("finished:" if args.all or args.state or args.job else "recent:")
         print("\n".join(table[_lines_of(queued):]))
     return 0
+
+
+def _daemon_line(cfg: DaemonConfig, q: RunQueue) -> str:
+    """"daemon: running", or "not running" with the requests it will handle at start."""
+    running = daemon_running(cfg.paths.state_dir)
+    if running is None:  # no kernel lock table to ask (not Linux)
+        return "daemon: unknown (cannot read /proc/locks)"
+    if running:
+        return "daemon: running"
+    waiting = len(q.pending_requests())
+    what = f" ({waiting} request{'s' if waiting != 1 else ''} waiting)" if waiting else ""
+    return (f"daemon: not running{what}; start it with `systemctl start selvad` or "
+            f"`selvad run --config {cfg.path}`")
+
+
+def _cancelling(q: RunQueue) -> set[str]:
+    """Runs the daemon has been asked to stop and answered "cancelling" (still running)."""
+    rows = q.connection().execute(
+        "SELECT run_id FROM requests WHERE action = 'cancel' AND result LIKE 'cancelling%'")
+    return {row[0] for row in rows if row[0]}
+
+
+def last_checkpoint(output_dir: str | None) -> tuple[int, str] | None:
+    """(step, file name) of the newest adapter_stepNNNNN.pt in a run directory, or None."""
+    if not output_dir:
+        return None
+    try:
+        names = [p.name for p in Path(output_dir).glob("adapter_step*.pt")]
+    except OSError:
+        return None
+    steps = sorted((int(n[12:-3]), n) for n in names if n[12:-3].isdigit())
+    return steps[-1] if steps else None
 
 
 def _lines_of(runs: Sequence[Run]) -> int:

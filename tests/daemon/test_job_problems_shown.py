@@ -44,7 +44,7 @@ def test_a_deeply_nested_job_file_is_one_status_line(make_config: Callable[[str]
     d.events.handle(JobEvent(path, "created"))
     capsys.readouterr()
     assert main(["status", "--config", str(config)]) == 0
-    lines = [line for line in capsys.readouterr().out.splitlines() if "deep" in line]
+    lines = [line for line in capsys.readouterr().out.splitlines() if "deep.toml" in line]
     assert len(lines) == 1 and "nested too deeply" in lines[0], lines
 
 
@@ -73,3 +73,30 @@ def test_status_says_when_the_page_is_not_served(make_config: Callable[[str], Pa
     d._start_companions()
     assert main(["status", "--config", str(config)]) == 0
     assert "problem: page" not in capsys.readouterr().out
+
+
+def test_status_tells_a_stopped_daemon_from_an_idle_one(make_config: Callable[[str], Path],
+                                                         tmp_path: Path, capsys) -> None:
+    """22.4: no daemon holds the state lock: "not running" with the requests waiting, not
+    "idle"; a run the daemon answered "cancelling" says so, with its last checkpoint."""
+    config = make_config("")
+    q = RunQueue(tmp_path / "state" / "queue.sqlite3")
+    run = q.enqueue("birds", "birds", {"steps": 200}, {"files": []})
+    q.claim(run.id)
+    q.set_state(run.id, "training")
+    out_dir = tmp_path / "out" / "birds" / run.id
+    out_dir.mkdir(parents=True)
+    for step in (50, 100):
+        (out_dir / f"adapter_step{step:05d}.pt").write_bytes(b"x")
+    q.connection().execute("UPDATE runs SET output_dir = ? WHERE id = ?", (str(out_dir), run.id))
+    req = q.request("cancel", run_id=run.id)
+    q.connection().execute("UPDATE requests SET handled_at = 1, result = ? WHERE id = ?",
+                           (f"cancelling {run.id} on cpu#0: it saves a checkpoint and stops", req))
+    q.request("enqueue", job="birds")
+    assert main(["status", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert f"daemon: not running (1 request waiting); start it with `systemctl start selvad` " \
+           f"or `selvad run --config {config}`" in out, out
+    assert "(idle)" not in out
+    assert "training (cancelling: saving a checkpoint, then it stops)" in out, out
+    assert "  last checkpoint: step 100 (adapter_step00100.pt)" in out, out
