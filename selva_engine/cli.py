@@ -18,6 +18,7 @@ import traceback
 from dataclasses import fields
 from pathlib import Path
 
+from selva_engine.model.variants import variant_names
 from selva_engine.training.options import CHOICES, TrainConfig
 
 __all__ = ["build_train_parser", "sample_main", "train_main"]
@@ -45,8 +46,9 @@ def _data_args(p: argparse.ArgumentParser, d: TrainConfig) -> None:
                    "unless --config_json gives it)")
     g.add_argument("--output_dir", default=d.output_dir,
                    help="where adapter checkpoints, samples and loss plots go")
-    g.add_argument("--variant", default=d.variant,
-                   help="model variant: small_16k, small_44k, medium_44k, large_44k")
+    g.add_argument("--variant", default=d.variant, choices=variant_names(include_tiny=True),
+                   help="model variant: " + ", ".join(variant_names(include_tiny=True))
+                        + " (tiny_*: random test weights from `selva-weights make-tiny`)")
     g.add_argument("--selva_dir", default=os.environ.get("SELVA_DIR", ""),
                    help="weights directory (ComfyUI models/selva layout); from $SELVA_DIR")
 
@@ -133,7 +135,10 @@ def _run_args(p: argparse.ArgumentParser, d: TrainConfig) -> None:
                    help="mixed precision")
     g.add_argument("--seed", type=int, default=d.seed, help="random seed")
     g.add_argument("--resume", default="",
-                   help="resume from adapter_stepNNNNN.pt or 'latest' (empty: start fresh)")
+                   help="resume from adapter_stepNNNNN.pt or 'latest' (empty: start fresh); "
+                        "resuming into the same --output_dir keeps the earlier "
+                        "adapter_final.pt and writes this run's as adapter_final_001.pt "
+                        "(the next free number), which the last line names")
     g.add_argument("--compile", action="store_true",
                    help="torch.compile the transformer blocks (falls back with a warning)")
     g.add_argument("--gradient_checkpointing", action="store_true",
@@ -151,10 +156,11 @@ def _human(event: dict) -> str | None:
     kind = event.get("event")
     if kind == "progress":
         eta = event["eta_s"]
+        left = ("last checkpoint and sample next" if event["step"] >= event["steps"]
+                else f"ETA {int(eta // 60)}m{int(eta % 60):02d}s")
         return (f"step {event['step']}/{event['steps']}  loss {event['loss']:.4f} "
                 f"(smoothed {event['smoothed_loss']:.4f})  lr {event['lr']:.2e}  "
-                f"grad {event['grad_norm']:.3f}  {event['samples_per_s']:.1f} samples/s  "
-                f"ETA {int(eta // 60)}m{int(eta % 60):02d}s")
+                f"grad {event['grad_norm']:.3f}  {event['samples_per_s']:.1f} samples/s  {left}")
     if kind == "checkpoint":
         val = f", val loss {event['val_loss']:.4f}" if event.get("val_loss") is not None else ""
         return f"checkpoint {event['path']} (sample {Path(event['sample']).name}{val})"
@@ -168,10 +174,23 @@ def _human(event: dict) -> str | None:
     if kind == "eval_done":
         rec = event.get("recommendation") or {}
         return f"evaluation written to {event['summary']} (picks {rec.get('id')}: {rec.get('reason')})"
+    if kind == "done" and event.get("adapter") and Path(event["adapter"]).name != "adapter_final.pt":
+        name = Path(event["adapter"]).name
+        return (f"done: step {event.get('step')}, final adapter {event['adapter']} (the "
+                f"adapter_final.pt of the earlier run in this folder is kept; this run's is {name})")
     if kind in ("extract_start", "extract_done", "train_start", "resumed", "done", "interrupted"):
-        rest = {k: v for k, v in event.items() if k not in ("event", "time")}
-        return f"{kind}: " + ", ".join(f"{k}={v}" for k, v in rest.items())
+        rest = {k: v for k, v in event.items() if k not in ("event", "time") and v is not None}
+        return f"{kind}: " + ", ".join(f"{k}={_value(k, v)}" for k, v in rest.items())
     return None
+
+
+def _value(key: str, value: object) -> str:
+    """One event value in words: seconds as "11.8 s", other floats to 4 significant digits."""
+    if isinstance(value, float) and (key == "seconds" or key.endswith("_s")):
+        return f"{value:.1f} s"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
 
 
 def train_main(argv: list[str] | None = None) -> int:
@@ -270,6 +289,10 @@ def sample_main(argv: list[str] | None = None) -> int:
                    help="seconds; default: the .npz's duration, at most 8")
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
+    if not args.selva_dir:
+        _to_stderr("selva-sample: error: no weights directory was given; pass --selva_dir DIR "
+                   "(the ComfyUI models/selva folder) or set $SELVA_DIR")
+        return 2
 
     from selva_engine.errors import DatasetError
     from selva_engine.inference.synth import synthesize

@@ -188,15 +188,24 @@ def cmd_status(args: argparse.Namespace) -> int:
                           "problems": [asdict(p) for p in problems]}, indent=2, default=str))
         return 0
     print("runs: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
-    for p in problems:  # what blocks training, and where to look
-        print(f"problem: {p.kind} {p.name if p.kind == 'job' else p.path}: {p.problem}"
+    print(_daemon_line(cfg, q))
+    for p in problems:  # what blocks training, and where to look; every line of it
+        first, *rest = (p.problem or "").splitlines() or [""]
+        print(f"problem: {p.kind} {p.name if p.kind == 'job' else p.path}: {first}"
               + (f" ({p.path})" if p.kind == "job" else ""))
+        for line in rest:
+            print(f"  {line}")
     if not current:
-        print("current: none (idle)")
+        print("current: none" + (" (idle)" if daemon_running(cfg.paths.state_dir) else ""))
+    stopping = _cancelling(q)
     for r in current:
         sweep = f" [{r.sweep_id}]" if r.sweep_id else ""
         where = f"  on {r.device}" if r.device else ""
-        print(f"current: {r.id}  {r.job}{sweep}  dataset {r.dataset}  {r.kind}  {r.state}{where}")
+        state = f"{r.state} (cancelling: saving a checkpoint, then it stops)" \
+            if r.id in stopping else r.state
+        print(f"current: {r.id}  {r.job}{sweep}  dataset {r.dataset}  {r.kind}  {state}{where}")
+        if r.kind == "train" and (saved := last_checkpoint(r.output_dir)):
+            print(f"  last checkpoint: step {saved[0]} ({saved[1]})")
         if r.error:  # a note on a live run (e.g. stalled: no output for 30 minutes)
             print(f"  note: {r.error}")
         if r.kind == "train":
@@ -212,6 +221,38 @@ def cmd_status(args: argparse.Namespace) -> int:
         print("finished:" if args.all or args.state or args.job else "recent:")
         print("\n".join(table[_lines_of(queued):]))
     return 0
+
+
+def _daemon_line(cfg: DaemonConfig, q: RunQueue) -> str:
+    """"daemon: running", or "not running" with the requests it will handle at start."""
+    running = daemon_running(cfg.paths.state_dir)
+    if running is None:  # no kernel lock table to ask (not Linux)
+        return "daemon: unknown (cannot read /proc/locks)"
+    if running:
+        return "daemon: running"
+    waiting = len(q.pending_requests())
+    what = f" ({waiting} request{'s' if waiting != 1 else ''} waiting)" if waiting else ""
+    return (f"daemon: not running{what}; start it with `systemctl start selvad` or "
+            f"`selvad run --config {cfg.path}`")
+
+
+def _cancelling(q: RunQueue) -> set[str]:
+    """Runs the daemon has been asked to stop and answered "cancelling" (still running)."""
+    rows = q.connection().execute(
+        "SELECT run_id FROM requests WHERE action = 'cancel' AND result LIKE 'cancelling%'")
+    return {row[0] for row in rows if row[0]}
+
+
+def last_checkpoint(output_dir: str | None) -> tuple[int, str] | None:
+    """(step, file name) of the newest adapter_stepNNNNN.pt in a run directory, or None."""
+    if not output_dir:
+        return None
+    try:
+        names = [p.name for p in Path(output_dir).glob("adapter_step*.pt")]
+    except OSError:
+        return None
+    steps = sorted((int(n[12:-3]), n) for n in names if n[12:-3].isdigit())
+    return steps[-1] if steps else None
 
 
 def _lines_of(runs: Sequence[Run]) -> int:
@@ -295,19 +336,30 @@ def _request(args: argparse.Namespace, action: str, run_id: str | None = None,
 
 def cmd_init_job(args: argparse.Namespace) -> int:
     """`selvad init-job NAME --dataset DIR`: a commented job file in the jobs directory."""
+    from selvad.config.jobcheck import choose_variant
     from selvad.config.templates import start_note, write_job_file
 
     cfg = _config(args)
     try:
-        path = write_job_file(cfg.paths.jobs_dir, args.name, args.dataset, args.variant)
+        variant, note = choose_variant(cfg, args.variant)
+        path = write_job_file(cfg.paths.jobs_dir, args.name, args.dataset, variant)
     except FileExistsError:
         return _fail(f"{cfg.paths.jobs_dir / (args.name + '.toml')} exists already; edit it "
                      "or choose another name")
     except (ValueError, OSError) as exc:
         return _fail(str(exc))
-    print(f"wrote {path}\n{start_note(path, cfg)}\n(check the dataset first: "
-          f"selvad validate {args.dataset} --variant {args.variant} --config {cfg.path})")
+    print(f"wrote {path}" + (f"\nnote: {note}" if note else "")
+          + f"\n{start_note(path, cfg)}\n(check the dataset first: "
+          f"selvad validate {args.dataset} --variant {variant} --config {cfg.path}; "
+          f"the job file: selvad check-job {path} --config {cfg.path})")
     return 0
+
+
+def _check_job(args: argparse.Namespace) -> int:
+    """`selvad check-job FILE`: see selvad.config.jobcheck."""
+    from selvad.config.jobcheck import cmd_check_job
+
+    return cmd_check_job(args)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -378,7 +430,13 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("init-job", parents=[common], help="write a commented job file")
     i.add_argument("name")
     i.add_argument("--dataset", required=True, help="dataset name or directory")
-    i.add_argument("--variant", default="large_44k")
+    i.add_argument("--variant", default=None,
+                   help="model variant (default: large_44k when the configured weights can "
+                        "run it, else one they can run)")
+    cj = sub.add_parser("check-job", parents=[common],
+                        help="check a job file (a path or a job name) as the daemon would, "
+                             "and its variant's weights")
+    cj.add_argument("job", help="job file path, or the name of a job in the jobs directory")
     d = sub.add_parser("demo", help="train a tiny adapter end to end with the real daemon")
     d.add_argument("dir", nargs="?", default="selvad-demo")
     d.add_argument("--steps", type=int, default=100, help="training steps (default 100)")
@@ -419,6 +477,7 @@ def _dispatch(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     handlers: dict[str, Callable[[argparse.Namespace], int]] = {
         "run": cmd_run, "doctor": cmd_doctor, "init-job": cmd_init_job, "demo": cmd_demo,
+        "check-job": _check_job,
         "status": _state_command(cmd_status), "runs": _state_command(cmd_runs),
         "enqueue": _state_command(lambda a: _request(a, "enqueue", job=a.job)),
         "cancel": _state_command(lambda a: _request(a, "cancel", run_id=a.run)),

@@ -16,21 +16,24 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["EXPECTED_OUTPUTS", "copy_slowly", "make_dataset", "missing_outputs", "run_demo",
-           "write_clip"]
+__all__ = ["EXPECTED_OUTPUTS", "DemoStopped", "copy_slowly", "free_listen", "make_dataset",
+           "missing_outputs", "run_demo", "write_clip"]
 
 MARKER = ".selvad-demo"  # marks a directory this command created (safe to recreate)
 EXPECTED_OUTPUTS = ("run.toml", "validation.toml", "adapter_step*.pt", "adapter_final.pt",
                     "meta.json", "sample_step*.wav", "loss_raw.png", "loss_smoothed.png",
                     "progress.jsonl")
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 PROMPTS = ("a soft sine tone", "a low hum", "a bright whistle", "a warbling tone")
 
 
@@ -97,12 +100,53 @@ def missing_outputs(run_dir: Path) -> list[str]:
     return [pat for pat in EXPECTED_OUTPUTS if not any(run_dir.glob(pat))]
 
 
-def _config_text(weights: Path, settle: float) -> str:
+def _config_text(weights: Path, settle: float, listen: str) -> str:
+    # [logging] format stays "auto": JSON into the demo's log file (which the narrator reads),
+    # readable lines when the user runs the daemon in a terminal as the closing lines say
     return (f'# selvad demo config (written by `selvad demo`)\n[paths]\n'
             f'dataset_roots = ["datasets"]\njobs_dir = "jobs"\noutput_root = "output"\n'
             f'state_dir = "state"\nweights_dir = {json.dumps(str(weights))}\n\n'
             f'[watch]\nsettle_seconds = {settle}\nuse_polling = false\nrescan_minutes = 0\n\n'
-            '[logging]\nformat = "json"\nlevel = "info"\n')
+            f'[web]\nlisten = "{listen}"\n\n[logging]\nlevel = "info"\n')
+
+
+def free_listen(host: str = "127.0.0.1", preferred: int = 8765) -> str:
+    """`host:preferred` when nothing listens there, else `host:0` (the daemon then takes a
+    free port and logs the URL it really serves, which the demo prints)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, preferred))
+        except OSError:
+            return f"{host}:0"
+    return f"{host}:{preferred}"
+
+
+class DemoStopped(Exception):
+    """SIGTERM or SIGHUP reached the demo: it stops its daemon and exits 128 + signal."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_stopped(signum: int, _frame: Any) -> None:
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # a second signal must not cut the cleanup
+        signal.signal(sig, signal.SIG_IGN)
+    raise DemoStopped(signum)
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    """Linux: the daemon gets SIGTERM when the demo process dies, even by SIGKILL."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the demo's own handlers still stop it
+        return
+    if os.getppid() == 1:  # the demo died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _job_text(variant: str, steps: int, tiny: bool) -> str:
@@ -158,6 +202,11 @@ class _Narrator:
         name = ev.get("event")
         if name == "daemon.ready":
             return "daemon: ready, watching " + ", ".join(ev.get("dataset_roots", []))
+        if name == "web.ready":
+            return (f"page: open {ev.get('url')} in a browser to follow the run and listen to "
+                    "its checkpoints")
+        if name == "daemon.companion_failed":
+            return f"page: not served: {ev.get('message')}"
         if name == "job.loaded":
             return f"daemon: job {ev['job']!r} loaded (dataset {ev['dataset']}, {ev['variant']})"
         if name == "dataset.changed":
@@ -224,19 +273,33 @@ def run_demo(root: Path, steps: int = 100, weights: str = "", variant: str = "",
 
     `weights`/`variant`: a real SelVA weights directory and its variant (default
     small_16k); without `weights` tiny weights are generated. `timeout` bounds the wait
-    for the run in seconds.
+    for the run in seconds. SIGTERM and SIGHUP (a closed terminal) stop it like Ctrl-C:
+    its daemon is stopped and the exit status is 128 + the signal.
     """
-    from selvad.runs.queue import RunQueue
-
     root = root.absolute()
     problem = _prepare(root, keep)
     if problem:
         print(f"selvad demo: {problem}", file=sys.stderr)
         return 1
-    from selvad.config.daemon import WebConfig
+    main = threading.current_thread() is threading.main_thread()  # handlers: main only
+    previous = {sig: signal.signal(sig, _raise_stopped)
+                for sig in (signal.SIGTERM, signal.SIGHUP)} if main else {}
+    try:
+        return _run_demo(root, steps, weights, variant, clips, timeout)
+    except DemoStopped as stop:
+        print(f"selvad demo: stopped by {stop}", file=sys.stderr, flush=True)
+        return 128 + stop.signum
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
-    print(f"open http://{WebConfig().listen}/ in a browser to follow the run and listen to "
-          "its checkpoints (the daemon serves it once started)", flush=True)
+
+def _run_demo(root: Path, steps: int, weights: str, variant: str, clips: int,
+              timeout: float) -> int:
+    """The demo's steps after its directory is prepared; the daemon it starts is stopped on
+    every way out (its end, an error, DemoStopped, and the demo's death: PR_SET_PDEATHSIG)."""
+    from selvad.runs.queue import RunQueue
+
     tiny = not weights
     variant = variant or ("tiny_16k" if tiny else "small_16k")
     if tiny:
@@ -253,13 +316,14 @@ def run_demo(root: Path, steps: int = 100, weights: str = "", variant: str = "",
     for sub in ("datasets", "jobs", "output", "state"):
         (root / sub).mkdir(exist_ok=True)
     config = root / "selvad.toml"
-    config.write_text(_config_text(weights_dir, settle=1.0))
+    config.write_text(_config_text(weights_dir, settle=1.0, listen=free_listen()))
     (root / "jobs" / "demo.toml").write_text(_job_text(variant, steps, tiny))
     log_path = root / "selvad.log"
     print(f"starting the daemon: selvad run --config {config}  (log: {log_path})", flush=True)
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "selvad.cli", "run", "--config", str(config)],
-                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                preexec_fn=_die_with_parent)
     narrator = _Narrator(log_path, root / "state" / "queue.sqlite3")
     try:
         deadline = time.monotonic() + 30

@@ -55,6 +55,15 @@ def summarize_arrays(_logger: Any, _method: str, event_dict: MutableMapping[str,
     return event_dict
 
 
+def drop_color_extras(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+                      ) -> MutableMapping[str, Any]:
+    """structlog processor: drop the copies of a message with terminal escape codes that
+    libraries attach to their records (uvicorn's `color_message`)."""
+    for key in _COLOR_EXTRAS:
+        event_dict.pop(key, None)
+    return event_dict
+
+
 def redact_secrets(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]
                    ) -> MutableMapping[str, Any]:
     """structlog processor: mask the value of any key that looks like a secret."""
@@ -73,8 +82,11 @@ def _use_json(fmt: str, stream: TextIO) -> bool:
     return not (callable(isatty) and isatty())
 
 
+_COLOR_EXTRAS = ("color_message",)
 _LIBRARY_ROOTS = ("torch", "watchdog", "apscheduler")
 MAX_VALUE_CHARS = 160  # a console value longer than this is cut ("... (N chars)")
+MAX_ITEMS = 20  # items of one list shown on their own lines (then "... and N more")
+MAX_ITEM_CHARS = 400
 _HIDDEN = ("timestamp", "level", "logger", "event", "exception")
 # A run's live bar ends with these events (the run left training).
 _BAR_ENDS = ("run.stopped", "run.child_error", "run.done", "run.interrupted")
@@ -92,6 +104,26 @@ def _short(key: str, value: Any) -> str:
     if len(text) > MAX_VALUE_CHARS:
         text = f"{text[:MAX_VALUE_CHARS - 20]}... ({len(text)} chars)"
     return text if " " not in text or text.startswith(("<", "[", "{")) else repr(text)
+
+
+def _listed_below(value: Any) -> bool:
+    """A list or table too long for the line: its items go on lines of their own."""
+    return isinstance(value, list | tuple | dict) and len(str(value)) > MAX_VALUE_CHARS
+
+
+def _item_lines(key: str, value: list | tuple | dict) -> str:
+    """`value`'s items, one a line under the event's line ("    key: item"), each cut at
+    MAX_ITEM_CHARS; a long list stops after MAX_ITEMS with how many are left."""
+    items = [f"{k}: {v}" for k, v in value.items()] if isinstance(value, dict) else list(value)
+    out = []
+    for item in items[:MAX_ITEMS]:
+        text = str(item).replace("\r", "").replace("\n", " | ")
+        if len(text) > MAX_ITEM_CHARS:
+            text = f"{text[:MAX_ITEM_CHARS - 20]}... ({len(text)} chars)"
+        out.append(f"\n    {key}: {text}")
+    if len(items) > MAX_ITEMS:
+        out.append(f"\n    {key}: ... and {len(items) - MAX_ITEMS} more")
+    return "".join(out)
 
 
 class ConsoleLineRenderer:
@@ -112,9 +144,12 @@ class ConsoleLineRenderer:
                 smoothed=ev.get("smoothed_loss"), samples_per_s=ev.get("samples_per_s"),
                 eta_s=ev.get("eta_s")))
         else:
-            fields = "  ".join(f"{k}={_short(k, v)}" for k, v in ev.items()
-                               if k not in _HIDDEN and v is not None)
-            body = f"{name}  {fields}".rstrip()
+            shown = {k: v for k, v in ev.items() if k not in _HIDDEN and v is not None}
+            below = {k: v for k, v in shown.items() if _listed_below(v)}
+            fields = "  ".join(f"{k}=({len(v)} below)" if k in below else f"{k}={_short(k, v)}"
+                               for k, v in shown.items())
+            body = f"{name}  {fields}".rstrip() + "".join(_item_lines(k, v)
+                                                          for k, v in below.items())
         if self.colors and level in ("warning", "error", "critical"):
             level_text = f"\x1b[{33 if level == 'warning' else 31}m{level:<7}\x1b[0m"
         else:
@@ -201,7 +236,7 @@ def setup_logging(format: str = "auto", level: str = "info",
         tty = bool(getattr(stream, "isatty", lambda: False)())
         final = [structlog.processors.format_exc_info, ConsoleLineRenderer(colors=tty)]
     formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[structlog.stdlib.ExtraAdder(), *shared],
+        foreign_pre_chain=[structlog.stdlib.ExtraAdder(), drop_color_extras, *shared],
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *final],
     )
     handler = (logging.StreamHandler(stream) if as_json

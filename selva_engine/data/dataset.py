@@ -187,6 +187,7 @@ def find_pairs(directory: Path | str) -> tuple[list[ClipPair], list[DatasetError
         else:
             audio.setdefault(p.stem, []).append(p)
     pairs: list[ClipPair] = []
+    misnamed = _misnamed_audio(npz, audio, refused)
     for stem in sorted(set(npz) | set(audio)):
         cands = audio.get(stem, [])
         if stem in npz and len(cands) == 1:
@@ -198,15 +199,38 @@ def find_pairs(directory: Path | str) -> tuple[list[ClipPair], list[DatasetError
                 "keep exactly one audio file per stem (delete or rename the others)"))
         elif stem in refused:
             continue  # its unreadable file is reported already
+        elif stem in npz and stem in misnamed:
+            near = misnamed[stem]
+            problems.append(MissingAudioError(
+                npz[stem], f"no audio file with the same stem (did you mean {near.name}?)",
+                f"rename {near.name} to {stem}{near.suffix}, or the .npz to {near.stem}.npz"))
         elif stem in npz:
             problems.append(MissingAudioError(
                 npz[stem], "no audio file with the same stem",
                 f"add {stem}.wav (or .flac/.ogg/.aiff) next to it, or remove the .npz"))
+        elif stem in {p.stem for p in misnamed.values()}:
+            continue  # said with its .npz above, as one finding
         else:
             problems.append(OrphanAudioError(
                 cands[0], "no .npz feature file with the same stem (ignored)",
                 f"export {stem}.npz with the SelVA Feature Extractor node, or remove the audio"))
     return pairs, problems
+
+
+def _misnamed_audio(npz: dict[str, Path], audio: dict[str, list[Path]],
+                    refused: set[str]) -> dict[str, Path]:
+    """For each .npz stem without audio, the one unpaired audio file whose stem is a close
+    misspelling of it (difflib ratio >= 0.8; each audio file matched once)."""
+    import difflib
+
+    lonely = {stem: paths[0] for stem, paths in audio.items()
+              if stem not in npz and len(paths) == 1 and stem not in refused}
+    out: dict[str, Path] = {}
+    for stem in sorted(s for s in npz if s not in audio and s not in refused):
+        close = difflib.get_close_matches(stem, list(lonely), n=1, cutoff=0.8)
+        if close:
+            out[stem] = lonely.pop(close[0])
+    return out
 
 
 def _bad_prompt_name(name: str) -> bool:

@@ -11,17 +11,20 @@ metric_comparison.png and the .wav files. Deterministic for a fixed seed.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from selva_engine.evaluation.recommend import Candidate, recommend
 from selva_engine.io import atomic_write_json, safe_torch_load
+from selva_engine.model.variants import variant_names
 
 __all__ = ["AdapterSpec", "evaluate", "main", "metric_distance", "specs_from_run_dir"]
 
@@ -93,7 +96,22 @@ def _final_specs(run_dir: Path) -> list[AdapterSpec]:
     return found
 
 
+# metric -> (axis label, direction) of the comparison chart
+_CHART = {
+    "hf_energy_ratio": ("energy above 4 kHz (fraction)", "closer to the reference is better"),
+    "spectral_centroid_hz": ("spectral centroid (Hz)", "closer to the reference is better"),
+    "spectral_flatness": ("spectral flatness (0 tone .. 1 noise)",
+                          "closer to the reference is better"),
+    "temporal_variance": ("RMS std / mean over frames", "closer to the reference is better"),
+    "log_spectral_distance_db": ("log-spectral distance (dB)", "lower is better"),
+    "mel_cepstral_distortion": ("mel cepstral distortion (dB)", "lower is better"),
+}
+_VERSUS_REFERENCE = ("log_spectral_distance_db", "mel_cepstral_distortion")
+
+
 def _bar_chart(path: Path, labels: list[str], rows: list[dict[str, float]]) -> None:
+    """metric_comparison.png: one panel per metric, bars per adapter (grey: the reference
+    clips themselves, absent from the two distance panels), axis labels and direction."""
     import io
 
     import matplotlib
@@ -103,17 +121,48 @@ def _bar_chart(path: Path, labels: list[str], rows: list[dict[str, float]]) -> N
 
     from selva_engine.io import atomic_write_bytes
 
-    fig = Figure(figsize=(10, 6), dpi=100)
-    for k, name in enumerate(DISTANCE_METRICS):
-        ax = fig.add_subplot(2, 2, k + 1)
-        ax.bar(range(len(labels)), [r.get(name, 0.0) for r in rows],
-               color=["#888888"] + ["#3b75af"] * (len(labels) - 1))
-        ax.set_xticks(range(len(labels)), labels, rotation=30, fontsize=7, ha="right")
-        ax.set_title(name, fontsize=9)
+    fig = Figure(figsize=(12, 8), dpi=100)
+    for k, name in enumerate(_CHART):
+        ax = fig.add_subplot(2, 3, k + 1)
+        first = 1 if name in _VERSUS_REFERENCE else 0  # the reference against itself is 0
+        names, values = labels[first:], [r.get(name, 0.0) for r in rows[first:]]
+        colors = (["#888888"] if first == 0 else []) + ["#3b75af"] * (len(labels) - 1)
+        ax.bar(range(len(names)), values, color=colors[:len(names)])
+        ax.set_xticks(range(len(names)), names, rotation=30, fontsize=7, ha="right")
+        unit, direction = _CHART[name]
+        ax.set_ylabel(unit, fontsize=8)
+        ax.set_xlabel("adapter", fontsize=8)
+        ax.set_title(f"{name}\n({direction})", fontsize=9)
+    fig.suptitle("Spectral metrics per adapter, averaged over the evaluation clips "
+                 "(grey: the reference audio)", fontsize=10)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     atomic_write_bytes(path, buf.getvalue())
+
+
+def run_variant(run_dirs: list[str], adapters: list[AdapterSpec]) -> str | None:
+    """The variant the runs (their meta.json, else a checkpoint's meta) or adapters were
+    trained for; None when none says. ValueError when they name different variants."""
+    found: dict[str, str] = {}
+    for run_dir in run_dirs:
+        try:
+            meta = json.loads((Path(run_dir) / "meta.json").read_text())
+            if isinstance(meta, dict) and isinstance(meta.get("variant"), str):
+                found[str(run_dir)] = meta["variant"]
+        except (OSError, ValueError):
+            pass
+    for spec in adapters:
+        if spec.path is None or any(str(spec.path).startswith(str(r)) for r in found):
+            continue
+        meta = safe_torch_load(spec.path, what="adapter").get("meta", {})
+        if isinstance(meta, dict) and isinstance(meta.get("variant"), str):
+            found[str(spec.path)] = meta["variant"]
+    if len(set(found.values())) > 1:
+        raise ValueError("the adapters were trained for different variants ("
+                         + ", ".join(f"{k}: {v}" for k, v in found.items())
+                         + "); evaluate them separately or pass --variant")
+    return next(iter(found.values()), None)
 
 
 def evaluate(*, data_dir: Path, output_dir: Path, variant: str, selva_dir: str | Path,
@@ -191,26 +240,59 @@ def evaluate(*, data_dir: Path, output_dir: Path, variant: str, selva_dir: str |
     atomic_write_json(output_dir / "eval_summary.json", summary)
     _bar_chart(output_dir / "metric_comparison.png", ["reference"] + [r["id"] for r in ok],
                [ref_avg] + [r["avg_metrics"] for r in ok])
-    log(f"recommendation: {rec.id} ({rec.reason}); strength {rec.strength_range[0]}-{rec.strength_range[1]}")
+    log(_recommendation_line(rec))
     return summary
+
+
+def _recommendation_line(rec: Any) -> str:
+    """The closing line, in words (never a Python None)."""
+    if rec.id is None:
+        return f"recommendation: none ({rec.reason or 'no adapter qualified'})"
+    low, high = rec.strength_range or (None, None)
+    strength = f"; strength {low:g}-{high:g}" if low is not None and high is not None else ""
+    return f"recommendation: {rec.id} ({rec.reason}){strength}"
+
+
+class _DefaultsHelp(argparse.HelpFormatter):
+    """Each option's help ends with its default, unless the help says it already or there
+    is none to say (no "(default: None)")."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if ("default" in text or action.default in (None, False, [], "")
+                or action.default is argparse.SUPPRESS or action.required):
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 def main(argv: list[str] | None = None) -> int:
     """`selva-eval` command line; returns the exit status (0 ok, 2 bad input)."""
-    p = argparse.ArgumentParser(prog="selva-eval", description=__doc__.split("\n\n")[0])
-    p.add_argument("--data_dir", required=True)
-    p.add_argument("--output_dir", required=True)
-    p.add_argument("--variant", default="large_44k")
-    p.add_argument("--selva_dir", default=os.environ.get("SELVA_DIR", ""))
-    p.add_argument("--adapter", action="append", default=[], help="[ID=]PATH, repeatable")
-    p.add_argument("--run_dir", action="append", default=[], help="evaluate every checkpoint of a run")
-    p.add_argument("--no_baseline", action="store_true")
-    p.add_argument("--clips", type=int, default=None)
-    p.add_argument("--steps", type=int, default=25)
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--cfg", type=float, default=4.5)
-    p.add_argument("--strength", type=float, default=1.0)
-    p.add_argument("--device", default="auto")
+    p = argparse.ArgumentParser(prog="selva-eval", description=__doc__.split("\n\n")[0],
+                                formatter_class=_DefaultsHelp)
+    p.add_argument("--data_dir", required=True,
+                   help="dataset directory of stem.npz + audio pairs to generate for")
+    p.add_argument("--output_dir", required=True,
+                   help="where samples, eval_summary.json and metric_comparison.png go")
+    p.add_argument("--variant", default=None,
+                   help="model variant (" + ", ".join(variant_names(include_tiny=True))
+                        + "); default: the one the runs or adapters were trained for, else "
+                        "large_44k")
+    p.add_argument("--selva_dir", default=os.environ.get("SELVA_DIR", ""),
+                   help="SelVA weights directory (default: $SELVA_DIR)")
+    p.add_argument("--adapter", action="append", default=[],
+                   help="[ID=]PATH of an adapter file, repeatable")
+    p.add_argument("--run_dir", action="append", default=[],
+                   help="evaluate every checkpoint and final adapter of a run, repeatable")
+    p.add_argument("--no_baseline", action="store_true",
+                   help="skip the base model without an adapter")
+    p.add_argument("--clips", type=int, default=None,
+                   help="evaluate on the first N clips (default: all)")
+    p.add_argument("--steps", type=int, default=25, help="Euler steps per sample")
+    p.add_argument("--seed", type=int, default=42, help="noise seed of the first clip (+1 each)")
+    p.add_argument("--cfg", type=float, default=4.5, help="classifier-free guidance strength")
+    p.add_argument("--strength", type=float, default=1.0, help="LoRA strength")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="auto: cuda when available")
     args = p.parse_args(argv)
     specs = []
     for item in args.adapter:
@@ -222,7 +304,12 @@ def main(argv: list[str] | None = None) -> int:
                               s.path, s.step, s.val_loss, s.train_fixed_loss)
                   for s in specs_from_run_dir(run_dir)]
     try:
-        evaluate(data_dir=Path(args.data_dir), output_dir=Path(args.output_dir), variant=args.variant,
+        found = None if args.variant else run_variant(args.run_dir, specs)
+        variant = args.variant or found or "large_44k"
+        how = ("" if args.variant else " (the one the runs/adapters were trained for)" if found
+               else " (the default: no run or adapter names one)")
+        print(f"variant: {variant}{how}", flush=True)
+        evaluate(data_dir=Path(args.data_dir), output_dir=Path(args.output_dir), variant=variant,
                  selva_dir=args.selva_dir, adapters=specs, include_baseline=not args.no_baseline,
                  clips=args.clips, steps=args.steps, seed=args.seed, cfg=args.cfg,
                  strength=args.strength, device=args.device)

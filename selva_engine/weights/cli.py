@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     """`selva-weights check DIR [--variant V]... [--md5]` | `make-tiny DIR [--variant V] [--seed N]`.
 
     check: prints one line per file and variant; exit 1 when a named variant cannot run (or,
-    without --variant, when no real variant can). make-tiny: writes a tiny directory (exit 0).
+    without --variant, when no variant can, tiny ones included). make-tiny: writes a tiny directory (exit 0).
     """
     parser = argparse.ArgumentParser(prog="selva-weights", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -48,20 +48,27 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {c.describe()}" + ("" if c.required else " [optional]"))
         if not ok:
             print(f"  fix: {fix_hint(Path(args.dir), get_variant(name))}")
-    print(_summary(args.dir, runnable, checked_real_only=not args.variant))
+    tiny = [] if args.variant else _runnable_tiny(args.dir)
+    print(_summary(runnable, tiny, checked_real_only=not args.variant))
     if args.variant:
         return 0 if len(runnable) == len(names) else 1
-    return 0 if runnable else 1
+    return 0 if runnable or tiny else 1
 
 
-def _summary(directory: Path, runnable: list[str], checked_real_only: bool) -> str:
-    """The closing line of `check`: which variants can run from `directory`."""
-    line = f"can run: {', '.join(runnable) if runnable else 'none of the variants checked'}"
-    if checked_real_only:
-        tiny = [n for n in variant_names(include_tiny=True) if get_variant(n).tiny and all(
-            c.status == "ok" for c in check_variant(directory, n) if c.required)]
-        if tiny:
-            line += f" (tiny test variants: {', '.join(tiny)})"
+def _runnable_tiny(directory: Path) -> list[str]:
+    """The tiny test variants whose files are all in `directory`."""
+    return [n for n in variant_names(include_tiny=True) if get_variant(n).tiny and all(
+        c.status == "ok" for c in check_variant(directory, n) if c.required)]
+
+
+def _summary(runnable: list[str], tiny: list[str], checked_real_only: bool) -> str:
+    """The closing line of `check`: which variants can run from the directory."""
+    if not checked_real_only:
+        return f"can run: {', '.join(runnable) if runnable else 'none of the variants checked'}"
+    real = ", ".join(runnable) if runnable else "none of the real variants"
+    line = f"can run: {real}"
+    if tiny:
+        line += f"; tiny variants can run: {', '.join(tiny)} (random test weights, for the demo)"
     return line
 
 

@@ -144,6 +144,9 @@ class RetentionConfig:
     """What old outputs are pruned, and how often."""
 
     keep_last_checkpoints: int = 3  # step checkpoints kept per run (final/best always kept)
+    # also keep the first step checkpoint and those nearest steps 500, 1000 and 2000 (the
+    # guide's marks to audition); false: only the newest keep_last_checkpoints (+ best, ...)
+    keep_spread: bool = True
     keep_runs_per_job: int = 0  # finished run directories kept per job; 0 = keep all
     interval_minutes: float = 60.0  # how often retention runs; 0 = never
 

@@ -8,6 +8,7 @@ hints. The daemon config and the job files are both read with these.
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import stat
 import tomllib
@@ -17,11 +18,16 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MAX_TOML_BYTES", "ConfigError", "Problems", "coerce", "describe", "join_key",
-           "parse_section", "read_toml"]
+__all__ = ["MAX_TOML_BYTES", "ConfigError", "OutOfRange", "Problems", "coerce", "describe",
+           "join_key", "parse_section", "read_toml"]
 
 _MISSING = object()
 MAX_TOML_BYTES = 1 << 20  # bytes; a config or job file is a few KiB
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1  # what SQLite and torch can hold
+
+
+class OutOfRange(TypeError):
+    """A value of the right type outside what any setting accepts; `args[0]` says what is."""
 
 
 class ConfigError(ValueError):
@@ -88,6 +94,10 @@ def read_toml(path: Path) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         # The message already says "(at line L, column C)"; keep it, lead with the file.
         raise ConfigError([f"{path}: invalid TOML: {exc}"]) from exc
+    except RecursionError as exc:  # tomllib recurses once per nested array or inline table
+        raise ConfigError([f"{path}: nested too deeply (arrays or inline tables inside each "
+                           "other hundreds of levels deep); a config or job file needs at "
+                           "most a few levels"]) from exc
 
 
 class _NotRegular(Exception):
@@ -169,10 +179,14 @@ def coerce(value: Any, hint: Any, base_dir: Path | None = None) -> Any:
     if hint is int:
         if not isinstance(value, int) or isinstance(value, bool):
             raise TypeError
+        if not INT64_MIN <= value <= INT64_MAX:
+            raise OutOfRange("an integer from -2^63 to 2^63-1")
         return value
     if hint is float:
         if not isinstance(value, int | float) or isinstance(value, bool):
             raise TypeError
+        if not math.isfinite(value):  # TOML writes inf and nan; no setting means either
+            raise OutOfRange("a finite number")
         return float(value)
     if hint is str:
         if not isinstance(value, str):
@@ -205,6 +219,8 @@ def parse_section(cls: type, table: Any, prefix: str, problems: Problems,
             continue
         try:
             kwargs[key] = coerce(value, hints[key], base_dir)
+        except OutOfRange as exc:
+            problems.add(join_key(prefix, key), "out of range", got=value, expected=exc.args[0])
         except TypeError:
             problems.add(join_key(prefix, key), "wrong type", got=value,
                          expected=describe(hints[key]))

@@ -15,7 +15,14 @@ from typing import Any
 
 from selva_engine.model.variants import VARIANTS
 from selva_engine.training.options import TrainConfig
-from selvad.config.schema import Problems, coerce, describe, join_key, parse_section
+from selvad.config.schema import (
+    OutOfRange,
+    Problems,
+    coerce,
+    describe,
+    join_key,
+    parse_section,
+)
 
 __all__ = ["DEFAULTS_KEYS", "FIELD_KEY", "SETTING_SECTIONS", "TriggerConfig", "check_defaults",
            "TRAIN_HINTS", "TRAIN_KEYS", "check_other", "check_top", "read_settings",
@@ -37,12 +44,46 @@ SETTING_SECTIONS: dict[str, dict[str, str]] = {
     "eval": {"clips": "eval_clips", "steps": "eval_steps", "cfg": "eval_cfg"},
 }
 
+# Other names of a key, accepted as the key itself: timestep_mode is ComfyUI-SelVA's and
+# meta.json's name of timestep_sampling (selva-train takes both flags too).
+ALIASES: dict[str, dict[str, str]] = {"train": {"timestep_mode": "timestep_sampling"}}
+
 FIELD_KEY = {f: f"{s}.{k}" for s, keys in SETTING_SECTIONS.items() for k, f in keys.items()}
 FIELD_KEY["variant"] = "variant"
 
 DEFAULTS_KEYS = ("variant", "priority", *SETTING_SECTIONS, "trigger")
 
 TRAIN_HINTS = typing.get_type_hints(TrainConfig)
+
+# The largest value of each numeric setting that is still a run someone means (a typo of a
+# few digits is refused here, in the file's words, before it fails or runs for months). The
+# lower bounds are TrainConfig.problems()'s; the upper ones are far above any useful value.
+LIMITS: dict[str, float] = {
+    "rank": 1024, "alpha": 1e5, "lora_dropout": 1, "lr": 10, "steps": 10_000_000,
+    "warmup_steps": 10_000_000, "batch_size": 4096, "grad_accum": 10_000,
+    "save_every": 10_000_000, "seed": 2**32 - 1, "logit_normal_sigma": 100,
+    "curriculum_switch": 1, "lora_plus_ratio": 1000, "weight_decay": 10, "grad_clip": 1e6,
+    "latent_mixup_alpha": 100, "latent_noise_sigma": 100, "val_clips": 100_000,
+    "overfit_patience": 10_000, "log_every": 10_000_000, "sample_steps": 1000,
+    "sample_cfg": 100, "eval_clips": 100_000, "eval_steps": 1000, "eval_cfg": 100,
+}
+SEED_MIN = 0  # torch and numpy generators take 0 .. 2^32-1 alike
+PRIORITY_RANGE = (-1_000_000, 1_000_000)
+SETTLE_MAX_MINUTES = 7 * 24 * 60  # a week
+
+
+def limit_problem(name: str, value: Any) -> str:
+    """"" when `value` of TrainConfig field `name` is within its LIMITS, else the expected
+    range in words (the lower bound checks stay TrainConfig.problems()'s)."""
+    hi = LIMITS.get(name)
+    if hi is None or value is None or isinstance(value, str | bool | tuple):
+        return ""
+    if name == "seed" and value < SEED_MIN:
+        return f"an integer from 0 to {hi:,}"
+    if value > hi:
+        kind = "an integer" if isinstance(value, int) else "a number"
+        return f"{kind} at most {hi:,g}" if isinstance(hi, float) else f"{kind} at most {hi:,}"
+    return ""
 
 
 @dataclass(frozen=True)
@@ -63,9 +104,10 @@ def read_settings(data: dict[str, Any], p: Problems, prefix: str) -> dict[str, t
             p.add(kp, "unknown variant", got=v, expected=" | ".join(VARIANTS))
         else:
             out["variant"] = (v, kp)
-    for sec, keys in SETTING_SECTIONS.items():
+    for sec in SETTING_SECTIONS:
         if sec not in data:
             continue
+        keys = {**SETTING_SECTIONS[sec], **ALIASES.get(sec, {})}
         table, sp = data[sec], join_key(prefix, sec)
         if not isinstance(table, dict):
             p.add(sp, "expected a table", got=table, expected=f"[{sec}] with keys")
@@ -80,8 +122,16 @@ def read_settings(data: dict[str, Any], p: Problems, prefix: str) -> dict[str, t
                     p.unknown(kp, key, list(keys))
                 continue
             name = keys[key]
+            if name in out and out[name][1].startswith(sp + "."):
+                p.add(kp, f"sets the same option as {out[name][1]}", expected="one of the two")
+                continue
             try:
                 out[name] = (coerce(value, TRAIN_HINTS[name]), kp)
+                if limit := limit_problem(name, out[name][0]):
+                    del out[name]
+                    p.add(kp, "out of range", got=value, expected=limit)
+            except OutOfRange as exc:
+                p.add(kp, "out of range", got=value, expected=exc.args[0])
             except TypeError:
                 p.add(kp, "wrong type", got=value, expected=describe(TRAIN_HINTS[name]))
     return out
@@ -96,21 +146,47 @@ def _read_table(cls: type, data: dict[str, Any], key: str, p: Problems, prefix: 
     return {k: getattr(parsed, k) for k in table if hasattr(parsed, k)}
 
 
+def section_of(key: str) -> str:
+    """The setting section a key of that name belongs in ("" when none has it)."""
+    for sec, keys in SETTING_SECTIONS.items():
+        if key in keys or key in ALIASES.get(sec, {}):
+            return "trigger" if key in ("on_change", "settle_minutes") else sec
+    return "trigger" if key in ("on_change", "settle_minutes") else ""
+
+
 def check_top(data: dict[str, Any], allowed: Sequence[str], p: Problems, prefix: str) -> None:
+    """Record each key of `data` that is not in `allowed`; a key of a section says which."""
     for key in data:
-        if key not in allowed:
+        if key in allowed:
+            continue
+        sec = section_of(key)
+        if sec and sec in allowed:
+            p.add(join_key(prefix, key), f"{key} belongs in [{sec}]",
+                  expected=f"the line under [{sec}], or {sec}.{key} = ...")
+        else:
             p.unknown(join_key(prefix, key), key, list(allowed))
 
 
 def check_other(data: dict, p: Problems, prefix: str) -> tuple[int | None, dict]:
+    """`priority` and the `[trigger]` table of `data`, checked; bad values become problems."""
     priority = data.get("priority")
+    lo, hi = PRIORITY_RANGE
     if priority is not None and (not isinstance(priority, int) or isinstance(priority, bool)):
         p.add(join_key(prefix, "priority"), "wrong type", got=priority, expected="an integer")
         priority = None
+    elif priority is not None and not lo <= priority <= hi:
+        p.add(join_key(prefix, "priority"), "out of range", got=priority,
+              expected=f"an integer from {lo:,} to {hi:,} (higher runs first)")
+        priority = None
     trigger = _read_table(TriggerConfig, data, "trigger", p, prefix)
-    if trigger.get("settle_minutes", 0) < 0:
+    settle = trigger.get("settle_minutes", 0)
+    if settle < 0:
         p.add(join_key(prefix, "trigger.settle_minutes"), "must not be negative",
               got=trigger.pop("settle_minutes"), expected="a number >= 0")
+    elif settle > SETTLE_MAX_MINUTES:
+        p.add(join_key(prefix, "trigger.settle_minutes"), "out of range",
+              got=trigger.pop("settle_minutes"),
+              expected=f"a number of minutes from 0 to {SETTLE_MAX_MINUTES:,} (a week)")
     return priority, trigger
 
 

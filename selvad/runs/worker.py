@@ -432,7 +432,8 @@ class RunProcess:
     def prune(self, finished: bool) -> list[Path]:
         """Retention for this run's directory (never the final/best adapter or, when not
         `finished`, the resume point); returns the deleted paths."""
-        removed = prune_run_dir(self.out_dir, self.cfg.retention.keep_last_checkpoints, finished)
+        r = self.cfg.retention
+        removed = prune_run_dir(self.out_dir, r.keep_last_checkpoints, finished, r.keep_spread)
         if removed:
             self.log.info("run.pruned", files=[p.name for p in removed])
         return removed

@@ -274,12 +274,18 @@ class Daemon:
                              message=str(exc), fix="check the state directory's free space")
 
     def _start_companions(self) -> None:
+        """Start the web page (the only companion); one that cannot start is logged and
+        recorded as a `page` problem, which `selvad status` shows, and the daemon goes on."""
         for comp in self.companions:
+            name = type(comp).__name__
             try:
                 comp.start()
             except OSError as exc:
-                self.log.error("daemon.companion_failed", companion=type(comp).__name__,
-                               message=str(exc))
+                self.log.error("daemon.companion_failed", companion=name, message=str(exc))
+                self.events.watched.record("page", name, self.cfg.web.listen,
+                                           problem=f"not served: {exc}")
+            else:
+                self.events.watched.forget("page", name)
 
     def _tick(self) -> None:
         """One pass of the main loop; any error is logged and the daemon goes on."""
@@ -377,7 +383,8 @@ class Daemon:
         for run in finished:
             if run.kind == "train" and run.output_dir and Path(run.output_dir).is_dir():
                 removed += len(prune_run_dir(run.output_dir, r.keep_last_checkpoints,
-                                             finished=run.state == "done"))
+                                             finished=run.state == "done",
+                                             keep_spread=r.keep_spread))
         for job in sorted({run.job for run in finished}):
             ids = {run.id for run in finished if run.job == job}
             removed += len(prune_job_runs(self.cfg, job, ids, r.keep_runs_per_job))

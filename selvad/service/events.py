@@ -173,10 +173,11 @@ class EventHandler:
         except (OSError, ValueError) as exc:
             problems = [str(exc)]
             self.log.error("job.invalid", job=path.stem, path=str(path), problems=problems)
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        fix = "fix the job file, the daemon picks it up when saved"
+        # every problem, one a line: status and the page show the first line as the summary
         self.watched.record("job", path.stem, str(path), problem=(
-            f"{problems[0] if problems else 'invalid'}{more}; fix the job file, the daemon "
-            "picks it up when saved"))
+            f"{problems[0] if problems else 'invalid'}; {fix}" if len(problems) <= 1 else
+            "\n".join([f"{len(problems)} problems; {fix}:", *problems])))
         return None
 
     def on_job(self, ev: JobEvent) -> None:

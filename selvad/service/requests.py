@@ -163,7 +163,8 @@ class RequestHandler:
                     f"(`selvad init-job {req.job} --dataset DIR`)")
         job = self.d.events.load(path)
         if job is None:
-            return f"job file {path} is invalid (see the daemon log, or run `selvad validate`)"
+            return (f"job file {path} is invalid (`selvad check-job {path} --config "
+                    f"{self.d.cfg.path}` lists every problem; so does `selvad status`)")
         self.d.jobs[job.name] = job
         ids = self.d.events.queue_job(job, reason="enqueue requested", force=True)
         if ids is None:

@@ -104,10 +104,23 @@ def test_console_lines_are_short_and_rounded(restore_logging) -> None:
     log.info("run.files_updated", files=[f"clip_{i:04d}.wav" for i in range(300)],
              message="x " * 800)
     out = buf.getvalue().splitlines()
-    assert len(out) == 2 and all(len(line) < 400 for line in out), out
+    assert len(out) == 2 + 20 + 1 and all(len(line) < 400 for line in out), out
     assert "step 5/20" in out[0] and "loss 0.6123 (smoothed 0.6247)" in out[0]
     assert "3.1 samples/s" in out[0] and "ETA 2m10s" in out[0] and "0.612345678" not in out[0]
-    assert "files=<300 items>" in out[1] and "(1600 chars)" in out[1]
+    assert "files=(300 below)" in out[1] and "(1600 chars)" in out[1]
+    assert out[2] == "    files: clip_0000.wav" and out[21] == "    files: clip_0019.wav"
+    assert out[22] == "    files: ... and 280 more"
+
+
+def test_console_lines_show_the_items_of_a_list(restore_logging) -> None:
+    buf = io.StringIO()
+    setup_logging("console", "info", stream=buf)
+    problems = [f"/jobs/x.toml:train.key{i}: out of range (got {i}, expected 0 to 1)"
+                for i in range(3)]
+    get_logger("selvad.service.events").error("job.invalid", job="x", problems=problems)
+    out = buf.getvalue().splitlines()
+    assert "problems=(3 below)" in out[0] and "<3 items>" not in out[0]
+    assert out[1:] == [f"    problems: {p}" for p in problems]
 
 
 def test_terminal_redraws_the_progress_bar_in_place(restore_logging) -> None:
@@ -126,3 +139,15 @@ def test_terminal_redraws_the_progress_bar_in_place(restore_logging) -> None:
     # the last bar stays on screen and the run's end starts a fresh line
     assert out.endswith("\n") and "100% step 20/20" in out.split("\n")[-3]
     assert "state=done" in out.split("\n")[-2]
+
+
+def test_uvicorn_records_carry_no_color_message(restore_logging) -> None:
+    for fmt in ("json", "console"):
+        buf = io.StringIO()
+        setup_logging(fmt, "info", stream=buf)
+        logging.getLogger("uvicorn.error").info(
+            "Started server process [%d]", 42,
+            extra={"color_message": "Started server process [\x1b[36m%d\x1b[0m]"})
+        out = buf.getvalue()
+        assert "Started server process [42]" in out, out
+        assert "color_message" not in out and "\x1b" not in out and "\\u001b" not in out, out

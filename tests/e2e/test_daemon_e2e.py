@@ -8,6 +8,7 @@ a user does: dropping clips, writing and editing job files, sending signals and 
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -233,6 +234,8 @@ def test_demo_runs_to_completion(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "validation: valid" in proc.stdout and "training: [" in proc.stdout
     assert "adapter_final.pt" in proc.stdout
+    assert re.search(r"page: open http://127\.0\.0\.1:\d+/ in a browser", proc.stdout)
+    assert 'format = "json"' not in (demo / "selvad.toml").read_text()  # auto: readable
     finals = list((demo / "output" / "demo").glob("2*/adapter_final.pt"))
     assert len(finals) == 1
     # the closing lines: the daemon has stopped, how to run it again (this venv's selvad,

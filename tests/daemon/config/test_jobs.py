@@ -143,7 +143,7 @@ def test_sweep_problems(daemon_cfg: DaemonConfig) -> None:
     text = "\n".join(probs)
     assert "sweep[1].id: duplicate sweep id" in text
     assert "sweep[2].id: missing or unsafe sweep id" in text
-    assert "sweep[3].rank: unknown key" in text
+    assert "sweep[3].rank: rank belongs in [lora]" in text
 
 
 def test_config_hash_ignores_paths_only(daemon_cfg: DaemonConfig) -> None:

@@ -66,7 +66,7 @@ sys.exit(3)
 @pytest.fixture
 def cfg(make_config: Callable[[str], Path], tmp_path: Path) -> DaemonConfig:
     (tmp_path / "datasets" / "birds").mkdir(parents=True, exist_ok=True)
-    return load_config(make_config('[retention]\nkeep_last_checkpoints = 1\n'))
+    return load_config(make_config('[retention]\nkeep_last_checkpoints = 1\nkeep_spread = false\n'))
 
 
 @pytest.fixture

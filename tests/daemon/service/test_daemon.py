@@ -176,7 +176,7 @@ def test_interrupted_runs_are_requeued_at_start_up(daemon, tmp_path: Path) -> No
 
 
 def test_retention_prunes_finished_runs_only(daemon, tmp_path: Path) -> None:
-    d = daemon("[retention]\nkeep_last_checkpoints = 1\n")
+    d = daemon("[retention]\nkeep_last_checkpoints = 1\nkeep_spread = false\n")
     assert d.queue is not None
     runs = []
     for state in ("done", "training"):

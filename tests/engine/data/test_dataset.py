@@ -67,6 +67,17 @@ def test_pairing_problems(tmp_path):
     assert kinds[D.MissingAudioError].path.name == "lonely.npz"
 
 
+def test_misnamed_audio_is_one_finding_with_did_you_mean(tmp_path):
+    write_npz(tmp_path / "dog_bark_01.npz")
+    write_wav(tmp_path / "dog_brak_01.wav")
+    pairs, problems = D.find_pairs(tmp_path)
+    assert pairs == []
+    (problem,) = problems
+    assert isinstance(problem, D.MissingAudioError) and problem.path.name == "dog_bark_01.npz"
+    assert "did you mean dog_brak_01.wav?" in str(problem)
+    assert "rename dog_brak_01.wav to dog_bark_01.wav" in str(problem)
+
+
 def test_empty_and_missing_directory(tmp_path):
     with pytest.raises(D.EmptyDatasetError, match="SelVA Feature Extractor"):
         D.load_dataset(tmp_path, V16)

@@ -75,6 +75,55 @@ def test_evaluator_outputs_and_determinism(trained_run, tiny_weights, tmp_path):
     assert "white-noise" in s1["recommendation"]["reason"]  # see test_run_names_a_recommendation
 
 
+def test_eval_takes_the_variant_from_the_run_and_never_prints_none(trained_run, tiny_weights,
+                                                                     tmp_path, capsys):
+    root, data, _, _ = trained_run
+    assert eval_main(["--data_dir", str(data), "--selva_dir", str(tiny_weights), "--run_dir",
+                      str(root / "run"), "--clips", "1", "--steps", "2", "--device", "cpu",
+                      "--no_baseline", "--output_dir", str(tmp_path / "e")]) == 0
+    out = capsys.readouterr().out
+    assert "variant: tiny_16k (the one the runs/adapters were trained for)" in out, out
+    assert "None" not in out and "recommendation: none (" in out, out
+    summary = json.loads((tmp_path / "e" / "eval_summary.json").read_text())
+    assert summary["variant"] == "tiny_16k"
+    with pytest.raises(SystemExit):
+        eval_main(["--help"])
+    text = capsys.readouterr().out
+    assert "None" not in text and "(default: 25)" in text and "tiny_16k" in text
+
+
+def test_metric_chart_has_labels_directions_and_distance_panels(tmp_path):
+    from selva_engine.evaluation import evaluate as ev
+
+    labels = ["reference", "a", "b"]
+    rows = [{"hf_energy_ratio": 0.1}, {"hf_energy_ratio": 0.2, "log_spectral_distance_db": 3.0,
+                                       "mel_cepstral_distortion": 4.0},
+            {"hf_energy_ratio": 0.3, "log_spectral_distance_db": 5.0,
+             "mel_cepstral_distortion": 6.0}]
+    captured = {}
+    import matplotlib.figure
+
+    real = matplotlib.figure.Figure.savefig
+
+    def keep(fig, *args, **kwargs):
+        captured["axes"] = [(a.get_title(), a.get_ylabel(), a.get_xlabel(),
+                             [t.get_text() for t in a.get_xticklabels()]) for a in fig.axes]
+        return real(fig, *args, **kwargs)
+
+    matplotlib.figure.Figure.savefig = keep
+    try:
+        ev._bar_chart(tmp_path / "m.png", labels, rows)
+    finally:
+        matplotlib.figure.Figure.savefig = real
+    axes = {title.split("\n")[0]: (title, y, x, ticks) for title, y, x, ticks in captured["axes"]}
+    assert set(axes) == set(ev._CHART)
+    assert axes["log_spectral_distance_db"][0].endswith("(lower is better)")
+    assert axes["mel_cepstral_distortion"][3] == ["a", "b"]  # no reference bar
+    assert axes["hf_energy_ratio"][3] == labels and "reference" in axes["hf_energy_ratio"][0]
+    assert all(y and x == "adapter" for _, y, x, _ in axes.values())
+    assert (tmp_path / "m.png").stat().st_size > 1000
+
+
 def test_sweep_summary(trained_run, tmp_path):
     root, _, cfg, _ = trained_run
     runs = [{"id": "base", "run_id": "r1", "status": "done", "config": cfg.to_dict(),
