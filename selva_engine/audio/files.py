@@ -28,7 +28,7 @@ __all__ = ["CLIP_LEVEL", "MAX_SAMPLING_RATE", "AudioScan", "RawAudio", "fit_leng
 _READ_FIX = "re-export the clip as 16/24-bit PCM WAV or FLAC"
 MAX_SAMPLING_RATE = 768_000  # Hz; the highest rate of any recording format in use
 CLIP_LEVEL = 0.999  # |x| at or above this counts as clipped (full scale = 1.0)
-SCAN_BLOCK_BYTES = 4 << 20  # float32 samples read per block by scan_audio
+SCAN_BLOCK_BYTES = 1 << 20  # float32 samples read per block by scan_audio
 
 
 @dataclass(frozen=True)
