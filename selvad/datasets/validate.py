@@ -47,6 +47,7 @@ from selva_engine.data.dataset import (
     PROMPTS_FILE,
     ClipFeatures,
     DatasetError,
+    HiddenClipError,
     OrphanAudioError,
     PromptEntryError,
     find_pairs,
@@ -80,6 +81,7 @@ CLIP_FRACTION = 0.001  # of all samples
 DC_LIMIT = 0.05
 LENGTH_TOLERANCE_S = 0.05  # 44k's 353280 samples are 8.011 s: an 8.000 s file is fine
 DURATION_MISMATCH_S = 0.5
+LONG_PROMPT_CHARS = 2000  # far beyond CLIP's 77 tokens
 LOSSY_SUBTYPES = frozenset({"VORBIS", "OPUS", "MPEG_LAYER_I", "MPEG_LAYER_II", "MPEG_LAYER_III"})
 _REEXPORT = "re-export the clip as 16/24-bit PCM WAV or FLAC"
 HELP_RULES = """\
@@ -254,6 +256,11 @@ def _check_prompts(report: ValidationReport) -> None:
                    f"prompt of their own and use the directory name ({parts})",
                    f"give those clips a line in {PROMPTS_FILE}")
     for c in clips:
+        if len(c.prompt) > LONG_PROMPT_CHARS:
+            report.add(WARNING, f"{c.stem}.npz", "long-prompt", f"the prompt has "
+                       f"{len(c.prompt):,} characters; the text encoder reads only its first "
+                       "77 tokens (a few hundred characters)", "put what matters first, or "
+                       "shorten it")
         if not c.prompt.strip():
             report.add(WARNING, f"{c.stem}.npz", "empty-prompt", "the prompt is empty (the "
                        "text stream gets no description)", f"add '{c.stem}.npz: ...' to "
@@ -317,7 +324,7 @@ def _check_dataset(report: ValidationReport, directory: Path, variant: Variant,
                    "export features with the SelVA Feature Extractor node (one stem.npz per "
                    "clip) and put each clip's audio next to it")
     for err in pair_problems:
-        severity = WARNING if isinstance(err, OrphanAudioError) else ERROR
+        severity = WARNING if isinstance(err, (OrphanAudioError, HiddenClipError)) else ERROR
         report.add(severity, err.path.name, err.code, err.problem, err.fix)
     prompts, prompt_problems = read_prompts(directory)
     _add_prompt_problems(report, prompt_problems)

@@ -149,3 +149,23 @@ def test_channels_that_cancel_in_the_mono_mix_are_an_error(tmp_path):
     bad = next(f for f in r.findings if f.code == "phase-cancel")
     assert bad.severity == "error" and bad.file == "flipped.wav" and "polarity" in bad.fix
     assert "near silence" in bad.message and [c.stem for c in r.clips] == ["ok"]
+
+
+def test_comfyui_feature_files_as_users_have_them(tmp_path):
+    """A whole-video .npz (648/2016 rows) trains trimmed, a 12,000-character prompt is kept
+    with a warning, and the sanitiser's dotfile name is reported as skipped, not dropped
+    silently."""
+    d = make(tmp_path, {"long": (clean(), "WAV"), "dot": (clean(), "WAV")})
+    np.savez(d / "long.npz", clip_features=np.zeros((1, 648, 1024), np.float32),
+             sync_features=np.zeros((1, 2016, 768), np.float32),
+             prompt=np.array("dog " * 3000), duration=np.array(81.0))
+    (d / "dot.npz").rename(d / ".._escape_001.npz")
+    (d / "dot.wav").rename(d / ".._escape_001.wav")
+    r = V.validate_dataset(d, VARIANT)
+    got = codes(r)
+    assert r.ok and [c.stem for c in r.clips] == ["long"], r.format_human()
+    assert {("warning", "long.npz", "clip-length"), ("warning", "long.npz", "long-prompt"),
+            ("warning", ".._escape_001.npz", "hidden-clip")} <= got
+    hidden = next(f for f in r.findings if f.code == "hidden-clip")
+    assert "skipped" in hidden.message and "_escape_001.npz" in hidden.fix
+    assert len(r.clips[0].prompt) == 12_000
