@@ -169,3 +169,23 @@ def test_comfyui_feature_files_as_users_have_them(tmp_path):
     hidden = next(f for f in r.findings if f.code == "hidden-clip")
     assert "skipped" in hidden.message and "_escape_001.npz" in hidden.fix
     assert len(r.clips[0].prompt) == 12_000
+
+
+def test_the_run_child_writes_the_skipped_clips_into_the_runs_config(four, tmp_path, capsys):
+    """With skip_rejected, the child's validation.toml lists the clips left out and the
+    run's config JSON carries them as exclude_clips, which training reads."""
+    from selva_engine.training.options import TrainConfig
+    from selvad.runs.child import write_validation
+
+    (four / "dataset.toml").write_text("[inspect]\nskip_rejected = true\n")
+    try:
+        cfg_json = tmp_path / "config.json"
+        cfg_json.write_text(json.dumps(TrainConfig(data_dir=str(four), variant=VARIANT).to_dict()))
+        write_validation(cfg_json, tmp_path / "validation.toml")
+        report = tomllib.loads((tmp_path / "validation.toml").read_text())
+        cfg = TrainConfig.from_dict(json.loads(cfg_json.read_text()))
+        assert report["skipped"] == ["clipped", "mp3", "noisy", "quiet"]
+        assert cfg.exclude_clips == ("clipped", "mp3", "noisy", "quiet")
+        assert '"event": "validation"' in capsys.readouterr().out
+    finally:
+        (four / "dataset.toml").unlink()
