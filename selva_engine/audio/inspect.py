@@ -170,8 +170,8 @@ def find_issues(ins: Inspection, th: InspectThresholds) -> list[tuple[str, str, 
     out = []
     if ins.peak > th.clip_peak:
         out.append(("near-clipping", f"peak {ins.peak:.3f} is above {th.clip_peak:g}: at or "
-                    "near clipping", "lower the gain (or loudness-normalise with a true-peak "
-                    "limit, [prepare] loudness)"))
+                    "near clipping", "lower the gain, or loudness-normalise the clip with a "
+                    "true-peak limit (e.g. -1 dBTP)"))
     if ins.snr_db < th.min_snr_db:
         out.append(("low-snr", f"estimated SNR {ins.snr_db:.1f} dB is below {th.min_snr_db:g} "
                     "dB (loud over quiet frames): noisy, or a steady sound", "use a cleaner "
@@ -188,6 +188,6 @@ def find_issues(ins: Inspection, th: InspectThresholds) -> list[tuple[str, str, 
                     "parts, or pad a short event with digital silence (zeros) instead"))
     if ins.lufs is not None and ins.lufs < th.min_lufs:
         out.append(("quiet", f"integrated loudness {ins.lufs:.1f} LUFS is below "
-                    f"{th.min_lufs:g} LUFS", "raise its level or loudness-normalise the "
-                    "dataset ([prepare] loudness, -23 LUFS)"))
+                    f"{th.min_lufs:g} LUFS", "raise its level, or loudness-normalise the "
+                    "dataset (e.g. to -23 LUFS, as ComfyUI-SelVA's LUFS Normalizer)"))
     return out
