@@ -1,9 +1,10 @@
 """`<dataset>/dataset.toml`: settings that belong to a dataset rather than to one job.
 
 One small reader shared by every section; each section is parsed by the module that uses it.
-Known sections: `[inspect]` (the Inspector's thresholds, `InspectThresholds`), and the
-sections other parts of selvad read (`[video]`, `[prepare]`, `[augment]`). A job file's own
-`[inspect]` table overrides the dataset file's key by key (job > dataset file > defaults).
+Known sections: `[inspect]` (the Inspector's thresholds, `InspectThresholds`) and `[video]`
+(read by the video extraction). Any other section is an error, so a setting that nothing
+applies is never ignored silently. `inspect_thresholds` also takes an override table (the
+`inspect` argument of `validate_dataset`), applied key by key over the dataset file's.
 
     [inspect]
     min_snr_db = 15.0           # flag clips whose estimated SNR is lower
@@ -29,7 +30,7 @@ from selvad.config.schema import ConfigError, Problems, join_key, parse_section,
 __all__ = ["DATASET_FILE", "SECTIONS", "inspect_thresholds", "read_dataset_file"]
 
 DATASET_FILE = "dataset.toml"
-SECTIONS = ("inspect", "prepare", "augment", "video")
+SECTIONS = ("inspect", "video")
 # field -> (lowest, highest) accepted, both inclusive
 INSPECT_RANGES = {"min_snr_db": (0.0, 120.0), "codec_shelf_db": (0.0, 200.0),
                   "max_silent_fraction": (0.0, 1.0), "clip_peak": (0.0, 4.0),
@@ -69,10 +70,10 @@ def read_dataset_file(directory: Path | str) -> tuple[dict[str, Any], list[str]]
 def inspect_thresholds(tables: dict[str, Any], origin: Path | str,
                        job_table: dict[str, Any] | None = None,
                        job_origin: Path | str = "job") -> tuple[InspectThresholds, list[str]]:
-    """`InspectThresholds` from a dataset file's `[inspect]` overridden by a job's, checked.
+    """`InspectThresholds` from a dataset file's `[inspect]`, overridden by `job_table`, checked.
 
-    `tables` is what `read_dataset_file` returned (`origin`: that file); `job_table` the
-    job file's `[inspect]` table. A key of the wrong type, unknown, or out of range is a
+    `tables` is what `read_dataset_file` returned (`origin`: that file); `job_table` an
+    override table (`job_origin` names where it came from). A key of the wrong type, unknown, or out of range is a
     problem and keeps the default. Returns (thresholds, problems).
     """
     problems: list[str] = []

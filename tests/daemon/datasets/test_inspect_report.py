@@ -189,3 +189,11 @@ def test_the_run_child_writes_the_skipped_clips_into_the_runs_config(four, tmp_p
         assert '"event": "validation"' in capsys.readouterr().out
     finally:
         (four / "dataset.toml").unlink()
+
+
+def test_a_section_nothing_applies_is_an_error_not_ignored(tmp_path):
+    d = make(tmp_path, {"ok": (clean(), "WAV")})
+    (d / "dataset.toml").write_text("[prepare]\nloudness = true\n")
+    r = V.validate_dataset(d, VARIANT)
+    bad = next(f for f in r.findings if f.code == "bad-dataset-file")
+    assert not r.ok and "prepare: unknown section" in bad.message
