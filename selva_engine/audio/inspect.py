@@ -37,6 +37,7 @@ CODEC_MIN_RATE = 32000  # Hz; below it there is no 15-20 kHz band to judge
 LOW_BAND = (1000.0, 5000.0)  # Hz
 HIGH_BAND = (15000.0, 20000.0)  # Hz
 LUFS_MIN_SECONDS = 0.4  # one BS.1770 gating block
+LUFS_RATE = 48000  # Hz; BS.1770's reference rate
 TRUE_PEAK_RATE = 192000  # Hz; 4x 48 kHz
 STFT_BATCH = 256  # frames transformed at once (bounded memory)
 
@@ -130,10 +131,20 @@ def hf_shelf_db(mono: np.ndarray, rate: int) -> float | None:
 
 
 def integrated_lufs(mono: np.ndarray, rate: int) -> float | None:
-    """BS.1770-4 integrated loudness (pyloudnorm) of (L,) samples; None when unmeasurable."""
+    """BS.1770-4 integrated loudness (pyloudnorm) of (L,) samples; None when unmeasurable.
+
+    Above 48 kHz (the rate BS.1770 specifies its filters at) the mix is first resampled to
+    48 kHz with soxr: what lies above 24 kHz adds nothing audible, and the meter's memory
+    stays that of a 48 kHz clip.
+    """
     if mono.shape[0] < LUFS_MIN_SECONDS * rate:
         return None
     import pyloudnorm
+
+    if rate > LUFS_RATE:
+        import soxr
+
+        mono, rate = soxr.resample(mono.astype(np.float32), rate, LUFS_RATE, quality="HQ"), LUFS_RATE
 
     value = float(pyloudnorm.Meter(rate).integrated_loudness(mono.astype(np.float64)))
     return value if math.isfinite(value) else None

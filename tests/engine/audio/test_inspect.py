@@ -133,3 +133,9 @@ def test_scan_refuses_nan_and_absurd_rates(tmp_path):
     sf.write(tmp_path / "fast.wav", tone(440, 0.3, seconds=0.1), 2_000_000)
     with pytest.raises(AudioFileError, match="invalid sample rate"):
         scan_audio(tmp_path / "fast.wav", 2.0)
+
+
+def test_loudness_above_48k_is_measured_at_48k():
+    """A 192 kHz file's -20 dBFS 997 Hz sine reads -23.0 LUFS like at 48 kHz."""
+    assert I.integrated_lufs(tone(997, 0.1, seconds=2.0, sr=192000), 192000) == pytest.approx(
+        -23.01, abs=0.1)
