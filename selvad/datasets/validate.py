@@ -358,7 +358,11 @@ def _skip_flagged(report: ValidationReport) -> None:
     flagged = set(report.flagged)
     report.skipped = sorted(c.stem for c in report.clips if c.stem in flagged)
     report.clips = [c for c in report.clips if c.stem not in flagged]
-    if report.skipped:
+    if report.skipped and not report.clips:
+        report.add(ERROR, "", "all-skipped", f"skip_rejected leaves none of the "
+                   f"{len(report.skipped)} clips to train on: the Inspector flags them all",
+                   "fix the clips, or loosen the thresholds in dataset.toml's [inspect]")
+    elif report.skipped:
         report.add(WARNING, "", "skipped-flagged", f"{len(report.skipped)} flagged clip(s) are "
                    "left out of training (skip_rejected = true)", "fix or replace them, or set "
                    "skip_rejected = false in [inspect] to train on them")

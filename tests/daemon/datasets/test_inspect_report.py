@@ -219,3 +219,10 @@ def test_the_web_page_lists_the_figures_of_the_kept_report(four, tmp_path):
     figures = home.split('class="findings figures"', 1)[1].split("</ul>", 1)[0]
     assert 'data-figures="5"' in home and "<b>noisy.wav</b>: SNR" in figures
     assert "LUFS" in figures and "dBTP" in figures and "HF shelf" in figures
+
+
+def test_skip_rejected_that_leaves_no_clip_is_an_error(tmp_path):
+    d = make(tmp_path, {"a": (clean(), "WAV"), "b": (clean(seed=3), "WAV")})
+    (d / "dataset.toml").write_text("[inspect]\nmin_snr_db = 100\nskip_rejected = true\n")
+    r = V.validate_dataset(d, VARIANT)
+    assert not r.ok and ("error", "", "all-skipped") in codes(r) and r.skipped == ["a", "b"]
