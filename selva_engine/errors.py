@@ -19,6 +19,7 @@ __all__ = [
     "DatasetError",
     "EmptyDatasetError",
     "FeatureFileError",
+    "HiddenClipError",
     "LinkOutsideError",
     "MissingAudioError",
     "NotRegularFileError",
@@ -100,6 +101,13 @@ class OrphanAudioError(PairingError):
     """An audio file has no `.npz` with the same stem (it is ignored)."""
 
     code = "missing-features"
+
+
+class HiddenClipError(PairingError):
+    """An `.npz` whose name starts with '.' is hidden and skipped (not silently: ComfyUI's
+    name sanitiser turns '../escape' into '.._escape_001.npz')."""
+
+    code = "hidden-clip"
 
 
 class AmbiguousAudioError(PairingError):

@@ -437,6 +437,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="check a job file (a path or a job name) as the daemon would, "
                              "and its variant's weights")
     cj.add_argument("job", help="job file path, or the name of a job in the jobs directory")
+    im = sub.add_parser("import-sweep", help="a ComfyUI-SelVA experiments.json -> a job file "
+                        "with [[sweep]] entries")
+    im.add_argument("file", help="the LoRA Scheduler's experiments JSON file")
+    im.add_argument("--dataset", required=True, help="dataset name (or directory) to train on")
+    im.add_argument("--variant", default=None, help="model variant (default: the daemon's)")
+    im.add_argument("--output", default=None, help="write the job file here (refused if it "
+                    "exists; default: print it)")
     d = sub.add_parser("demo", help="train a tiny adapter end to end with the real daemon")
     d.add_argument("dir", nargs="?", default="selvad-demo")
     d.add_argument("--steps", type=int, default=100, help="training steps (default 100)")
@@ -448,6 +455,32 @@ def build_parser() -> argparse.ArgumentParser:
         e = sub.add_parser(name, help=f"selva-{name} (the engine's command line)", add_help=False)
         e.add_argument("rest", nargs=argparse.REMAINDER)
     return p
+
+
+def cmd_import_sweep(args: argparse.Namespace) -> int:
+    """`selvad import-sweep FILE --dataset NAME`: print (or write) the job file; 2 when the
+    file cannot be imported, each problem on its own line."""
+    from selvad.config.sweepimport import SweepImportError, import_experiments
+
+    try:
+        text = import_experiments(args.file, args.dataset, args.variant)
+    except SweepImportError as exc:
+        print("selvad import-sweep: cannot import:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 2
+    if args.output is None:
+        sys.stdout.write(text)
+        return 0
+    out = Path(args.output)
+    if os.path.lexists(out):
+        return _fail(f"{out} exists; choose another --output or remove it first")
+    from selva_engine.io import atomic_write_text
+
+    atomic_write_text(out, text)
+    print(f"wrote {out}: {text.count('id = ')} sweep entries; the daemon picks it up when it "
+          "lies in the jobs directory")
+    return 0
 
 
 def _state_command(handler: Callable[[argparse.Namespace], int]
@@ -478,6 +511,7 @@ def _dispatch(argv: list[str]) -> int:
     handlers: dict[str, Callable[[argparse.Namespace], int]] = {
         "run": cmd_run, "doctor": cmd_doctor, "init-job": cmd_init_job, "demo": cmd_demo,
         "check-job": _check_job,
+        "import-sweep": cmd_import_sweep,
         "status": _state_command(cmd_status), "runs": _state_command(cmd_runs),
         "enqueue": _state_command(lambda a: _request(a, "enqueue", job=a.job)),
         "cancel": _state_command(lambda a: _request(a, "cancel", run_id=a.run)),

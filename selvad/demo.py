@@ -41,8 +41,8 @@ def write_clip(directory: Path, stem: str, *, index: int, variant: str = "tiny_1
                seed: int = 0, prompt: str | None = None) -> tuple[Path, Path]:
     """Write one synthetic clip `stem.wav` + `stem.npz` for `variant` into `directory`.
 
-    The audio is an 8 s amplitude-modulated tone (its pitch depends on `index`) at the
-    variant's sampling rate, 16-bit PCM; the features are random CLIP (1, 64, 1024) and
+    The audio is an 8 s amplitude-modulated tone (its pitch depends on `index`) over a faint
+    noise floor at the variant's sampling rate, 16-bit PCM; the features are random CLIP (1, 64, 1024) and
     sync (1, 192, 768) arrays with the prompt stored in the .npz. Returns (npz, wav).
     """
     import soundfile as sf
@@ -53,8 +53,11 @@ def write_clip(directory: Path, stem: str, *, index: int, variant: str = "tiny_1
     seq = v.sequence()
     sr = seq.sampling_rate
     t = np.arange(int(seq.duration * sr)) / sr  # seconds
-    freq = 220.0 * (1.5 ** (index % 6))  # Hz
-    wave = 0.3 * np.sin(2 * np.pi * freq * t) * (0.6 + 0.4 * np.sin(2 * np.pi * 0.5 * t))
+    freq = 220.0 * (1.25 ** (index % 6))  # Hz, 220-671: below the 1-5 kHz band the codec check weighs
+    wave = 0.3 * np.sin(2 * np.pi * freq * t) * (0.55 + 0.45 * np.sin(2 * np.pi * 0.5 * t))
+    # a faint room-noise floor (-60 dBFS) so the clip is full-band, as a recording is: the
+    # Inspector would flag a bare tone's empty 15-20 kHz band as a codec shelf
+    wave += 1e-3 * np.random.default_rng([seed, index, 1]).standard_normal(t.size)
     rng = np.random.default_rng(seed * 1000 + index)
     directory.mkdir(parents=True, exist_ok=True)
     wav = directory / f"{stem}.wav"

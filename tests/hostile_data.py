@@ -47,6 +47,23 @@ def write_npz_bomb(path: Path, shape: tuple[int, ...] = (1, 65536, 1024),
     return path
 
 
+def write_npz_header_bomb(path: Path, shape: tuple[int, ...] = (1, 1 << 22, 1024),
+                          key: str = "clip_features") -> Path:
+    """An .npz whose `key` member holds only an .npy header declaring `shape` float32 (16
+    GiB by default) and no data: what a reader that trusts headers would try to allocate.
+    The other features array is valid."""
+    other = "sync_features" if key != "sync_features" else "clip_features"
+    arrays = {"sync_features": np.zeros((1, 192, 768), np.float32),
+              "clip_features": np.zeros((1, 64, 1024), np.float32)}
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        with zf.open(f"{key}.npy", "w") as member:
+            np.lib.format.write_array_header_1_0(member, {
+                "descr": "<f4", "fortran_order": False, "shape": tuple(shape)})
+        with zf.open(f"{other}.npy", "w") as member:
+            np.lib.format.write_array(member, arrays[other], allow_pickle=False)
+    return path
+
+
 @contextmanager
 def deadline(seconds: int) -> Iterator[None]:
     """Fail with TimeoutError instead of hanging (e.g. on opening a FIFO nobody writes to):

@@ -39,6 +39,7 @@ from selva_engine.errors import (
     DatasetError,
     EmptyDatasetError,
     FeatureFileError,
+    HiddenClipError,
     LinkOutsideError,
     MissingAudioError,
     NotRegularFileError,
@@ -72,6 +73,7 @@ __all__ = [
     "LinkOutsideError",
     "MissingAudioError",
     "NotRegularFileError",
+    "HiddenClipError",
     "OrphanAudioError",
     "PairingError",
     "PickledDataError",
@@ -162,7 +164,8 @@ def find_pairs(directory: Path | str) -> tuple[list[ClipPair], list[DatasetError
     not read (checked with lstat/stat, never opened): `NotRegularFileError` (FIFO, socket,
     device, directory), `LinkOutsideError` (a link out of `directory`),
     `UnreadableFileError` (a broken link). A stem with such an entry gets no pairing
-    problem on top. Hidden files (`.name`) are skipped. Raises `EmptyDatasetError` if the
+    problem on top. Hidden files (`.name`) are skipped; a hidden `.npz` is reported as
+    `HiddenClipError` (a warning: it is not trained on). Raises `EmptyDatasetError` if the
     directory does not exist.
     """
     directory = Path(directory)
@@ -174,6 +177,12 @@ def find_pairs(directory: Path | str) -> tuple[list[ClipPair], list[DatasetError
     refused: set[str] = set()
     problems: list[DatasetError] = []
     for p in sorted(directory.iterdir(), key=lambda q: q.name):
+        if p.name.startswith(".") and p.name.lower().endswith(".npz") and p.name != ".npz":
+            problems.append(HiddenClipError(
+                p, "skipped: a name starting with '.' is a hidden file (ComfyUI's sanitiser "
+                "names a clip '../x' like this)", f"rename it without the leading dots, e.g. "
+                f"{p.name.lstrip('.') or 'clip.npz'}, and its audio to the same stem"))
+            continue
         if not _is_clip_name(p.name):
             continue
         try:
@@ -383,7 +392,7 @@ def load_dataset(directory: Path | str, variant: Variant, collect: bool = False,
                                 "export features with the SelVA Feature Extractor node (one "
                                 "stem.npz per clip) and put each clip's audio next to it")
     for err in pair_problems:
-        if isinstance(err, OrphanAudioError):
+        if isinstance(err, (OrphanAudioError, HiddenClipError)):
             scan.warn(err.code, str(err))
         else:
             problem(err)

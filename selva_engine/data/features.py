@@ -6,9 +6,14 @@ compressed "bomb" (1 MB on disk, gigabytes once inflated) is refused at no cost,
 validating or loading a clip never holds more than a few MB. Limits, per key:
 
 - `clip_features` / `sync_features`: a float array (16, 32 or 64 bit) of shape (1, T, dim)
-  or (T, dim), 1 <= T <= MAX_FRAMES_FACTOR x the sequence config's frame count (640 and
-  1920 frames at 8 s: features of clips up to 80 s; training uses the first 8 s).
-- `prompt` / `variant`: one string of at most MAX_STRING_CHARS characters.
+  or (T, dim), T >= 1. Any T is accepted (ComfyUI's extractor writes a whole video's length
+  when its duration is 0: an 81 s video gives 648 CLIP and 2016 sync rows, which its
+  trainer trims to 8 s), and only the rows the model uses are read: memory is bounded by
+  the clip length, not by the file. A header declaring more than MAX_ARRAY_BYTES is not
+  features of any video and is refused unread; a Fortran-order array (rare: its rows are
+  not contiguous) is read whole, so it must stay under MAX_FULL_READ_BYTES.
+- `prompt` / `variant`: one string of at most MAX_STRING_CHARS characters (ComfyUI-SelVA
+  trains on prompts over 10,000 characters; CLIP reads their first 77 tokens).
 - `duration`: one number (seconds).
 
 Other members are never read. Object arrays are refused, never unpickled (as pickles).
@@ -39,10 +44,12 @@ from selva_engine.errors import (
 from selva_engine.io import open_regular
 from selva_engine.model.variants import SequenceConfig, Variant
 
-__all__ = ["MAX_FRAMES_FACTOR", "MAX_STRING_CHARS", "ClipFeatures", "load_features"]
+__all__ = ["MAX_ARRAY_BYTES", "MAX_FULL_READ_BYTES", "MAX_STRING_CHARS", "ClipFeatures",
+           "load_features"]
 
-MAX_FRAMES_FACTOR = 10  # frames allowed per file, in clip lengths of the sequence config
-MAX_STRING_CHARS = 10_000  # a prompt is read as 77 CLIP tokens: 10k characters is plenty
+MAX_ARRAY_BYTES = 2 << 30  # declared size of one features array: ~5 h of sync rows at 24 fps
+MAX_FULL_READ_BYTES = 64 << 20  # a Fortran-order features array is read whole up to this
+MAX_STRING_CHARS = 1_000_000  # 4 MB as UTF-32; CLIP reads 77 tokens of it
 EXPORT_FIX = "re-export the clip with the SelVA Feature Extractor node"
 
 HeaderCheck = Callable[[Path, str, tuple[int, ...], np.dtype], None]
@@ -89,14 +96,13 @@ def _check_features(npz_path: Path, key: str, shape: tuple[int, ...], dtype: np.
     if dtype.kind != "f" or dtype.itemsize > 8:
         raise FeatureFileError(npz_path, f"{key} has dtype {dtype}, expected float32",
                                EXPORT_FIX)
-    limit = MAX_FRAMES_FACTOR * seq_len
-    if frames > limit:
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes > MAX_ARRAY_BYTES:
         raise ArrayTooLargeError(
-            npz_path, f"{key} declares shape {shape} {dtype} ({_size(math.prod(shape) * dtype.itemsize)}"
-            f" once loaded), more than the limit of {limit} frames ({MAX_FRAMES_FACTOR}x the "
-            f"{seq_len} frames of one clip of {duration:g} s); it was not loaded",
-            f"export features of at most {MAX_FRAMES_FACTOR * duration:g} s of video; training "
-            f"uses the first {duration:g} s")
+            npz_path, f"{key} declares shape {shape} {dtype} ({_size(nbytes)} once loaded), "
+            f"more than the limit of {_size(MAX_ARRAY_BYTES)}: not features of a video; it "
+            "was not loaded", f"{EXPORT_FIX}; training uses the first {duration:g} s "
+            f"({seq_len} rows)")
 
 
 def _check_string(npz_path: Path, key: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
@@ -120,8 +126,10 @@ def _check_number(npz_path: Path, key: str, shape: tuple[int, ...], dtype: np.dt
 
 
 def _read_member(zf: zipfile.ZipFile, member: str, npz_path: Path, key: str,
-                 check: HeaderCheck) -> np.ndarray:
-    """Read one `.npy` member: its header, `check(...)` on it, then exactly its data."""
+                 check: HeaderCheck, rows: int | None = None) -> tuple[np.ndarray, int]:
+    """Read one `.npy` member: its header, `check(...)` on it, then its data; with `rows`,
+    only the first `rows` rows along the frame axis (a C-order array's leading bytes).
+    Returns (array, frames declared: the second-last dimension, 0 for a scalar)."""
     with zf.open(member) as m:
         version = np.lib.format.read_magic(m)
         if version == (1, 0):
@@ -132,8 +140,17 @@ def _read_member(zf: zipfile.ZipFile, member: str, npz_path: Path, key: str,
             raise FeatureFileError(npz_path, f"{key} uses .npy format {version}, expected "
                                    "1.0 or 2.0", EXPORT_FIX)
         check(npz_path, key, tuple(shape), dtype)
+        declared = int(shape[-2]) if len(shape) >= 2 else 0
+        if rows is not None and len(shape) >= 2:
+            if not fortran:
+                shape = (*shape[:-2], min(declared, rows), shape[-1])
+            elif math.prod(shape) * dtype.itemsize > MAX_FULL_READ_BYTES:
+                raise ArrayTooLargeError(npz_path, f"{key} is a Fortran-order array of "
+                                         f"{_size(math.prod(shape) * dtype.itemsize)}, more than "
+                                         f"{_size(MAX_FULL_READ_BYTES)} read whole; it was not "
+                                         "loaded", "save C-order arrays (np.ascontiguousarray)")
         count = math.prod(shape)
-        buf = bytearray(count * dtype.itemsize)  # bounded by the check above
+        buf = bytearray(count * dtype.itemsize)  # bounded by the check and the rows used
         view, got = memoryview(buf), 0
         while got < len(buf):
             n = m.readinto(view[got:])
@@ -141,12 +158,14 @@ def _read_member(zf: zipfile.ZipFile, member: str, npz_path: Path, key: str,
                 raise EOFError(f"{key} ends after {got} of {len(buf)} bytes")
             got += n
     arr = np.frombuffer(buf, dtype=dtype, count=count)
-    return arr.reshape(shape[::-1]).transpose() if fortran else arr.reshape(shape)
+    return (arr.reshape(shape[::-1]).transpose() if fortran else arr.reshape(shape)), declared
 
 
 def _read_arrays(f: BinaryIO, npz_path: Path, variant: Variant,
-                 seq: SequenceConfig) -> dict[str, np.ndarray]:
-    """The members this module knows, each checked from its header before it is read."""
+                 seq: SequenceConfig) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """The members this module knows, each checked from its header before it is read (the
+    features only as far as the model uses them); and the frames each features array
+    declares."""
     checks: dict[str, HeaderCheck] = {
         "clip_features": partial(_check_features, dim=variant.clip_dim,
                                  seq_len=seq.clip_seq_len, duration=seq.duration),
@@ -162,8 +181,11 @@ def _read_arrays(f: BinaryIO, npz_path: Path, variant: Variant,
                 raise FeatureFileError(
                     npz_path, f"missing key(s) {', '.join(missing)} (has: "
                     f"{', '.join(sorted(members)[:20]) or 'none'})", EXPORT_FIX)
-            return {key: _read_member(zf, members[key], npz_path, key, check)
+            rows = {"clip_features": seq.clip_seq_len, "sync_features": seq.sync_seq_len}
+            read = {key: _read_member(zf, members[key], npz_path, key, check, rows.get(key))
                     for key, check in checks.items() if key in members}
+            return ({k: arr for k, (arr, _) in read.items()},
+                    {k: frames for k, (_, frames) in read.items() if k in rows})
     except DatasetError:
         raise
     except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, OSError, KeyError,
@@ -192,17 +214,16 @@ def _check_magic(f: BinaryIO, npz_path: Path) -> None:
                            EXPORT_FIX)
 
 
-def _fit_features(npz_path: Path, key: str, arr: np.ndarray, seq_len: int) -> tuple[np.ndarray, int]:
+def _fit_features(npz_path: Path, key: str, arr: np.ndarray, seq_len: int) -> np.ndarray:
     """Cut/zero-pad header-checked (1, T, dim) or (T, dim) features to (seq_len, dim) float32."""
     arr = (arr[0] if arr.ndim == 3 else arr).astype(np.float32)
     if not np.isfinite(arr).all():
         bad = int((~np.isfinite(arr)).sum())
         raise FeatureFileError(npz_path, f"{key} holds {bad} NaN/infinite values", EXPORT_FIX)
-    frames = int(arr.shape[0])
     out = np.zeros((seq_len, arr.shape[1]), dtype=np.float32)
-    n = min(frames, seq_len)
+    n = min(int(arr.shape[0]), seq_len)
     out[:n] = arr[:n]  # zero padding in raw feature space, as the original trainer
-    return out, frames
+    return out
 
 
 def _string(value: np.ndarray | None) -> str | None:
@@ -219,7 +240,8 @@ def load_features(npz_path: Path | str, variant: Variant, duration: float = 8.0,
     Requires `clip_features` (1, Nc', clip_dim) and `sync_features` (1, Ns', sync_dim) (the
     leading 1 may be absent), float, finite, non-empty and within the limits of the module
     docstring; optional `prompt`/`variant` strings and `duration` number. Features are cut
-    or zero-padded to the sequence config's `clip_seq_len`/`sync_seq_len`. With `root`,
+    (only the rows used are read) or zero-padded to the sequence config's
+    `clip_seq_len`/`sync_seq_len`; `clip_frames`/`sync_frames` are the rows the file holds. With `root`,
     the file must really lie inside that directory (a link out of it is refused unread).
     Raises `ArrayTooLargeError` for arrays beyond the limits, `PickledDataError` for object
     arrays or pickles, `NotRegularFileError`/`LinkOutsideError`/`UnreadableFileError` for a
@@ -235,11 +257,10 @@ def load_features(npz_path: Path | str, variant: Variant, duration: float = 8.0,
         raise open_error(npz_path, exc) from exc
     with f:
         _check_magic(f, npz_path)
-        arrays = _read_arrays(f, npz_path, variant, seq)
-    clip, clip_frames = _fit_features(npz_path, "clip_features", arrays["clip_features"],
-                                      seq.clip_seq_len)
-    sync, sync_frames = _fit_features(npz_path, "sync_features", arrays["sync_features"],
-                                      seq.sync_seq_len)
+        arrays, frames = _read_arrays(f, npz_path, variant, seq)
+    clip = _fit_features(npz_path, "clip_features", arrays["clip_features"], seq.clip_seq_len)
+    sync = _fit_features(npz_path, "sync_features", arrays["sync_features"], seq.sync_seq_len)
+    clip_frames, sync_frames = frames["clip_features"], frames["sync_features"]
     dur: float | None = None
     if "duration" in arrays:
         dur = float(arrays["duration"].reshape(()))

@@ -80,6 +80,9 @@ class TrainConfig:
     # recompute each transformer block's activations in the backward pass: far less memory
     # for larger batches, at the cost of about one more forward pass per step
     gradient_checkpointing: bool = False
+    # clip stems left out of training: the daemon's child fills it with the clips the
+    # dataset Inspector flags when the dataset says `[inspect] skip_rejected = true`
+    exclude_clips: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
@@ -129,6 +132,7 @@ class TrainConfig:
         """Plain-data form (lists, no tuples) for JSON / TOML."""
         d = asdict(self)
         d["target"] = list(self.target)
+        d["exclude_clips"] = list(self.exclude_clips)
         d.pop("extra")
         return d
 
@@ -143,6 +147,8 @@ class TrainConfig:
         if "target" in data:
             t = data["target"]
             data["target"] = (t,) if isinstance(t, str) else tuple(t)
+        if "exclude_clips" in data:
+            data["exclude_clips"] = tuple(str(stem) for stem in data["exclude_clips"])
         return cls(**data)
 
 

@@ -129,6 +129,12 @@ def extract_data(ctx: RunContext, stop: threading.Event, codec_factory: Callable
         log.warn(w)
     for p in scan.problems:
         log.warn(f"skipping clip: {p}")
+    if cfg.exclude_clips:
+        left_out = set(cfg.exclude_clips)
+        for c in (c for c in scan.clips if c.stem in left_out):
+            log.warn(f"skipping clip: {c.audio_path}: flagged by the dataset Inspector "
+                     "(skip_rejected; see validation.toml)")
+        scan.clips = [c for c in scan.clips if c.stem not in left_out]
     if not scan.clips:
         raise TrainError(f"{cfg.data_dir}: no usable clips (see the warnings above)")
     cache = FeatureCache(cfg.cache_dir or ctx.out_dir / ".cache")

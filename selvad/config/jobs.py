@@ -71,7 +71,8 @@ SAFE_NAME_RULE = "letters, digits, '.', '_', '-', at most 64, starting with a le
 LATER_OPTIONS = {"init_mode": "standard", "curriculum_switch": 0.6, "latent_mixup_alpha": 0.0,
                  "latent_noise_sigma": 0.0, "spectral_surgery": "off"}
 # TrainConfig fields the daemon fills itself; they never change what a run learns.
-HASH_EXCLUDED = ("data_dir", "output_dir", "selva_dir", "resume", "device", "cache_dir")
+HASH_EXCLUDED = ("data_dir", "output_dir", "selva_dir", "resume", "device", "cache_dir",
+                 "exclude_clips")
 # Job keys of speed alone (the same numbers, faster or in less memory): not in the hash either.
 SPEED_OPTIONS = ("compile", "gradient_checkpointing")
 JOB_KEYS = ("dataset", *DEFAULTS_KEYS, "sweep")

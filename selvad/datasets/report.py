@@ -22,20 +22,24 @@ import json
 import os
 import stat
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import tomli_w
 
+from selva_engine.audio.inspect import InspectThresholds
+
 __all__ = ["ERROR", "SHOWN_PER_CODE", "WARNING", "ClipEntry", "Finding", "ValidationReport",
-           "forget_last_report", "load_last_report", "save_last_report", "write_report"]
+           "forget_last_report", "format_figures", "load_last_report", "save_last_report", "write_report"]
 
 ERROR = "error"
 WARNING = "warning"
 SHOWN_PER_CODE = {ERROR: 20, WARNING: 5}  # findings of one kind listed; the rest are counted
 DATASET = "(dataset)"  # how dataset-level findings are headed in the terminal output
 LAST_REPORT_MAX_BYTES = 1 << 20  # a kept report larger than this is not read back
+FIGURES_SHOWN = 50  # up to this many clips, the terminal lists the figures of clean ones too
+LAST_REPORT_FIGURES = 2000  # clips whose inspection figures the kept report holds (~200 KB)
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,10 @@ class ValidationReport:
     findings: list[Finding] = field(default_factory=list)
     advice: list[str] = field(default_factory=list)
     counts: Counter[tuple[str, str]] = field(default_factory=Counter)  # (severity, code) -> n
+    thresholds: InspectThresholds = field(default_factory=InspectThresholds)
+    inspection: dict[str, dict[str, float]] = field(default_factory=dict)  # audio file -> figures
+    flagged: list[str] = field(default_factory=list)  # stems the Inspector's thresholds flag
+    skipped: list[str] = field(default_factory=list)  # flagged stems left out (skip_rejected)
     _left_out_file: dict[tuple[str, str], str] = field(default_factory=dict, repr=False)
 
     def _listed(self, severity: str) -> list[Finding]:
@@ -154,6 +162,11 @@ class ValidationReport:
                       for c in self.clips],
             "errors": [f.to_dict() for f in self.errors],
             "warnings": [f.to_dict() for f in self.warnings],
+            "thresholds": asdict(self.thresholds),
+            "inspection": [{"file": name, **figures}
+                           for name, figures in sorted(self.inspection.items())],
+            "flagged": sorted(self.flagged),
+            "skipped": sorted(self.skipped),
         }
 
     def to_toml(self) -> str:
@@ -171,10 +184,19 @@ class ValidationReport:
                  f"({self.num_audio_frames} samples)",
                  f"  {len(self.clips)} usable clip(s), {self.error_count} error(s), "
                  f"{self.warning_count} warning(s)"]
+        if self.skipped:
+            lines.append(f"  {len(self.skipped)} flagged clip(s) left out (skip_rejected): "
+                         + ", ".join(sorted(self.skipped)[:10])
+                         + (" ..." if len(self.skipped) > 10 else ""))
         listed = self.errors + self.warnings
-        for name in sorted({f.file for f in listed}, key=lambda n: (n != "", n)):
+        names = {f.file for f in listed}
+        if len(self.inspection) <= FIGURES_SHOWN:  # a small dataset: every clip's figures
+            names |= set(self.inspection)
+        for name in sorted(names, key=lambda n: (n != "", n)):
             lines.append("")
             lines.append(name or DATASET)
+            if name in self.inspection:
+                lines.append("  " + format_figures(self.inspection[name]))
             for f in (f for f in listed if f.file == name):
                 fix = f" (fix: {f.fix})" if f.fix else ""
                 lines.append(f"  {f.severity}: {f.message}{fix}")
@@ -186,6 +208,19 @@ class ValidationReport:
         lines.append("OK: ready to train" if self.ok
                      else f"FAILED: {self.error_count} error(s) block training")
         return "\n".join(lines) + "\n"
+
+
+def format_figures(figures: dict[str, float]) -> str:
+    """One line of a clip's inspection figures, e.g. 'SNR 23.1 dB, -18.2 LUFS, ...'."""
+    parts = [f"SNR {figures['snr_db']:.1f} dB"]
+    if "lufs" in figures:
+        parts.append(f"{figures['lufs']:.1f} LUFS")
+    if "true_peak_dbtp" in figures:
+        parts.append(f"true peak {figures['true_peak_dbtp']:+.1f} dBTP")
+    parts.append(f"silent {figures['silent_fraction']:.0%}")
+    if "hf_shelf_db" in figures:
+        parts.append(f"HF shelf {figures['hf_shelf_db']:.1f} dB")
+    return ", ".join(parts)
 
 
 def write_report(report: ValidationReport, path: Path | str) -> Path:
@@ -212,6 +247,9 @@ def save_last_report(report: ValidationReport, state_dir: Path, dataset_dir: str
     from selva_engine.io import atomic_write_text  # imports torch: only when writing
 
     data = {k: v for k, v in report.to_dict().items() if k != "clips"}
+    if len(data["inspection"]) > LAST_REPORT_FIGURES:  # the page lists the first ones
+        data["inspection_left_out"] = len(data["inspection"]) - LAST_REPORT_FIGURES
+        data["inspection"] = data["inspection"][:LAST_REPORT_FIGURES]
     return atomic_write_text(_last_report_path(state_dir, dataset_dir),
                              json.dumps(data, ensure_ascii=False))
 

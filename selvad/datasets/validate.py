@@ -35,16 +35,19 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from selva_engine.audio.files import read_audio, to_mono
+from selva_engine.audio.files import AudioScan, scan_audio
+from selva_engine.audio.inspect import find_issues, inspect_mono
 from selva_engine.audio.stack import check_audio_stack
 from selva_engine.data.dataset import (
     LOSSY_SUFFIXES,
     PROMPTS_FILE,
     ClipFeatures,
     DatasetError,
+    HiddenClipError,
     OrphanAudioError,
     PromptEntryError,
     find_pairs,
@@ -58,6 +61,7 @@ from selvad.config.daemon import default_config_path, load_config
 from selvad.config.jobs import resolve_dataset
 from selvad.config.schema import ConfigError
 from selvad.datasets.advice import advise
+from selvad.datasets.datasetfile import DATASET_FILE, inspect_thresholds, read_dataset_file
 from selvad.datasets.report import (
     ERROR,
     WARNING,
@@ -70,11 +74,14 @@ from selvad.datasets.report import (
 __all__ = ["Finding", "ValidationReport", "main", "validate_dataset", "write_report"]
 
 SILENT_PEAK = 1e-4  # full scale = 1.0
-CLIP_LEVEL = 0.999
+FLOAT_OVER_LIMIT = 4.0  # +12 dBFS: float samples beyond are not a mix's overs but garbage
+CANCEL_ERROR_DB = -30.0  # mono mix this far under its channels: it trains on near silence
+CANCEL_WARN_DB = -6.0
 CLIP_FRACTION = 0.001  # of all samples
 DC_LIMIT = 0.05
 LENGTH_TOLERANCE_S = 0.05  # 44k's 353280 samples are 8.011 s: an 8.000 s file is fine
 DURATION_MISMATCH_S = 0.5
+LONG_PROMPT_CHARS = 2000  # far beyond CLIP's 77 tokens
 LOSSY_SUBTYPES = frozenset({"VORBIS", "OPUS", "MPEG_LAYER_I", "MPEG_LAYER_II", "MPEG_LAYER_III"})
 _REEXPORT = "re-export the clip as 16/24-bit PCM WAV or FLAC"
 HELP_RULES = """\
@@ -114,12 +121,12 @@ def _wav_missing_bytes(path: Path, root: Path) -> int:
 
 def _check_audio(report: ValidationReport, rel: str, path: Path,
                  npz_duration: float | None) -> bool:
-    """Analyse one audio file (one read); add findings; return False when it blocks."""
+    """Analyse one audio file (one blockwise read); add findings; return False when it blocks."""
     model_sr = report.sampling_rate
     target_s = report.num_audio_frames / model_sr
     root = path.parent  # the dataset directory: nothing outside it is opened
     try:
-        raw = read_audio(path, max_seconds=target_s + 1.0, root=root)  # the part trained on
+        scan = scan_audio(path, max_seconds=target_s + 1.0, root=root)  # the part trained on
     except DatasetError as err:
         report.add(ERROR, rel, err.code, err.problem, err.fix)
         return False
@@ -128,42 +135,81 @@ def _check_audio(report: ValidationReport, rel: str, path: Path,
         report.add(ERROR, rel, "truncated-audio", f"half-written or truncated: {missing} bytes "
                    "of audio data are missing", "copy the file again completely")
         usable = False
-    data = raw.data  # (frames, channels) float32
-    peak = float(np.abs(data).max())
-    if peak < SILENT_PEAK:
-        report.add(ERROR, rel, "silent", f"silent (peak {peak:.1e} < {SILENT_PEAK:g})",
+    usable = _check_levels(report, rel, scan) and usable
+    usable = _check_channels(report, rel, scan) and usable
+    if scan.sampling_rate != model_sr and not (stack := check_audio_stack()).ok:
+        report.add(ERROR, rel, "cannot-resample",
+                   f"needs resampling from {scan.sampling_rate} Hz to {model_sr} Hz, but "
+                   f"{stack.problem}", stack.fix)
+        usable = False
+    if scan.sampling_rate < model_sr:
+        report.add(WARNING, rel, "low-sample-rate",
+                   f"sample rate {scan.sampling_rate} Hz is below the model's {model_sr} Hz: "
+                   f"nothing above {scan.sampling_rate // 2} Hz to learn",
+                   f"use a source recorded at {model_sr} Hz or more if you have one")
+    _check_lengths(report, rel, scan.duration, npz_duration)
+    if path.suffix.lower() in LOSSY_SUFFIXES or scan.subtype in LOSSY_SUBTYPES:
+        report.add(WARNING, rel, "lossy", f"lossy format ({scan.format}/{scan.subtype}): "
+                   "compression artefacts are learned too", "use WAV or FLAC if you have it")
+    if usable:
+        _inspect(report, rel, scan)
+    return usable
+
+
+def _check_levels(report: ValidationReport, rel: str, scan: AudioScan) -> bool:
+    """Silence and float samples far beyond full scale are errors; clipping and DC warnings."""
+    usable = True
+    if scan.peak < SILENT_PEAK:
+        report.add(ERROR, rel, "silent", f"silent (peak {scan.peak:.1e} < {SILENT_PEAK:g})",
                    "replace the clip or remove it; training on silence teaches silence")
         usable = False
-    clipped = float(np.count_nonzero(np.abs(data) >= CLIP_LEVEL)) / data.size
+    if scan.peak > FLOAT_OVER_LIMIT:
+        report.add(ERROR, rel, "out-of-range", f"float samples reach {scan.peak:.3g}, "
+                   f"{20 * np.log10(scan.peak):.0f} dB above full scale (at most "
+                   f"{FLOAT_OVER_LIMIT:g} is accepted): the model would learn garbage",
+                   "normalise the file to peak at or below 1.0 (0 dBFS) and export it again")
+        usable = False
+    elif scan.over:
+        report.add(WARNING, rel, "over-full-scale", f"{scan.over / scan.samples:.2%} of float "
+                   f"samples exceed full scale (peak {scan.peak:.2f})",
+                   "normalise the file to peak at or below 1.0 (0 dBFS)")
+    clipped = scan.clipped / scan.samples
     if clipped > CLIP_FRACTION:
         report.add(WARNING, rel, "clipped", f"clipped: {clipped:.2%} of samples at full scale",
                    "re-export with lower gain; the model learns the distortion")
-    mono = to_mono(data)
-    dc = float(mono.mean(dtype=np.float64))
+    dc = float(scan.mono.mean(dtype=np.float64))
     if abs(dc) > DC_LIMIT:
         report.add(WARNING, rel, "dc-offset", f"DC offset {dc:+.3f}",
                    "apply a high-pass filter / remove DC before exporting")
-    if raw.sampling_rate != model_sr and not (stack := check_audio_stack()).ok:
-        report.add(ERROR, rel, "cannot-resample",
-                   f"needs resampling from {raw.sampling_rate} Hz to {model_sr} Hz, but "
-                   f"{stack.problem}", stack.fix)
-        usable = False
-    if raw.sampling_rate < model_sr:
-        report.add(WARNING, rel, "low-sample-rate",
-                   f"sample rate {raw.sampling_rate} Hz is below the model's {model_sr} Hz: "
-                   f"nothing above {raw.sampling_rate // 2} Hz to learn",
-                   f"use a source recorded at {model_sr} Hz or more if you have one")
-    if raw.channels > 1:
-        report.add(WARNING, rel, "mixed-to-mono",
-                   f"{raw.channels} channels are averaged to mono", "export mono to hear what "
-                   "the model is trained on")
-        ch_rms = float(np.sqrt(np.mean(data.astype(np.float64) ** 2)))
-        mono_rms = float(np.sqrt(np.mean(mono.astype(np.float64) ** 2)))
-        if peak >= SILENT_PEAK and mono_rms < 0.5 * ch_rms:
-            report.add(WARNING, rel, "phase-cancel", "channels cancel when averaged to mono "
-                       f"(mono level {20 * np.log10(max(mono_rms, 1e-12) / ch_rms):.1f} dB)",
-                       "check the channel polarity, or export one channel")
-    seconds = raw.duration
+    return usable
+
+
+def _check_channels(report: ValidationReport, rel: str, scan: AudioScan) -> bool:
+    """Several channels are mixed to mono (a warning); channels that cancel in the mix so
+    that it is far quieter than they are would teach silence (an error)."""
+    if scan.channels == 1:
+        return True
+    report.add(WARNING, rel, "mixed-to-mono", f"{scan.channels} channels are averaged to mono",
+               "export mono to hear what the model is trained on")
+    if scan.peak < SILENT_PEAK or scan.channel_rms <= 0.0:
+        return True
+    level = 20 * np.log10(max(scan.mono_rms, 1e-12) / scan.channel_rms)
+    fix = "flip the polarity of one channel, or export one channel"
+    if level < CANCEL_ERROR_DB:
+        report.add(ERROR, rel, "phase-cancel", "channels cancel when averaged to mono (mono "
+                   f"level {level:.1f} dB, below {CANCEL_ERROR_DB:g} dB): the model would "
+                   "train on near silence", fix)
+        return False
+    if level < CANCEL_WARN_DB:
+        report.add(WARNING, rel, "phase-cancel", "channels partly cancel when averaged to mono "
+                   f"(mono level {level:.1f} dB)", fix)
+    return True
+
+
+def _check_lengths(report: ValidationReport, rel: str, seconds: float,
+                   npz_duration: float | None) -> None:
+    """Audio shorter or longer than the clip, and audio/feature durations that differ."""
+    target_s = report.num_audio_frames / report.sampling_rate
     if seconds < target_s - LENGTH_TOLERANCE_S:
         report.add(WARNING, rel, "short-audio", f"{seconds:.2f} s long: zero-padded at the "
                    f"end to {report.duration:g} s, so the sound sits at the start",
@@ -176,10 +222,19 @@ def _check_audio(report: ValidationReport, rel: str, path: Path,
     if npz_duration is not None and abs(npz_duration - seconds) > DURATION_MISMATCH_S:
         report.add(WARNING, rel, "duration-mismatch", f"audio is {seconds:.2f} s but its "
                    f"features cover {npz_duration:.2f} s", "check both come from the same video")
-    if path.suffix.lower() in LOSSY_SUFFIXES or raw.subtype in LOSSY_SUBTYPES:
-        report.add(WARNING, rel, "lossy", f"lossy format ({raw.format}/{raw.subtype}): "
-                   "compression artefacts are learned too", "use WAV or FLAC if you have it")
-    return usable
+
+
+def _inspect(report: ValidationReport, rel: str, scan: AudioScan) -> None:
+    """The Inspector's figures of the trained part (the first clip length); its flags are
+    warnings, and the clip is listed as rejected when the dataset skips flagged clips."""
+    part = scan.mono[:max(1, round(report.duration * scan.sampling_rate))]
+    figures = inspect_mono(part, scan.sampling_rate, peak=scan.peak)
+    report.inspection[rel] = figures.to_dict()
+    issues = find_issues(figures, report.thresholds)
+    for code, message, fix in issues:
+        report.add(WARNING, rel, code, message, fix)
+    if issues:
+        report.flagged.append(Path(rel).stem)
 
 
 def _check_prompts(report: ValidationReport) -> None:
@@ -201,6 +256,11 @@ def _check_prompts(report: ValidationReport) -> None:
                    f"prompt of their own and use the directory name ({parts})",
                    f"give those clips a line in {PROMPTS_FILE}")
     for c in clips:
+        if len(c.prompt) > LONG_PROMPT_CHARS:
+            report.add(WARNING, f"{c.stem}.npz", "long-prompt", f"the prompt has "
+                       f"{len(c.prompt):,} characters; the text encoder reads only its first "
+                       "77 tokens (a few hundred characters)", "put what matters first, or "
+                       "shorten it")
         if not c.prompt.strip():
             report.add(WARNING, f"{c.stem}.npz", "empty-prompt", "the prompt is empty (the "
                        "text stream gets no description)", f"add '{c.stem}.npz: ...' to "
@@ -264,7 +324,7 @@ def _check_dataset(report: ValidationReport, directory: Path, variant: Variant,
                    "export features with the SelVA Feature Extractor node (one stem.npz per "
                    "clip) and put each clip's audio next to it")
     for err in pair_problems:
-        severity = WARNING if isinstance(err, OrphanAudioError) else ERROR
+        severity = WARNING if isinstance(err, (OrphanAudioError, HiddenClipError)) else ERROR
         report.add(severity, err.path.name, err.code, err.problem, err.fix)
     prompts, prompt_problems = read_prompts(directory)
     _add_prompt_problems(report, prompt_problems)
@@ -288,20 +348,40 @@ def _check_dataset(report: ValidationReport, directory: Path, variant: Variant,
             report.clips.append(ClipEntry(pair.stem, feats.npz_prompt, "npz"))
         else:
             report.clips.append(ClipEntry(pair.stem, directory.resolve().name, "directory"))
+    if report.thresholds.skip_rejected:
+        _skip_flagged(report)
     _check_prompts(report)
+
+
+def _skip_flagged(report: ValidationReport) -> None:
+    """`skip_rejected`: the usable clips the Inspector flags are left out of training."""
+    flagged = set(report.flagged)
+    report.skipped = sorted(c.stem for c in report.clips if c.stem in flagged)
+    report.clips = [c for c in report.clips if c.stem not in flagged]
+    if report.skipped and not report.clips:
+        report.add(ERROR, "", "all-skipped", f"skip_rejected leaves none of the "
+                   f"{len(report.skipped)} clips to train on: the Inspector flags them all",
+                   "fix the clips, or loosen the thresholds in dataset.toml's [inspect]")
+    elif report.skipped:
+        report.add(WARNING, "", "skipped-flagged", f"{len(report.skipped)} flagged clip(s) are "
+                   "left out of training (skip_rejected = true)", "fix or replace them, or set "
+                   "skip_rejected = false in [inspect] to train on them")
 
 
 def validate_dataset(directory: Path | str, variant: Variant | str = "large_44k",
                      sequence: SequenceConfig | None = None, config: TrainConfig | None = None,
                      targets: Sequence[str] | None = None,
-                     progress: Callable[[int, int], None] | None = None) -> ValidationReport:
+                     progress: Callable[[int, int], None] | None = None,
+                     inspect: dict[str, Any] | None = None) -> ValidationReport:
     """Check every file of a dataset directory for `variant`; return the report.
 
     `sequence` overrides the variant's 8 s sequence config (clip length, rate, sample count);
     `config`/`targets` (a job's TrainConfig and LoRA targets) refine the advice. Reads each
     file once; any exception becomes an error finding, so this never raises on bad input
     (only on an unknown variant name: ValueError). No side effects, except that
-    `progress(done, total)` is called as each clip is checked.
+    `progress(done, total)` is called as each clip is checked. The Inspector's thresholds
+    come from the dataset's `dataset.toml` `[inspect]`, overridden by `inspect` (a job's
+    `[inspect]` table); a bad value there is an error finding of `dataset.toml`.
     """
     var = get_variant(variant) if isinstance(variant, str) else variant
     seq = sequence or var.sequence()
@@ -314,6 +394,12 @@ def validate_dataset(directory: Path | str, variant: Variant | str = "large_44k"
         report.add(ERROR, "", "missing-directory", "dataset directory does not exist",
                    "create it and put stem.npz + stem.wav pairs in it")
     else:
+        tables, problems = read_dataset_file(directory)
+        report.thresholds, more = inspect_thresholds(tables, directory / DATASET_FILE, inspect)
+        prefix = f"{directory / DATASET_FILE}:"
+        for message in problems + more:
+            report.add(ERROR, DATASET_FILE, "bad-dataset-file", message.removeprefix(prefix),
+                       "fix the key, or delete it to use the default")
         try:
             _check_dataset(report, directory, var, seq, progress)
         except Exception as exc:  # e.g. permission denied listing the directory

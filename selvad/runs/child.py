@@ -130,16 +130,23 @@ def _emit(event: dict[str, Any]) -> None:
 
 def write_validation(config_json: Path, out: Path) -> None:
     """Validate the dataset of the training config in `config_json` (the run's JSON) into
-    `out` (validation.toml, atomic) and emit a "validation" event on stdout. Never raises:
-    the report is informational (the daemon validated before queueing) and must not keep
-    the run from training; a failure becomes a "warning" event, its traceback on stderr."""
+    `out` (validation.toml, atomic) and emit a "validation" event on stdout. The clips the
+    report leaves out (`[inspect] skip_rejected`) are written into `config_json` as
+    `exclude_clips`, so the run trains on what the report says. Never raises: the report is
+    informational (the daemon validated before queueing) and must not keep the run from
+    training; a failure becomes a "warning" event, its traceback on stderr."""
     try:
+        from selva_engine.io import atomic_write_text
         from selva_engine.training.options import TrainConfig
         from selvad.datasets.validate import validate_dataset, write_report
 
-        cfg = TrainConfig.from_dict(json.loads(config_json.read_text()))
+        options = json.loads(config_json.read_text())
+        cfg = TrainConfig.from_dict(options)
         report = validate_dataset(cfg.data_dir, cfg.variant, config=cfg, targets=cfg.target)
         write_report(report, out)
+        if report.skipped:
+            options["exclude_clips"] = sorted(report.skipped)
+            atomic_write_text(config_json, json.dumps(options, indent=2) + "\n")
     except Exception as exc:  # never fatal, see above
         traceback.print_exc(file=sys.stderr)
         _emit({"event": "warning", "message": f"could not write {out}: "

@@ -15,7 +15,13 @@ import pytest
 from selvad.datasets import validate as V
 from selvad.datasets.manifest import dataset_manifest, manifest_hash
 from selvad.service.events import report_fields
-from tests.hostile_data import deadline, run_unprivileged, world_readable_dir, write_npz_bomb
+from tests.hostile_data import (
+    deadline,
+    run_unprivileged,
+    world_readable_dir,
+    write_npz_bomb,
+    write_npz_header_bomb,
+)
 
 from .test_validate import VARIANT, codes, dataset, npz, wav
 
@@ -24,17 +30,19 @@ MiB = 1 << 20
 
 def test_compressed_bomb_is_flagged_with_bounded_memory(tmp_path):
     d = dataset(tmp_path, n=3)
-    write_npz_bomb(d / "bomb.npz", (1, 65536, 1024))  # 256 MiB once loaded, ~250 KB here
+    write_npz_header_bomb(d / "bomb.npz", (1, 1 << 22, 1024))  # declares 16 GiB
+    write_npz_bomb(d / "long.npz", (1, 65536, 1024))  # 256 MiB of rows, ~250 KB here
     wav(d / "bomb.wav")
+    wav(d / "long.wav")
     tracemalloc.start()
     r = V.validate_dataset(d, VARIANT)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert ("error", "bomb.npz", "array-too-large") in codes(r)
     f = next(f for f in r.findings if f.file == "bomb.npz")
-    assert "clip_features" in f.message and "(1, 65536, 1024)" in f.message
-    assert "640" in f.message and f.fix
-    assert [c.stem for c in r.clips] == ["c0", "c1", "c2"]
+    assert "clip_features" in f.message and "(1, 4194304, 1024)" in f.message
+    assert "2.0 GiB" in f.message and f.fix
+    assert [c.stem for c in r.clips] == ["c0", "c1", "c2", "long"]  # trimmed to 8 s
     assert peak < 64 * MiB, f"validation allocated {peak / MiB:.0f} MiB"
 
 

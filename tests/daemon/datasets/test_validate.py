@@ -29,7 +29,11 @@ def npz(path: Path, clip=(1, 64, 1024), sync=(1, 192, 768), **extra) -> None:
 def wav(path: Path, seconds: float = 8.0, sr: int = SR, amp: float = 0.3, channels: int = 1,
         fmt: str | None = None, subtype: str | None = None, offset: float = 0.0) -> None:
     t = np.arange(int(seconds * sr)) / sr
-    x = amp * np.sin(2 * np.pi * 220 * t) + offset
+    # a clean sound: a tone that swells and fades each second over a faint noise floor, so
+    # the Inspector sees quiet moments (SNR estimate 26 dB) and a full band (no codec shelf)
+    envelope = 0.05 + 0.95 * (np.sin(np.pi * t) ** 2)
+    floor = amp * 1e-3 * np.random.default_rng(0).standard_normal(t.size)
+    x = amp * envelope * np.sin(2 * np.pi * 220 * t) + floor + offset
     if channels > 1:
         x = np.stack([x] * channels, axis=1)
     sf.write(path, x.astype(np.float32), sr, format=fmt, subtype=subtype)
@@ -138,11 +142,14 @@ def test_low_rate_and_phase_cancel(tmp_path):
     d = dataset(tmp_path)
     t = np.arange(SR * 8) / SR
     x = 0.3 * np.sin(2 * np.pi * 220 * t)
-    sf.write(d / "c1.wav", np.stack([x, -x], 1), SR)
+    sf.write(d / "c1.wav", np.stack([x, -x], 1), SR)  # L = -R: the mono mix is silence
+    sf.write(d / "c2.wav", np.stack([x, -0.6 * x], 1), SR)  # partly cancels: -16 dB
     r = V.validate_dataset(d, "tiny_44k")  # the 16 kHz clips are below 44.1 kHz
     got = codes(r)
     assert ("warning", "c0.wav", "low-sample-rate") in got
-    assert ("warning", "c1.wav", "phase-cancel") in got
+    assert ("error", "c1.wav", "phase-cancel") in got and not r.ok
+    assert "c1" not in {c.stem for c in r.clips}
+    assert ("warning", "c2.wav", "phase-cancel") in got and "c2" in {c.stem for c in r.clips}
     assert r.num_audio_frames == 353280 and r.sampling_rate == 44100
 
 
@@ -164,10 +171,10 @@ def test_empty_and_missing_directories(tmp_path):
 def test_unexpected_exception_becomes_a_finding(tmp_path, monkeypatch):
     d = dataset(tmp_path, n=2)
 
-    def boom(path):
+    def boom(path, **_):
         raise MemoryError("simulated")
 
-    monkeypatch.setattr(V, "read_audio", boom)
+    monkeypatch.setattr(V, "scan_audio", boom)
     r = V.validate_dataset(d, VARIANT)
     assert ("error", "c0.wav", "bad-audio") in codes(r) and len(r.clips) == 0
 
@@ -193,7 +200,7 @@ def test_report_formats(tmp_path):
     assert data["variant"] == VARIANT and data["num_audio_frames"] == 128000
     assert json.loads(r.to_json()) == data
     text = r.format_human()
-    assert text.index("c0.wav\n  error:") < text.index("c1.wav\n  warning:")
+    assert text.index("c0.wav\n  error:") < text.index("c1.wav\n  SNR")
     assert "FAILED: 1 error(s)" in text
     p = write_report(r, tmp_path / "run" / "validation.toml")
     assert tomllib.loads(p.read_text()) == data

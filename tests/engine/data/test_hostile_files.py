@@ -12,7 +12,7 @@ import pytest
 
 from selva_engine.data import dataset as D
 from selva_engine.model.variants import get_variant
-from tests.hostile_data import deadline, write_npz_bomb
+from tests.hostile_data import deadline, write_npz_bomb, write_npz_header_bomb
 
 from .test_dataset import make_clip, write_npz, write_wav
 
@@ -37,15 +37,27 @@ def _peak_bytes(fn) -> tuple[int, BaseException | None]:
 
 @pytest.mark.parametrize("key,shape", [("clip_features", (1, 65536, 1024)),
                                        ("sync_features", (1, 131072, 768))])
-def test_compressed_bomb_is_refused_from_its_header(tmp_path, key, shape):
+def test_a_compressed_bomb_costs_only_the_rows_the_model_uses(tmp_path, key, shape):
+    """256-384 MiB of zeros in a ~1 MB file: only the first 8 s of rows are inflated."""
     p = write_npz_bomb(tmp_path / "bomb.npz", shape, key=key)
-    assert p.stat().st_size < 2 * MiB  # 256-384 MiB once loaded
+    assert p.stat().st_size < 2 * MiB
+    peak, err = _peak_bytes(lambda: D.load_features(p, V16))
+    assert err is None, err
+    assert peak < 16 * MiB, f"{peak / MiB:.0f} MiB allocated for 8 s of rows"
+    f = D.load_features(p, V16)
+    frames = f.clip_frames if key == "clip_features" else f.sync_frames
+    assert frames == shape[1] and f.clip.shape == (64, 1024) and f.sync.shape == (192, 768)
+
+
+@pytest.mark.parametrize("key", ["clip_features", "sync_features"])
+def test_a_header_declaring_gigabytes_is_refused_unread(tmp_path, key):
+    p = write_npz_header_bomb(tmp_path / "bomb.npz", (1, 1 << 22, 1024 if key ==
+                                                      "clip_features" else 768), key=key)
     peak, err = _peak_bytes(lambda: D.load_features(p, V16))
     assert isinstance(err, D.ArrayTooLargeError), err
     assert err.code == "array-too-large"
     msg = str(err)
-    limit = 640 if key == "clip_features" else 1920  # 10x the 64 / 192 frames of 8 s
-    assert msg.startswith(str(p)) and key in msg and str(shape) in msg and str(limit) in msg
+    assert msg.startswith(str(p)) and key in msg and "4194304" in msg and "2.0 GiB" in msg
     assert "(fix: " in msg
     assert peak < 16 * MiB, f"{peak / MiB:.0f} MiB allocated for a refused file"
 
@@ -59,15 +71,25 @@ def test_string_bomb_is_refused(tmp_path):
     assert peak < 16 * MiB
 
 
-def test_frame_limit_is_ten_clip_lengths(tmp_path):
-    p = write_npz(tmp_path / "ok.npz", clip_frames=640, sync_frames=1920)
+def test_comfyui_whole_video_features_are_trimmed_to_the_clip(tmp_path):
+    """ComfyUI's extractor with duration 0 on an 81 s video writes 648 CLIP and 2016 sync
+    rows; the model takes the first 8 s, 64 and 192 rows: exactly the file's first rows
+    (also from a Fortran-order array). A 12,000-character prompt is kept."""
+    rng = np.random.default_rng(0)
+    clip = rng.standard_normal((1, 648, 1024)).astype(np.float32)
+    sync = rng.standard_normal((1, 2016, 768)).astype(np.float32)
+    p = tmp_path / "long.npz"
+    np.savez(p, clip_features=clip, sync_features=sync, duration=np.array(81.0),
+             prompt=np.array("x" * 12_000))
     f = D.load_features(p, V16)
-    assert (f.clip_frames, f.sync_frames) == (640, 1920) and f.clip.shape == (64, 1024)
-    p = write_npz(tmp_path / "long.npz", clip_frames=641)
-    with pytest.raises(D.ArrayTooLargeError, match=r"641, 1024\).*640"):
-        D.load_features(p, V16)
-    f = D.load_features(p, V16, duration=10.0)  # 10 s clips: the limit is 800 frames
-    assert f.clip_frames == 641
+    assert (f.clip_frames, f.sync_frames) == (648, 2016) and f.duration == 81.0
+    np.testing.assert_array_equal(f.clip, clip[0, :64])
+    np.testing.assert_array_equal(f.sync, sync[0, :192])
+    assert len(f.npz_prompt) == 12_000
+    f10 = D.load_features(p, V16, duration=10.0)  # 10 s clips use 80 and 240 rows
+    np.testing.assert_array_equal(f10.clip, clip[0, :80])
+    np.savez(p, clip_features=np.asfortranarray(clip[0]), sync_features=sync)
+    np.testing.assert_array_equal(D.load_features(p, V16).clip, clip[0, :64])
 
 
 @pytest.mark.parametrize("clip,match", [
@@ -88,7 +110,7 @@ def test_non_float_dtypes_and_odd_ranks_are_refused(tmp_path, clip, match):
 
 def test_training_loads_through_the_same_check(tmp_path):
     make_clip(tmp_path, "good")
-    write_npz_bomb(tmp_path / "bomb.npz")
+    write_npz_header_bomb(tmp_path / "bomb.npz")
     write_wav(tmp_path / "bomb.wav")
     peak, err = _peak_bytes(lambda: D.load_dataset(tmp_path, V16, collect=True))
     assert err is None
@@ -250,3 +272,12 @@ def test_repeated_prompt_warnings_are_summarised(tmp_path):
     assert all("ghost" in w for w in scan.warnings[:5])
     assert "99,995 more like this" in scan.warnings[5]
     assert len(scan.clips) == 1
+
+
+def test_a_dotfile_named_npz_is_reported_as_skipped_by_training(tmp_path):
+    make_clip(tmp_path, "good")
+    make_clip(tmp_path, "x")
+    (tmp_path / "x.npz").rename(tmp_path / ".._escape_001.npz")
+    scan = D.load_dataset(tmp_path, V16, collect=True)
+    assert [c.stem for c in scan.clips] == ["good"]
+    assert any(".._escape_001.npz" in w and "skipped" in w for w in scan.warnings), scan.warnings

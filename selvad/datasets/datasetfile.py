@@ -1,0 +1,97 @@
+"""`<dataset>/dataset.toml`: settings that belong to a dataset rather than to one job.
+
+One small reader shared by every section; each section is parsed by the module that uses it.
+Known sections: `[inspect]` (the Inspector's thresholds, `InspectThresholds`) and `[video]`
+(read by the video extraction). Any other section is an error, so a setting that nothing
+applies is never ignored silently. `inspect_thresholds` also takes an override table (the
+`inspect` argument of `validate_dataset`), applied key by key over the dataset file's.
+
+    [inspect]
+    min_snr_db = 15.0           # flag clips whose estimated SNR is lower
+    check_codec = true          # flag a codec HF shelf (15-20 kHz cut off)
+    codec_shelf_db = 40.0
+    max_silent_fraction = 0.5   # flag clips with more silent frames (0 = off)
+    clip_peak = 0.99            # flag clips peaking above
+    min_lufs = -40.0            # flag clips quieter than
+    skip_rejected = false       # train without the flagged clips
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from selva_engine.audio.inspect import InspectThresholds
+from selvad.config.schema import ConfigError, Problems, join_key, parse_section, read_toml
+
+__all__ = ["DATASET_FILE", "SECTIONS", "inspect_thresholds", "read_dataset_file"]
+
+DATASET_FILE = "dataset.toml"
+SECTIONS = ("inspect", "video")
+# field -> (lowest, highest) accepted, both inclusive
+INSPECT_RANGES = {"min_snr_db": (0.0, 120.0), "codec_shelf_db": (0.0, 200.0),
+                  "max_silent_fraction": (0.0, 1.0), "clip_peak": (0.0, 4.0),
+                  "min_lufs": (-120.0, 0.0)}
+
+
+def read_dataset_file(directory: Path | str) -> tuple[dict[str, Any], list[str]]:
+    """The tables of `directory/dataset.toml` and the problems found reading it.
+
+    No file: ({}, []). A file that is not a regular file inside the dataset directory, is
+    not UTF-8 TOML, or has keys outside `SECTIONS` gives problems in the
+    `file:key: problem (got X, expected Y)` format; the sections that could be read are
+    returned all the same. Reads at most the TOML size limit of job files.
+    """
+    path = Path(directory) / DATASET_FILE
+    if not os.path.lexists(path):
+        return {}, []
+    real, top = os.path.realpath(path), os.path.realpath(directory)
+    if os.path.commonpath([real, top]) != top:
+        return {}, [f"{path}: a link out of the dataset directory; replace it with the file"]
+    try:
+        data = read_toml(path)
+    except ConfigError as exc:
+        return {}, list(exc.problems)
+    p = Problems(path)
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in SECTIONS:
+            p.unknown(key, key, list(SECTIONS), what="section")
+        elif not isinstance(value, dict):
+            p.add(key, "expected a table", got=value, expected=f"[{key}] with keys")
+        else:
+            out[key] = value
+    return out, p.items
+
+
+def inspect_thresholds(tables: dict[str, Any], origin: Path | str,
+                       job_table: dict[str, Any] | None = None,
+                       job_origin: Path | str = "job") -> tuple[InspectThresholds, list[str]]:
+    """`InspectThresholds` from a dataset file's `[inspect]`, overridden by `job_table`, checked.
+
+    `tables` is what `read_dataset_file` returned (`origin`: that file); `job_table` an
+    override table (`job_origin` names where it came from). A key of the wrong type, unknown, or out of range is a
+    problem and keeps the default. Returns (thresholds, problems).
+    """
+    problems: list[str] = []
+    values: dict[str, Any] = {}
+    for table, where in ((tables.get("inspect"), origin), (job_table, job_origin)):
+        if table is None:
+            continue
+        p = Problems(where)
+        parsed = parse_section(InspectThresholds, table, "inspect", p)
+        for key in table if isinstance(table, dict) else ():
+            if not hasattr(parsed, key) or any(f"inspect.{key}:" in m for m in p.items):
+                continue
+            value = getattr(parsed, key)
+            low, high = INSPECT_RANGES.get(key, (None, None))
+            if low is not None and not (math.isfinite(value) and low <= value <= high):
+                p.add(join_key("inspect", key), "out of range", got=value,
+                      expected=f"a number from {low:g} to {high:g}")
+                continue
+            values[key] = value
+        problems.extend(p.items)
+    return dataclasses.replace(InspectThresholds(), **values), problems
