@@ -281,3 +281,40 @@ def resolve(selva_dir: Path | str, variant: str, *, md5: bool = False) -> Varian
         text_encoder=checks["text_encoder"].path,
         video_encoder=video.path if video.status == "ok" else None,
     )
+
+
+T5_REPO = "google/flan-t5-base"
+
+
+def t5_candidates(selva_dir: Path | str) -> list[Path]:
+    """Where FLAN-T5-base is looked for: `<selva_dir>/t5/`, then the Hugging Face cache."""
+    return [Path(selva_dir) / "t5", hf_hub_dir() / f"models--{T5_REPO.replace('/', '--')}"]
+
+
+def find_t5_dir(selva_dir: Path | str) -> Path:
+    """The first T5 model folder found (see `t5_candidates`), or FileNotFoundError with the fix."""
+    from selva_engine.video.t5 import T5Error, resolve_t5_dir
+
+    looked = t5_candidates(selva_dir)
+    for cand in looked:
+        try:
+            return resolve_t5_dir(cand)
+        except T5Error:
+            continue
+    raise FileNotFoundError(
+        f"FLAN-T5 not found (looked in {', '.join(map(str, looked))}); fetch {_HUB}/{T5_REPO} "
+        f"(config.json, model.safetensors, tokenizer files) into the Hugging Face cache, "
+        f"e.g. `hf download {T5_REPO}` on a machine with network access")
+
+
+def find_clip_dir(selva_dir: Path | str) -> Path:
+    """The open_clip directory (`<selva_dir>/clip/`, then the DFN5B repos in the HF cache)."""
+    tiny = get_variant("tiny_16k")
+    real = get_variant("small_16k")
+    for variant in (tiny, real):
+        for cand in _candidates(Path(selva_dir), variant, "text_encoder"):
+            if _present(cand, "text_encoder", variant.audio.vocoder):
+                return cand
+    raise FileNotFoundError(
+        f"CLIP (open_clip) files not found in {Path(selva_dir) / 'clip'} or the Hugging Face cache; "
+        f"fetch {_HUB}/apple/DFN5B-CLIP-ViT-H-14-384 open_clip_config.json + open_clip_pytorch_model.bin")
