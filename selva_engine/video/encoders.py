@@ -129,6 +129,10 @@ def load_video_encoders(selva_dir: Path | str, *, device: torch.device | str = "
     clip_dir = Path(clip_dir) if clip_dir else find_clip_dir(selva_dir)
     textsynch = load_textsynch(ts_path, device=device, dtype=dtype)
     t5 = T5Encoder(t5_dir, device=device, dtype=dtype)
+    if t5.model.config.d_model != textsynch.cfg.text_dim:
+        raise ValueError(f"T5 in {t5.directory} is {t5.model.config.d_model} wide but {ts_path} expects "
+                         f"{textsynch.cfg.text_dim}: tiny and real weights are mixed; pass t5_dir= or "
+                         f"rerun `selva-weights make-tiny {selva_dir}`")
     clip, clip_file = load_clip_vision(clip_dir, device=device, dtype=dtype)
     h = hashlib.sha256()
     for f in (clip_file, t5.weights_file(), ts_path):

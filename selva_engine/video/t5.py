@@ -50,6 +50,7 @@ class T5Encoder:
         self.directory = resolve_t5_dir(directory)
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # decoder weights of a full T5 checkpoint are expected extras
+        hf_logging.disable_progress_bar()
         try:
             self.tokenizer = T5TokenizerFast.from_pretrained(str(self.directory), local_files_only=True)
             self.model = T5EncoderModel.from_pretrained(
@@ -58,6 +59,7 @@ class T5Encoder:
             raise T5Error(f"{self.directory}: cannot load T5 ({exc}); re-download google/flan-t5-base") from None
         finally:
             hf_logging.set_verbosity(verbosity)
+            hf_logging.enable_progress_bar()
         self.model.requires_grad_(False)
 
     def weights_file(self) -> Path:
