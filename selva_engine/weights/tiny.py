@@ -20,7 +20,6 @@ from selva_engine.io import atomic_torch_save, atomic_write_json
 from selva_engine.model.generator import Generator
 from selva_engine.model.variants import Variant, get_variant
 from selva_engine.text.clip import TextEncoder, write_tiny_text_encoder
-from selva_engine.weights.tiny_video import TINY_CLIP_VISION_CFG, write_tiny_video_encoders
 from selva_engine.weights.locate import (
     TINY_V1_CONFIG,
     TINY_V2_CONFIG,
@@ -28,6 +27,7 @@ from selva_engine.weights.locate import (
     VariantWeights,
     resolve,
 )
+from selva_engine.weights.tiny_video import TINY_CLIP_VISION_CFG, write_tiny_video_encoders
 
 __all__ = ["make_tiny"]
 

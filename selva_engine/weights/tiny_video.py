@@ -29,7 +29,15 @@ _WORDS = ("a the of in on with and dog bark barking rain falling roof tin thunde
 
 def _tiny_tokenizer():
     """A Unigram tokenizer with flan-t5's special ids and the real file's pipeline structure."""
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from tokenizers import (
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+    )
 
     chars = [chr(c) for c in range(ord("a"), ord("z") + 1)] + list("0123456789.,!?'-")
     pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
