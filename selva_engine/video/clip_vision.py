@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selva_engine.io import safe_torch_load
+from selva_engine.io import hf_hub_dir, safe_torch_load
 from selva_engine.text.clip import CONFIG_FILE, WEIGHT_FILES
 
-__all__ = ["CLIP_MEAN", "CLIP_STD", "ClipVisionError", "build_tower", "encode_images", "load_clip_vision", "normalize_frames"]
+__all__ = ["CLIP_MEAN", "CLIP_STD", "ClipVisionError", "build_tower", "encode_images", "find_clip_dir", "load_clip_vision", "normalize_frames"]
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -37,6 +37,23 @@ def normalize_frames(x: torch.Tensor) -> torch.Tensor:
     mean = torch.tensor(CLIP_MEAN, dtype=x.dtype, device=x.device).view(3, 1, 1)
     std = torch.tensor(CLIP_STD, dtype=x.dtype, device=x.device).view(3, 1, 1)
     return (x - mean) / std
+
+
+CLIP_REPOS = ("apple/DFN5B-CLIP-ViT-H-14-384", "apple/DFN5B-CLIP-ViT-H-14-378")
+
+
+def find_clip_dir(selva_dir: Path | str) -> Path:
+    """The open_clip directory: `<selva_dir>/clip/`, then the DFN5B repos in the HF cache."""
+    cands = [Path(selva_dir) / "clip"]
+    for repo in CLIP_REPOS:
+        snaps = hf_hub_dir() / f"models--{repo.replace('/', '--')}" / "snapshots"
+        cands += sorted(snaps.iterdir()) if snaps.is_dir() else []
+    for cand in cands:
+        if (cand / CONFIG_FILE).is_file() and any((cand / w).is_file() for w in WEIGHT_FILES):
+            return cand
+    raise FileNotFoundError(
+        f"CLIP (open_clip) files not found in {cands[0]} or the Hugging Face cache; fetch "
+        f"https://huggingface.co/{CLIP_REPOS[0]} open_clip_config.json + open_clip_pytorch_model.bin")
 
 
 def _visual_state_dict(path: Path) -> dict[str, torch.Tensor]:

@@ -18,8 +18,13 @@ import torch
 from torch import nn
 
 from selva_engine.io import file_fingerprint
-from selva_engine.video.clip_vision import encode_images, load_clip_vision, normalize_frames
-from selva_engine.video.t5 import T5Encoder
+from selva_engine.video.clip_vision import (
+    encode_images,
+    find_clip_dir,
+    load_clip_vision,
+    normalize_frames,
+)
+from selva_engine.video.t5 import T5Encoder, find_t5_dir
 from selva_engine.video.textsynch import FILE_NAME, TextSynch, load_textsynch
 
 __all__ = ["SEGMENT", "STRIDE", "VideoEncoders", "load_video_encoders"]
@@ -114,10 +119,8 @@ def load_video_encoders(selva_dir: Path | str, *, device: torch.device | str = "
     """Load TextSynch, T5 and the CLIP image tower for `selva_dir` (bf16 on GPU, fp32 on CPU).
 
     `t5_dir` / `clip_dir` override where T5 and the open_clip files are found (default:
-    `weights.locate`'s search: the selva dir's `t5/` and `clip/`, then the Hugging Face cache).
+    the selva dir's `t5/` and `clip/`, then the Hugging Face cache).
     """
-    from selva_engine.weights.locate import find_clip_dir, find_t5_dir
-
     selva_dir = Path(selva_dir)
     device = torch.device(device)
     dtype = dtype or _default_dtype(device)

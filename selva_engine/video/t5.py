@@ -12,9 +12,11 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["T5Encoder", "T5Error", "resolve_t5_dir"]
+from selva_engine.io import hf_hub_dir
 
-HF_REPO_DIR = "models--google--flan-t5-base"
+__all__ = ["T5_REPO", "T5Encoder", "T5Error", "find_t5_dir", "resolve_t5_dir", "t5_candidates"]
+
+T5_REPO = "google/flan-t5-base"
 
 
 class T5Error(FileNotFoundError):
@@ -37,6 +39,24 @@ def resolve_t5_dir(path: Path | str) -> Path:
     raise T5Error(f"no T5 model in {path}: expected config.json + model weights + tokenizer files "
                   "(the Hugging Face google/flan-t5-base snapshot); fetch it with "
                   "`hf download google/flan-t5-base` on a machine with network access")
+
+
+def t5_candidates(selva_dir: Path | str) -> list[Path]:
+    """Where FLAN-T5-base is looked for: `<selva_dir>/t5/`, then the Hugging Face cache."""
+    return [Path(selva_dir) / "t5", hf_hub_dir() / f"models--{T5_REPO.replace('/', '--')}"]
+
+
+def find_t5_dir(selva_dir: Path | str) -> Path:
+    """The first T5 model folder of `t5_candidates`, or FileNotFoundError naming the fix."""
+    looked = t5_candidates(selva_dir)
+    for cand in looked:
+        try:
+            return resolve_t5_dir(cand)
+        except T5Error:
+            continue
+    raise T5Error(f"FLAN-T5 not found (looked in {', '.join(map(str, looked))}); fetch "
+                  f"https://huggingface.co/{T5_REPO} (config.json, model.safetensors, tokenizer files) "
+                  f"into the Hugging Face cache, e.g. `hf download {T5_REPO}` on a machine with network access")
 
 
 class T5Encoder:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,8 +28,10 @@ import torch
 from selva_engine.audio.bigvgan import BigVGAN, checkpoint_shapes
 from selva_engine.audio.vae import VAE
 from selva_engine.audio.vocoder import V1_16K_CONFIG, V2_44K_CONFIG, V2_FILES
+from selva_engine.io import hf_hub_dir
 from selva_engine.model.variants import Variant, get_variant
 from selva_engine.text.clip import CONFIG_FILE, WEIGHT_FILES
+from selva_engine.video.t5 import T5_REPO, T5Error, resolve_t5_dir, t5_candidates
 
 __all__ = [
     "FileCheck", "MissingWeightsError", "TINY_V1_CONFIG", "TINY_V2_CONFIG", "VariantWeights",
@@ -97,16 +98,6 @@ class VariantWeights:
     vocoder_kind: str
     text_encoder: Path  # directory with open_clip_config.json + weights
     video_encoder: Path | None = None
-
-
-def hf_hub_dir() -> Path:
-    """The Hugging Face hub cache directory (HF_HUB_CACHE > HF_HOME/hub > XDG / ~/.cache)."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
-    if os.environ.get("HF_HOME"):
-        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "huggingface" / "hub"
 
 
 def _snapshots(repo: str) -> list[Path]:
@@ -254,8 +245,6 @@ def check_variant(selva_dir: Path | str, variant: str, *, md5: bool = False) -> 
 
 def _check_t5(selva_dir: Path, variant: Variant) -> FileCheck:
     """FLAN-T5 (optional: only video extraction needs it)."""
-    from selva_engine.video.t5 import T5Error, resolve_t5_dir
-
     looked = tuple(t5_candidates(selva_dir)[:1] if variant.tiny else t5_candidates(selva_dir))
     for cand in looked:
         try:
@@ -318,39 +307,3 @@ def resolve(selva_dir: Path | str, variant: str, *, md5: bool = False) -> Varian
         video_encoder=video.path if video.status == "ok" else None,
     )
 
-
-T5_REPO = "google/flan-t5-base"
-
-
-def t5_candidates(selva_dir: Path | str) -> list[Path]:
-    """Where FLAN-T5-base is looked for: `<selva_dir>/t5/`, then the Hugging Face cache."""
-    return [Path(selva_dir) / "t5", hf_hub_dir() / f"models--{T5_REPO.replace('/', '--')}"]
-
-
-def find_t5_dir(selva_dir: Path | str) -> Path:
-    """The first T5 model folder found (see `t5_candidates`), or FileNotFoundError with the fix."""
-    from selva_engine.video.t5 import T5Error, resolve_t5_dir
-
-    looked = t5_candidates(selva_dir)
-    for cand in looked:
-        try:
-            return resolve_t5_dir(cand)
-        except T5Error:
-            continue
-    raise FileNotFoundError(
-        f"FLAN-T5 not found (looked in {', '.join(map(str, looked))}); fetch {_HUB}/{T5_REPO} "
-        f"(config.json, model.safetensors, tokenizer files) into the Hugging Face cache, "
-        f"e.g. `hf download {T5_REPO}` on a machine with network access")
-
-
-def find_clip_dir(selva_dir: Path | str) -> Path:
-    """The open_clip directory (`<selva_dir>/clip/`, then the DFN5B repos in the HF cache)."""
-    tiny = get_variant("tiny_16k")
-    real = get_variant("small_16k")
-    for variant in (tiny, real):
-        for cand in _candidates(Path(selva_dir), variant, "text_encoder"):
-            if _present(cand, "text_encoder", variant.audio.vocoder):
-                return cand
-    raise FileNotFoundError(
-        f"CLIP (open_clip) files not found in {Path(selva_dir) / 'clip'} or the Hugging Face cache; "
-        f"fetch {_HUB}/apple/DFN5B-CLIP-ViT-H-14-384 open_clip_config.json + open_clip_pytorch_model.bin")

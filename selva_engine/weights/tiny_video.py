@@ -84,7 +84,7 @@ def write_tiny_t5(directory: Path | str, *, d_model: int = TINY_T5_DIM, seed: in
 
 
 def write_tiny_textsynch(path: Path | str, *, sync_dim: int, text_dim: int = TINY_T5_DIM, seed: int = 0) -> Path:
-    """A TextSynch checkpoint (flat state dict) of output width `sync_dim`, one block, 32 px patches."""
+    """A TextSynch checkpoint (flat bf16 state dict) of output width `sync_dim`, one block, 32 px patches."""
     from selva_engine.video.textsynch import TextSynch, TextSynchConfig
 
     heads = max(1, sync_dim // 64)
@@ -98,6 +98,9 @@ def write_tiny_textsynch(path: Path | str, *, sync_dim: int, text_dim: int = TIN
                     "vfeat_extractor.pos_embed", "vfeat_extractor.temp_embed",
                     "vfeat_extractor.spatial_attn_agg.cls_token"):
             sd[key] = 0.02 * torch.randn(sd[key].shape)  # built as zeros
+    # bf16 on disk halves the file (the real output width makes the patch convolutions large);
+    # the loader reads any float dtype.
+    sd = {k: v.to(torch.bfloat16) for k, v in sd.items()}
     return atomic_torch_save(Path(path), sd)
 
 
