@@ -138,3 +138,22 @@ def test_identity_changes_with_weights(tiny_encoders, tmp_path: Path) -> None:
     enc2.free()
     with pytest.raises(RuntimeError, match="freed"):
         enc2.encode_text(["x"])
+
+
+def test_bf16_matches_fp32_by_cosine(tiny_encoders) -> None:
+    """The node's GPU default dtype, here on the CPU: same features up to bf16 rounding."""
+    from selva_engine.video.encoders import load_video_encoders
+
+    root, enc = tiny_encoders
+    half = load_video_encoders(root, dtype=torch.bfloat16)
+    gen = torch.Generator().manual_seed(0)
+    clip_frames = torch.rand(1, 2, 3, 384, 384, generator=gen)
+    sync_frames = torch.rand(1, 16, 3, 224, 224, generator=gen)
+    cos = torch.nn.functional.cosine_similarity
+    a, b = enc.encode_clip(clip_frames), half.encode_clip(clip_frames)
+    assert b.dtype == torch.float32 and cos(a, b, dim=-1).min() > 0.99
+    (tf, tm), (tf16, tm16) = enc.encode_text(["a dog"]), half.encode_text(["a dog"])
+    assert tf16.dtype == torch.bfloat16 and torch.equal(tm, tm16)
+    s, s16 = enc.encode_sync(sync_frames, tf, tm), half.encode_sync(sync_frames, tf16, tm16)
+    assert s16.dtype == torch.float32 and cos(s, s16, dim=-1).min() > 0.99
+    half.free()
