@@ -30,6 +30,7 @@ __all__ = [
     "TEMP_RE",
     "UnsafeFileError",
     "atomic_write",
+    "hf_hub_dir",
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
@@ -314,3 +315,13 @@ def open_regular(path: Path | str, root: Path | str | None = None) -> BinaryIO:
     except BaseException:
         os.close(fd)
         raise
+
+
+def hf_hub_dir() -> Path:
+    """The Hugging Face hub cache directory (HF_HUB_CACHE > HF_HOME/hub > XDG / ~/.cache)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "huggingface" / "hub"

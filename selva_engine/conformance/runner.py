@@ -34,6 +34,10 @@ KINDS: dict[str, str] = {
     "vae": "selva_engine.conformance.audio:run_vae",
     "bigvgan_v1": "selva_engine.conformance.audio:run_bigvgan_v1",
     "bigvgan_v2": "selva_engine.conformance.audio:run_bigvgan_v2",
+    "t5_tokenizer": "selva_engine.conformance.video:run_t5_tokenizer",
+    "t5": "selva_engine.conformance.video:run_t5",
+    "clip_vision": "selva_engine.conformance.video:run_clip_vision",
+    "textsynch": "selva_engine.conformance.video:run_textsynch",
 }
 
 # Computed arrays with this prefix are compared with the sidecar's `effective_weights_file`.
@@ -136,6 +140,12 @@ def _load_fn(kind: str) -> Callable:
     return getattr(importlib.import_module(module), fn)
 
 
+def _video_tolerances(sidecar: dict) -> dict:
+    from selva_engine.conformance.video import tolerances
+
+    return tolerances(sidecar) if "tolerance" in sidecar else {}
+
+
 def _npz(path: Path) -> dict[str, np.ndarray]:
     with np.load(path, allow_pickle=False) as z:
         return {k: z[k] for k in z.files}
@@ -153,9 +163,11 @@ def run_golden(sidecar_path: Path) -> GoldenResult:
     golden_dir = sidecar_path.parent
     try:
         io_name = sidecar.get("io_file") or sidecar.get("file") or f"{name}.npz"
+        if not (golden_dir / io_name).is_file() and (golden_dir / f"{name}.io.npz").is_file():
+            io_name = f"{name}.io.npz"  # the video goldens' naming
         io = _npz(golden_dir / io_name)
         produced = _load_fn(kind)(sidecar, golden_dir, io)
-        tolerances = sidecar.get("suggested_tolerance", {})
+        tolerances = sidecar.get("suggested_tolerance") or _video_tolerances(sidecar)
         expected = {k: v for k, v in io.items() if k.startswith(("output.", "debug."))}
         effective = {}
         if sidecar.get("effective_weights_file") and any(

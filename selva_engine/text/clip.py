@@ -191,32 +191,37 @@ class TextEncoder:
             torch.cuda.empty_cache()
 
 
-def tiny_model_cfg(width: int = 64, layers: int = 2, heads: int = 2) -> dict:
+TINY_VISION_CFG = {"image_size": 28, "layers": 1, "width": 32, "head_width": 16, "patch_size": 14}
+
+
+def tiny_model_cfg(width: int = 64, layers: int = 2, heads: int = 2, *,
+                   embed_dim: int | None = None, vision_cfg: dict | None = None) -> dict:
     """open_clip model config of a tiny CLIP (real tokenizer, 77 tokens, tiny towers)."""
     return {
-        "embed_dim": width,
+        "embed_dim": embed_dim or width,
         "quick_gelu": True,
-        "vision_cfg": {"image_size": 28, "layers": 1, "width": 32, "head_width": 16,
-                       "patch_size": 14},
+        "vision_cfg": dict(vision_cfg or TINY_VISION_CFG),
         "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": width,
                      "heads": heads, "layers": layers},
     }
 
 
 def write_tiny_text_encoder(
-    directory: Path | str, *, width: int = 64, layers: int = 2, heads: int = 2, seed: int = 0
+    directory: Path | str, *, width: int = 64, layers: int = 2, heads: int = 2, seed: int = 0,
+    embed_dim: int | None = None, vision_cfg: dict | None = None,
 ) -> Path:
     """Write a complete tiny open_clip model (config + `open_clip_pytorch_model.bin`).
 
     Same layout and architecture class as DFN5B-CLIP-ViT-H-14-384 (QuickGELU, causal text
     transformer, 49408-token vocab, context 77), with a small text tower of `width` and a
-    token-sized vision tower. Deterministic for `seed`; the global RNG is left untouched.
+    token-sized vision tower (or `vision_cfg` with output width `embed_dim`, for a usable
+    image tower). Deterministic for `seed`; the global RNG is left untouched.
     Returns the directory.
     """
     from open_clip.model import CLIP
 
     directory = Path(directory)
-    cfg = tiny_model_cfg(width, layers, heads)
+    cfg = tiny_model_cfg(width, layers, heads, embed_dim=embed_dim, vision_cfg=vision_cfg)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = CLIP(cfg["embed_dim"], cfg["vision_cfg"], cfg["text_cfg"], quick_gelu=True)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,8 +28,10 @@ import torch
 from selva_engine.audio.bigvgan import BigVGAN, checkpoint_shapes
 from selva_engine.audio.vae import VAE
 from selva_engine.audio.vocoder import V1_16K_CONFIG, V2_44K_CONFIG, V2_FILES
+from selva_engine.io import hf_hub_dir
 from selva_engine.model.variants import Variant, get_variant
 from selva_engine.text.clip import CONFIG_FILE, WEIGHT_FILES
+from selva_engine.video.t5 import T5_REPO, T5Error, resolve_t5_dir, t5_candidates
 
 __all__ = [
     "FileCheck", "MissingWeightsError", "TINY_V1_CONFIG", "TINY_V2_CONFIG", "VariantWeights",
@@ -97,16 +98,6 @@ class VariantWeights:
     vocoder_kind: str
     text_encoder: Path  # directory with open_clip_config.json + weights
     video_encoder: Path | None = None
-
-
-def hf_hub_dir() -> Path:
-    """The Hugging Face hub cache directory (HF_HUB_CACHE > HF_HOME/hub > XDG / ~/.cache)."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
-    if os.environ.get("HF_HOME"):
-        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "huggingface" / "hub"
 
 
 def _snapshots(repo: str) -> list[Path]:
@@ -217,7 +208,9 @@ def _check_role(selva_dir: Path, variant: Variant, role: str, md5: bool) -> File
     looked = tuple(_candidates(selva_dir, variant, role))
     path = next((p for p in looked if _present(p, role, kind)), None)
     if path is None:
-        return FileCheck(role, "missing", None, looked, required=required)
+        detail = (f"for video extraction: {_HUB}/jnwnlee/SelVA weights/video_enc_sup_5.pth -> {selva_dir}/"
+                  if role == "video_encoder" else "")
+        return FileCheck(role, "missing", None, looked, detail, required=required)
     file = _file_of(path, role, kind)
     size = file.stat().st_size
     try:
@@ -246,7 +239,39 @@ def check_variant(selva_dir: Path | str, variant: str, *, md5: bool = False) -> 
     """Check every file `variant` uses (size always; md5 only when asked: files are GBs)."""
     v = get_variant(variant)
     roles = ("generator", "vae", "vocoder", "text_encoder", "video_encoder")
-    return [_check_role(Path(selva_dir), v, r, md5) for r in roles]
+    checks = [_check_role(Path(selva_dir), v, r, md5) for r in roles]
+    return checks + [_check_t5(Path(selva_dir), v), _check_clip_vision(checks[3], v)]
+
+
+def _check_t5(selva_dir: Path, variant: Variant) -> FileCheck:
+    """FLAN-T5 (optional: only video extraction needs it)."""
+    looked = tuple(t5_candidates(selva_dir)[:1] if variant.tiny else t5_candidates(selva_dir))
+    for cand in looked:
+        try:
+            folder = resolve_t5_dir(cand)
+        except T5Error:
+            continue
+        cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        has_tok = (folder / "tokenizer.json").is_file() or (folder / "spiece.model").is_file()
+        if not has_tok or not any((folder / w).is_file() for w in ("model.safetensors", "pytorch_model.bin")):
+            return FileCheck("t5_encoder", "missing", folder, looked,
+                             f"needs weights + tokenizer files; fetch {_HUB}/{T5_REPO}", False)
+        return FileCheck("t5_encoder", "ok", folder, looked, f"d_model {cfg.get('d_model')}", False)
+    return FileCheck("t5_encoder", "missing", None, looked,
+                     f"for video extraction: {_HUB}/{T5_REPO} into the Hugging Face cache", False)
+
+
+def _check_clip_vision(text: FileCheck, variant: Variant) -> FileCheck:
+    """The CLIP image tower inside the open_clip checkpoint (optional, video extraction)."""
+    if text.status != "ok" or text.path is None:
+        return FileCheck("clip_vision", "missing", None, text.looked_in,
+                         "the open_clip checkpoint holds it (see text_encoder)", False)
+    cfg = json.loads((text.path / CONFIG_FILE).read_text(encoding="utf-8"))
+    cfg = cfg.get("model_cfg", cfg)
+    if "vision_cfg" not in cfg or cfg.get("embed_dim") != variant.clip_dim:
+        return FileCheck("clip_vision", "mismatch", text.path, text.looked_in,
+                         f"image tower width {cfg.get('embed_dim')}, variant needs {variant.clip_dim}", False)
+    return FileCheck("clip_vision", "ok", text.path, text.looked_in, f"embed_dim {variant.clip_dim}", False)
 
 
 def fix_hint(selva_dir: Path, v: Variant) -> str:
@@ -281,3 +306,4 @@ def resolve(selva_dir: Path | str, variant: str, *, md5: bool = False) -> Varian
         text_encoder=checks["text_encoder"].path,
         video_encoder=video.path if video.status == "ok" else None,
     )
+

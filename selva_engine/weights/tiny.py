@@ -27,6 +27,7 @@ from selva_engine.weights.locate import (
     VariantWeights,
     resolve,
 )
+from selva_engine.weights.tiny_video import TINY_CLIP_VISION_CFG, write_tiny_video_encoders
 
 __all__ = ["make_tiny"]
 
@@ -68,14 +69,16 @@ def make_tiny(selva_dir: Path | str, variant: str = "tiny_16k", seed: int = 0) -
     Writes the CLIP text tower (`clip/`), the generator (`generator_<variant>_sup_5.pth`,
     flat state dict, latent stats ~N(0, 1), `empty_string_feat` = the tiny CLIP's features
     of ""), the raw VAE (`ext/v1-16.pth` or `ext/v1-44.pth`) and the vocoder
-    (`ext/best_netG.pt` or `ext/bigvgan_v2_44khz_128band_512x/`). Deterministic for `seed`;
+    (`ext/best_netG.pt` or `ext/bigvgan_v2_44khz_128band_512x/`), plus the video encoders
+    (`t5/`, `video_enc_sup_5.pth`, the CLIP image tower inside `clip/`). Deterministic for `seed`;
     files are written atomically. Returns `resolve(selva_dir, variant)`.
     """
     v = get_variant(variant)
     if not v.tiny:
         raise ValueError(f"make_tiny writes tiny variants only, not {variant!r}")
     root = Path(selva_dir)
-    text_dir = write_tiny_text_encoder(root / "clip", width=v.text_dim, seed=seed)
+    text_dir = write_tiny_text_encoder(root / "clip", width=v.text_dim, seed=seed,
+                                       embed_dim=v.clip_dim, vision_cfg=TINY_CLIP_VISION_CFG)
     enc = TextEncoder.from_dir(text_dir)
     empty = enc.encode([""])[0]  # (77, text_dim)
     enc.free()
@@ -101,5 +104,6 @@ def make_tiny(selva_dir: Path | str, variant: str = "tiny_16k", seed: int = 0) -
         atomic_write_json(root / "ext" / V2_DIR / V2_FILES[0], cfg)
         payload = {"generator": split_weight_norm(vocoder, legacy=True)}
         atomic_torch_save(root / "ext" / V2_DIR / V2_FILES[1], payload)
+    write_tiny_video_encoders(root, v, seed=seed)
     return resolve(root, variant)
 

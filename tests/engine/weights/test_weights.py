@@ -27,10 +27,12 @@ def test_make_tiny_layout_and_resolve(tiny16):
     assert tiny16.generator == root / "generator_tiny_16k_sup_5.pth"
     assert tiny16.vae == root / "ext" / "v1-16.pth"
     assert tiny16.vocoder == root / "ext" / "best_netG.pt" and tiny16.vocoder_kind == "bigvgan_v1"
-    assert tiny16.text_encoder == root / "clip" and tiny16.video_encoder is None
+    assert tiny16.text_encoder == root / "clip"
+    assert tiny16.video_encoder == root / "video_enc_sup_5.pth"  # tiny video encoders too
     assert (root / "clip" / "open_clip_config.json").is_file()
+    assert (root / "t5" / "config.json").is_file() and (root / "t5" / "tokenizer.json").is_file()
     total = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
-    assert total < 60e6
+    assert total < 90e6
     assert W.resolve(root, "tiny_16k") == tiny16
 
 

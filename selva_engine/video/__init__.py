@@ -1,0 +1,1 @@
+"""Video in: decoding, frame selection and the SelVA feature-extractor encoders."""
