@@ -1,0 +1,217 @@
+"""Video frames exactly as ComfyUI's VHS "Load Video" gives them, decoding only what is used.
+
+VHS (cv2 path, default settings) returns every decoded frame as RGB `uint8 / 255` in float32
+and reports `loaded_fps = 1 / (1 / CAP_PROP_FPS)`. OpenCV's CAP_PROP_FPS is the stream's
+average frame rate as a double (`num / den`), falling back to the stream's base (r_frame_rate)
+and then to `1 / time_base`. PyAV's `frame.to_ndarray(format="rgb24")` equals VHS's frames bit
+for bit on the goldens (the same FFmpeg swscale conversion), so this module uses PyAV alone.
+
+Memory: `iter_frames` streams through the file and yields only the requested frame indices as
+`uint8 (H, W, 3)` arrays, one at a time, and stops after the last one; a caller that resizes
+each frame as it comes (see `selva_engine.video.extractor`) never holds more than one source
+frame. The frame count comes from the container header when it declares one (mp4, mov) and
+otherwise from counting packets (demuxing only, no decoding).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from selva_engine.errors import DatasetError
+
+__all__ = ["DecodeError", "StreamInfo", "cap_prop_fps", "decode_audio", "decode_frames", "iter_frames",
+           "loaded_fps", "read_stream_info"]
+
+
+class DecodeError(DatasetError):
+    """A video could not be decoded; the message names the file, the problem and the fix."""
+
+    code = "bad-video"
+
+    def __init__(self, path: Path | str, problem: str,
+                 fix: str = "re-encode it, e.g. `ffmpeg -i IN -c:v libx264 -pix_fmt yuv420p OUT.mp4`") -> None:
+        super().__init__(path, problem, fix)
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    """What the node needs to know about a video before decoding it.
+
+    `fps` is VHS's `loaded_fps` (float64), `frame_count` the number of frames VHS would return,
+    `cap_prop_fps` OpenCV's CAP_PROP_FPS, `start_time` the video stream's first timestamp in
+    seconds (VHS ignores it: frame 0 is the first decoded frame).
+    """
+
+    path: Path
+    width: int
+    height: int
+    fps: float
+    cap_prop_fps: float
+    frame_count: int
+    codec: str
+    pix_fmt: str
+    start_time: float
+    frame_count_from_header: bool
+
+    @property
+    def duration(self) -> float:
+        """Seconds as the node sees them: frame_count / fps (float64)."""
+        return self.frame_count / self.fps
+
+
+def _open(path: Path):
+    import av  # PyAV bundles FFmpeg in its wheel
+
+    try:
+        return av.open(str(path), metadata_errors="ignore")
+    except (av.error.FFmpegError, OSError, UnicodeDecodeError) as exc:
+        raise DecodeError(path, f"not a readable video ({type(exc).__name__}: {exc})") from exc
+
+
+def _video_stream(container, path: Path):
+    if not container.streams.video:
+        raise DecodeError(path, "has no video stream", "give a video file with a picture track")
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"
+    return stream
+
+
+def _rate(value: Fraction | None) -> float:
+    if value is None or value.denominator == 0:
+        return 0.0
+    return float(value.numerator) / float(value.denominator)  # OpenCV's r2d: num / den as doubles
+
+
+def cap_prop_fps(stream) -> float:
+    """OpenCV's CAP_PROP_FPS for a PyAV video stream: avg_frame_rate, else r_frame_rate, else 1/time_base."""
+    fps = _rate(stream.average_rate)
+    if fps < 1e-6:
+        fps = _rate(stream.base_rate)
+    if fps < 1e-6 and stream.time_base:
+        fps = 1.0 / _rate(stream.time_base)
+    return fps
+
+
+def loaded_fps(cap_fps: float) -> float:
+    """VHS's `loaded_fps` for the default settings: `1 / (1 / CAP_PROP_FPS)` (29.970029970029966 for NTSC)."""
+    return 1 / (1 / cap_fps)
+
+
+def _count_packets(container, stream) -> int:
+    n = 0
+    for packet in container.demux(stream):
+        if packet.size:
+            n += 1
+    return n
+
+
+def read_stream_info(path: Path | str) -> StreamInfo:
+    """Open `path` and read its video stream's header (no frames decoded). Raises DecodeError."""
+    path = Path(path)
+    with _open(path) as container:
+        stream = _video_stream(container, path)
+        cap = cap_prop_fps(stream)
+        if not math.isfinite(cap) or cap <= 0:
+            raise DecodeError(path, "declares no frame rate")
+        frames = int(stream.frames or 0)
+        from_header = frames > 0
+        if not from_header:
+            frames = _count_packets(container, stream)
+        if frames <= 0:
+            raise DecodeError(path, "has no video frames")
+        ctx = stream.codec_context
+        start = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
+        return StreamInfo(path=path, width=int(ctx.width), height=int(ctx.height), fps=loaded_fps(cap),
+                          cap_prop_fps=cap, frame_count=frames, codec=str(ctx.name),
+                          pix_fmt=str(ctx.pix_fmt or ""), start_time=start,
+                          frame_count_from_header=from_header)
+
+
+def iter_frames(path: Path | str, indices: Iterable[int]) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield `(index, rgb24 uint8 (H, W, 3))` for each wanted frame index, in increasing order.
+
+    Index i is the i-th decoded frame (VHS's numbering). Decoding stops after the largest
+    wanted index; frames that are not wanted are dropped as they are decoded. If the file ends
+    early, the missing indices are simply not yielded (the caller checks).
+    """
+    import av
+
+    path = Path(path)
+    wanted = sorted(set(int(i) for i in indices))
+    if not wanted:
+        return
+    pos, index = 0, -1
+    with _open(path) as container:
+        stream = _video_stream(container, path)
+        try:
+            for index, frame in enumerate(container.decode(stream)):
+                if index == wanted[pos]:
+                    yield index, frame.to_ndarray(format="rgb24")
+                    pos += 1
+                    if pos == len(wanted):
+                        return
+        except av.error.FFmpegError as exc:
+            raise DecodeError(path, f"failed while decoding frame {index + 1} "
+                              f"({type(exc).__name__}: {exc})") from exc
+
+
+def decode_frames(path: Path | str, indices: Iterable[int] | None = None) -> np.ndarray:
+    """The wanted frames (all when `indices` is None) as VHS's IMAGE: float32 (T, H, W, 3) in [0, 1].
+
+    Meant for short videos and tests; the extractor streams with `iter_frames` instead.
+    """
+    path = Path(path)
+    if indices is None:
+        indices = range(read_stream_info(path).frame_count)
+    frames = [rgb for _, rgb in iter_frames(path, indices)]
+    if not frames:
+        raise DecodeError(path, "has no video frames")
+    return np.stack(frames).astype(np.float32) / np.float32(255.0)
+
+
+def decode_audio(path: Path | str) -> tuple[np.ndarray, int, float] | None:
+    """The first audio stream, whole, as `(samples (C, n) float32, rate, start seconds)`, or None.
+
+    Like `ffmpeg -i FILE -f f32le -` (what VHS's AUDIO holds): every decoded sample from the
+    first one, planar float32, the stream's own rate and channels, no trimming or resampling.
+    """
+    import av
+
+    path = Path(path)
+    with _open(path) as container:
+        if not container.streams.audio:
+            return None
+        stream = container.streams.audio[0]
+        rate = int(stream.codec_context.sample_rate or stream.rate or 0)
+        start = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
+        chunks: list[np.ndarray] = []
+        try:
+            for frame in container.decode(stream):
+                chunks.append(_planar_float(frame))
+        except av.error.FFmpegError as exc:
+            raise DecodeError(path, f"its audio track failed to decode ({exc})") from exc
+    if not chunks or rate <= 0:
+        return None
+    return np.concatenate(chunks, axis=1).astype(np.float32, copy=False), rate, start
+
+
+def _planar_float(frame) -> np.ndarray:
+    """One decoded audio frame as (C, n) float32, whatever its sample format."""
+    fmt = frame.format.name
+    arr = frame.to_ndarray()
+    channels = len(frame.layout.channels)
+    if not frame.format.is_planar:
+        arr = arr.reshape(-1, channels).T
+    if fmt.startswith("s16"):
+        return arr.astype(np.float32) / np.float32(32768.0)
+    if fmt.startswith("s32"):
+        return arr.astype(np.float32) / np.float32(2147483648.0)
+    if fmt.startswith("u8"):
+        return (arr.astype(np.float32) - 128.0) / np.float32(128.0)
+    return arr.astype(np.float32, copy=False)
