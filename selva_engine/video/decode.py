@@ -133,32 +133,89 @@ def read_stream_info(path: Path | str) -> StreamInfo:
                           frame_count_from_header=from_header)
 
 
-def iter_frames(path: Path | str, indices: Iterable[int]) -> Iterator[tuple[int, np.ndarray]]:
+# Seek instead of decoding from the start only when the first wanted frame is this far in.
+SEEK_MIN_FRAMES = 250
+
+
+def _is_constant_rate(stream) -> bool:
+    """Declared average rate == base rate: frame index = timestamp x fps holds (seeking is exact)."""
+    return bool(stream.average_rate and stream.base_rate and stream.average_rate == stream.base_rate)
+
+
+def _sequential(container, stream, path: Path, wanted: list[int]) -> Iterator[tuple[int, np.ndarray]]:
+    import av
+
+    pos, index = 0, -1
+    try:
+        for index, frame in enumerate(container.decode(stream)):
+            if index == wanted[pos]:
+                yield index, frame.to_ndarray(format="rgb24")
+                pos += 1
+                if pos == len(wanted):
+                    return
+    except av.error.FFmpegError as exc:
+        raise DecodeError(path, f"failed while decoding frame {index + 1} ({type(exc).__name__}: {exc})") from exc
+
+
+def _seeked(container, stream, wanted: list[int]) -> Iterator[tuple[int, np.ndarray]] | None:
+    """Seek to a keyframe before wanted[0] and number frames by timestamp; None if that is unsafe."""
+    fps = cap_prop_fps(stream)
+    tb = stream.time_base
+    first_pts = stream.start_time or 0
+    target = first_pts + int((max(wanted[0] - fps, 0) / fps) / tb)  # about 1 s before the first wanted frame
+    container.seek(target, stream=stream, backward=True, any_frame=False)
+    frames = container.decode(stream)
+    first = next(frames, None)
+    if first is None or first.pts is None:
+        return None
+    start_index = round(float((first.pts - first_pts) * tb) * fps)
+    if start_index > wanted[0]:
+        return None
+
+    def gen() -> Iterator[tuple[int, np.ndarray]]:
+        pos = 0
+        for frame in _chain(first, frames):
+            if frame.pts is None:
+                raise DecodeError(container.name, "has frames without timestamps after a seek")
+            index = round(float((frame.pts - first_pts) * tb) * fps)
+            if wanted[pos] < index:
+                raise DecodeError(container.name, f"frame {wanted[pos]} was skipped after a seek")
+            if index == wanted[pos]:
+                yield index, frame.to_ndarray(format="rgb24")
+                pos += 1
+                if pos == len(wanted):
+                    return
+
+    return gen()
+
+
+def _chain(first, rest):
+    yield first
+    yield from rest
+
+
+def iter_frames(path: Path | str, indices: Iterable[int], *, seek: bool = True) -> Iterator[tuple[int, np.ndarray]]:
     """Yield `(index, rgb24 uint8 (H, W, 3))` for each wanted frame index, in increasing order.
 
     Index i is the i-th decoded frame (VHS's numbering). Decoding stops after the largest
-    wanted index; frames that are not wanted are dropped as they are decoded. If the file ends
-    early, the missing indices are simply not yielded (the caller checks).
+    wanted index; frames that are not wanted are dropped as they are decoded. When the first
+    wanted frame is far into a constant-rate stream (and `seek`), the decoder seeks to the
+    keyframe before it instead of decoding from the start, numbering frames by timestamp. If
+    the file ends early, the missing indices are simply not yielded (the caller checks).
     """
-    import av
-
     path = Path(path)
     wanted = sorted(set(int(i) for i in indices))
     if not wanted:
         return
-    pos, index = 0, -1
-    with _open(path) as container:
-        stream = _video_stream(container, path)
-        try:
-            for index, frame in enumerate(container.decode(stream)):
-                if index == wanted[pos]:
-                    yield index, frame.to_ndarray(format="rgb24")
-                    pos += 1
-                    if pos == len(wanted):
-                        return
-        except av.error.FFmpegError as exc:
-            raise DecodeError(path, f"failed while decoding frame {index + 1} "
-                              f"({type(exc).__name__}: {exc})") from exc
+    if seek and wanted[0] >= SEEK_MIN_FRAMES:
+        with _open(path) as container:
+            stream = _video_stream(container, path)
+            seeked = _seeked(container, stream, wanted) if _is_constant_rate(stream) else None
+            if seeked is not None:
+                yield from seeked
+                return
+    with _open(path) as container:  # from the start (a fresh demuxer, as VHS reads it)
+        yield from _sequential(container, _video_stream(container, path), path, wanted)
 
 
 def decode_frames(path: Path | str, indices: Iterable[int] | None = None) -> np.ndarray:
