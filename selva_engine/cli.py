@@ -342,13 +342,21 @@ def _cuda() -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m selva_engine.cli {train,extract,sample} ...` (what the daemon's worker runs)."""
+    """`python -m selva_engine.cli {train,extract,sample,extract-video} ...` (what the daemon's worker runs)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"train": train_main, "extract": extract_main, "sample": sample_main}
+    commands = {"train": train_main, "extract": extract_main, "sample": sample_main,
+                "extract-video": extract_video_main}
     if not argv or argv[0] not in commands:
         print(f"usage: python -m selva_engine.cli {{{','.join(commands)}}} [options]", file=sys.stderr)
         return 2
     return commands[argv[0]](argv[1:])
+
+
+def extract_video_main(argv: list[str] | None = None) -> int:
+    """`selva-extract` / `extract-video`: the Feature Extractor node's `.npz` for video files."""
+    from selva_engine.video.cli import main
+
+    return main(argv)
 
 
 def eval_main(argv: list[str] | None = None) -> int:

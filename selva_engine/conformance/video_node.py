@@ -23,7 +23,12 @@ import numpy as np
 import torch
 
 from selva_engine.video import frames as fr
-from selva_engine.video.extractor import PreparedFrames, extract_videos, prepare_frames, write_node_npz
+from selva_engine.video.extractor import (
+    PreparedFrames,
+    extract_videos,
+    prepare_frames,
+    write_node_npz,
+)
 
 __all__ = ["find_video", "golden_encoders", "run_frame_select", "run_resize", "run_video_extractor",
            "suggested_tolerance"]

@@ -1,0 +1,117 @@
+"""Decode and frames as the node gets them: the frame_select / resize goldens and the e2e inputs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from selva_engine.conformance.runner import main
+from selva_engine.video import frames as fr
+from selva_engine.video.decode import DecodeError, decode_frames, iter_frames, read_stream_info
+from selva_engine.video.extractor import prepare_frames
+from tests.engine.video.node_fixtures import write_video
+
+E2E = ("e2e_a", "e2e_b", "e2e_b_mask_static", "e2e_b_mask_perframe", "e2e_c", "e2e_d")
+
+
+def _sha(x: torch.Tensor | np.ndarray) -> str:
+    arr = x.contiguous().numpy() if isinstance(x, torch.Tensor) else np.ascontiguousarray(x)
+    return hashlib.sha256(arr.astype(np.float32).tobytes()).hexdigest()
+
+
+def _e2e(golden_dir, run):
+    folder = golden_dir / "video" / run
+    sidecar = json.loads((folder / f"{run}.json").read_text())
+    with np.load(folder / sidecar["debug_file"], allow_pickle=False) as z:
+        debug = {k: z[k] for k in z.files}
+    video = next(p for p in [folder / sidecar["video_file"], *golden_dir.glob(f"video/*/{sidecar['video_file']}")]
+                 if p.is_file())
+    return sidecar, debug, video
+
+
+def test_frame_select_and_resize_goldens_pass(golden_dir, capsys):
+    assert main([str(golden_dir / "video"), "--only", "frame_select,resize"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-1] == "2 passed, 0 failed"
+
+
+@pytest.mark.parametrize("run", ("e2e_a", "e2e_b", "e2e_c", "e2e_d"))
+def test_decoded_frames_and_fps_equal_vhs(golden_dir, run):
+    sidecar, _, video = _e2e(golden_dir, run)
+    info = read_stream_info(video)
+    vhs = sidecar["video"]["vhs_video_info"]
+    assert info.fps == vhs["loaded_fps"] == sidecar["fps_used"]  # 29.970029970029966 for NTSC, not 30000/1001
+    assert info.cap_prop_fps == vhs["source_fps"]
+    assert info.frame_count == vhs["loaded_frame_count"]
+    assert (info.width, info.height) == (vhs["loaded_width"], vhs["loaded_height"])
+    assert _sha(decode_frames(video)) == sidecar["video"]["vhs_frames_float32_sha256"]
+
+
+@pytest.mark.parametrize("run", E2E)
+def test_model_inputs_equal_the_nodes_bit_for_bit(golden_dir, run):
+    sidecar, debug, video = _e2e(golden_dir, run)
+    mask = debug.get("input.mask")
+    p = prepare_frames(video, duration=float(debug["input.duration_widget"]), mask=mask,
+                       mask_strength=float(debug["input.mask_strength"]) if mask is not None else 1.0,
+                       keep_resized=True)
+    assert p.plan.duration == sidecar["duration_resolved"]
+    assert np.array_equal(p.plan.clip_indices, debug["debug.clip_indices"])
+    assert np.array_equal(p.plan.sync_indices, debug["debug.sync_indices"])
+    assert p.sync.shape[0] == sidecar["num_sync_frames_after_pad"] and p.plan.num_segments == sidecar["num_segments"]
+    sha = sidecar["sha256"]
+    assert _sha(p.clip_resized) == sha["clip_resized_float32"]
+    assert _sha(p.sync_resized) == sha["sync_resized_float32"]
+    assert _sha(fr.clip_normalize(p.clip)) == sha["clip_model_input"]
+    assert _sha(fr.sync_normalize(p.sync)) == sha["sync_model_input"]
+
+
+def test_a_mask_changes_only_what_it_should(golden_dir):
+    _, debug, video = _e2e(golden_dir, "e2e_b_mask_static")
+    plain = prepare_frames(video, keep_resized=True)
+    masked = prepare_frames(video, mask=debug["input.mask"], mask_strength=0.5, mask_clip=False)
+    assert torch.equal(masked.clip, plain.clip)  # mask_clip off: CLIP frames untouched
+    assert not torch.equal(masked.sync, plain.sync)
+    grey = prepare_frames(video, mask=np.zeros((1, 8, 8), np.float32), mask_strength=1.0)
+    assert torch.allclose(grey.clip, torch.full_like(grey.clip, 0.5))  # background -> grey 0.5, not 0
+
+
+def test_the_index_formula_is_the_float_one_not_the_exact_floor():
+    plan = fr.plan_frames(50, 25.0)
+    assert plan.sync_indices[29] == 28  # int(29 / 25 * 25) == 28 in float64
+    assert fr.plan_frames(50, 30.0).clip_indices.shape == (13,)  # the wrong-default-fps pitfall
+    short = fr.plan_frames(7, 60.0)
+    assert len(short.clip_indices) == 1 and list(short.sync_indices_padded) == [0, 2] + [2] * 14
+
+
+def test_only_wanted_frames_are_returned_and_seeking_agrees(tmp_path):
+    video = write_video(tmp_path / "long.mp4", frames=420, rate="30000/1001", gop=30)
+    wanted = [0, 7, 300, 301, 419]
+    everything = decode_frames(video)
+    got = dict(iter_frames(video, wanted))
+    assert sorted(got) == wanted
+    for i in wanted:
+        assert np.array_equal(got[i].astype(np.float32) / 255.0, everything[i])
+    far = [300, 350, 419]
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(iter_frames(video, far), iter_frames(video, far, seek=False),
+                                                         strict=True))
+
+
+def test_start_skips_frames_like_skip_first_frames(tmp_path):
+    video = write_video(tmp_path / "v.mkv", frames=60, rate=25)
+    later = prepare_frames(video, start=1.0, duration=1.0)
+    assert later.skipped == 25 and later.plan.num_frames == 35 and later.plan.duration == 1.0
+    direct = torch.from_numpy(decode_frames(video, [25 + int(i) for i in later.plan.clip_indices]))
+    assert torch.equal(later.clip, fr.resize_frames(direct, fr.CLIP_SIZE))
+
+
+@pytest.mark.parametrize("content", [b"", b"this is a text file, not a video\n" * 20])
+def test_a_non_video_gets_one_readable_error(tmp_path, content):
+    bad = tmp_path / "clip.mp4"
+    bad.write_bytes(content)
+    with pytest.raises(DecodeError) as err:
+        read_stream_info(bad)
+    assert str(bad) in str(err.value) and "fix" in str(err.value)
