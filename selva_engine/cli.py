@@ -168,7 +168,8 @@ def _human(event: dict) -> str | None:
     if kind == "eval_done":
         rec = event.get("recommendation") or {}
         return f"evaluation written to {event['summary']} (picks {rec.get('id')}: {rec.get('reason')})"
-    if kind in ("extract_start", "extract_done", "train_start", "resumed", "done", "interrupted"):
+    if kind in ("extract_start", "extract_done", "video_extract_start", "video_extract_done", "train_start",
+                "resumed", "done", "interrupted"):
         rest = {k: v for k, v in event.items() if k not in ("event", "time")}
         return f"{kind}: " + ", ".join(f"{k}={v}" for k, v in rest.items())
     return None
@@ -308,6 +309,7 @@ def extract_main(argv: list[str] | None = None) -> int:
 
     from selva_engine.data.dataset import load_dataset
     from selva_engine.data.extract import FeatureCache, extract_clips
+    from selva_engine.data.video_extract import add_video_clips
     from selva_engine.errors import DatasetError
     from selva_engine.io import UnsafeFileError
     from selva_engine.model.variants import get_variant
@@ -320,12 +322,14 @@ def extract_main(argv: list[str] | None = None) -> int:
         variant = get_variant(args.variant)
         weights = resolve(args.selva_dir, variant.name)
         scan = load_dataset(args.data_dir, variant, collect=True)
+        device = args.device if args.device != "auto" else ("cuda" if _cuda() else "cpu")
+        cache = FeatureCache(args.cache_dir)
+        add_video_clips(scan, variant, weights=weights, cache=cache, device=device, progress=emit)
         for problem in scan.problems:
             emit({"event": "warning", "message": f"skipping clip: {problem}"})
-        device = args.device if args.device != "auto" else ("cuda" if _cuda() else "cpu")
         emit({"event": "extract_start", "clips": len(scan.clips)})
-        _, _, stats = extract_clips(scan.clips, variant, weights=weights,
-                                    cache=FeatureCache(args.cache_dir), device=device, progress=emit)
+        _, _, stats = extract_clips(scan.clips, variant, weights=weights, cache=cache, device=device,
+                                    progress=emit)
         emit({"event": "extract_done", **stats.to_dict()})
     except (DatasetError, MissingWeightsError, UnsafeFileError, FileNotFoundError, ValueError) as exc:
         emit({"event": "error", "error": type(exc).__name__, "message": str(exc)})

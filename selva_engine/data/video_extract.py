@@ -17,6 +17,7 @@ keyed by content, so the trainer reads it like any clip's audio file.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,6 +135,7 @@ class _Run:
     encoders: Any = None
     done: int = 0
     total: int = 0
+    started: float = field(default_factory=time.monotonic)
 
     def get_encoders(self) -> Any:
         if self.encoders is None:
@@ -143,7 +145,9 @@ class _Run:
     def report(self) -> None:
         self.done += 1
         if self.progress:
-            self.progress({"event": "extract_progress", "stage": "video", "done": self.done, "total": self.total})
+            eta = (time.monotonic() - self.started) / self.done * (self.total - self.done)
+            self.progress({"event": "extract_progress", "stage": "video", "done": self.done, "total": self.total,
+                           "eta_s": round(eta, 1)})
 
 
 def _encode(run: _Run, batch: Sequence[tuple[VideoClip, str]], found: dict[str, dict[str, np.ndarray]],
@@ -232,8 +236,32 @@ def extract_video_clips(videos: Sequence[VideoClip], variant: Variant, *, cache:
 def default_encoders_factory(weights: Any, device: Any) -> Callable[[], Any]:
     """Build the video encoders from `weights.selva_dir` on `device` (node's dtype) when called."""
     def build() -> Any:
-        from selva_engine.video.encoders import load_video_encoders
-
+        try:
+            from selva_engine.video.encoders import load_video_encoders
+        except ImportError as exc:
+            raise VideoError(weights.selva_dir, f"the video encoders are not available ({exc})",
+                             "install selvad from a release that includes them") from exc
         return load_video_encoders(weights.selva_dir, device=device)
     return build
 
+
+
+def add_video_clips(scan: Any, variant: Variant, *, weights: Any, cache: FeatureCache, device: Any,
+                    progress: ProgressFn | None = None, stop: threading.Event | None = None,
+                    encoders_factory: Callable[[], Any] | None = None) -> VideoExtractionStats | None:
+    """Extract a `DatasetScan`'s videos into `scan.clips` (failures into `scan.problems`).
+
+    Emits "video_extract_start" / "video_extract_done" around it; None when there are no videos.
+    """
+    if not scan.videos:
+        return None
+    if progress:
+        progress({"event": "video_extract_start", "clips": len(scan.videos)})
+    factory = encoders_factory or default_encoders_factory(weights, device)
+    clips, problems, stats = extract_video_clips(scan.videos, variant, cache=cache, identity=video_identity(weights),
+                                                 encoders_factory=factory, progress=progress, stop=stop)
+    scan.clips.extend(clips)
+    scan.problems.extend(problems)
+    if progress:
+        progress({"event": "video_extract_done", **stats.to_dict()})
+    return stats
