@@ -387,8 +387,8 @@ def load_dataset(directory: Path | str, variant: Variant, collect: bool = False,
     if not _has_clips(directory):
         raise EmptyDatasetError(directory, "no .npz files or videos in this directory",
                                 "put videos (stem.mp4, with stem.wav beside each) in it, or "
-                                "features exported with the SelVA Feature Extractor node (one "
-                                "stem.npz per clip) with each clip's audio next to it")
+                                "export features with the SelVA Feature Extractor node (one "
+                                "stem.npz per clip) and put each clip's audio next to it")
     for err in pair_problems:
         if isinstance(err, OrphanAudioError):
             scan.warn(err.code, str(err))

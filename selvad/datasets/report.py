@@ -38,6 +38,9 @@ DATASET = "(dataset)"  # how dataset-level findings are headed in the terminal o
 LAST_REPORT_MAX_BYTES = 1 << 20  # a kept report larger than this is not read back
 
 
+MAX_VIDEO_ROWS = 200  # video clips listed by name in a kept report (the count is always exact)
+
+
 @dataclass(frozen=True)
 class Finding:
     """One problem: severity, file (relative name, "" = whole dataset), code, message, fix."""
@@ -61,6 +64,7 @@ class ClipEntry:
     stem: str
     prompt: str
     prompt_source: str  # "prompts.txt" | "npz" | "directory"
+    video: str = ""  # for a clip cut from a video: "<file>, <start>-<end> s"; "" for an .npz clip
 
 
 @dataclass
@@ -151,7 +155,10 @@ class ValidationReport:
             "warning_count": self.warning_count,
             "advice": list(self.advice),
             "clips": [{"stem": c.stem, "prompt": c.prompt, "prompt_source": c.prompt_source}
-                      for c in self.clips],
+                      | ({"video": c.video} if c.video else {}) for c in self.clips],
+            "video_clip_count": sum(1 for c in self.clips if c.video),
+            "video_clips": [{"stem": c.stem, "video": c.video, "prompt": c.prompt}
+                            for c in self.clips if c.video][:MAX_VIDEO_ROWS],
             "errors": [f.to_dict() for f in self.errors],
             "warnings": [f.to_dict() for f in self.warnings],
         }

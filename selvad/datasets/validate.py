@@ -66,6 +66,7 @@ from selvad.datasets.report import (
     ValidationReport,
     write_report,
 )
+from selvad.datasets.video_validate import check_videos
 
 __all__ = ["Finding", "ValidationReport", "main", "validate_dataset", "write_report"]
 
@@ -256,18 +257,23 @@ def _check_features(report: ValidationReport, directory: Path, npz_path: Path,
 
 
 def _check_dataset(report: ValidationReport, directory: Path, variant: Variant,
-                   seq: SequenceConfig, progress: Callable[[int, int], None] | None) -> None:
+                   seq: SequenceConfig, progress: Callable[[int, int], None] | None,
+                   video: dict | None = None) -> None:
     pairs, pair_problems = find_pairs(directory)
-    if not any(e.name.lower().endswith(".npz") and not e.name.startswith(".")
-               for e in os.scandir(directory)):
-        report.add(ERROR, "", "empty-dataset", "no .npz files in this directory",
-                   "export features with the SelVA Feature Extractor node (one stem.npz per "
-                   "clip) and put each clip's audio next to it")
     for err in pair_problems:
         severity = WARNING if isinstance(err, OrphanAudioError) else ERROR
         report.add(severity, err.path.name, err.code, err.problem, err.fix)
     prompts, prompt_problems = read_prompts(directory)
     _add_prompt_problems(report, prompt_problems)
+    npz_names = [e.name for e in os.scandir(directory) if e.name.lower().endswith(".npz")
+                 and not e.name.startswith(".")]
+    videos = check_videos(report, directory, prompts, {os.path.splitext(n)[0] for n in npz_names},
+                          _check_audio, video)
+    if not npz_names and not videos:
+        report.add(ERROR, "", "empty-dataset", "no .npz files or videos in this directory",
+                   "put videos (stem.mp4, with the clean recording stem.wav beside each) in it, "
+                   "or export features with the SelVA Feature Extractor node (one stem.npz per "
+                   "clip) and put each clip's audio next to it")
     for done, pair in enumerate(pairs, 1):
         if progress is not None:
             progress(done, len(pairs))
