@@ -385,7 +385,7 @@ def load_dataset(directory: Path | str, variant: Variant, collect: bool = False,
 
     pairs, pair_problems = find_pairs(directory)
     if not _has_clips(directory):
-        raise EmptyDatasetError(directory, "no .npz files or videos in this directory",
+        raise EmptyDatasetError(directory, "no .npz files in this directory and no videos",
                                 "put videos (stem.mp4, with stem.wav beside each) in it, or "
                                 "export features with the SelVA Feature Extractor node (one "
                                 "stem.npz per clip) and put each clip's audio next to it")

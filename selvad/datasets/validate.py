@@ -270,7 +270,7 @@ def _check_dataset(report: ValidationReport, directory: Path, variant: Variant,
     videos = check_videos(report, directory, prompts, {os.path.splitext(n)[0] for n in npz_names},
                           _check_audio, video)
     if not npz_names and not videos:
-        report.add(ERROR, "", "empty-dataset", "no .npz files or videos in this directory",
+        report.add(ERROR, "", "empty-dataset", "no .npz files in this directory and no videos",
                    "put videos (stem.mp4, with the clean recording stem.wav beside each) in it, "
                    "or export features with the SelVA Feature Extractor node (one stem.npz per "
                    "clip) and put each clip's audio next to it")
