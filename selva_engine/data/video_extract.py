@@ -34,8 +34,8 @@ from selva_engine.io import atomic_write, open_regular
 from selva_engine.model.variants import Variant
 from selva_engine.video.probe import VideoError, read_video_audio
 
-__all__ = ["VideoExtractionStats", "audio_window", "default_encoders_factory", "extract_video_clips",
-           "video_cache_key", "video_identity"]
+__all__ = ["VideoExtractionStats", "add_video_clips", "audio_window", "default_encoders_factory",
+           "extract_video_clips", "video_cache_key", "video_features", "video_identity"]
 
 
 @dataclass
@@ -185,18 +185,13 @@ def _check_widths(clip: VideoClip, entry: dict[str, np.ndarray], variant: Varian
                          "use the video encoder weights that belong to this variant (selva-weights check)")
 
 
-def extract_video_clips(videos: Sequence[VideoClip], variant: Variant, *, cache: FeatureCache, identity: str,
-                        encoders_factory: Callable[[], Any], batch_size: int = 2,
-                        progress: ProgressFn | None = None, stop: threading.Event | None = None,
-                        ) -> tuple[list[Clip], list[DatasetError], VideoExtractionStats]:
-    """Trainable `Clip`s for `videos`: features from the cache or encoded now, audio windows.
-
-    `encoders_factory()` builds the `VideoEncoders`; it is called only when a clip is missing
-    from the cache. Returns (clips, problems of clips that failed, stats); when `stop` is set
-    it returns after the current batch with no clips (what was encoded stays cached).
-    """
+def video_features(videos: Sequence[VideoClip], *, cache: FeatureCache, identity: str,
+                   encoders_factory: Callable[[], Any], batch_size: int = 2, progress: ProgressFn | None = None,
+                   stop: threading.Event | None = None,
+                   ) -> tuple[list[dict[str, np.ndarray] | None], list[DatasetError], VideoExtractionStats]:
+    """The node's arrays (`clip_features` (1, N, D), `sync_features` (1, 8S, D), `duration`, `fps`)
+    of each clip, from the cache or encoded now (None for a clip that failed or when stopped)."""
     run = _Run(cache, identity, encoders_factory, progress, stop)
-    seq = variant.sequence()
     keys = [video_cache_key(c, identity) for c in videos]
     found: dict[str, dict[str, np.ndarray]] = {}
     missing: list[tuple[VideoClip, str]] = []
@@ -212,25 +207,44 @@ def extract_video_clips(videos: Sequence[VideoClip], variant: Variant, *, cache:
     try:
         for i in range(0, len(missing), batch_size):
             if stop is not None and stop.is_set():
-                return [], problems, run.stats
+                return [None] * len(videos), problems, run.stats
             _encode(run, missing[i:i + batch_size], found, problems)
     finally:
         if run.encoders is not None and callable(getattr(run.encoders, "free", None)):
             run.encoders.free()
+    return [found.get(k) for k in keys], problems, run.stats
+
+
+def extract_video_clips(videos: Sequence[VideoClip], variant: Variant, *, cache: FeatureCache, identity: str,
+                        encoders_factory: Callable[[], Any], batch_size: int = 2,
+                        progress: ProgressFn | None = None, stop: threading.Event | None = None,
+                        ) -> tuple[list[Clip], list[DatasetError], VideoExtractionStats]:
+    """Trainable `Clip`s for `videos`: features from the cache or encoded now, audio windows.
+
+    `encoders_factory()` builds the `VideoEncoders`; it is called only when a clip is missing
+    from the cache. Returns (clips, problems of clips that failed, stats); when `stop` is set
+    it returns after the current batch with no clips (what was encoded stays cached).
+    """
+    seq = variant.sequence()
+    entries, problems, stats = video_features(videos, cache=cache, identity=identity,
+                                              encoders_factory=encoders_factory, batch_size=batch_size,
+                                              progress=progress, stop=stop)
+    if stop is not None and stop.is_set():
+        return [], problems, stats
     clips: list[Clip] = []
-    for clip, key in zip(videos, keys, strict=True):
-        if key not in found:
+    for clip, entry in zip(videos, entries, strict=True):
+        if entry is None:
             continue
         try:
-            _check_widths(clip, found[key], variant)
+            _check_widths(clip, entry, variant)
             audio = _audio_file(cache, clip)
         except DatasetError as err:
             problems.append(err)
             continue
         clips.append(Clip(clip.stem, clip.video_path, audio, clip.prompt,
-                          _fit(found[key]["clip_features"], seq.clip_seq_len),
-                          _fit(found[key]["sync_features"], seq.sync_seq_len)))
-    return clips, problems, run.stats
+                          _fit(entry["clip_features"], seq.clip_seq_len),
+                          _fit(entry["sync_features"], seq.sync_seq_len)))
+    return clips, problems, stats
 
 
 def default_encoders_factory(weights: Any, device: Any) -> Callable[[], Any]:

@@ -120,8 +120,9 @@ def _open_container(path: Path, f: BinaryIO):
 
 
 def _reason(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return text[:160]
+    """FFmpeg's own words for `exc` ("Invalid data found when processing input"), no errno or path."""
+    text = getattr(exc, "strerror", None) or (str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    return str(text)[:160]
 
 
 def _count_packets(container, stream, limit: int) -> int:
