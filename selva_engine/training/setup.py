@@ -125,7 +125,7 @@ def extract_data(ctx: RunContext, stop: threading.Event, codec_factory: Callable
     when no clip is usable.
     """
     cfg, log = ctx.cfg, ctx.log
-    scan = load_dataset(cfg.data_dir, ctx.variant, collect=True)
+    scan = load_dataset(cfg.data_dir, ctx.variant, collect=True, video=cfg.video_settings)
     cache = FeatureCache(cfg.cache_dir or ctx.out_dir / ".cache")
     add_video_clips(scan, ctx.variant, weights=ctx.weights, cache=cache, device=ctx.device,
                     progress=log.emit, stop=stop)

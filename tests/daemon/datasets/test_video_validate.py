@@ -52,3 +52,27 @@ def test_only_bad_videos_is_not_empty_but_errors(tmp_path: Path) -> None:
     (tmp_path / "a.mp4").write_bytes(b"\x00" * 100)
     r = V.validate_dataset(tmp_path, "tiny_16k")
     assert not r.ok and [f.code for f in r.errors] == ["bad-video"]
+
+
+def test_job_video_section_sets_the_run_and_beats_dataset_toml(tmp_path: Path) -> None:
+    from selva_engine.data.dataset import load_dataset
+    from selva_engine.model.variants import get_variant
+    from selva_engine.training.options import TrainConfig
+    from selvad.config.schema import Problems
+    from selvad.config.settings import read_settings
+
+    p = Problems("job.toml")
+    got = read_settings({"video": {"split": True, "mask_strength": 0.25, "mask_sync": "auto"}}, p, "")
+    assert p.items == []
+    cfg = TrainConfig(**{k: v for k, (v, _) in got.items()})
+    assert cfg.video_settings == {"split": True, "mask_strength": 0.25}
+    bad = Problems("job.toml")
+    read_settings({"video": {"split": "yes"}}, bad, "")
+    assert bad.items and "video.split" in bad.items[0]
+    assert ("video_mask_strength", "got 2.0, expected 0..1") in TrainConfig(video_mask_strength=2.0).problems()
+    ds = tmp_path / "d"
+    ds.mkdir()
+    make_video(ds / "long.mp4", seconds=17.0, fps=2, width=32, height=32, audio_rate=8000)
+    (ds / "dataset.toml").write_text("[video]\nsplit = false\n")
+    scan = load_dataset(ds, get_variant("tiny_16k"), collect=True, video=cfg.video_settings)
+    assert [c.stem for c in scan.videos] == ["long_part01", "long_part02", "long_part03"]
