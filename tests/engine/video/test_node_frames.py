@@ -115,3 +115,30 @@ def test_a_non_video_gets_one_readable_error(tmp_path, content):
     with pytest.raises(DecodeError) as err:
         read_stream_info(bad)
     assert str(bad) in str(err.value) and "fix" in str(err.value)
+
+
+def test_rotation_metadata_turns_frames_upright_as_opencv_does(tmp_path):
+    import av
+
+    from selva_engine.video.decode import node_differences
+
+    path = tmp_path / "portrait.mp4"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 32, "yuv420p"
+        stream.set_display_rotation(-90)  # what a phone writes for a portrait recording
+        for _ in range(3):
+            img = np.zeros((32, 64, 3), np.uint8)
+            img[:8, :16] = 255  # a box at the top left
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    info = read_stream_info(path)
+    assert (info.width, info.height, info.rotation) == (32, 64, 90)
+    frame = decode_frames(path, [0])[0]
+    assert frame.shape == (64, 32, 3)
+    assert frame[:16, -8:].mean() > 0.9 and frame[-16:, :8].mean() < 0.1  # now at the top right
+    assert any("rotation" in n for n in node_differences(info))
+    odd = read_stream_info(write_video(tmp_path / "odd.mp4", frames=5, width=60, height=34))
+    assert any("not a multiple of 8" in n for n in node_differences(odd))
