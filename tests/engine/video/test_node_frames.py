@@ -142,3 +142,40 @@ def test_rotation_metadata_turns_frames_upright_as_opencv_does(tmp_path):
     assert any("rotation" in n for n in node_differences(info))
     odd = read_stream_info(write_video(tmp_path / "odd.mp4", frames=5, width=60, height=34))
     assert any("not a multiple of 8" in n for n in node_differences(odd))
+
+
+def test_decoding_stops_after_the_last_needed_frame_and_keeps_one_source_frame(tmp_path, monkeypatch):
+    import tracemalloc
+
+    from selva_engine.video import decode
+
+    video = write_video(tmp_path / "long.mkv", frames=150, rate=25, width=320, height=192, gop=25)
+    decoded = []
+    real_open = decode._open
+
+    class Counting:
+        def __init__(self, container):
+            self.c = container
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return self.c.__exit__(*exc)
+
+        def __getattr__(self, name):
+            return getattr(self.c, name)
+
+        def decode(self, stream):
+            for frame in self.c.decode(stream):
+                decoded.append(frame)
+                yield frame
+
+    monkeypatch.setattr(decode, "_open", lambda path: Counting(real_open(path)))
+    tracemalloc.start()
+    p = prepare_frames(video, duration=2.0)  # 2 s of a 6 s video
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert p.plan.num_frames == 150 and p.clip.shape[0] == 16 and p.sync.shape[0] == 50
+    assert len(decoded) <= 50 + 1 + 1  # frames 0..49 (+ the header's first frame)
+    assert peak < 4 * 320 * 192 * 3  # a few source frames in numpy at most, never the video
