@@ -143,11 +143,11 @@ def _rss_mib() -> float:
 
 def child(args: argparse.Namespace) -> dict:
     """Run one path over the clips; return its figures (and a checksum of its features)."""
+    from selva_engine.video import encoders as video_encoders
     from selva_engine.video.cli import resolve_dtype
-    from selva_engine.video.encoders import load_video_encoders
 
     device = torch.device(args.device)
-    enc = load_video_encoders(args.selva_dir, device=device, dtype=resolve_dtype(args.dtype, device))
+    enc = video_encoders.load_video_encoders(args.selva_dir, device=device, dtype=resolve_dtype(args.dtype, device))
     videos = sorted(Path(args.videos).glob("*.mp4"))
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(len(videos))]
     stages: dict[str, float] = defaultdict(float)

@@ -75,7 +75,8 @@ def _open(path: Path):
     try:
         return av.open(str(path), metadata_errors="ignore")
     except (av.error.FFmpegError, OSError, UnicodeDecodeError) as exc:
-        raise DecodeError(path, f"not a readable video ({type(exc).__name__}: {exc})") from exc
+        why = getattr(exc, "strerror", None) or str(exc)
+        raise DecodeError(path, f"is not a video FFmpeg can read ({why})") from exc
 
 
 def _video_stream(container, path: Path):
