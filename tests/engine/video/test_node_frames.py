@@ -179,3 +179,36 @@ def test_decoding_stops_after_the_last_needed_frame_and_keeps_one_source_frame(t
     assert p.plan.num_frames == 150 and p.clip.shape[0] == 16 and p.sync.shape[0] == 50
     assert len(decoded) <= 50 + 1 + 1  # frames 0..49 (+ the header's first frame)
     assert peak < 4 * 320 * 192 * 3  # a few source frames in numpy at most, never the video
+
+
+def test_mask_files_equal_mask_arrays(tmp_path):
+    import av
+    from PIL import Image
+
+    from selva_engine.video.extractor import load_mask
+
+    video = write_video(tmp_path / "v.mp4", frames=30, rate=25, width=64, height=48)
+    static = np.zeros((48, 64), np.uint8)
+    static[8:40, 16:48] = 255
+    Image.fromarray(static).save(tmp_path / "v.mask.png")
+    from_png = prepare_frames(video, mask=tmp_path / "v.mask.png", mask_strength=0.7)
+    from_array = prepare_frames(video, mask=static.astype(np.float32) / 255.0, mask_strength=0.7)
+    assert torch.equal(from_png.clip, from_array.clip) and torch.equal(from_png.sync, from_array.sync)
+
+    moving = tmp_path / "v.mask.mkv"
+    with av.open(str(moving), "w") as out:  # lossless, so the decoded mask is exact
+        stream = out.add_stream("ffv1", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "gray"
+        for i in range(30):
+            img = np.zeros((48, 64, 3), np.uint8)
+            img[:, i:i + 20] = 255
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    arr = load_mask(moving)
+    assert arr.shape == (30, 48, 64) and set(np.unique(arr)) == {0.0, 1.0}
+    assert np.array_equal(load_mask(moving, start_frame=5), arr[5:])
+    a = prepare_frames(video, mask=moving, mask_strength=1.0)
+    b = prepare_frames(video, mask=arr, mask_strength=1.0)
+    assert torch.equal(a.clip, b.clip) and torch.equal(a.sync, b.sync)
