@@ -110,14 +110,22 @@ class Timed:
         return self._time("TextSynch", self.enc.encode_sync, frames, text_f, text_mask, segment_batch=segment_batch)
 
 
+def node_resize(frames: torch.Tensor, size: int) -> torch.Tensor:
+    """The node's `_resize_frames` (nodes/selva_feature_extractor.py lines 31-35): bicubic on the
+    permuted (N, C, H, W) view of (N, H, W, C), then clamp."""
+    x = frames.permute(0, 3, 1, 2)
+    x = torch.nn.functional.interpolate(x.float(), size=(size, size), mode="bicubic", align_corners=False)
+    return x.clamp(0.0, 1.0)
+
+
 def node_clip(video: Path, prompt: str, enc: Timed, duration: float, stages: dict[str, float]) -> np.ndarray:
     """One clip the node's way: whole-video decode, sample, resize, one call per segment."""
     t = time.perf_counter()
     info = read_stream_info(video)
     frames = torch.from_numpy(decode_frames(video))  # VHS: every frame, float32 (T, H, W, 3)
     plan = fr.plan_frames(frames.shape[0], info.fps, duration)
-    clip = fr.resize_frames(frames[torch.from_numpy(plan.clip_indices)], fr.CLIP_SIZE)
-    sync = fr.pad_sync(fr.resize_frames(frames[torch.from_numpy(plan.sync_indices)], fr.SYNC_SIZE))
+    clip = node_resize(frames[torch.from_numpy(plan.clip_indices)], fr.CLIP_SIZE)
+    sync = fr.pad_sync(node_resize(frames[torch.from_numpy(plan.sync_indices)], fr.SYNC_SIZE))
     del frames
     stages["decode"] += time.perf_counter() - t
     with torch.inference_mode():

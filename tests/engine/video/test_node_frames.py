@@ -212,3 +212,13 @@ def test_mask_files_equal_mask_arrays(tmp_path):
     a = prepare_frames(video, mask=moving, mask_strength=1.0)
     b = prepare_frames(video, mask=arr, mask_strength=1.0)
     assert torch.equal(a.clip, b.clip) and torch.equal(a.sync, b.sync)
+
+
+@pytest.mark.parametrize("hw", [(45, 80), (120, 160), (361, 643)])
+def test_our_resize_layout_is_bit_identical_to_the_nodes(hw):
+    x = torch.rand(3, *hw, 3, generator=torch.Generator().manual_seed(hw[0]))
+    for size in (fr.CLIP_SIZE, fr.SYNC_SIZE):
+        node = torch.nn.functional.interpolate(x.permute(0, 3, 1, 2), size=(size, size), mode="bicubic",
+                                               align_corners=False).clamp(0, 1)
+        assert torch.equal(fr.resize_frames(x, size), node)
+        assert torch.equal(fr.resize_frames(x[1:2], size), node[1:2])  # one frame at a time: the same
