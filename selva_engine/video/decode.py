@@ -25,7 +25,7 @@ import numpy as np
 
 from selva_engine.errors import DatasetError
 
-__all__ = ["DecodeError", "StreamInfo", "cap_prop_fps", "decode_audio", "decode_frames", "iter_frames",
+__all__ = ["DecodeError", "StreamInfo", "cap_prop_fps", "count_decoded_frames", "decode_audio", "decode_frames", "iter_frames",
            "loaded_fps", "node_differences", "read_stream_info"]
 
 
@@ -278,6 +278,14 @@ def iter_frames(path: Path | str, indices: Iterable[int], *, seek: bool = True,
                 return
     with _open(path) as container:  # from the start (a fresh demuxer, as VHS reads it)
         yield from _sequential(container, _video_stream(container, path), path, wanted, rotate)
+
+
+def count_decoded_frames(path: Path | str) -> int:
+    """How many frames really decode (VHS's T when a header's count is wrong); decodes them all,
+    keeping none."""
+    path = Path(path)
+    with _open(path) as container:
+        return sum(1 for _ in container.decode(_video_stream(container, path)))
 
 
 def decode_frames(path: Path | str, indices: Iterable[int] | None = None) -> np.ndarray:

@@ -222,3 +222,18 @@ def test_our_resize_layout_is_bit_identical_to_the_nodes(hw):
                                                align_corners=False).clamp(0, 1)
         assert torch.equal(fr.resize_frames(x, size), node)
         assert torch.equal(fr.resize_frames(x[1:2], size), node[1:2])  # one frame at a time: the same
+
+
+def test_a_header_that_overcounts_frames_falls_back_to_the_decoded_count(tmp_path, monkeypatch):
+    import dataclasses
+
+    from selva_engine.video import extractor
+
+    video = write_video(tmp_path / "v.mp4", frames=20, rate=25)
+    right = prepare_frames(video)
+    real = extractor.read_stream_info
+    monkeypatch.setattr(extractor, "read_stream_info",
+                        lambda p: dataclasses.replace(real(p), frame_count=real(p).frame_count + 30))
+    fixed = prepare_frames(video)
+    assert fixed.plan.num_frames == 20 and fixed.plan.duration == right.plan.duration == 0.8
+    assert torch.equal(fixed.sync, right.sync)
