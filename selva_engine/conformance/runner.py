@@ -1,7 +1,7 @@
 """Conformance runner: checks our implementation against reference goldens.
 
 `python -m selva_engine.conformance DIR [--only KIND,...]` runs every golden sidecar
-(`*.json` with a `kind` field) in DIR and its direct subfolders, computes the golden's outputs with our code from
+(`*.json` with a `kind` field) in DIR and its subfolders, computes the golden's outputs with our code from
 the sidecar's own config (dims, lengths, targets, strengths, cfg, steps: nothing is
 assumed), compares every `output.*` array (and every `debug.*` array we produce) with the
 sidecar's suggested tolerances, prints one line per golden and ends with
@@ -240,13 +240,12 @@ def _kind_tolerances(kind: str, sidecar: dict) -> dict:
 
 
 def _sidecars(golden_dir: Path) -> list[Path]:
-    """`*.json` in `golden_dir` and in its direct subfolders (the video e2e goldens live there)."""
-    root = Path(golden_dir)
-    return sorted(root.glob("*.json")) + sorted(root.glob("*/*.json"))
+    """`*.json` in `golden_dir` and its subfolders (video/, video/e2e_*/), shallow ones first."""
+    return sorted(Path(golden_dir).rglob("*.json"), key=lambda p: (len(p.parts), str(p)))
 
 
 def run_dir(golden_dir: Path, only: list[str] | None = None) -> list[GoldenResult]:
-    """Run every golden sidecar in `golden_dir` and its subfolders (optionally only some kinds)."""
+    """Run every golden sidecar under `golden_dir` (optionally only some kinds)."""
     results = []
     for path in _sidecars(golden_dir):
         try:

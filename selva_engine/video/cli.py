@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from selva_engine.errors import DatasetError
+from selva_engine.video.decode import node_differences, read_stream_info
 from selva_engine.video.extractor import extract_videos, prepare_frames, write_node_npz
 
 __all__ = ["build_parser", "main", "resolve_dtype"]
@@ -77,14 +78,19 @@ def _check(args: argparse.Namespace) -> None:
 
 def _run(args: argparse.Namespace) -> list[Path]:
     from selva_engine.device import resolve_device
-    from selva_engine.video.encoders import load_video_encoders
 
     _check(args)
     device = resolve_device(args.device)
     prepared = [prepare_frames(v, duration=args.duration, start=args.start, mask=args.mask,
                                mask_strength=args.mask_strength, mask_clip=not args.no_mask_clip,
                                mask_sync=not args.no_mask_sync) for v in args.video]
-    encoders = load_video_encoders(args.selva_dir, device=device, dtype=resolve_dtype(args.dtype, device),
+    for video in args.video:
+        for note in node_differences(read_stream_info(video)):
+            print(f"selva-extract: warning: {note}", file=sys.stderr)
+    # the encoders load only once the inputs are known to be good
+    from selva_engine.video import encoders as video_encoders
+
+    encoders = video_encoders.load_video_encoders(args.selva_dir, device=device, dtype=resolve_dtype(args.dtype, device),
                                    t5_dir=args.t5_dir, clip_dir=args.clip_dir)
     try:
         features = extract_videos([(p, args.prompt) for p in prepared], encoders, segment_batch=args.segment_batch)

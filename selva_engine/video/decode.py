@@ -25,8 +25,8 @@ import numpy as np
 
 from selva_engine.errors import DatasetError
 
-__all__ = ["DecodeError", "StreamInfo", "cap_prop_fps", "decode_audio", "decode_frames", "iter_frames",
-           "loaded_fps", "read_stream_info"]
+__all__ = ["DecodeError", "StreamInfo", "cap_prop_fps", "count_decoded_frames", "decode_audio", "decode_frames", "iter_frames",
+           "loaded_fps", "node_differences", "read_stream_info"]
 
 
 class DecodeError(DatasetError):
@@ -45,7 +45,9 @@ class StreamInfo:
 
     `fps` is VHS's `loaded_fps` (float64), `frame_count` the number of frames VHS would return,
     `cap_prop_fps` OpenCV's CAP_PROP_FPS, `start_time` the video stream's first timestamp in
-    seconds (VHS ignores it: frame 0 is the first decoded frame).
+    seconds (VHS ignores it: frame 0 is the first decoded frame). `width` x `height` is the
+    frame size after `rotation` (a phone's portrait video is turned upright, as OpenCV's
+    CAP_PROP_ORIENTATION_AUTO does for VHS).
     """
 
     path: Path
@@ -58,6 +60,8 @@ class StreamInfo:
     pix_fmt: str
     start_time: float
     frame_count_from_header: bool
+    rotation: int = 0  # degrees clockwise applied to every frame (the display matrix, as OpenCV does)
+    constant_rate: bool = True  # average rate == base rate (False: variable frame rate)
 
     @property
     def duration(self) -> float:
@@ -71,7 +75,8 @@ def _open(path: Path):
     try:
         return av.open(str(path), metadata_errors="ignore")
     except (av.error.FFmpegError, OSError, UnicodeDecodeError) as exc:
-        raise DecodeError(path, f"not a readable video ({type(exc).__name__}: {exc})") from exc
+        why = getattr(exc, "strerror", None) or str(exc)
+        raise DecodeError(path, f"is not a video FFmpeg can read ({why})") from exc
 
 
 def _video_stream(container, path: Path):
@@ -127,10 +132,59 @@ def read_stream_info(path: Path | str) -> StreamInfo:
             raise DecodeError(path, "has no video frames")
         ctx = stream.codec_context
         start = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
-        return StreamInfo(path=path, width=int(ctx.width), height=int(ctx.height), fps=loaded_fps(cap),
-                          cap_prop_fps=cap, frame_count=frames, codec=str(ctx.name),
-                          pix_fmt=str(ctx.pix_fmt or ""), start_time=start,
-                          frame_count_from_header=from_header)
+        codec, pix_fmt = str(ctx.name), str(ctx.pix_fmt or "")
+        constant = _is_constant_rate(stream)
+    height, width, rotation = _first_frame(path)
+    if rotation in (90, 270):
+        width, height = height, width
+    return StreamInfo(path=path, width=int(width), height=int(height), fps=loaded_fps(cap), cap_prop_fps=cap,
+                      frame_count=frames, codec=codec, pix_fmt=pix_fmt, start_time=start,
+                      frame_count_from_header=from_header, rotation=rotation, constant_rate=constant)
+
+
+def node_differences(info: StreamInfo) -> list[str]:
+    """What a user should know about how this video's frames relate to ComfyUI's (warnings).
+
+    Empty for the common case (constant rate, no rotation, sizes a multiple of 8).
+    """
+    notes = []
+    if info.width % 8 or info.height % 8:
+        notes.append(f"{info.path.name} is {info.width}x{info.height}, not a multiple of 8: VHS's default "
+                     "'AnimateDiff' format would first resize it with Lanczos, so ComfyUI's features differ "
+                     "slightly from these (re-encode to a multiple of 8 to match exactly)")
+    if info.rotation:
+        notes.append(f"{info.path.name} carries rotation metadata: frames are turned {info.rotation} degrees "
+                     "clockwise, as VHS (OpenCV) does")
+    if not info.constant_rate:
+        notes.append(f"{info.path.name} has a variable frame rate: frames are taken in decode order at its "
+                     f"average {info.fps:.3f} fps, as VHS does, so their timing can drift from the audio")
+    return notes
+
+
+def _clockwise(frame) -> int:
+    """Clockwise degrees OpenCV turns a frame by (0, 90, 180, 270) from its display matrix."""
+    angle = int(-round(getattr(frame, "rotation", 0) or 0)) % 360
+    return angle if angle in (90, 180, 270) else 0
+
+
+def _first_frame(path: Path) -> tuple[int, int, int]:
+    """(height, width, clockwise rotation) of the first decoded frame; DecodeError if none decodes."""
+    import av
+
+    with _open(path) as container:
+        try:
+            frame = next(container.decode(_video_stream(container, path)), None)
+        except av.error.FFmpegError as exc:
+            raise DecodeError(path, f"its first frame does not decode ({exc})") from exc
+        if frame is None:
+            raise DecodeError(path, "has a video stream but no frame of it decodes")
+        return int(frame.height), int(frame.width), _clockwise(frame)
+
+
+def _orient(rgb: np.ndarray, rotation: int) -> np.ndarray:
+    if rotation == 0:
+        return rgb
+    return np.ascontiguousarray(np.rot90(rgb, k={90: -1, 180: 2, 270: 1}[rotation]))
 
 
 # Seek instead of decoding from the start only when the first wanted frame is this far in.
@@ -142,14 +196,20 @@ def _is_constant_rate(stream) -> bool:
     return bool(stream.average_rate and stream.base_rate and stream.average_rate == stream.base_rate)
 
 
-def _sequential(container, stream, path: Path, wanted: list[int]) -> Iterator[tuple[int, np.ndarray]]:
+def _rgb(frame, rotate: bool) -> np.ndarray:
+    """rgb24 (H, W, 3) uint8, turned upright by the display matrix when `rotate`."""
+    rgb = frame.to_ndarray(format="rgb24")
+    return _orient(rgb, _clockwise(frame)) if rotate else rgb
+
+
+def _sequential(container, stream, path: Path, wanted: list[int], rotate: bool) -> Iterator[tuple[int, np.ndarray]]:
     import av
 
     pos, index = 0, -1
     try:
         for index, frame in enumerate(container.decode(stream)):
             if index == wanted[pos]:
-                yield index, frame.to_ndarray(format="rgb24")
+                yield index, _rgb(frame, rotate)
                 pos += 1
                 if pos == len(wanted):
                     return
@@ -157,7 +217,7 @@ def _sequential(container, stream, path: Path, wanted: list[int]) -> Iterator[tu
         raise DecodeError(path, f"failed while decoding frame {index + 1} ({type(exc).__name__}: {exc})") from exc
 
 
-def _seeked(container, stream, wanted: list[int]) -> Iterator[tuple[int, np.ndarray]] | None:
+def _seeked(container, stream, wanted: list[int], rotate: bool) -> Iterator[tuple[int, np.ndarray]] | None:
     """Seek to a keyframe before wanted[0] and number frames by timestamp; None if that is unsafe."""
     fps = cap_prop_fps(stream)
     tb = stream.time_base
@@ -181,7 +241,7 @@ def _seeked(container, stream, wanted: list[int]) -> Iterator[tuple[int, np.ndar
             if wanted[pos] < index:
                 raise DecodeError(container.name, f"frame {wanted[pos]} was skipped after a seek")
             if index == wanted[pos]:
-                yield index, frame.to_ndarray(format="rgb24")
+                yield index, _rgb(frame, rotate)
                 pos += 1
                 if pos == len(wanted):
                     return
@@ -194,13 +254,15 @@ def _chain(first, rest):
     yield from rest
 
 
-def iter_frames(path: Path | str, indices: Iterable[int], *, seek: bool = True) -> Iterator[tuple[int, np.ndarray]]:
+def iter_frames(path: Path | str, indices: Iterable[int], *, seek: bool = True,
+                rotate: bool = True) -> Iterator[tuple[int, np.ndarray]]:
     """Yield `(index, rgb24 uint8 (H, W, 3))` for each wanted frame index, in increasing order.
 
     Index i is the i-th decoded frame (VHS's numbering). Decoding stops after the largest
     wanted index; frames that are not wanted are dropped as they are decoded. When the first
     wanted frame is far into a constant-rate stream (and `seek`), the decoder seeks to the
-    keyframe before it instead of decoding from the start, numbering frames by timestamp. If
+    keyframe before it instead of decoding from the start, numbering frames by timestamp. With
+    `rotate`, frames are turned upright by the stream's display matrix (as OpenCV does). If
     the file ends early, the missing indices are simply not yielded (the caller checks).
     """
     path = Path(path)
@@ -210,12 +272,20 @@ def iter_frames(path: Path | str, indices: Iterable[int], *, seek: bool = True) 
     if seek and wanted[0] >= SEEK_MIN_FRAMES:
         with _open(path) as container:
             stream = _video_stream(container, path)
-            seeked = _seeked(container, stream, wanted) if _is_constant_rate(stream) else None
+            seeked = _seeked(container, stream, wanted, rotate) if _is_constant_rate(stream) else None
             if seeked is not None:
                 yield from seeked
                 return
     with _open(path) as container:  # from the start (a fresh demuxer, as VHS reads it)
-        yield from _sequential(container, _video_stream(container, path), path, wanted)
+        yield from _sequential(container, _video_stream(container, path), path, wanted, rotate)
+
+
+def count_decoded_frames(path: Path | str) -> int:
+    """How many frames really decode (VHS's T when a header's count is wrong); decodes them all,
+    keeping none."""
+    path = Path(path)
+    with _open(path) as container:
+        return sum(1 for _ in container.decode(_video_stream(container, path)))
 
 
 def decode_frames(path: Path | str, indices: Iterable[int] | None = None) -> np.ndarray:

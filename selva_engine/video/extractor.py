@@ -26,7 +26,13 @@ import numpy as np
 import torch
 
 from selva_engine.video import frames as fr
-from selva_engine.video.decode import DecodeError, decode_frames, iter_frames, read_stream_info
+from selva_engine.video.decode import (
+    DecodeError,
+    count_decoded_frames,
+    decode_frames,
+    iter_frames,
+    read_stream_info,
+)
 
 if TYPE_CHECKING:
     from selva_engine.video.encoders import VideoEncoders
@@ -120,9 +126,22 @@ def _resize_stream(path: Path, plan: fr.FramePlan, skipped: int) -> tuple[torch.
             sync[sync_pos[src]] = fr.resize_frames(x, fr.SYNC_SIZE)
         seen += 1
     if seen != len(plan.needed):
-        raise DecodeError(path, f"ended after fewer frames than its header declares ({plan.num_frames + skipped})",
-                          "re-encode it so the header is right, e.g. `ffmpeg -i IN -c:v libx264 OUT.mp4`")
+        raise _ShortVideo()
     return clip, sync
+
+
+class _ShortVideo(Exception):
+    """Fewer frames decoded than the header declared (the plan must be redone on the real count)."""
+
+
+def _plan(path: Path, frame_count: int, fps: float, skipped: int, duration: float, start: float) -> fr.FramePlan:
+    if skipped >= frame_count:
+        raise DecodeError(path, f"has {frame_count} frames, none after start {start} s", "choose a start inside the video")
+    plan = fr.plan_frames(frame_count - skipped, fps, duration)
+    if plan.duration > MAX_DURATION:
+        raise DecodeError(path, f"is {plan.duration:.0f} s long; encoding more than {MAX_DURATION:.0f} s at once "
+                          "would need too much memory", "give a duration (e.g. 8 seconds) or split the video")
+    return plan
 
 
 def prepare_frames(path: Path | str, *, duration: float = 0.0, start: float = 0.0,
@@ -132,14 +151,16 @@ def prepare_frames(path: Path | str, *, duration: float = 0.0, start: float = 0.
     path = Path(path)
     info = read_stream_info(path)
     skipped = _skip_frames(info.fps, start)
-    if skipped >= info.frame_count:
-        raise DecodeError(path, f"has {info.frame_count} frames, none after start {start} s",
-                          "choose a start inside the video")
-    plan = fr.plan_frames(info.frame_count - skipped, info.fps, duration)
-    if plan.duration > MAX_DURATION:
-        raise DecodeError(path, f"is {plan.duration:.0f} s long; encoding more than {MAX_DURATION:.0f} s at once "
-                          "would need too much memory", "give a duration (e.g. 8 seconds) or split the video")
-    clip_resized, sync_resized = _resize_stream(path, plan, skipped)
+    plan = _plan(path, info.frame_count, info.fps, skipped, duration, start)
+    try:
+        clip_resized, sync_resized = _resize_stream(path, plan, skipped)
+    except _ShortVideo:  # the header over-counts: VHS uses the frames that decode, so do we
+        plan = _plan(path, count_decoded_frames(path), info.fps, skipped, duration, start)
+        try:
+            clip_resized, sync_resized = _resize_stream(path, plan, skipped)
+        except _ShortVideo:
+            raise DecodeError(path, "decodes to a different number of frames each time",
+                              "re-encode it, e.g. `ffmpeg -i IN -c:v libx264 -pix_fmt yuv420p OUT.mp4`") from None
     clip, sync = clip_resized, sync_resized
     if mask is not None:
         m = torch.from_numpy(load_mask(mask, start_frame=skipped))

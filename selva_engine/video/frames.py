@@ -103,8 +103,13 @@ def plan_frames(num_frames: int, fps: float, duration: float = 0.0) -> FramePlan
 
 
 def resize_frames(frames: torch.Tensor, size: int) -> torch.Tensor:
-    """(N, H, W, 3) float in [0, 1] -> (N, 3, size, size): bicubic, no antialias, then clamp(0, 1)."""
-    x = frames.permute(0, 3, 1, 2)
+    """(N, H, W, 3) float in [0, 1] -> (N, 3, size, size): bicubic, no antialias, then clamp(0, 1).
+
+    The input is made contiguous (N, 3, H, W) first: PyTorch's CPU kernel is about twice as fast
+    on that layout than on the permuted view the node passes, with bit-identical results
+    (the e2e goldens' SHA-256 of the resized frames pin it).
+    """
+    x = frames.permute(0, 3, 1, 2).contiguous()
     x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False)
     return x.clamp(0.0, 1.0)
 

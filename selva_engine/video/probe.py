@@ -9,8 +9,9 @@ stream decodes. Each refusal is one `VideoError` naming the file, the problem an
 Odd but valid videos are accepted with `VideoInfo.warnings` saying what differs from the
 frames ComfyUI's VHS "Load Video" node would give: sizes that are not a multiple of 8 (VHS's
 default format rescales those with Lanczos; we decode at the stored size, as its cv2 path
-does for multiples of 8), rotation metadata (frames are used as stored), a variable frame
-rate (frames are chosen by index at the average rate, as VHS does), fewer than 16 sync frames.
+does for multiples of 8), a variable frame
+rate (frames are chosen by index at the average rate, as VHS does), fewer than 16 sync frames;
+rotation metadata (the decoder turns frames upright as VHS/OpenCV does) is said too.
 
 Timing (golden/video/README.md section 10, `e2e_d`): VHS's frame 0 is the first decoded frame,
 at file time `video_start`, while a plain audio decode starts at `audio_start`. Seconds given
@@ -66,7 +67,7 @@ class VideoInfo:
 
     `fps` is VHS's `loaded_fps` (`1 / (1 / CAP_PROP_FPS)`), `frame_count` the frames it would
     return, `duration = frame_count / fps`; `video_start` / `audio_start` are the streams' first
-    timestamps in file seconds; `rotation` the display rotation in degrees (0 when none).
+    timestamps in file seconds; `rotation` the clockwise turn OpenCV applies (0, 90, 180, 270).
     `warnings` say what differs from VHS for this file (empty for an ordinary clip).
     """
 
@@ -183,10 +184,11 @@ def _warnings(info: VideoInfo) -> tuple[str, ...]:
     out: list[str] = []
     if info.width % 8 or info.height % 8:
         out.append(f"{info.width}x{info.height} is not a multiple of 8: ComfyUI's VHS Load Video "
-                   "(default format) would first rescale it to a multiple of 8; the stored size is used")
+                   "(default format) would first rescale it to a multiple of 8 (Lanczos), so its features differ "
+                   "slightly; re-encode to a multiple of 8 to match exactly")
     if info.rotation:
-        out.append(f"has {info.rotation}° rotation metadata: frames are used as stored (not rotated); "
-                   "rotate the file (`ffmpeg -i IN OUT.mp4` applies it) if the picture should turn")
+        out.append(f"carries rotation metadata: frames are turned {info.rotation}° clockwise, as VHS "
+                   "(OpenCV) does")
     if info.variable_rate:
         out.append(f"has a variable frame rate: frames are chosen by index at the average {info.fps:.3f} fps, "
                    "as VHS does, so timing can drift from the audio; re-encode at a constant rate to avoid it")
@@ -237,7 +239,7 @@ def probe_video(path: Path | str, *, root: Path | str | None = None,
     with f:
         head = _read_header(path, f, limits)
         first = _first_frame(path, f)
-    rotation = int(getattr(first, "rotation", 0) or 0) % 360
+    rotation = int(-round(getattr(first, "rotation", 0) or 0)) % 360  # clockwise, as OpenCV turns it
     info = VideoInfo(path=path, duration=head["frame_count"] / head["fps"], rotation=rotation, **head)
     return VideoInfo(**{**info.__dict__, "warnings": _warnings(info)})
 

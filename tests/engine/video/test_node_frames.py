@@ -115,3 +115,125 @@ def test_a_non_video_gets_one_readable_error(tmp_path, content):
     with pytest.raises(DecodeError) as err:
         read_stream_info(bad)
     assert str(bad) in str(err.value) and "fix" in str(err.value)
+
+
+def test_rotation_metadata_turns_frames_upright_as_opencv_does(tmp_path):
+    import av
+
+    from selva_engine.video.decode import node_differences
+
+    path = tmp_path / "portrait.mp4"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 32, "yuv420p"
+        stream.set_display_rotation(-90)  # what a phone writes for a portrait recording
+        for _ in range(3):
+            img = np.zeros((32, 64, 3), np.uint8)
+            img[:8, :16] = 255  # a box at the top left
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    info = read_stream_info(path)
+    assert (info.width, info.height, info.rotation) == (32, 64, 90)
+    frame = decode_frames(path, [0])[0]
+    assert frame.shape == (64, 32, 3)
+    assert frame[:16, -8:].mean() > 0.9 and frame[-16:, :8].mean() < 0.1  # now at the top right
+    assert any("rotation" in n for n in node_differences(info))
+    odd = read_stream_info(write_video(tmp_path / "odd.mp4", frames=5, width=60, height=34))
+    assert any("not a multiple of 8" in n for n in node_differences(odd))
+
+
+def test_decoding_stops_after_the_last_needed_frame_and_keeps_one_source_frame(tmp_path, monkeypatch):
+    import tracemalloc
+
+    from selva_engine.video import decode
+
+    video = write_video(tmp_path / "long.mkv", frames=150, rate=25, width=320, height=192, gop=25)
+    decoded = []
+    real_open = decode._open
+
+    class Counting:
+        def __init__(self, container):
+            self.c = container
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return self.c.__exit__(*exc)
+
+        def __getattr__(self, name):
+            return getattr(self.c, name)
+
+        def decode(self, stream):
+            for frame in self.c.decode(stream):
+                decoded.append(frame)
+                yield frame
+
+    monkeypatch.setattr(decode, "_open", lambda path: Counting(real_open(path)))
+    tracemalloc.start()
+    p = prepare_frames(video, duration=2.0)  # 2 s of a 6 s video
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert p.plan.num_frames == 150 and p.clip.shape[0] == 16 and p.sync.shape[0] == 50
+    assert len(decoded) <= 50 + 1 + 1  # frames 0..49 (+ the header's first frame)
+    assert peak < 4 * 320 * 192 * 3  # a few source frames in numpy at most, never the video
+
+
+def test_mask_files_equal_mask_arrays(tmp_path):
+    import av
+    from PIL import Image
+
+    from selva_engine.video.extractor import load_mask
+
+    video = write_video(tmp_path / "v.mp4", frames=30, rate=25, width=64, height=48)
+    static = np.zeros((48, 64), np.uint8)
+    static[8:40, 16:48] = 255
+    Image.fromarray(static).save(tmp_path / "v.mask.png")
+    from_png = prepare_frames(video, mask=tmp_path / "v.mask.png", mask_strength=0.7)
+    from_array = prepare_frames(video, mask=static.astype(np.float32) / 255.0, mask_strength=0.7)
+    assert torch.equal(from_png.clip, from_array.clip) and torch.equal(from_png.sync, from_array.sync)
+
+    moving = tmp_path / "v.mask.mkv"
+    with av.open(str(moving), "w") as out:  # lossless, so the decoded mask is exact
+        stream = out.add_stream("ffv1", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "gray"
+        for i in range(30):
+            img = np.zeros((48, 64, 3), np.uint8)
+            img[:, i:i + 20] = 255
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    arr = load_mask(moving)
+    assert arr.shape == (30, 48, 64) and set(np.unique(arr)) == {0.0, 1.0}
+    assert np.array_equal(load_mask(moving, start_frame=5), arr[5:])
+    a = prepare_frames(video, mask=moving, mask_strength=1.0)
+    b = prepare_frames(video, mask=arr, mask_strength=1.0)
+    assert torch.equal(a.clip, b.clip) and torch.equal(a.sync, b.sync)
+
+
+@pytest.mark.parametrize("hw", [(45, 80), (120, 160), (361, 643)])
+def test_our_resize_layout_is_bit_identical_to_the_nodes(hw):
+    x = torch.rand(3, *hw, 3, generator=torch.Generator().manual_seed(hw[0]))
+    for size in (fr.CLIP_SIZE, fr.SYNC_SIZE):
+        node = torch.nn.functional.interpolate(x.permute(0, 3, 1, 2), size=(size, size), mode="bicubic",
+                                               align_corners=False).clamp(0, 1)
+        assert torch.equal(fr.resize_frames(x, size), node)
+        assert torch.equal(fr.resize_frames(x[1:2], size), node[1:2])  # one frame at a time: the same
+
+
+def test_a_header_that_overcounts_frames_falls_back_to_the_decoded_count(tmp_path, monkeypatch):
+    import dataclasses
+
+    from selva_engine.video import extractor
+
+    video = write_video(tmp_path / "v.mp4", frames=20, rate=25)
+    right = prepare_frames(video)
+    real = extractor.read_stream_info
+    monkeypatch.setattr(extractor, "read_stream_info",
+                        lambda p: dataclasses.replace(real(p), frame_count=real(p).frame_count + 30))
+    fixed = prepare_frames(video)
+    assert fixed.plan.num_frames == 20 and fixed.plan.duration == right.plan.duration == 0.8
+    assert torch.equal(fixed.sync, right.sync)
