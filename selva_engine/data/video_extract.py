@@ -16,6 +16,7 @@ keyed by content, so the trainer reads it like any clip's audio file.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -60,15 +61,32 @@ def video_identity(weights: Any) -> str:
     return FeatureCache.key(*parts)
 
 
+_HASHES: dict[tuple[str, int, int, int], str] = {}  # (path, size, mtime_ns, inode) -> sha256
+
+
+def _content_hash(path: Path) -> str:
+    """sha256 of a file, read once per version: the windows of a split video share it."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return hash_file(path)  # raises the DatasetError saying why it is not read
+    key = (str(path), st.st_size, st.st_mtime_ns, st.st_ino)
+    if key not in _HASHES:
+        if len(_HASHES) > 4096:
+            _HASHES.clear()
+        _HASHES[key] = hash_file(path)
+    return _HASHES[key]
+
+
 def _mask_digest(clip: VideoClip) -> str:
     if clip.mask_path is None:
         return "no-mask"
-    return f"{hash_file(clip.mask_path)}:{clip.mask_strength!r}:{clip.mask_clip}:{clip.mask_sync}"
+    return f"{_content_hash(clip.mask_path)}:{clip.mask_strength!r}:{clip.mask_clip}:{clip.mask_sync}"
 
 
 def video_cache_key(clip: VideoClip, identity: str) -> str:
     """The content key of one clip's features: everything that changes what the node writes."""
-    return FeatureCache.key("video-features", hash_file(clip.video_path), clip.prompt, _mask_digest(clip),
+    return FeatureCache.key("video-features", _content_hash(clip.video_path), clip.prompt, _mask_digest(clip),
                             repr(clip.start), repr(clip.duration), identity)
 
 
@@ -107,7 +125,7 @@ def _audio_file(cache: FeatureCache, clip: VideoClip) -> Path:
     if clip.audio_path is not None and clip.start == 0.0:
         return clip.audio_path
     source = clip.audio_path or clip.video_path
-    key = FeatureCache.key("audio-window", hash_file(source), "own" if clip.audio_path is None else "file",
+    key = FeatureCache.key("audio-window", _content_hash(source), "own" if clip.audio_path is None else "file",
                            repr(clip.start), repr(clip.duration))
     path = cache.root / "audio" / key[:2] / f"{key}.wav"
     if not path.is_file():

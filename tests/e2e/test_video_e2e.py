@@ -87,7 +87,7 @@ def test_video_dataset_trains_to_done(make_tree, tiny_weights: Path, tmp_path: P
     _need_video_encoders(tiny_weights)
     tree: DaemonTree = make_tree(settle=0.5)
     _good(tree.dataset("engines"))
-    tree.write_job("engines", "engines", steps=10, save_every=5)
+    tree.write_job("engines", "engines", steps=4, save_every=2)
     tree.start()
     run = tree.wait_for(lambda: [r for r in tree.runs(job="engines") if r.kind == "train"], 120,
                         "the engines training run")[0]

@@ -112,14 +112,20 @@ def test_own_track_window_aligned(tmp_path: Path) -> None:
     np.testing.assert_allclose(wave.T, samples, atol=1e-7)
 
 
-def test_split_windows_each_their_audio(tmp_path: Path) -> None:
+def test_split_windows_each_their_audio(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ds = tmp_path / "rain"
     ds.mkdir()
     make_video(ds / "long.mp4", seconds=17.0, fps=4, width=32, height=32)
     rate = 16000
     ramp = (np.arange(17 * rate) / (17 * rate)).astype(np.float32)
     sf.write(ds / "long.wav", ramp, rate, subtype="FLOAT")
+    import selva_engine.data.video_extract as VX
+
+    read: list[Path] = []
+    real = VX.hash_file
+    monkeypatch.setattr(VX, "hash_file", lambda p: read.append(Path(p)) or real(p))
     clips, problems, stats = _run(ds, FeatureCache(tmp_path / "cache"), video={"split": True})
+    assert read.count(ds / "long.mp4") == 1  # three windows, the video read once
     assert problems == [] and [c.stem for c in clips] == ["long_part01", "long_part02", "long_part03"]
     second, _ = sf.read(clips[1].audio_path)
     assert second[0] == pytest.approx(ramp[8 * rate], abs=1e-6) and len(second) == 8 * rate
