@@ -87,7 +87,12 @@ wrong, or cannot be read safely, is an error; what is only ignored is a warning.
   - an audio file without its .npz is a warning: it is harmless and simply not trained on
   - files that are not regular files (FIFOs, devices, directories named like a clip),
     links out of the dataset directory and unreadable files are errors and never opened
-  - prompts.txt names must be plain .npz file names of the dataset (no paths)
+  - prompts.txt names must be plain .npz file names of the dataset (no paths), or a
+    video's file name (clip.mp4:)
+  - videos (.mp4 .mov .mkv .webm .avi) are clips: stem.wav beside one is its clean
+    recording, else its own sound track is used (a warning); a video that is not a video,
+    has no picture or frames, declares absurd sizes, does not decode or has no sound at all
+    is an error; dataset.toml [video] sets split, mask_strength, mask_clip, mask_sync
 Repeated findings of one kind are summarised: the first 5 warnings (20 errors) are
 listed, then "... and N more like this".
 Exit status: 0 when nothing blocks training, 1 when there are errors.
