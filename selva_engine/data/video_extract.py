@@ -55,10 +55,20 @@ def video_identity(weights: Any) -> str:
     """A stable key of the video encoders' weights (TextSynch file, the open_clip checkpoint whose
     image tower is used, the T5 directory when the weights name one)."""
     parts = ["video-encoders"]
-    for name in ("video_encoder", "text_encoder", "t5_encoder"):
-        path = getattr(weights, name, None)
+    paths = [getattr(weights, "video_encoder", None), getattr(weights, "text_encoder", None), _t5_dir(weights)]
+    for path in paths:
         parts.append(directory_fingerprint(path) if path is not None and Path(path).exists() else "-")
     return FeatureCache.key(*parts)
+
+
+def _t5_dir(weights: Any) -> Path | None:
+    """The T5 directory the encoders would load (None when it cannot be found yet)."""
+    try:
+        from selva_engine.weights.locate import find_t5_dir
+
+        return Path(find_t5_dir(weights.selva_dir))
+    except (ImportError, OSError, ValueError, AttributeError):
+        return None
 
 
 _HASHES: dict[tuple[str, int, int, int], str] = {}  # (path, size, mtime_ns, inode) -> sha256
