@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every GPU measurement of issue 14 in one command, on the lent device machine:
-#   source .whl/env.sh && bash bench/gpu_report.sh [all|main|compile|profile|golden]
+#   source .whl/env.sh && bash bench/gpu_report.sh [all|main|compile|profile|extract|golden]
 # (call the device with carry [".whl", ".golden"]; ../shared/tools/device-prep.sh makes them).
 #   main     before (the faithful ComfyUI-SelVA loop) and after (ours), with and without
 #            activation checkpointing, at small_16k@16, large_44k@4, large_44k@16: step ms,
@@ -10,6 +10,9 @@
 #            and @4 (compile time in a note)
 #   profile  the top kernels of ours at large_44k@16 (torch.profiler, 3 steps)
 #   golden   the conformance goldens on the GPU's stack (.golden)
+#   extract  video feature extraction, the node's path vs ours (bench/extract_throughput.py):
+#            clips/s, ms per clip by stage, peak memory; 1080p 8-s clips and 30-s videos
+#            of which 8 s are encoded; last line `speedup: X.XX`
 # Each stage runs under its own time limit (STAGE_TIMEOUT seconds, default 540) so that one
 # device call of at most 10 minutes can run one stage; `all` runs them in turn.
 set -euo pipefail
@@ -41,6 +44,14 @@ run_profile() {
   stage "profile of ours, large_44k@16" \
     "$PY" bench/train_throughput.py --variant large_44k --batch 16 --steps 3 --rounds 1 --profile
 }
+run_extract() {
+  stage "extract: 8 clips of 8 s at 1920x1080, batch 8" \
+    "$PY" bench/extract_throughput.py --clips 8 --seconds 8 --duration 8 --width 1920 --height 1080 --batch 8 \
+    ${SELVA_DIR:+--selva_dir "$SELVA_DIR"}
+  stage "extract: 2 videos of 30 s at 1920x1080, 8 s encoded each (memory must not grow with length)" \
+    "$PY" bench/extract_throughput.py --clips 2 --seconds 30 --duration 8 --width 1920 --height 1080 --batch 2 \
+    --rounds 1 ${SELVA_DIR:+--selva_dir "$SELVA_DIR"}
+}
 run_golden() {
   stage "goldens" "$PY" -m selva_engine.conformance "${SELVA_GOLDEN_DIR:-.golden}"
 }
@@ -50,6 +61,7 @@ case "${1:-all}" in
   compile) run_compile ;;
   profile) run_profile ;;
   golden) run_golden ;;
-  all) run_main; run_compile; run_profile; run_golden ;;
-  *) echo "usage: bench/gpu_report.sh [all|main|compile|profile|golden]" >&2; exit 2 ;;
+  extract) run_extract ;;
+  all) run_main; run_compile; run_profile; run_extract; run_golden ;;
+  *) echo "usage: bench/gpu_report.sh [all|main|compile|profile|extract|golden]" >&2; exit 2 ;;
 esac

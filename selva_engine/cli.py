@@ -178,7 +178,8 @@ def _human(event: dict) -> str | None:
         name = Path(event["adapter"]).name
         return (f"done: step {event.get('step')}, final adapter {event['adapter']} (the "
                 f"adapter_final.pt of the earlier run in this folder is kept; this run's is {name})")
-    if kind in ("extract_start", "extract_done", "train_start", "resumed", "done", "interrupted"):
+    if kind in ("extract_start", "extract_done", "video_extract_start", "video_extract_done",
+                "train_start", "resumed", "done", "interrupted"):
         rest = {k: v for k, v in event.items() if k not in ("event", "time") and v is not None}
         return f"{kind}: " + ", ".join(f"{k}={_value(k, v)}" for k, v in rest.items())
     return None
@@ -331,6 +332,7 @@ def extract_main(argv: list[str] | None = None) -> int:
 
     from selva_engine.data.dataset import load_dataset
     from selva_engine.data.extract import FeatureCache, extract_clips
+    from selva_engine.data.video_extract import add_video_clips
     from selva_engine.errors import DatasetError
     from selva_engine.io import UnsafeFileError
     from selva_engine.model.variants import get_variant
@@ -343,12 +345,14 @@ def extract_main(argv: list[str] | None = None) -> int:
         variant = get_variant(args.variant)
         weights = resolve(args.selva_dir, variant.name)
         scan = load_dataset(args.data_dir, variant, collect=True)
+        device = args.device if args.device != "auto" else ("cuda" if _cuda() else "cpu")
+        cache = FeatureCache(args.cache_dir)
+        add_video_clips(scan, variant, weights=weights, cache=cache, device=device, progress=emit)
         for problem in scan.problems:
             emit({"event": "warning", "message": f"skipping clip: {problem}"})
-        device = args.device if args.device != "auto" else ("cuda" if _cuda() else "cpu")
         emit({"event": "extract_start", "clips": len(scan.clips)})
-        _, _, stats = extract_clips(scan.clips, variant, weights=weights,
-                                    cache=FeatureCache(args.cache_dir), device=device, progress=emit)
+        _, _, stats = extract_clips(scan.clips, variant, weights=weights, cache=cache, device=device,
+                                    progress=emit)
         emit({"event": "extract_done", **stats.to_dict()})
     except (DatasetError, MissingWeightsError, UnsafeFileError, FileNotFoundError, ValueError) as exc:
         emit({"event": "error", "error": type(exc).__name__, "message": str(exc)})
@@ -365,13 +369,21 @@ def _cuda() -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m selva_engine.cli {train,extract,sample} ...` (what the daemon's worker runs)."""
+    """`python -m selva_engine.cli {train,extract,sample,extract-video} ...` (what the daemon's worker runs)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"train": train_main, "extract": extract_main, "sample": sample_main}
+    commands = {"train": train_main, "extract": extract_main, "sample": sample_main,
+                "extract-video": extract_video_main}
     if not argv or argv[0] not in commands:
         print(f"usage: python -m selva_engine.cli {{{','.join(commands)}}} [options]", file=sys.stderr)
         return 2
     return commands[argv[0]](argv[1:])
+
+
+def extract_video_main(argv: list[str] | None = None) -> int:
+    """`selva-extract` / `extract-video`: the Feature Extractor node's `.npz` for video files."""
+    from selva_engine.video.cli import main
+
+    return main(argv)
 
 
 def eval_main(argv: list[str] | None = None) -> int:

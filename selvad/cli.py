@@ -403,6 +403,9 @@ def build_parser() -> argparse.ArgumentParser:
                           f"{DEFAULT_CONFIG_PATH} when it exists)")
     v = sub.add_parser("validate", help="check a dataset directory", add_help=False)
     v.add_argument("rest", nargs=argparse.REMAINDER)
+    x = sub.add_parser("export", help="write a dataset's clips as .npz + .flac for ComfyUI-SelVA's "
+                       "trainer", add_help=False)
+    x.add_argument("rest", nargs=argparse.REMAINDER)
     s = sub.add_parser("status", parents=[common], help="queue overview and the current run")
     s.add_argument("--json", action="store_true")
     s.add_argument("--all", action="store_true", help="every finished run, not the last 5")
@@ -499,7 +502,11 @@ def _state_command(handler: Callable[[argparse.Namespace], int]
 
 
 def _dispatch(argv: list[str]) -> int:
-    if argv and argv[0] in ("validate", "train", "sample"):  # own parsers, own --help
+    if argv and argv[0] in ("validate", "export", "train", "sample"):  # own parsers, own --help
+        if argv[0] == "export":
+            from selvad.datasets.export import main as export_main
+
+            return export_main(argv[1:])
         if argv[0] == "validate":
             from selvad.datasets.validate import main as validate_main
 

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["EXPECTED_OUTPUTS", "DemoStopped", "copy_slowly", "free_listen", "make_dataset",
-           "missing_outputs", "run_demo", "write_clip"]
+           "missing_outputs", "run_demo", "write_clip", "write_demo_video", "write_demo_videos"]
 
 MARKER = ".selvad-demo"  # marks a directory this command created (safe to recreate)
 EXPECTED_OUTPUTS = ("run.toml", "validation.toml", "adapter_step*.pt", "adapter_final.pt",
@@ -69,6 +69,61 @@ def write_clip(directory: Path, stem: str, *, index: int, variant: str = "tiny_1
              prompt=np.array(prompt or PROMPTS[index % len(PROMPTS)]),
              duration=np.array(seq.duration))
     return npz, wav
+
+
+def _video_frame(i: int, width: int, height: int, hue: int) -> np.ndarray:
+    """Frame i of a demo video: a gradient with a box moving left to right, uint8 (H, W, 3)."""
+    y, x = np.mgrid[0:height, 0:width]
+    img = np.stack([(x * 4 + hue) % 256, (y * 5 + 3 * i) % 256, np.full_like(x, (hue + 9 * i) % 256)], axis=-1)
+    left = (3 * i) % max(1, width - 12)
+    img[height // 3:height // 3 + 12, left:left + 12] = 255
+    return img.astype(np.uint8)
+
+
+def write_demo_video(path: Path, *, seconds: float, freq: float, with_audio: bool, fps: int = 12,
+                     width: int = 96, height: int = 64, rate: int = 16000) -> Path:
+    """A small H.264 video made with PyAV (FFmpeg in its wheel): a moving box, and optionally an
+    AAC track with a `freq` Hz tone pulsing twice a second (the sound the box makes)."""
+    import av
+
+    with av.open(str(path), "w") as out:
+        video = out.add_stream("libx264", rate=fps)
+        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+        video.options = {"preset": "ultrafast", "crf": "23"}
+        audio = out.add_stream("aac", rate=rate, layout="mono") if with_audio else None
+        for i in range(round(seconds * fps)):
+            frame = av.VideoFrame.from_ndarray(_video_frame(i, width, height, int(freq) % 256), format="rgb24")
+            out.mux(video.encode(frame))
+        out.mux(video.encode(None))
+        if audio is not None:
+            t = np.arange(int(seconds * rate)) / rate
+            wave = (0.3 * np.sin(2 * np.pi * freq * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 2 * t))).astype(np.float32)
+            for lo in range(0, wave.size, 1024):
+                block = av.AudioFrame.from_ndarray(wave[None, lo:lo + 1024].copy(), format="fltp", layout="mono")
+                block.sample_rate, block.pts = rate, lo
+                out.mux(audio.encode(block))
+            out.mux(audio.encode(None))
+    return path
+
+
+def write_demo_videos(directory: Path, variant: str = "tiny_16k") -> list[Path]:
+    """Two short synthetic videos for the video path: `door_slam.mp4` with its clean recording
+    `door_slam.wav` beside it (the guide's way), and `engine_idle.mp4` whose own sound track is
+    used (the daemon warns that clean recordings are better). Returns every file written."""
+    import soundfile as sf
+
+    from selva_engine.model.variants import get_variant
+
+    directory.mkdir(parents=True, exist_ok=True)
+    sr = get_variant(variant).sequence().sampling_rate
+    door = write_demo_video(directory / "door_slam.mp4", seconds=3.0, freq=180.0, with_audio=False)
+    t = np.arange(3 * sr) / sr
+    thud = 0.5 * np.sin(2 * np.pi * 90 * t) * np.exp(-6 * (t % 1.5))
+    sf.write(directory / "door_slam.wav", thud.astype(np.float32), sr, subtype="PCM_16")
+    engine = write_demo_video(directory / "engine_idle.mp4", seconds=4.0, freq=110.0, with_audio=True)
+    (directory / "prompts.txt").write_text("door_slam.mp4: a heavy door slams\n"
+                                           "engine_idle.mp4: an engine idling\n")
+    return [door, directory / "door_slam.wav", engine, directory / "prompts.txt"]
 
 
 def make_dataset(directory: Path, n: int, variant: str = "tiny_16k", seed: int = 0,
@@ -226,6 +281,9 @@ class _Narrator:
             extra = f" ({ev['reason']})" if ev.get("reason") else ""
             err = f": {ev['error']}" if ev.get("error") else ""
             return f"run {ev.get('run_id')} [{ev.get('kind', '')}]: {ev.get('state')}{extra}{err}"
+        if name == "run.video_extract_done":
+            return (f"videos: {ev.get('videos_encoded', 0)} clip(s) encoded from their frames, "
+                    f"{ev.get('videos_cached', 0)} from the cache, {ev.get('videos_failed', 0)} failed")
         if name == "run.extract_done":
             return (f"extraction: {ev.get('audio_encoded', 0)} audio + {ev.get('text_encoded', 0)} "
                     f"prompt(s) encoded, {ev.get('audio_cached', 0)} from the cache")
@@ -316,6 +374,7 @@ def _run_demo(root: Path, steps: int, weights: str, variant: str, clips: int,
         print(f"training the real model: {variant} from {weights_dir}", flush=True)
     print(f"writing {clips} synthetic clips to {root / 'staging'}", flush=True)
     make_dataset(root / "staging", clips, variant)
+    _add_videos(root / "staging", weights_dir, variant)
     for sub in ("datasets", "jobs", "output", "state"):
         (root / sub).mkdir(exist_ok=True)
     config = root / "selvad.toml"
@@ -340,6 +399,23 @@ def _run_demo(root: Path, steps: int, weights: str, variant: str, clips: int,
         code = _stop(proc)
         narrator.poll()
         print(f"daemon stopped (exit status {code})", flush=True)
+
+
+def _add_videos(staging: Path, weights_dir: Path, variant: str) -> None:
+    """Two synthetic videos beside the clips when the weights hold the video encoders."""
+    from selva_engine.weights.locate import MissingWeightsError, resolve
+
+    try:
+        found = resolve(weights_dir, variant).video_encoder is not None
+    except (MissingWeightsError, ValueError):
+        found = False
+    if not found:
+        print(f"no video encoders in {weights_dir} (`selva-weights check {weights_dir}` says what is "
+              "missing): the demo trains on feature files only", flush=True)
+        return
+    files = write_demo_videos(staging, variant)
+    print(f"writing {len([f for f in files if f.suffix == '.mp4'])} synthetic videos (made with PyAV) to "
+          f"{staging}: the daemon extracts their features like the SelVA Feature Extractor node", flush=True)
 
 
 def _wait(proc: subprocess.Popen[bytes], narrator: _Narrator, root: Path, queue: Any,

@@ -47,3 +47,18 @@ def test_generator_step_prints_ratio():
     lines = run_bench("generator_step.py", "--device", "cpu", "--variant", "tiny_16k", "--steps", "1",
                       "--rounds", "1")
     assert speedup(lines) > 0
+
+
+@pytest.mark.slow
+def test_extract_throughput_prints_stages_memory_and_ratio():
+    lines = run_bench("extract_throughput.py", "--device", "cpu", "--clips", "2", "--seconds", "2.5",
+                      "--duration", "2", "--width", "160", "--height", "96", "--rounds", "1", "--batch", "2")
+    assert speedup(lines) > 0
+    for name in ("node", "ours"):
+        row = next(x for x in lines if x.startswith(f"{name} "))
+        match = re.search(r"([\d.]+) clips/s\s+ms/clip: decode\s+([\d.]+)\s+CLIP\s+([\d.]+)\s+T5\s+([\d.]+)\s+"
+                          r"TextSynch\s+([\d.]+)\s+peak RSS (\d+) MiB", row)
+        assert match, row
+        assert all(float(g) > 0 for g in match.groups()), row
+    same = next(x for x in lines if x.startswith("same features"))
+    assert float(same.split("difference| ")[1].split()[0]) < 1e-2, same

@@ -1,7 +1,7 @@
 """Conformance runner: checks our implementation against reference goldens.
 
 `python -m selva_engine.conformance DIR [--only KIND,...]` runs every golden sidecar
-(`*.json` with a `kind` field) in DIR, computes the golden's outputs with our code from
+(`*.json` with a `kind` field) in DIR and its subfolders, computes the golden's outputs with our code from
 the sidecar's own config (dims, lengths, targets, strengths, cfg, steps: nothing is
 assumed), compares every `output.*` array (and every `debug.*` array we produce) with the
 sidecar's suggested tolerances, prints one line per golden and ends with
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["GoldenResult", "KINDS", "compare", "main", "run_dir", "run_golden", "tolerance_for"]
+__all__ = ["GoldenResult", "KINDS", "compare", "compare_cosine", "main", "run_dir", "run_golden", "tolerance_for"]
 
 # kind -> "module:function"; each function takes (sidecar, golden_dir, io_arrays) and returns
 # computed arrays keyed like the golden's arrays.
@@ -38,7 +38,14 @@ KINDS: dict[str, str] = {
     "t5": "selva_engine.conformance.video:run_t5",
     "clip_vision": "selva_engine.conformance.video:run_clip_vision",
     "textsynch": "selva_engine.conformance.video:run_textsynch",
+    "frame_select": "selva_engine.conformance.video_node:run_frame_select",
+    "resize": "selva_engine.conformance.video_node:run_resize",
+    "video_extractor": "selva_engine.conformance.video_node:run_video_extractor",
 }
+
+# Computed arrays with this prefix are compared with the sidecar's `node_output_file` (the
+# file the ComfyUI node wrote): every key, dtype and value.
+NODE_PREFIX = "node."
 
 # Computed arrays with this prefix are compared with the sidecar's `effective_weights_file`.
 EFFECTIVE_PREFIX = "effective."
@@ -117,8 +124,32 @@ class GoldenResult:
                 f"max|err| {worst.max_abs:.3g} ({worst.ratio:.2f} of tolerance){extra}")
 
 
+def compare_cosine(name: str, actual: np.ndarray, expected: np.ndarray, min_cosine: float) -> ArrayCheck:
+    """Cosine similarity of every row (last axis) >= min_cosine (for bf16 results)."""
+    a = np.asarray(actual, dtype=np.float64)
+    e = np.asarray(expected, dtype=np.float64)
+    if a.shape != e.shape:
+        return ArrayCheck(name, False, float("inf"), float("inf"), f"shape {a.shape} != expected {e.shape}")
+    a2, e2 = a.reshape(-1, a.shape[-1]), e.reshape(-1, e.shape[-1])
+    cos = (a2 * e2).sum(-1) / np.maximum(np.linalg.norm(a2, axis=-1) * np.linalg.norm(e2, axis=-1), 1e-30)
+    worst = float(cos.min()) if cos.size else 1.0
+    ratio = (1.0 - worst) / max(1.0 - min_cosine, 1e-30)
+    return ArrayCheck(name, bool(np.isfinite(a).all() and worst >= min_cosine), float(np.abs(a - e).max()),
+                      ratio, f"min cosine {worst:.6f}")
+
+
 def compare(name: str, actual: np.ndarray, expected: np.ndarray, atol: float, rtol: float) -> ArrayCheck:
-    """Element-wise |actual - expected| <= atol + rtol * |expected| (numpy.allclose rule)."""
+    """Element-wise |actual - expected| <= atol + rtol * |expected| (numpy.allclose rule).
+
+    Strings compare equal or not; a `node.` array (the node's file) must also keep its dtype.
+    """
+    if np.asarray(expected).dtype.kind in "US" or np.asarray(actual).dtype.kind in "US":
+        same = np.asarray(actual).shape == np.asarray(expected).shape and bool(np.all(actual == expected))
+        return ArrayCheck(name, same, 0.0 if same else float("inf"), 0.0 if same else float("inf"),
+                          "" if same else f"{actual!r} != expected {expected!r}")
+    if name.startswith(NODE_PREFIX) and np.asarray(actual).dtype != np.asarray(expected).dtype:
+        return ArrayCheck(name, False, float("inf"), float("inf"),
+                          f"dtype {np.asarray(actual).dtype} != expected {np.asarray(expected).dtype}")
     actual = np.asarray(actual, dtype=np.float64)
     expected = np.asarray(expected, dtype=np.float64)
     if actual.shape != expected.shape:
@@ -140,12 +171,6 @@ def _load_fn(kind: str) -> Callable:
     return getattr(importlib.import_module(module), fn)
 
 
-def _video_tolerances(sidecar: dict) -> dict:
-    from selva_engine.conformance.video import tolerances
-
-    return tolerances(sidecar) if "tolerance" in sidecar else {}
-
-
 def _npz(path: Path) -> dict[str, np.ndarray]:
     with np.load(path, allow_pickle=False) as z:
         return {k: z[k] for k in z.files}
@@ -162,13 +187,20 @@ def run_golden(sidecar_path: Path) -> GoldenResult:
         return result
     golden_dir = sidecar_path.parent
     try:
-        io_name = sidecar.get("io_file") or sidecar.get("file") or f"{name}.npz"
+        io_name = (sidecar.get("io_file") or sidecar.get("file") or sidecar.get("debug_file")
+                   or f"{name}.npz")
         if not (golden_dir / io_name).is_file() and (golden_dir / f"{name}.io.npz").is_file():
             io_name = f"{name}.io.npz"  # the video goldens' naming
         io = _npz(golden_dir / io_name)
         produced = _load_fn(kind)(sidecar, golden_dir, io)
-        tolerances = sidecar.get("suggested_tolerance") or _video_tolerances(sidecar)
+        tolerances = sidecar.get("suggested_tolerance") or _kind_tolerances(kind, sidecar)
         expected = {k: v for k, v in io.items() if k.startswith(("output.", "debug."))}
+        if sidecar.get("node_output_file"):
+            node = _npz(golden_dir / sidecar["node_output_file"])
+            expected.update({NODE_PREFIX + k: v for k, v in node.items()})
+            extra = sorted(k for k in produced if k.startswith(NODE_PREFIX) and k not in expected)
+            result.checks += [ArrayCheck(k, False, float("inf"), float("inf"), "key not in the node's file")
+                              for k in extra]
         effective = {}
         if sidecar.get("effective_weights_file") and any(
             k.startswith(EFFECTIVE_PREFIX) for k in produced
@@ -179,6 +211,10 @@ def run_golden(sidecar_path: Path) -> GoldenResult:
             if key not in produced:
                 if key.startswith("output."):
                     result.checks.append(ArrayCheck(key, False, float("inf"), float("inf"), "not produced"))
+                continue
+            cosine = tolerances.get(key, {}).get("min_cosine") if isinstance(tolerances.get(key), dict) else None
+            if cosine is not None:
+                result.checks.append(compare_cosine(key, produced[key], expected[key], float(cosine)))
                 continue
             tol = tolerance_for(key, tolerances)
             if tol is None:
@@ -202,15 +238,29 @@ def run_golden(sidecar_path: Path) -> GoldenResult:
     return result
 
 
+def _kind_tolerances(kind: str, sidecar: dict) -> dict:
+    """Tolerances for a sidecar without `suggested_tolerance`: the kind's module may define
+    `suggested_tolerance(sidecar)` (its goldens state them in their own words)."""
+    module = importlib.import_module(KINDS[kind].partition(":")[0])
+    fn = getattr(module, "suggested_tolerance", None)
+    return fn(sidecar) if fn is not None else {}
+
+
+def _sidecars(golden_dir: Path) -> list[Path]:
+    """`*.json` in `golden_dir` and its subfolders (video/, video/e2e_*/), shallow ones first."""
+    return sorted(Path(golden_dir).rglob("*.json"), key=lambda p: (len(p.parts), str(p)))
+
+
 def run_dir(golden_dir: Path, only: list[str] | None = None) -> list[GoldenResult]:
-    """Run every golden sidecar in `golden_dir` (optionally only some kinds)."""
+    """Run every golden sidecar under `golden_dir` (optionally only some kinds)."""
     results = []
-    for path in sorted(Path(golden_dir).glob("*.json")):
+    for path in _sidecars(golden_dir):
         try:
-            kind = json.loads(path.read_text()).get("kind")
-        except (OSError, json.JSONDecodeError) as exc:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
             results.append(GoldenResult(path.stem, "?", error=f"unreadable sidecar: {exc}"))
             continue
+        kind = data.get("kind") if isinstance(data, dict) else None
         if kind is None or (only and kind not in only):
             continue
         results.append(run_golden(path))

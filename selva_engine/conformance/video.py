@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 __all__ = ["rule_state_dict", "rule_tensor", "run_clip_vision", "run_t5", "run_t5_tokenizer",
-           "run_textsynch", "tolerances"]
+           "run_textsynch", "suggested_tolerance", "tolerances"]
 
 BASE_SEED = 20260513
 _MANIFESTS = {"t5": "t5_encoder_flan_t5_base.json", "clip_vision": "clip_dfn5b_vit_h_14_384_visual.json",
@@ -34,6 +34,11 @@ def tolerances(sidecar: dict) -> dict:
             rules[pattern] = {"atol": tol["atol"], "rtol": tol.get("rtol", 0.0)}
     rules["*"] = {"atol": 0.0, "rtol": 0.0}  # last: loses ties, so named rules win
     return rules
+
+
+def suggested_tolerance(sidecar: dict) -> dict:
+    """The runner's hook: this module's goldens state their tolerances in a `tolerance` field."""
+    return tolerances(sidecar) if "tolerance" in sidecar else {}
 
 
 def rule_tensor(key: str, shape: tuple[int, ...], base_seed: int = BASE_SEED) -> np.ndarray:

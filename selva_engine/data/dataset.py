@@ -22,6 +22,7 @@ by ComfyUI-SelVA's Feature Extractor node) and an audio file with the same stem.
 from __future__ import annotations
 
 import os
+import re
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ import soundfile as sf
 
 from selva_engine.audio.files import RawAudio, fit_length, load_audio, read_audio, resample, to_mono
 from selva_engine.data.features import ClipFeatures, load_features
+from selva_engine.data.videos import VideoClip, is_video_name, scan_videos
 from selva_engine.errors import (
     AmbiguousAudioError,
     ArrayTooLargeError,
@@ -82,6 +84,7 @@ __all__ = [
     "PromptsFileError",
     "RawAudio",
     "UnreadableFileError",
+    "VideoClip",
     "find_pairs",
     "fit_length",
     "load_audio",
@@ -97,6 +100,7 @@ __all__ = [
 AUDIO_SUFFIXES: tuple[str, ...] = (".wav", ".flac", ".ogg", ".aiff", ".aif", ".mp3")
 LOSSY_SUFFIXES: frozenset[str] = frozenset({".mp3", ".ogg"})
 PROMPTS_FILE = "prompts.txt"
+_PART_NAME = re.compile(r"^(.+)_part\d{2}\.npz$")
 MAX_PROMPTS_BYTES = 16 << 20  # one short line per clip: 16 MiB is far beyond any dataset
 SHOWN_PER_CODE = 5  # warnings of one kind listed; the rest are counted in one line
 
@@ -133,6 +137,7 @@ class DatasetScan:
     """
 
     clips: list[Clip] = field(default_factory=list)
+    videos: list[VideoClip] = field(default_factory=list)  # clips whose features are still to extract
     problems: list[DatasetError] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     warning_counts: Counter[str] = field(default_factory=Counter)
@@ -175,6 +180,7 @@ def find_pairs(directory: Path | str) -> tuple[list[ClipPair], list[DatasetError
     npz: dict[str, Path] = {}
     audio: dict[str, list[Path]] = {}
     refused: set[str] = set()
+    videos = {os.path.splitext(n)[0] for n in os.listdir(directory) if is_video_name(n)}
     problems: list[DatasetError] = []
     for p in sorted(directory.iterdir(), key=lambda q: q.name):
         if p.name.startswith(".") and p.name.lower().endswith(".npz") and p.name != ".npz":
@@ -199,6 +205,8 @@ def find_pairs(directory: Path | str) -> tuple[list[ClipPair], list[DatasetError
     misnamed = _misnamed_audio(npz, audio, refused)
     for stem in sorted(set(npz) | set(audio)):
         cands = audio.get(stem, [])
+        if stem in videos and stem not in npz:
+            continue  # a video clip: paired by selva_engine.data.videos
         if stem in npz and len(cands) == 1:
             pairs.append(ClipPair(stem, npz[stem], cands[0]))
         elif len(cands) > 1:
@@ -254,11 +262,12 @@ def _suffix_folded(name: str) -> str:
     return stem + suffix.lower()
 
 
-def _prompt_line(where: Path, line: str, npz_names: set[str]
+def _prompt_line(where: Path, line: str, folded: dict[str, str], video_stems: set[str]
                  ) -> tuple[str, str] | PromptsFileError:
     """One non-comment line of prompts.txt: (npz name, prompt), or the problem with it.
     The name matches an .npz whose stem is the same and whose suffix differs only in case
-    (`k.npz:` names `k.NPZ`), as audio pairs with its .npz."""
+    (`k.npz:` names `k.NPZ`), as audio pairs with its .npz; `folded` maps folded names to
+    the real ones. A video clip is named by its file, `<stem>.npz` or `<stem>_partNN.npz`."""
     name, sep, prompt = line.partition(":")
     name = name.strip()
     if not sep or not name:
@@ -268,9 +277,11 @@ def _prompt_line(where: Path, line: str, npz_names: set[str]
         return PromptNameError(where, f"names {name[:80]!r}, a path rather than a plain file "
                                "name of this dataset; the line is ignored",
                                "write only the .npz file name, e.g. 'dog_001.npz: a dog barks'")
-    folded = {_suffix_folded(n): n for n in npz_names}
     if _suffix_folded(name) in folded:
         return folded[_suffix_folded(name)], prompt.strip()
+    part = _PART_NAME.match(_suffix_folded(name))
+    if part and part.group(1) in video_stems:
+        return _suffix_folded(name), prompt.strip()
     stem = os.path.splitext(name)[0]
     guess = folded.get(f"{stem}.npz") if folded.get(f"{stem}.npz") != name else None
     hint = (f"use '{guess}' (the .npz file name with its extension)" if guess
@@ -315,14 +326,18 @@ def read_prompts(directory: Path | str) -> tuple[dict[str, str], list[DatasetErr
     text = _read_prompts_text(directory, path)
     if isinstance(text, DatasetError):
         return {}, [text]
-    npz_names = {e.name for e in os.scandir(directory) if e.name.lower().endswith(".npz")}
+    names = [e.name for e in os.scandir(directory)]
+    video_stems = {os.path.splitext(n)[0] for n in names if is_video_name(n)}
+    clip_names = ({n for n in names if n.lower().endswith(".npz")} | {n for n in names if is_video_name(n)}
+                  | {f"{stem}.npz" for stem in video_stems})
+    folded = {_suffix_folded(n): n for n in clip_names}
     prompts: dict[str, str] = {}
     problems: list[DatasetError] = []
     for lineno, line in enumerate(text.splitlines(), start=1):
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):
             continue
-        got = _prompt_line(Path(f"{path}:{lineno}"), stripped, npz_names)
+        got = _prompt_line(Path(f"{path}:{lineno}"), stripped, folded, video_stems)
         if isinstance(got, PromptsFileError):
             problems.append(got)
         else:
@@ -360,13 +375,26 @@ def _check_audio_header(path: Path, root: Path) -> None:
         raise AudioFileError(path, "audio file holds no samples", _AUDIO_FIX)
 
 
-def _has_npz(directory: Path) -> bool:
-    return any(e.name.lower().endswith(".npz") and not e.name.startswith(".")
+def _has_clips(directory: Path) -> bool:
+    return any((e.name.lower().endswith(".npz") and not e.name.startswith(".")) or is_video_name(e.name)
                for e in os.scandir(directory))
 
 
+def _add_videos(scan: DatasetScan, directory: Path, npz_stems: set[str], prompts: dict[str, str],
+                overrides: dict[str, object], check_audio: bool, problem) -> None:
+    found = scan_videos(directory, audio_suffixes=AUDIO_SUFFIXES, npz_stems=npz_stems, prompts=prompts,
+                        fallback_prompt=directory.resolve().name, overrides=overrides,
+                        check_audio=_check_audio_header if check_audio else None)
+    for err in found.problems:
+        problem(err)
+    for code, text in found.warnings:
+        scan.warn(code, text)
+    scan.videos.extend(found.clips)
+
+
 def load_dataset(directory: Path | str, variant: Variant, collect: bool = False,
-                 duration: float = 8.0, check_audio: bool = True) -> DatasetScan:
+                 duration: float = 8.0, check_audio: bool = True,
+                 video: Mapping[str, object] | None = None) -> DatasetScan:
     """Load every clip of a dataset directory: pairs, prompts and features (not audio).
 
     With `collect=False` the first blocking problem is raised (a `DatasetError` subclass);
@@ -376,7 +404,9 @@ def load_dataset(directory: Path | str, variant: Variant, collect: bool = False,
     oversized `.npz`, unreadable audio (header check when `check_audio`), a prompts.txt
     that is not read. Non-blocking (warnings, summarised per kind, see `DatasetScan`):
     audio without `.npz`, bad prompts.txt lines (ignored as the original trainer does),
-    lossy `.mp3`/`.ogg` audio. No `.npz` at all raises `EmptyDatasetError` in both modes.
+    lossy `.mp3`/`.ogg` audio. No `.npz` and no video at all raises `EmptyDatasetError` in
+    both modes. Videos (`selva_engine.data.videos`) become `DatasetScan.videos`, probed and cut
+    into windows with the `[video]` settings of dataset.toml updated by `video` (a job's).
     """
     directory = Path(directory)
     scan = DatasetScan()
@@ -387,8 +417,9 @@ def load_dataset(directory: Path | str, variant: Variant, collect: bool = False,
         scan.problems.append(err)
 
     pairs, pair_problems = find_pairs(directory)
-    if not _has_npz(directory):
-        raise EmptyDatasetError(directory, "no .npz files in this directory",
+    if not _has_clips(directory):
+        raise EmptyDatasetError(directory, "no .npz files in this directory and no videos",
+                                "put videos (stem.mp4, with stem.wav beside each) in it, or "
                                 "export features with the SelVA Feature Extractor node (one "
                                 "stem.npz per clip) and put each clip's audio next to it")
     for err in pair_problems:
@@ -416,7 +447,9 @@ def load_dataset(directory: Path | str, variant: Variant, collect: bool = False,
         prompt = resolve_prompt(pair.npz_path.name, prompts, feats.npz_prompt, directory)
         scan.clips.append(Clip(pair.stem, pair.npz_path, pair.audio_path, prompt,
                                feats.clip, feats.sync))
+    _add_videos(scan, directory, {p.stem for p in pairs} | {p.stem for p in directory.glob("*.npz")},
+                prompts, dict(video or {}), check_audio, problem)
     scan.summarise()
-    if not scan.clips and not scan.problems:
+    if not scan.clips and not scan.videos and not scan.problems:
         raise EmptyDatasetError(directory, "no usable clips", "add stem.npz + stem.wav pairs")
     return scan

@@ -83,7 +83,19 @@ class TrainConfig:
     # clip stems left out of training: the daemon's child fills it with the clips the
     # dataset Inspector flags when the dataset says `[inspect] skip_rejected = true`
     exclude_clips: tuple[str, ...] = ()
+    # videos of the dataset (None: the dataset.toml [video] value, else the node's default)
+    video_split: bool | None = None  # cut videos longer than 8 s into consecutive 8-s clips
+    video_mask_strength: float | None = None  # the node's mask_strength (0..1)
+    video_mask_clip: bool | None = None  # apply the mask to the CLIP frames
+    video_mask_sync: bool | None = None  # apply the mask to the sync frames
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def video_settings(self) -> dict[str, Any]:
+        """The `[video]` settings this config sets (keys of selva_engine.data.videos.VideoSettings)."""
+        values = {"split": self.video_split, "mask_strength": self.video_mask_strength,
+                  "mask_clip": self.video_mask_clip, "mask_sync": self.video_mask_sync}
+        return {k: v for k, v in values.items() if v is not None}
 
     @property
     def effective_alpha(self) -> float:
@@ -122,6 +134,8 @@ class TrainConfig:
                 out.append((name, f"got {value!r}, expected a number >= 0"))
         if not 0.0 <= float(self.lora_dropout) < 1.0:
             out.append(("lora_dropout", f"got {self.lora_dropout!r}, expected 0 <= p < 1"))
+        if self.video_mask_strength is not None and not 0.0 <= float(self.video_mask_strength) <= 1.0:
+            out.append(("video_mask_strength", f"got {self.video_mask_strength!r}, expected 0..1"))
         if self.alpha is not None and not float(self.alpha) > 0:
             out.append(("alpha", f"got {self.alpha!r}, expected a number > 0"))
         if not self.target or not all(isinstance(t, str) and t for t in self.target):

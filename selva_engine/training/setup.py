@@ -21,6 +21,7 @@ import torch
 
 from selva_engine.data.dataset import load_dataset
 from selva_engine.data.extract import ExtractedClip, FeatureCache, extract_clips
+from selva_engine.data.video_extract import add_video_clips
 from selva_engine.device import resolve_device
 from selva_engine.io import remove_temp_files
 from selva_engine.model.flow import FlowMatching
@@ -124,7 +125,12 @@ def extract_data(ctx: RunContext, stop: threading.Event, codec_factory: Callable
     when no clip is usable.
     """
     cfg, log = ctx.cfg, ctx.log
-    scan = load_dataset(cfg.data_dir, ctx.variant, collect=True)
+    scan = load_dataset(cfg.data_dir, ctx.variant, collect=True, video=cfg.video_settings)
+    cache = FeatureCache(cfg.cache_dir or ctx.out_dir / ".cache")
+    add_video_clips(scan, ctx.variant, weights=ctx.weights, cache=cache, device=ctx.device,
+                    progress=log.emit, stop=stop)
+    if stop.is_set():
+        return None
     for w in scan.warnings:
         log.warn(w)
     for p in scan.problems:
@@ -137,7 +143,6 @@ def extract_data(ctx: RunContext, stop: threading.Event, codec_factory: Callable
         scan.clips = [c for c in scan.clips if c.stem not in left_out]
     if not scan.clips:
         raise TrainError(f"{cfg.data_dir}: no usable clips (see the warnings above)")
-    cache = FeatureCache(cfg.cache_dir or ctx.out_dir / ".cache")
     log.emit({"event": "extract_start", "clips": len(scan.clips)})
     clips, extra_text, stats = extract_clips(
         scan.clips, ctx.variant, weights=ctx.weights, cache=cache, device=ctx.device,

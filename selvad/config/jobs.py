@@ -69,7 +69,8 @@ SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 SAFE_NAME_RULE = "letters, digits, '.', '_', '-', at most 64, starting with a letter or digit"
 # TrainConfig options added after 0.1, with their defaults (see config_hash).
 LATER_OPTIONS = {"init_mode": "standard", "curriculum_switch": 0.6, "latent_mixup_alpha": 0.0,
-                 "latent_noise_sigma": 0.0, "spectral_surgery": "off"}
+                 "latent_noise_sigma": 0.0, "spectral_surgery": "off", "video_split": None,
+                 "video_mask_strength": None, "video_mask_clip": None, "video_mask_sync": None}
 # TrainConfig fields the daemon fills itself; they never change what a run learns.
 HASH_EXCLUDED = ("data_dir", "output_dir", "selva_dir", "resume", "device", "cache_dir",
                  "exclude_clips")

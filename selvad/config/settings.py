@@ -1,7 +1,7 @@
 """The settings schema shared by job files and the daemon's `[defaults]`: sections, keys, types.
 
 A job file and `[defaults]` set the same TrainConfig fields through the same sections
-(`[lora]`, `[train]`, `[sample]`, `[validation]`, `[eval]`) plus `variant`, `priority` and
+(`[lora]`, `[train]`, `[sample]`, `[validation]`, `[eval]`, `[video]`) plus `variant`, `priority` and
 `[trigger]`. This module reads and checks those keys; selvad.config.jobs merges them into runs
 and selvad.config.daemon checks `[defaults]` with `check_defaults`.
 """
@@ -42,6 +42,7 @@ SETTING_SECTIONS: dict[str, dict[str, str]] = {
                "negative_prompt": "sample_negative_prompt"},
     "validation": {"val_clips": "val_clips", "overfit_patience": "overfit_patience"},
     "eval": {"clips": "eval_clips", "steps": "eval_steps", "cfg": "eval_cfg"},
+    "video": {k: f"video_{k}" for k in ("split", "mask_strength", "mask_clip", "mask_sync")},
 }
 
 # Other names of a key, accepted as the key itself: timestep_mode is ComfyUI-SelVA's and

@@ -60,6 +60,12 @@ _DOCS: dict[str, str] = {
     "eval_clips": "after the run, compare every checkpoint on N clips by samples and metrics (0 = off)",
     "eval_steps": "Euler steps of the evaluation samples",
     "eval_cfg": "classifier-free guidance strength of the evaluation samples",
+    "video_split": 'videos over 8 s: true = consecutive 8-s clips, false = the first 8 s; "auto" = the '
+                   "dataset's dataset.toml [video] value (default false)",
+    "video_mask_strength": 'how strongly <clip>.mask.png / .mask.mp4 grey out the background (0..1); '
+                           '"auto" = dataset.toml, else 1',
+    "video_mask_clip": 'apply the mask to the CLIP frames; "auto" = dataset.toml, else true',
+    "video_mask_sync": 'apply the mask to the sync frames; "auto" = dataset.toml, else true',
 }
 
 

@@ -18,6 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
+from selva_engine.data.dataset_file import DATASET_FILE
+from selva_engine.data.videos import MASK_SUFFIXES, VIDEO_SUFFIXES
 from selva_engine.errors import open_error
 from selva_engine.io import open_regular
 
@@ -34,7 +36,8 @@ def _is_dataset_file(name: str) -> bool:
     if name.startswith(".") or name.startswith("~"):
         return False
     low = name.lower()
-    return low.endswith(".npz") or low.endswith(AUDIO_EXTENSIONS) or low == "prompts.txt"
+    return (low.endswith((".npz", *VIDEO_SUFFIXES, *MASK_SUFFIXES)) or low.endswith(AUDIO_EXTENSIONS)
+            or low in ("prompts.txt", DATASET_FILE))
 
 
 def _sha256(f: BinaryIO) -> str:
@@ -84,7 +87,7 @@ def dataset_manifest(directory: Path | str, cache: HashCache | None = None,
     """Describe the training files of a dataset directory (top level only).
 
     Returns {"files": [{"name", "size", "mtime_ns", "sha256"}, ...]} sorted by name, for
-    `.npz`, audio files and `prompts.txt` (hidden and `~` files skipped). Only regular files
+    `.npz`, videos and their `.mask.png` masks, audio files, `prompts.txt` and `dataset.toml` (hidden and `~` files skipped). Only regular files
     inside `directory` are opened and hashed; any other entry with such a name gets
     "sha256": "" and a "problem" sentence (see the module docstring), never an exception.
     `cache` maps a FileKey (path, size, mtime_ns, inode, ctime_ns) to a hash so unchanged

@@ -42,6 +42,9 @@ FIGURES_SHOWN = 50  # up to this many clips, the terminal lists the figures of c
 LAST_REPORT_FIGURES = 2000  # clips whose inspection figures the kept report holds (~200 KB)
 
 
+MAX_VIDEO_ROWS = 200  # video clips listed by name in a kept report (the count is always exact)
+
+
 @dataclass(frozen=True)
 class Finding:
     """One problem: severity, file (relative name, "" = whole dataset), code, message, fix."""
@@ -65,6 +68,7 @@ class ClipEntry:
     stem: str
     prompt: str
     prompt_source: str  # "prompts.txt" | "npz" | "directory"
+    video: str = ""  # for a clip cut from a video: "<file>, <start>-<end> s"; "" for an .npz clip
 
 
 @dataclass
@@ -159,7 +163,10 @@ class ValidationReport:
             "warning_count": self.warning_count,
             "advice": list(self.advice),
             "clips": [{"stem": c.stem, "prompt": c.prompt, "prompt_source": c.prompt_source}
-                      for c in self.clips],
+                      | ({"video": c.video} if c.video else {}) for c in self.clips],
+            "video_clip_count": sum(1 for c in self.clips if c.video),
+            "video_clips": [{"stem": c.stem, "video": c.video, "prompt": c.prompt}
+                            for c in self.clips if c.video][:MAX_VIDEO_ROWS],
             "errors": [f.to_dict() for f in self.errors],
             "warnings": [f.to_dict() for f in self.warnings],
             "thresholds": asdict(self.thresholds),

@@ -70,6 +70,7 @@ from selvad.datasets.report import (
     ValidationReport,
     write_report,
 )
+from selvad.datasets.video_validate import check_videos
 
 __all__ = ["Finding", "ValidationReport", "main", "validate_dataset", "write_report"]
 
@@ -93,7 +94,12 @@ wrong, or cannot be read safely, is an error; what is only ignored is a warning.
   - an audio file without its .npz is a warning: it is harmless and simply not trained on
   - files that are not regular files (FIFOs, devices, directories named like a clip),
     links out of the dataset directory and unreadable files are errors and never opened
-  - prompts.txt names must be plain .npz file names of the dataset (no paths)
+  - prompts.txt names must be plain .npz file names of the dataset (no paths), or a
+    video's file name (clip.mp4:)
+  - videos (.mp4 .mov .mkv .webm .avi) are clips: stem.wav beside one is its clean
+    recording, else its own sound track is used (a warning); a video that is not a video,
+    has no picture or frames, declares absurd sizes, does not decode or has no sound at all
+    is an error; dataset.toml [video] sets split, mask_strength, mask_clip, mask_sync
 Repeated findings of one kind are summarised: the first 5 warnings (20 errors) are
 listed, then "... and N more like this".
 Exit status: 0 when nothing blocks training, 1 when there are errors.
@@ -316,18 +322,23 @@ def _check_features(report: ValidationReport, directory: Path, npz_path: Path,
 
 
 def _check_dataset(report: ValidationReport, directory: Path, variant: Variant,
-                   seq: SequenceConfig, progress: Callable[[int, int], None] | None) -> None:
+                   seq: SequenceConfig, progress: Callable[[int, int], None] | None,
+                   video: dict | None = None) -> None:
     pairs, pair_problems = find_pairs(directory)
-    if not any(e.name.lower().endswith(".npz") and not e.name.startswith(".")
-               for e in os.scandir(directory)):
-        report.add(ERROR, "", "empty-dataset", "no .npz files in this directory",
-                   "export features with the SelVA Feature Extractor node (one stem.npz per "
-                   "clip) and put each clip's audio next to it")
     for err in pair_problems:
         severity = WARNING if isinstance(err, (OrphanAudioError, HiddenClipError)) else ERROR
         report.add(severity, err.path.name, err.code, err.problem, err.fix)
     prompts, prompt_problems = read_prompts(directory)
     _add_prompt_problems(report, prompt_problems)
+    npz_names = [e.name for e in os.scandir(directory) if e.name.lower().endswith(".npz")
+                 and not e.name.startswith(".")]
+    videos = check_videos(report, directory, prompts, {os.path.splitext(n)[0] for n in npz_names},
+                          _check_audio, video)
+    if not npz_names and not videos:
+        report.add(ERROR, "", "empty-dataset", "no .npz files in this directory and no videos",
+                   "put videos (stem.mp4, with the clean recording stem.wav beside each) in it, "
+                   "or export features with the SelVA Feature Extractor node (one stem.npz per "
+                   "clip) and put each clip's audio next to it")
     for done, pair in enumerate(pairs, 1):
         if progress is not None:
             progress(done, len(pairs))

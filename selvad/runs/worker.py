@@ -265,7 +265,8 @@ class RunProcess:
         if kind == "validation" and ev.get("errors"):
             # the daemon validated before queueing; the data changed since
             self.log.warning("run.validation_errors", **fields)
-        elif kind in ("extract_start", "extract_done", "interrupted", "done"):
+        elif kind in ("extract_start", "extract_done", "video_extract_start", "video_extract_done",
+                      "interrupted", "done"):
             self.log.info(f"run.{kind}", **fields)
         else:  # extract_progress, validation without errors and anything new
             self.log.debug(f"run.{kind}", **fields)
