@@ -15,7 +15,7 @@ from pathlib import Path
 from tests.conftest import REPO_ROOT
 
 # Bottom first. A name is a subpackage or a top-level module of the package.
-ENGINE_LAYERS = ("io", "errors", "device", "model", "outputs", "audio", "text", "weights", "data",
+ENGINE_LAYERS = ("io", "errors", "device", "model", "outputs", "audio", "text", "video", "weights", "data",
                  "inference", "evaluation", "training", "conformance", "train", "cli")
 DAEMON_LAYERS = ("display", "log", "config", "datasets", "runs", "service", "web", "doctor", "demo", "cli")
 MAX_FUNCTION_LINES = 100
