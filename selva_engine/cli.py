@@ -285,9 +285,9 @@ def sample_main(argv: list[str] | None = None) -> int:
     p.add_argument("--negative_prompt", default="")
     p.add_argument("--cfg", type=float, default=4.5)
     p.add_argument("--steps", type=int, default=25)
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--seed", type=int, default=0, help="noise seed (default 0, as the Sampler node)")
     p.add_argument("--duration", type=float, default=None,
-                   help="seconds; default: the .npz's duration, at most 8")
+                   help="seconds (at most 30); default: the .npz's duration, else 8")
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
     if not args.selva_dir:
@@ -296,7 +296,7 @@ def sample_main(argv: list[str] | None = None) -> int:
         return 2
 
     from selva_engine.errors import DatasetError
-    from selva_engine.inference.synth import synthesize
+    from selva_engine.inference.render import synthesize
     from selva_engine.io import UnsafeFileError
     from selva_engine.model.lora import AdapterError
     from selva_engine.weights.locate import MissingWeightsError

@@ -56,13 +56,17 @@ class SequenceConfig:
 
     @property
     def clip_seq_len(self) -> int:
-        """CLIP visual frames at 8 fps."""
-        return int(self.duration * self.clip_frame_rate)
+        """CLIP visual frames at 8 fps; at least one, as the Feature Extractor samples them."""
+        return max(1, int(self.duration * self.clip_frame_rate))
 
     @property
     def sync_seg_len(self) -> int:
-        """Number of 16-frame sync windows (stride 8) at 25 fps."""
-        num_frames = self.duration * self.sync_frame_rate
+        """Number of 16-frame sync windows (stride 8) at 25 fps.
+
+        A clip shorter than one window (0.64 s) still has one: the Feature Extractor pads
+        its sync frames to 16 by repeating the last, so its features hold 8 sync tokens.
+        """
+        num_frames = max(self.duration * self.sync_frame_rate, self.sync_num_frames_per_segment)
         return int((num_frames - self.sync_num_frames_per_segment) // self.sync_step_size + 1)
 
     @property
