@@ -33,7 +33,7 @@ def read_dataset_file(directory: Path | str) -> tuple[dict[str, Any], DatasetErr
     """The parsed `<directory>/dataset.toml` ({} when absent) and the problem reading it, if any.
 
     Returns ({}, error) when the file exists but is not used: not a regular file or a link out
-    of the dataset, over 1 MiB, not UTF-8 or not valid TOML.
+    of the dataset, over 1 MiB, not UTF-8, not valid TOML or nested absurdly deep.
     """
     path = Path(directory) / DATASET_FILE
     if not os.path.lexists(path):
@@ -48,5 +48,8 @@ def read_dataset_file(directory: Path | str) -> tuple[dict[str, Any], DatasetErr
     try:
         return tomllib.loads(data.decode("utf-8-sig")), None
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        return {}, DatasetFileError(path, f"is not valid TOML ({exc})",
+        return {}, DatasetFileError(path, f"invalid TOML: {exc}",
                                     "fix the line it names, e.g. `[video]` then `split = true`")
+    except RecursionError:  # tomllib recurses once per nested array or inline table
+        return {}, DatasetFileError(path, "nested too deeply (arrays or inline tables hundreds of "
+                                    "levels deep)", "keep only the settings tables in it")

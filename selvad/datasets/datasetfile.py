@@ -20,16 +20,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 from selva_engine.audio.inspect import InspectThresholds
-from selvad.config.schema import ConfigError, Problems, join_key, parse_section, read_toml
+from selva_engine.data.dataset_file import DATASET_FILE
+from selva_engine.data.dataset_file import read_dataset_file as read_toml_file
+from selvad.config.schema import Problems, join_key, parse_section
 
 __all__ = ["DATASET_FILE", "SECTIONS", "inspect_thresholds", "read_dataset_file"]
 
-DATASET_FILE = "dataset.toml"
 SECTIONS = ("inspect", "video")
 # field -> (lowest, highest) accepted, both inclusive
 INSPECT_RANGES = {"min_snr_db": (0.0, 120.0), "codec_shelf_db": (0.0, 200.0),
@@ -40,21 +40,16 @@ INSPECT_RANGES = {"min_snr_db": (0.0, 120.0), "codec_shelf_db": (0.0, 200.0),
 def read_dataset_file(directory: Path | str) -> tuple[dict[str, Any], list[str]]:
     """The tables of `directory/dataset.toml` and the problems found reading it.
 
-    No file: ({}, []). A file that is not a regular file inside the dataset directory, is
-    not UTF-8 TOML, or has keys outside `SECTIONS` gives problems in the
-    `file:key: problem (got X, expected Y)` format; the sections that could be read are
-    returned all the same. Reads at most the TOML size limit of job files.
+    No file: ({}, []). The file is read by the engine's reader (`selva_engine.data.dataset_file`:
+    a regular file inside the dataset only, at most 1 MiB, UTF-8 TOML), which the video clips
+    use too; a file it refuses is one problem naming the file and the fix. Keys outside
+    `SECTIONS` are problems in the `file:key: problem (got X, expected Y)` format; the sections
+    that could be read are returned all the same.
     """
     path = Path(directory) / DATASET_FILE
-    if not os.path.lexists(path):
-        return {}, []
-    real, top = os.path.realpath(path), os.path.realpath(directory)
-    if os.path.commonpath([real, top]) != top:
-        return {}, [f"{path}: a link out of the dataset directory; replace it with the file"]
-    try:
-        data = read_toml(path)
-    except ConfigError as exc:
-        return {}, list(exc.problems)
+    data, error = read_toml_file(directory)
+    if error is not None:
+        return {}, [str(error)]
     p = Problems(path)
     out: dict[str, Any] = {}
     for key, value in data.items():

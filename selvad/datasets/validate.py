@@ -409,8 +409,9 @@ def validate_dataset(directory: Path | str, variant: Variant | str = "large_44k"
         report.thresholds, more = inspect_thresholds(tables, directory / DATASET_FILE, inspect)
         prefix = f"{directory / DATASET_FILE}:"
         for message in problems + more:
-            report.add(ERROR, DATASET_FILE, "bad-dataset-file", message.removeprefix(prefix),
-                       "fix the key, or delete it to use the default")
+            problem, _, fix = message.removeprefix(prefix).strip().partition(" (fix: ")
+            report.add(ERROR, DATASET_FILE, "bad-dataset-file", problem,
+                       fix.removesuffix(")") or "fix the key, or delete it to use the default")
         try:
             _check_dataset(report, directory, var, seq, progress)
         except Exception as exc:  # e.g. permission denied listing the directory

@@ -40,6 +40,8 @@ def check_videos(report: ValidationReport, directory: Path, prompts: dict[str, s
     found = scan_videos(directory, audio_suffixes=AUDIO_SUFFIXES, npz_stems=npz_stems, prompts=prompts,
                         fallback_prompt=directory.resolve().name, overrides=video)
     for err in found.problems:
+        if err.code == "dataset-toml" and not err.problem.startswith("[video]"):
+            continue  # the file itself cannot be read: validate.py reports that once
         name = err.path.name if err.path.parent == directory else str(err.path)
         report.add(ERROR, name, err.code, err.problem, err.fix)
     for code, text in found.warnings:
