@@ -15,6 +15,7 @@ runner's rules.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import tempfile
 from pathlib import Path
@@ -22,15 +23,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from selva_engine.conformance.video import build_clip_tower, build_t5, build_textsynch, token_grid
 from selva_engine.video import frames as fr
+from selva_engine.video.clip_vision import normalize_frames
+from selva_engine.video.encoders import SEGMENT, VideoEncoders
 from selva_engine.video.extractor import (
     PreparedFrames,
     extract_videos,
     prepare_frames,
     write_node_npz,
 )
+from selva_engine.video.t5 import T5Encoder
 
-__all__ = ["find_video", "golden_encoders", "run_frame_select", "run_resize", "run_video_extractor",
+__all__ = ["encoder_debug", "find_video", "golden_encoders", "run_frame_select", "run_resize", "run_video_extractor",
            "suggested_tolerance"]
 
 _EXACT = {"atol": 0.0, "rtol": 0.0}
@@ -129,12 +134,40 @@ def _frame_debug(p: PreparedFrames, masked: bool) -> dict[str, np.ndarray]:
     return out
 
 
-def golden_encoders(models: dict, weights_dir: Path, dtype: torch.dtype):
-    """VideoEncoders built from the tiny goldens the sidecar's `models` block names."""
-    from selva_engine.video.encoders import encoders_from_goldens
+def golden_encoders(models: dict, weights_dir: Path, dtype: torch.dtype) -> VideoEncoders:
+    """Production `VideoEncoders` (CPU, `dtype`) over the tiny goldens the sidecar's `models`
+    block names: the CLIP tower, T5 model and TextSynch built from their sidecars and
+    `.weights.npz` in `weights_dir` (as the per-model goldens build them), the tokenizer folder."""
+    def sidecar(name: str) -> dict:
+        return json.loads((weights_dir / f"{name}.json").read_text())
 
-    return encoders_from_goldens(weights_dir, clip=models["clip"], t5=models["t5"], tokenizer=models["tokenizer"],
-                                 textsynch=models["textsynch"], device="cpu", dtype=dtype)
+    clip = build_clip_tower(sidecar(models["clip"]), weights_dir).to(dtype)
+    t5 = T5Encoder.from_model(build_t5(sidecar(models["t5"]), weights_dir), weights_dir / models["tokenizer"],
+                              dtype=dtype)
+    textsynch = build_textsynch(sidecar(models["textsynch"]), weights_dir).to(dtype)
+    identity = "golden:" + ",".join(str(models[k]) for k in ("clip", "t5", "tokenizer", "textsynch"))
+    return VideoEncoders(identity, torch.device("cpu"), dtype, clip, t5, textsynch)
+
+
+@torch.no_grad()
+def encoder_debug(enc: VideoEncoders, prepared: PreparedFrames, prompt: str) -> dict[str, np.ndarray]:
+    """The e2e goldens' encoder-internal `debug.*` arrays for one clip, from the production
+    modules inside `enc`: T5 ids/mask/hidden state, the prepended text, the CLIP embeddings
+    before L2 normalisation, and TextSynch's tokens / text projection / cross-attention output
+    for segment 0 (frames 0-15)."""
+    ids, mask = enc.t5.tokenize([prompt])
+    hidden, _ = enc.t5.encode([prompt])
+    tf, tm = enc.encode_text([prompt])
+    clip_in = normalize_frames(prepared.clip.to(enc.device, enc.dtype))  # (N, 3, 384, 384)
+    seg0 = ((prepared.sync[:SEGMENT].to(enc.device, torch.float32) - 0.5) / 0.5).to(enc.dtype)
+    dbg: dict = {}
+    enc.textsynch(seg0.transpose(0, 1).unsqueeze(0), tf, tm, debug=dbg)  # (1, 3, 16, 224, 224)
+    return {"debug.t5.input_ids": ids.numpy(), "debug.t5.attention_mask": mask.numpy(),
+            "debug.t5.last_hidden_state": hidden.float().numpy(), "debug.text_f_prepended": tf.float().numpy(),
+            "debug.text_mask_prepended": tm.numpy(), "debug.text_proj_out": dbg["text_proj"].float().numpy(),
+            "debug.clip_embedding_unnormalized": enc.clip(clip_in).float().numpy(),
+            "debug.motionformer_tokens_seg0": token_grid(dbg["tokens"]).float().numpy(),
+            "debug.cross_out_seg0": dbg["cross"].float().numpy()}
 
 
 def _node_file(features, name: str, variant: str) -> dict[str, np.ndarray]:
@@ -162,8 +195,7 @@ def run_video_extractor(sidecar: dict, golden_dir: Path, io: dict[str, np.ndarra
     out["output.clip_features"] = features.clip_features
     out["output.sync_features"] = features.sync_features
     out.update(_node_file(features, name, variant))
-    if hasattr(enc, "debug_arrays"):
-        out.update(enc.debug_arrays(prepared, prompt))
+    out.update(encoder_debug(enc, prepared, prompt))
     if "debug.bf16_cpu.clip_features" in io:
         bf16 = extract_videos([(prepared, prompt)], golden_encoders(models, golden_dir.parent, torch.bfloat16))[0]
         out["debug.bf16_cpu.clip_features"] = bf16.clip_features

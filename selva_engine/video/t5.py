@@ -8,6 +8,8 @@ tokenizer's `model_max_length` (512), exactly as SelVA's feature extractor calls
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -59,28 +61,58 @@ def find_t5_dir(selva_dir: Path | str) -> Path:
                   f"into the Hugging Face cache, e.g. `hf download {T5_REPO}` on a machine with network access")
 
 
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """transformers' warnings and progress bars off while loading, restored after."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # decoder weights of a full T5 checkpoint are expected extras
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        hf_logging.enable_progress_bar()
+
+
+def _load_tokenizer(directory: Path):
+    from transformers import T5TokenizerFast
+
+    return T5TokenizerFast.from_pretrained(str(directory), local_files_only=True)
+
+
 class T5Encoder:
     """Tokenizer + `T5EncoderModel`: `encode(prompts) -> (last_hidden_state, bool mask)`."""
 
     def __init__(self, directory: Path | str, *, device: torch.device | str = "cpu",
                  dtype: torch.dtype = torch.float32) -> None:
-        from transformers import T5EncoderModel, T5TokenizerFast
-        from transformers.utils import logging as hf_logging
+        from transformers import T5EncoderModel
 
         self.directory = resolve_t5_dir(directory)
-        verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()  # decoder weights of a full T5 checkpoint are expected extras
-        hf_logging.disable_progress_bar()
-        try:
-            self.tokenizer = T5TokenizerFast.from_pretrained(str(self.directory), local_files_only=True)
-            self.model = T5EncoderModel.from_pretrained(
-                str(self.directory), local_files_only=True, dtype=dtype).to(device).eval()
-        except OSError as exc:
-            raise T5Error(f"{self.directory}: cannot load T5 ({exc}); re-download google/flan-t5-base") from None
-        finally:
-            hf_logging.set_verbosity(verbosity)
-            hf_logging.enable_progress_bar()
+        with _quiet_transformers():
+            try:
+                self.tokenizer = _load_tokenizer(self.directory)
+                self.model = T5EncoderModel.from_pretrained(
+                    str(self.directory), local_files_only=True, dtype=dtype).to(device).eval()
+            except OSError as exc:
+                raise T5Error(f"{self.directory}: cannot load T5 ({exc}); re-download google/flan-t5-base") from None
         self.model.requires_grad_(False)
+
+    @classmethod
+    def from_model(cls, model: torch.nn.Module, tokenizer_dir: Path | str, *,
+                   device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> T5Encoder:
+        """A T5Encoder over an already-built `T5EncoderModel` (moved to `device`/`dtype`, eval,
+        frozen) and the tokenizer files in `tokenizer_dir` (`directory` is that folder)."""
+        self = cls.__new__(cls)
+        self.directory = Path(tokenizer_dir)
+        with _quiet_transformers():
+            try:
+                self.tokenizer = _load_tokenizer(self.directory)
+            except OSError as exc:
+                raise T5Error(f"{self.directory}: cannot load the T5 tokenizer ({exc})") from None
+        self.model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        return self
 
     def weights_file(self) -> Path:
         """The weight file the model came from (for fingerprints)."""

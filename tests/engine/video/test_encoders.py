@@ -157,3 +157,17 @@ def test_bf16_matches_fp32_by_cosine(tiny_encoders) -> None:
     s, s16 = enc.encode_sync(sync_frames, tf, tm), half.encode_sync(sync_frames, tf16, tm16)
     assert s16.dtype == torch.float32 and cos(s, s16, dim=-1).min() > 0.99
     half.free()
+
+
+def test_t5_encoder_from_a_built_model(video_golden_dir: Path) -> None:
+    from selva_engine.conformance.video import build_t5
+    from selva_engine.video.t5 import T5Encoder
+
+    sidecar = json.loads((video_golden_dir / "t5_tiny.json").read_text())
+    t5 = T5Encoder.from_model(build_t5(sidecar, video_golden_dir), video_golden_dir / "t5_tokenizer_tiny",
+                              dtype=torch.bfloat16)
+    assert t5.directory == video_golden_dir / "t5_tokenizer_tiny"
+    assert not t5.model.training and not any(p.requires_grad for p in t5.model.parameters())
+    hidden, mask = t5.encode(["a dog barking in the distance"])
+    assert hidden.dtype == torch.bfloat16 and hidden.shape == (1, 9, 48) and mask.all()
+    assert t5.tokenize(["a dog barking in the distance"])[0].tolist() == [[4, 18, 33, 106, 3, 5, 7, 64, 1]]
