@@ -30,6 +30,7 @@ import numpy as np
 
 from selva_engine.errors import DatasetError, open_error
 from selva_engine.io import open_regular
+from selva_engine.video.decode import cap_prop_fps
 
 __all__ = ["VIDEO_SUFFIXES", "VideoError", "VideoInfo", "VideoLimits", "probe_video", "read_video_audio"]
 
@@ -87,22 +88,6 @@ class VideoInfo:
     audio_start: float
     variable_rate: bool = False
     warnings: tuple[str, ...] = field(default=())
-
-
-def _rate(value) -> float:
-    if value is None or value.denominator == 0:
-        return 0.0
-    return float(value.numerator) / float(value.denominator)
-
-
-def _cap_prop_fps(stream) -> float:
-    """OpenCV's CAP_PROP_FPS: average rate, else the base rate, else 1 / time_base."""
-    fps = _rate(stream.average_rate)
-    if fps < 1e-6:
-        fps = _rate(stream.base_rate)
-    if fps < 1e-6 and stream.time_base:
-        fps = 1.0 / _rate(stream.time_base)
-    return fps
 
 
 def _start(stream) -> float:
@@ -206,7 +191,7 @@ def _read_header(path: Path, f: BinaryIO, limits: VideoLimits) -> dict:
         stream = container.streams.video[0]
         ctx = stream.codec_context
         _check_dimensions(path, int(ctx.width or 0), int(ctx.height or 0), limits)
-        cap = _cap_prop_fps(stream)
+        cap = cap_prop_fps(stream)
         if not math.isfinite(cap) or cap <= 0 or cap > limits.max_fps:
             raise VideoError(path, f"declares no usable frame rate ({cap:g} fps)")
         frames = _frame_count(path, container, stream, cap, limits)
