@@ -320,7 +320,7 @@ def decode_audio(path: Path | str) -> tuple[np.ndarray, int, float] | None:
         chunks: list[np.ndarray] = []
         try:
             for frame in container.decode(stream):
-                chunks.append(_planar_float(frame))
+                chunks.append(planar_float(frame))
         except av.error.FFmpegError as exc:
             raise DecodeError(path, f"its audio track failed to decode ({exc})") from exc
     if not chunks or rate <= 0:
@@ -328,7 +328,7 @@ def decode_audio(path: Path | str) -> tuple[np.ndarray, int, float] | None:
     return np.concatenate(chunks, axis=1).astype(np.float32, copy=False), rate, start
 
 
-def _planar_float(frame) -> np.ndarray:
+def planar_float(frame) -> np.ndarray:
     """One decoded audio frame as (C, n) float32, whatever its sample format."""
     fmt = frame.format.name
     arr = frame.to_ndarray()

@@ -30,7 +30,7 @@ import numpy as np
 
 from selva_engine.errors import DatasetError, open_error
 from selva_engine.io import open_regular
-from selva_engine.video.decode import cap_prop_fps
+from selva_engine.video.decode import cap_prop_fps, planar_float
 
 __all__ = ["VIDEO_SUFFIXES", "VideoError", "VideoInfo", "VideoLimits", "probe_video", "read_video_audio"]
 
@@ -229,21 +229,6 @@ def probe_video(path: Path | str, *, root: Path | str | None = None,
     return VideoInfo(**{**info.__dict__, "warnings": _warnings(info)})
 
 
-def _planar(frame) -> np.ndarray:
-    """One decoded audio frame as (C, n) float32, whatever its sample format."""
-    arr = frame.to_ndarray()
-    fmt = frame.format.name
-    if not frame.format.is_planar:
-        arr = arr.reshape(-1, len(frame.layout.channels)).T
-    if fmt.startswith("s16"):
-        return arr.astype(np.float32) / np.float32(32768.0)
-    if fmt.startswith("s32"):
-        return arr.astype(np.float32) / np.float32(2147483648.0)
-    if fmt.startswith("u8"):
-        return (arr.astype(np.float32) - 128.0) / np.float32(128.0)
-    return arr.astype(np.float32, copy=False)
-
-
 def read_video_audio(path: Path | str, *, start: float, duration: float,
                      root: Path | str | None = None) -> tuple[np.ndarray, int]:
     """The video's own audio for `[start, start + duration)` seconds of the frames' clock.
@@ -287,7 +272,7 @@ def _fill_window(container, stream, out: np.ndarray, first: int) -> None:
     for frame in container.decode(stream):
         if pos >= first + n:
             return
-        block = _planar(frame)
+        block = planar_float(frame)
         lo, hi = max(first, pos), min(first + n, pos + block.shape[1])
         if hi > lo:
             rows = min(out.shape[0], block.shape[0])
