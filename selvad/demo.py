@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["EXPECTED_OUTPUTS", "copy_slowly", "make_dataset", "missing_outputs", "run_demo",
-           "write_clip"]
+__all__ = ["EXPECTED_OUTPUTS", "copy_slowly", "make_dataset", "missing_outputs",
+           "print_page_link", "run_demo", "write_clip"]
 
 MARKER = ".selvad-demo"  # marks a directory this command created (safe to recreate)
 EXPECTED_OUTPUTS = ("run.toml", "validation.toml", "adapter_step*.pt", "adapter_final.pt",
@@ -207,6 +207,25 @@ def _tree(root: Path) -> None:
             print(f"  {rel}  ({path.stat().st_size:,} bytes)")
 
 
+def print_page_link(config: Path, wait: float = 15.0) -> None:
+    """Print the link to the demo daemon's page, token included (what `selvad web-url`
+    prints), once the daemon says which URL it serves (`wait` seconds at most)."""
+    from selvad.config.daemon import load_config
+    from selvad.web.access import URL_FILE, ensure_token, page_link, served_url
+
+    cfg = load_config(config)
+    deadline = time.monotonic() + wait
+    while not (cfg.paths.state_dir / URL_FILE).exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    try:
+        link = page_link(served_url(cfg), ensure_token(cfg))
+    except OSError as exc:
+        print(f"the web page's link is unknown ({exc})", flush=True)
+        return
+    print(f"open {link} in a browser to follow the run and listen to its checkpoints "
+          "(the link carries the page's token; `selvad web-url` prints it again)", flush=True)
+
+
 def _stop(proc: subprocess.Popen[bytes], timeout: float = 120.0) -> int | None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
@@ -233,10 +252,6 @@ def run_demo(root: Path, steps: int = 100, weights: str = "", variant: str = "",
     if problem:
         print(f"selvad demo: {problem}", file=sys.stderr)
         return 1
-    from selvad.config.daemon import WebConfig
-
-    print(f"open http://{WebConfig().listen}/ in a browser to follow the run and listen to "
-          "its checkpoints (the daemon serves it once started)", flush=True)
     tiny = not weights
     variant = variant or ("tiny_16k" if tiny else "small_16k")
     if tiny:
@@ -266,6 +281,7 @@ def run_demo(root: Path, steps: int = 100, weights: str = "", variant: str = "",
         while not (root / "state" / "queue.sqlite3").exists() and time.monotonic() < deadline:
             time.sleep(0.2)
         narrator.poll()
+        print_page_link(config)
         print("copying clips into datasets/demo/ in chunks (as a slow upload would)", flush=True)
         copy_slowly(root / "staging", root / "datasets" / "demo", pause=0.02)
         return _wait(proc, narrator, root, RunQueue(root / "state" / "queue.sqlite3"), timeout)
