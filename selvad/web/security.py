@@ -29,14 +29,17 @@ __all__ = ["BODY_MAX_BYTES", "BODY_TIMEOUT", "CSP", "Gate", "Guard", "cookie_nam
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
        "media-src 'self'; connect-src 'self'; form-action 'self'; base-uri 'none'; "
        "frame-ancestors 'none'")
+# Referer only to this origin: "no-referrer" would make browsers send `Origin: null` with
+# the page's own form posts (the Fetch standard ties the two), which the Origin check refuses.
+# The token never is in a URL a page is shown under (the login redirect drops it).
 HEADERS = [(b"content-security-policy", CSP.encode()), (b"x-content-type-options", b"nosniff"),
-           (b"referrer-policy", b"no-referrer"), (b"x-frame-options", b"DENY"),
+           (b"referrer-policy", b"same-origin"), (b"x-frame-options", b"DENY"),
            (b"cache-control", b"no-store")]
 BODY_MAX_BYTES = 4096  # the page's forms carry one CSRF field; anything larger is refused
 BODY_TIMEOUT = 10.0  # seconds for the whole request body to arrive
 SAFE_METHODS = ("GET", "HEAD")
-NO_TOKEN = ("This page needs its token: open the link that `selvad web-url` prints "
-            "(run it as the daemon's user).")
+NO_TOKEN = ("This page needs its token: open the link that `selvad web-url` prints (run it "
+            "as the daemon's user, with the daemon's --config if it has one).")
 
 
 def cookie_name(scope: Scope) -> str:
@@ -132,7 +135,7 @@ class Gate:
             return self._login(scope, given[-1], [(k, v) for k, v in query if k != "token"])
         bearer = _header(scope, b"authorization").removeprefix("Bearer ").strip()
         if not (_same(_cookie(scope, cookie_name(scope)), self.token) or _same(bearer, self.token)):
-            return PlainTextResponse(NO_TOKEN, 401)
+            return PlainTextResponse(NO_TOKEN, 401, headers={"www-authenticate": "Bearer"})
         if scope["method"] not in SAFE_METHODS:
             return self._foreign_origin(scope, host)
         return None
@@ -149,8 +152,14 @@ class Gate:
 
     @staticmethod
     def _foreign_origin(scope: Scope, host: str) -> Response | None:
+        """A refusal when the browser says an action comes from another site: an `Origin`
+        other than this one, or `Sec-Fetch-Site` other than same-origin/none. `Origin: null`
+        passes only with `Sec-Fetch-Site: same-origin` (what a browser sends for the page's
+        own forms under a no-referrer policy; a page cannot forge Sec-Fetch-*)."""
         origin = _header(scope, b"origin")
         site = _header(scope, b"sec-fetch-site")
+        if origin == "null" and site == "same-origin":
+            origin = ""
         if (origin and origin != f"{scope.get('scheme', 'http')}://{host}") or \
                 site not in ("", "same-origin", "none"):
             return PlainTextResponse("Refused: this action was sent from another site; use the "
