@@ -233,6 +233,8 @@ def test_demo_runs_to_completion(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "validation: valid" in proc.stdout and "training: [" in proc.stdout
     assert "adapter_final.pt" in proc.stdout
+    link = next(w for w in proc.stdout.split() if "?token=" in w)  # the page's link, token in
+    assert link.startswith("http://127.0.0.1:") and "`selvad web-url` prints it" in proc.stdout
     finals = list((demo / "output" / "demo").glob("2*/adapter_final.pt"))
     assert len(finals) == 1
     # the closing lines: the daemon has stopped, how to run it again (this venv's selvad,
