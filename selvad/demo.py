@@ -345,6 +345,7 @@ def closing_lines(root: Path, run_dir: Path) -> str:
         "The daemon has stopped. To run it again on the demo tree and look around:",
         f"  {exe} run --config {config}          # then, in another terminal:",
         f"  {exe} status --config {config}",
+        f"  {exe} web-url --config {config}   # the page's link, token included",
         f"  edit {root / 'jobs' / 'demo.toml'} (a new run is queued), or drop more clips into "
         f"{root / 'datasets' / 'demo'}",
     ])

@@ -245,6 +245,7 @@ def test_demo_runs_to_completion(tmp_path: Path) -> None:
     assert again.split()[0] in (str(Path(sys.executable).with_name("selvad")), sys.executable)
     assert again.endswith(f"run --config {demo / 'selvad.toml'}")
     assert "recommended: " in proc.stdout
+    assert f"web-url --config {demo / 'selvad.toml'}" in proc.stdout  # the page, later
     status = subprocess.run([*again.replace(" run ", " status ").split()], capture_output=True,
                             text=True, timeout=60)  # the pasted command works
     assert status.returncode == 0 and "done" in status.stdout, status.stdout + status.stderr
