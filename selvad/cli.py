@@ -370,6 +370,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
                     keep=args.keep)
 
 
+def cmd_web_url(args: argparse.Namespace) -> int:
+    """`selvad web-url`: the page's link with its token (see selvad.web.access)."""
+    from selvad.web.access import ensure_token, page_link, served_url
+
+    cfg = _config(args)
+    try:
+        print(page_link(served_url(cfg), ensure_token(cfg)))
+    except OSError as exc:
+        return _fail(str(exc))
+    return 0
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     """`selvad doctor`: environment checks (see selvad.doctor); exit 1 when any is a problem."""
     from selvad.doctor import format_checks, run_checks
@@ -447,6 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
     im.add_argument("--variant", default=None, help="model variant (default: the daemon's)")
     im.add_argument("--output", default=None, help="write the job file here (refused if it "
                     "exists; default: print it)")
+    sub.add_parser("web-url", parents=[common], help="print the web page's link with its token")
     d = sub.add_parser("demo", help="train a tiny adapter end to end with the real daemon")
     d.add_argument("dir", nargs="?", default="selvad-demo")
     d.add_argument("--steps", type=int, default=100, help="training steps (default 100)")
@@ -519,6 +532,7 @@ def _dispatch(argv: list[str]) -> int:
         "run": cmd_run, "doctor": cmd_doctor, "init-job": cmd_init_job, "demo": cmd_demo,
         "check-job": _check_job,
         "import-sweep": cmd_import_sweep,
+        "web-url": cmd_web_url,
         "status": _state_command(cmd_status), "runs": _state_command(cmd_runs),
         "enqueue": _state_command(lambda a: _request(a, "enqueue", job=a.job)),
         "cancel": _state_command(lambda a: _request(a, "cancel", run_id=a.run)),

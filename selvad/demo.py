@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 
 __all__ = ["EXPECTED_OUTPUTS", "DemoStopped", "copy_slowly", "free_listen", "make_dataset",
-           "missing_outputs", "run_demo", "write_clip", "write_demo_video", "write_demo_videos"]
+           "missing_outputs", "print_page_link", "run_demo", "write_clip", "write_demo_video",
+           "write_demo_videos"]
 
 MARKER = ".selvad-demo"  # marks a directory this command created (safe to recreate)
 EXPECTED_OUTPUTS = ("run.toml", "validation.toml", "adapter_step*.pt", "adapter_final.pt",
@@ -261,8 +262,8 @@ class _Narrator:
         if name == "daemon.ready":
             return "daemon: ready, watching " + ", ".join(ev.get("dataset_roots", []))
         if name == "web.ready":
-            return (f"page: open {ev.get('url')} in a browser to follow the run and listen to "
-                    "its checkpoints")
+            return (f"page: served at {ev.get('url')} (open it through the link with its "
+                    "token, which `selvad web-url` prints)")
         if name == "daemon.companion_failed":
             return f"page: not served: {ev.get('message')}"
         if name == "job.loaded":
@@ -315,6 +316,25 @@ def _tree(root: Path) -> None:
             print(f"  {rel} -> {os.readlink(path)}")
         elif path.is_file():
             print(f"  {rel}  ({path.stat().st_size:,} bytes)")
+
+
+def print_page_link(config: Path, wait: float = 15.0) -> None:
+    """Print the link to the demo daemon's page, token included (what `selvad web-url`
+    prints), once the daemon says which URL it serves (`wait` seconds at most)."""
+    from selvad.config.daemon import load_config
+    from selvad.web.access import URL_FILE, ensure_token, page_link, served_url
+
+    cfg = load_config(config)
+    deadline = time.monotonic() + wait
+    while not (cfg.paths.state_dir / URL_FILE).exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    try:
+        link = page_link(served_url(cfg), ensure_token(cfg))
+    except OSError as exc:
+        print(f"the web page's link is unknown ({exc})", flush=True)
+        return
+    print(f"open {link} in a browser to follow the run and listen to its checkpoints "
+          "(the link carries the page's token; `selvad web-url` prints it again)", flush=True)
 
 
 def _stop(proc: subprocess.Popen[bytes], timeout: float = 120.0) -> int | None:
@@ -392,6 +412,7 @@ def _run_demo(root: Path, steps: int, weights: str, variant: str, clips: int,
         while not (root / "state" / "queue.sqlite3").exists() and time.monotonic() < deadline:
             time.sleep(0.2)
         narrator.poll()
+        print_page_link(config)
         print("copying clips into datasets/demo/ in chunks (as a slow upload would)", flush=True)
         copy_slowly(root / "staging", root / "datasets" / "demo", pause=0.02)
         return _wait(proc, narrator, root, RunQueue(root / "state" / "queue.sqlite3"), timeout)
@@ -472,6 +493,7 @@ def closing_lines(root: Path, run_dir: Path) -> str:
         "The daemon has stopped. To run it again on the demo tree and look around:",
         f"  {exe} run --config {config}          # then, in another terminal:",
         f"  {exe} status --config {config}",
+        f"  {exe} web-url --config {config}   # the page's link, token included",
         f"  edit {root / 'jobs' / 'demo.toml'} (a new run is queued), or drop more clips into "
         f"{root / 'datasets' / 'demo'}",
     ])

@@ -161,11 +161,11 @@ class LoggingConfig:
 
 @dataclass(frozen=True)
 class WebConfig:
-    """The web page (selvad.web): where it listens and the token its actions need."""
+    """The web page (selvad.web): where it listens and the token every request needs."""
 
     enabled: bool = True  # serve the page beside the main loop
     listen: str = "127.0.0.1:8765"  # HOST:PORT ([::1]:PORT for IPv6); port 0 = any free port
-    token: str = ""  # needed by cancel/retry/enqueue when `listen` is not a loopback address
+    token: str = ""  # every request needs it; "" = the one written into <state_dir>/web_token
 
     @property
     def host(self) -> str:
@@ -294,10 +294,10 @@ def _check_web(web: WebConfig, p: Problems) -> None:
     except ValueError as exc:
         p.add("web.listen", "not an address", got=web.listen, expected=str(exc)[9:])
         return
-    if web.enabled and not web.loopback and len(web.token) < 16:
-        p.add("web.token", "other machines can reach the page, so its actions need a token",
-              got=web.token, expected="a secret of at least 16 characters, or "
-              'listen = "127.0.0.1:8765"')
+    if web.token and (len(web.token) < 16 or not web.token.isprintable() or " " in web.token):
+        p.add("web.token", "too short to keep the page private", got=web.token,
+              expected='a secret of at least 16 characters without spaces, or "" to use the '
+              "one the daemon writes into the state directory")
 
 
 def parse_config(data: dict[str, Any], path: Path | str) -> DaemonConfig:

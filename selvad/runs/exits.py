@@ -22,11 +22,12 @@ from pathlib import Path
 
 from selva_engine.training.options import TrainConfig
 
-__all__ = ["KILL_RETRY_DELAYS", "MESSAGE_LIMIT", "describe_exit", "kill_cause",
+__all__ = ["KILL_RETRY_DELAYS", "MESSAGE_LIMIT", "REASON_LIMIT", "describe_exit", "kill_cause",
            "last_exception_line", "one_line", "oom_kill_count", "sigkill_verdict"]
 
 KILL_RETRY_DELAYS = (30.0, 120.0)  # seconds before automatic retry 1, 2, ... of a killed run
 MESSAGE_LIMIT = 300  # characters of a failed run's error sentence
+REASON_LIMIT = 4000  # characters of the reason a failed run keeps (its page shows it whole)
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 _EXC_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b(: .*)?$")
 

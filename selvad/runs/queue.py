@@ -132,7 +132,9 @@ class RunQueue:
 
         Identity is (job, sweep_id, kind, config_hash, manifest_hash); `config_hash`
         defaults to `config_digest(config)`. A superseded run never counts as the same run. `force` skips the check
-        (an explicit `selvad enqueue`). Automatic triggers pass `rerun_states=()` so that a
+        (an explicit `selvad enqueue`, the page's Train now) against finished runs only: an
+        identical run that is still queued or running is never queued a second time, however
+        often it is asked for. Automatic triggers pass `rerun_states=()` so that a
         run the user cancelled (or one that failed) is not revived by a touched file.
         """
         if kind not in KINDS:
@@ -140,17 +142,18 @@ class RunQueue:
         chash = config_hash or config_digest(config)
         mhash = manifest_hash(manifest)
         now = time.time()
+        if force:
+            rerun_states = TERMINAL
         with self._write() as db:
-            if not force:
-                marks = ", ".join("?" * len(rerun_states))
-                dup = db.execute(
-                    "SELECT id FROM runs WHERE job=? AND sweep_id=? AND kind=? AND config_hash=?"
-                    f" AND manifest_hash=? AND state NOT IN ({marks}) AND NOT (state='cancelled'"
-                    " AND COALESCE(error, '') LIKE ?) LIMIT 1",  # NULL error: not superseded
-                    (job, sweep_id, kind, chash, mhash, *rerun_states, SUPERSEDED + "%"),
-                ).fetchone()
-                if dup is not None:
-                    return None
+            marks = ", ".join("?" * len(rerun_states))
+            dup = db.execute(
+                "SELECT id FROM runs WHERE job=? AND sweep_id=? AND kind=? AND config_hash=?"
+                f" AND manifest_hash=? AND state NOT IN ({marks}) AND NOT (state='cancelled'"
+                " AND COALESCE(error, '') LIKE ?) LIMIT 1",  # NULL error: not superseded
+                (job, sweep_id, kind, chash, mhash, *rerun_states, SUPERSEDED + "%"),
+            ).fetchone()
+            if dup is not None:
+                return None
             run_id = new_run_id(now)
             while db.execute("SELECT 1 FROM runs WHERE id=?", (run_id,)).fetchone():
                 run_id = new_run_id(now)

@@ -44,6 +44,7 @@ from selvad.config.daemon import DaemonConfig
 from selvad.log import get_logger
 from selvad.runs.child import signal_group
 from selvad.runs.exits import (
+    REASON_LIMIT,
     describe_exit,
     kill_cause,
     last_exception_line,
@@ -384,11 +385,12 @@ class RunProcess:
                                                    self.run.auto_retries)
             return Outcome(state, error=f"{why}; the full log is {log}", exit_code=code,
                            retry_at=retry_at)
-        if self.last_error:
-            error = one_line(self.last_error)
+        if self.last_error:  # whole: the fix is often at its end
+            error = one_line(self.last_error, REASON_LIMIT)
         else:
             cause = last_exception_line(self._read_stderr_tail())
-            error = describe_exit(code, self.run.kind) + (f" ({one_line(cause)})" if cause else "")
+            error = describe_exit(code, self.run.kind) + (f" ({one_line(cause, REASON_LIMIT)})"
+                                                         if cause else "")
         return Outcome("failed", error=f"{error}; the full log is {log}", exit_code=code)
 
     def _read_stderr_tail(self) -> list[str]:

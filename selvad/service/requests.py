@@ -150,7 +150,9 @@ class RequestHandler:
                     f"(`selvad validate {job.dataset_dir} --variant {job.base.variant}`)")
         new = self.d.enqueue(spec, manifest, reason=f"retry of {run.id} with the current config",
                              force=True, explicit=True)
-        assert new is not None  # forced: never a duplicate
+        if new is None:  # forced, so only a queued or running twin stops it
+            return (f"nothing queued: a run with the job file's current config on the same "
+                    f"clips is already queued or running (`selvad runs {run.job}`)")
         return (f"queued {new.id} with the job file's current config ({job.path}); {run.id} "
                 f"keeps the config it ran")
 
@@ -171,7 +173,9 @@ class RequestHandler:
             return (f"nothing queued: dataset {job.dataset_dir} has errors "
                     f"(`selvad validate {job.dataset_dir} --variant {job.base.variant}`)")
         if not ids:
-            return "nothing queued: every run of this sweep is already done or queued"
+            return ("nothing queued: an identical run is already queued or running"
+                    + (" (or done, for a sweep)" if job.sweeps else "")
+                    + f"; `selvad runs {job.name}` lists them")
         return "queued " + ", ".join(ids)
 
     def _skip(self, req: Request) -> str:

@@ -10,6 +10,8 @@ loop answers them. Reads go through selvad.web.state (read-only); files only as 
 
 from __future__ import annotations
 
+import re
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -17,6 +19,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import (
     FileResponse,
@@ -32,7 +35,8 @@ from selvad.config.daemon import DaemonConfig
 from selvad.config.jobs import SAFE_NAME, check_run_id, job_file
 from selvad.display import format_duration
 from selvad.runs.queue import RunQueue
-from selvad.web.security import Guard, SecurityHeaders
+from selvad.web.access import ensure_token
+from selvad.web.security import BODY_MAX_BYTES, Gate, Guard
 from selvad.web.state import ReadOnlyState
 from selvad.web.sweeps import SWEEP_FILES, SweepView, ab_pair
 
@@ -41,10 +45,12 @@ __all__ = ["create_app"]
 HERE = Path(__file__).parent
 STATIC = {"app.js": "text/javascript", "style.css": "text/css"}
 MEDIA = {".pt": "application/octet-stream", ".wav": "audio/wav", ".png": "image/png",
-         ".json": "application/json", ".toml": "text/plain", ".jsonl": "text/plain"}
+         ".json": "application/json", ".toml": "text/plain", ".jsonl": "text/plain",
+         ".log": "text/plain; charset=utf-8"}
 ACTIONS = ("cancel", "retry")
-FORM_MAX_BYTES = 4096
-
+REQUEST_ID = re.compile(r"[0-9]{1,18}")  # a request row id (SQLite integers are 64-bit)
+STATUS_INTERVAL = 1.0  # seconds one computed /api/status answer is shared by every caller
+WAITING = "request sent; waiting for the daemon's answer…"
 
 
 def _when(t: float | str | None) -> str:
@@ -62,16 +68,29 @@ class WebApp:
     """The handlers, sharing the read-only state, the guard and the templates."""
 
     def __init__(self, cfg: DaemonConfig) -> None:
-        self.cfg, self.state, self.guard = cfg, ReadOnlyState(cfg), Guard(cfg.web)
+        self.cfg, self.state, self.guard = cfg, ReadOnlyState(cfg), Guard()
         self.sweeps = SweepView(self.state)
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
         self.templates.env.filters["duration"] = format_duration
         self.templates.env.filters["when"] = _when
         self.static = {name: (HERE / "static" / name).read_bytes() for name in STATIC}
         self._queue: RunQueue | None = None
+        self._status_lock = threading.Lock()
+        self._status: tuple[float, dict[str, Any]] = (-STATUS_INTERVAL, {})
+
+    def status(self) -> dict[str, Any]:
+        """`selvad status --json`, computed at most once per STATUS_INTERVAL however many
+        callers ask at once (a burst of polls must not slow training)."""
+        with self._status_lock:
+            at, value = self._status
+            if time.monotonic() - at >= STATUS_INTERVAL:
+                value = self.state.status()
+                self._status = (time.monotonic(), value)
+            return value
 
     def page(self, request: Request, name: str, **ctx: Any) -> Response:
-        return self.templates.TemplateResponse(request, name, {"csrf": self.guard.csrf, **ctx})
+        return self.templates.TemplateResponse(request, name, {"csrf": self.guard.csrf,
+                                                              "waiting": WAITING, **ctx})
 
     def not_found(self, what: str = "page") -> Response:
         return PlainTextResponse(f"No such {what}.", 404)
@@ -87,26 +106,20 @@ class WebApp:
     # -- pages --------------------------------------------------------------------------
 
     def index(self, request: Request) -> Response:
-        login = self.guard.login(request)
-        if login is not None:
-            return login
         runs = self.state.runs()
         last = {}
         for r in runs:
             last[r.job] = r
         watched = self.state.watched()
-        return self.page(request, "index.html", status=self.state.status(), runs=runs[::-1][:50],
+        return self.page(request, "index.html", status=self.status(), runs=runs[::-1][:50],
                          jobs=[(j, last.get(j)) for j in self.jobs()],
                          sweeps={r.job for r in runs if r.sweep_id},
                          datasets=[(w, self.state.dataset_report(w.name)) for w in watched
                                    if w.kind == "dataset"],
                          bad_jobs=[w for w in watched if w.kind == "job" and w.problem],
-                         notice=self._notice(request), may_act=self.guard.may_act(request))
+                         notice=self._notice(request))
 
     def run_page(self, request: Request) -> Response:
-        login = self.guard.login(request)
-        if login is not None:
-            return login
         run = self._run(request)
         if run is None:
             return self.not_found("run")
@@ -115,13 +128,9 @@ class WebApp:
         return self.page(request, "run.html", run=run, files=files, meta=meta,
                          checkpoints=self.state.checkpoints(run, files, meta),
                          reference=self.state.reference(run) is not None,
-                         rec=meta.get("recommendation") or {}, notice=self._notice(request),
-                         may_act=self.guard.may_act(request))
+                         rec=meta.get("recommendation") or {}, notice=self._notice(request))
 
     def sweep_page(self, request: Request) -> Response:
-        login = self.guard.login(request)
-        if login is not None:
-            return login
         job = request.path_params["job"]
         if job not in self.sweeps.jobs():
             return self.not_found("sweep")
@@ -135,12 +144,16 @@ class WebApp:
                          plot=self.sweeps.file(job, "loss_comparison.png") is not None,
                          rec=summary.get("recommendation") or {})
 
-    def _notice(self, request: Request) -> str | None:
-        raw = request.query_params.get("request", "")
-        if not raw.isdigit():
+    def _notice(self, request: Request) -> tuple[int, str] | None:
+        """(request id, the daemon's answer or WAITING) for `?request=ID`; 400 for a value
+        that is not a request id."""
+        raw = request.query_params.get("request")
+        if raw is None:
             return None
+        if not REQUEST_ID.fullmatch(raw):
+            raise HTTPException(400, "Bad request id: expected ?request=NUMBER.")
         result = self.state.request_result(int(raw))
-        return result if result is not None else "request sent; the daemon answers within a second"
+        return int(raw), result if result is not None else WAITING
 
     def _run(self, request: Request) -> Any:
         try:
@@ -182,7 +195,14 @@ class WebApp:
     # -- API ----------------------------------------------------------------------------
 
     def api_status(self, request: Request) -> Response:
-        return JSONResponse(self.state.status())
+        return JSONResponse(self.status())
+
+    def api_request(self, request: Request) -> Response:
+        raw = request.path_params["request_id"]
+        if not REQUEST_ID.fullmatch(raw):
+            return JSONResponse({"error": "Bad request id."}, 400)
+        result = self.state.request_result(int(raw))
+        return JSONResponse({"id": int(raw), "handled": result is not None, "result": result})
 
     def api_run(self, request: Request) -> Response:
         run = self._run(request)
@@ -204,13 +224,10 @@ class WebApp:
     # -- actions ------------------------------------------------------------------------
 
     async def act(self, request: Request) -> Response:
-        body = await request.body()  # a urlencoded form of one field: parsed here, no multipart
-        form = parse_qs(body[:FORM_MAX_BYTES].decode("latin-1"), max_num_fields=4)
+        body = await request.body()  # the Gate read it (at most BODY_MAX_BYTES): one field
+        form = parse_qs(body[:BODY_MAX_BYTES].decode("latin-1"), max_num_fields=4)
         if not self.guard.csrf_ok((form.get("csrf") or [""])[0]):
             return PlainTextResponse("This form has expired: reload the page and try again.", 403)
-        if not self.guard.may_act(request):
-            return PlainTextResponse("Actions need the token: open the page as /?token=SECRET "
-                                     "([web] token in the daemon's config).", 403)
         action = request.path_params["action"]
         if "job" in request.path_params:
             if action != "enqueue":
@@ -222,13 +239,20 @@ class WebApp:
                 return self.not_found("job")
             if job not in self.jobs() or not path.is_file():
                 return self.not_found("job")
-            req = self.queue().request("enqueue", job=job)
-            return RedirectResponse(f"/?request={req}", 303)
+            return RedirectResponse(f"/?request={self._enqueue_request(job)}", 303)
         run = self._run(request)
         if run is None or action not in ACTIONS:
             return self.not_found("run")
         req = self.queue().request(action, run_id=run.id)
         return RedirectResponse(f"/runs/{run.id}?request={req}", 303)
+
+    def _enqueue_request(self, job: str) -> int:
+        """The id of an enqueue request for `job`: the one still waiting for the daemon when
+        there is one (three clicks on Train now are one request), else a new one."""
+        with self._status_lock:  # one writer at a time: two clicks never both miss the other
+            q = self.queue()
+            waiting = [r for r in q.pending_requests() if r.action == "enqueue" and r.job == job]
+            return waiting[0].id if waiting else q.request("enqueue", job=job)
 
     def queue(self) -> RunQueue:
         if self._queue is None:
@@ -236,8 +260,10 @@ class WebApp:
         return self._queue
 
 
-def create_app(cfg: DaemonConfig) -> Starlette:
-    """The ASGI application serving the page for the daemon config `cfg`."""
+def create_app(cfg: DaemonConfig, token: str | None = None) -> Starlette:
+    """The ASGI application serving the page for the daemon config `cfg`, open to requests
+    that carry `token` (default: `ensure_token(cfg)`, which may raise TokenError)."""
+    token = token or ensure_token(cfg)
     web = WebApp(cfg)
     routes = [
         Route("/", web.index),
@@ -252,7 +278,8 @@ def create_app(cfg: DaemonConfig) -> Starlette:
         Route("/api/status", web.api_status),
         Route("/api/runs/{run_id}", web.api_run),
         Route("/api/sweeps/{job}", web.api_sweep),
+        Route("/api/requests/{request_id}", web.api_request),
     ]
     app = Starlette(routes=routes)
-    app.add_middleware(SecurityHeaders, web=cfg.web)
+    app.add_middleware(Gate, web=cfg.web, token=token)
     return app

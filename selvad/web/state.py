@@ -31,7 +31,7 @@ from selvad.runs.queue import ACTIVE, STATES, TERMINAL, Run
 from selvad.runs.rundir import run_dir_for
 from selvad.runs.watched import Watched
 
-__all__ = ["ARTEFACTS", "Checkpoint", "ReadOnlyState", "status_dict"]
+__all__ = ["ARTEFACTS", "Checkpoint", "ReadOnlyState", "servable", "status_dict"]
 
 # artefact kind -> the names a run directory may serve under it
 ARTEFACTS: dict[str, re.Pattern[str]] = {
@@ -42,6 +42,7 @@ ARTEFACTS: dict[str, re.Pattern[str]] = {
     "spectrogram": re.compile(r"sample_(?:step\d{5,}|reference)\.png"),
     "plot": re.compile(r"(?:loss_raw|loss_smoothed|loss_validation|metrics)\.png"),
     "record": re.compile(r"(?:meta\.json|run\.toml|validation\.toml|progress\.jsonl)"),
+    "log": re.compile(r"worker\.log"),
 }
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".aiff", ".aif", ".mp3", ".m4a", ".opus")
 PROGRESS_MAX_BYTES = 32 << 20  # progress.jsonl larger than this is not parsed for the table
@@ -71,9 +72,15 @@ def status_dict(cfg: DaemonConfig, runs: list[Run], problems: list[Watched]) -> 
             "problems": [vars(p) for p in problems]}
 
 
+def servable(st: os.stat_result) -> bool:
+    """Whether a file with lstat `st` may be served: a regular file with one name. A
+    hardlink placed in a run directory (st_nlink > 1) may name a file from anywhere."""
+    return stat.S_ISREG(st.st_mode) and st.st_nlink == 1
+
+
 def _regular(path: Path) -> bool:
     try:
-        return stat.S_ISREG(os.lstat(path).st_mode)
+        return servable(os.lstat(path))
     except OSError:
         return False
 
@@ -165,7 +172,7 @@ class ReadOnlyState:
         with os.scandir(path) as entries:
             for e in entries:
                 kind = next((k for k, rx in ARTEFACTS.items() if rx.fullmatch(e.name)), None)
-                if kind and e.is_file(follow_symlinks=False):
+                if kind and _regular(Path(e.path)):
                     out[e.name] = kind
         return dict(sorted(out.items()))
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from selvad.runs.queue import Run
 from selvad.runs.sweeps import sweep_dir
-from selvad.web.state import ReadOnlyState
+from selvad.web.state import ReadOnlyState, servable
 
 __all__ = ["SWEEP_FILES", "SweepBest", "SweepRow", "SweepSample", "SweepView", "ab_pair"]
 
@@ -124,7 +124,7 @@ class SweepView:
         if folder is None:
             return None
         try:
-            return folder / name if stat.S_ISREG(os.lstat(folder / name).st_mode) else None
+            return folder / name if servable(os.lstat(folder / name)) else None
         except OSError:
             return None
 

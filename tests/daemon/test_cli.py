@@ -251,3 +251,19 @@ def test_requests_say_when_the_daemon_is_not_running(config: Path, queue: RunQue
         assert "not running" not in out and "no answer from the daemon" in out
     finally:
         lock.release()
+
+
+def test_web_url_prints_the_link_with_the_token(config: Path, tmp_path: Path, capsys) -> None:
+    """Before the daemon served: [web] listen's address and a token written into the state
+    directory; then the URL the daemon recorded; one sentence when the token is unreadable."""
+    assert main(["web-url", "--config", str(config)]) == 0
+    token = (tmp_path / "state" / "web_token").read_text().strip()
+    assert capsys.readouterr().out == f"http://127.0.0.1:8765/?token={token}\n"
+    (tmp_path / "state" / "web_url").write_text("http://127.0.0.1:40001/\n")
+    assert main(["web-url", "--config", str(config)]) == 0
+    assert capsys.readouterr().out == f"http://127.0.0.1:40001/?token={token}\n"
+    (tmp_path / "state" / "web_token").unlink()
+    (tmp_path / "state" / "web_token").mkdir()
+    assert main(["web-url", "--config", str(config)]) != 0
+    err = capsys.readouterr().err
+    assert "web_token" in err and "Traceback" not in err

@@ -22,6 +22,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -121,6 +123,7 @@ class DaemonTree:
         self.proc: subprocess.Popen[bytes] | None = None
         self.notify: FakeNotifySocket | None = None
         self._queue: RunQueue | None = None
+        self._link = ""
 
     # -- files ---------------------------------------------------------------------------
 
@@ -211,6 +214,30 @@ class DaemonTree:
         """The web page's URL, from the daemon's `web.ready` log event."""
         return self.wait_for(lambda: [e["url"] for e in self.events("web.ready")], timeout,
                              "web.ready")[0]
+
+    def web_link(self, timeout: float = 30) -> str:
+        """The page's link with its token, as `selvad web-url` prints it (once serving)."""
+        url = self.web_url(timeout)
+        if not self._link.startswith(url):
+            out = self.cli("web-url")
+            assert out.returncode == 0 and out.stdout.startswith(url + "?token="), out
+            self._link = out.stdout.strip()
+        return self._link
+
+    def web_token(self, timeout: float = 30) -> str:
+        """The page's token (every page, file and API call needs it)."""
+        return self.web_link(timeout).split("?token=", 1)[1]
+
+    def web_get(self, path: str, timeout: float = 10) -> tuple[int, bytes]:
+        """GET the page's `path` (relative to its URL) with the token as a Bearer header:
+        (status, body)."""
+        request = urllib.request.Request(self.web_url() + path,
+                                         headers={"authorization": f"Bearer {self.web_token()}"})
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
 
     def wait_for(self, what: Callable[[], Any], timeout: float = 90, desc: str = "") -> Any:
         """Poll `what()` until truthy (returned); fail with the log tail after `timeout` s

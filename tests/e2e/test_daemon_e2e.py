@@ -8,7 +8,6 @@ a user does: dropping clips, writing and editing job files, sending signals and 
 from __future__ import annotations
 
 import json
-import re
 import signal
 import subprocess
 import sys
@@ -234,7 +233,8 @@ def test_demo_runs_to_completion(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "validation: valid" in proc.stdout and "training: [" in proc.stdout
     assert "adapter_final.pt" in proc.stdout
-    assert re.search(r"page: open http://127\.0\.0\.1:\d+/ in a browser", proc.stdout)
+    link = next(w for w in proc.stdout.split() if "?token=" in w)  # the page's link, token in
+    assert link.startswith("http://127.0.0.1:") and "`selvad web-url` prints it" in proc.stdout
     assert 'format = "json"' not in (demo / "selvad.toml").read_text()  # auto: readable
     finals = list((demo / "output" / "demo").glob("2*/adapter_final.pt"))
     assert len(finals) == 1
@@ -246,6 +246,7 @@ def test_demo_runs_to_completion(tmp_path: Path) -> None:
     assert again.split()[0] in (str(Path(sys.executable).with_name("selvad")), sys.executable)
     assert again.endswith(f"run --config {demo / 'selvad.toml'}")
     assert "recommended: " in proc.stdout
+    assert f"web-url --config {demo / 'selvad.toml'}" in proc.stdout  # the page, later
     status = subprocess.run([*again.replace(" run ", " status ").split()], capture_output=True,
                             text=True, timeout=scaled(60))  # the pasted command works
     assert status.returncode == 0 and "done" in status.stdout, status.stdout + status.stderr

@@ -67,10 +67,10 @@ def test_a_stopped_demo_leaves_no_daemon_and_shows_its_own_page(
                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
     daemon = 0
     try:
-        _wait_for(lambda: "page: open http" in out.read_text() or demo.poll() is not None,
+        _wait_for(lambda: "page: served at http" in out.read_text() or demo.poll() is not None,
                   240, "the demo to print its page")
         text = out.read_text()
-        url = re.search(r"page: open (http://127\.0\.0\.1:(\d+)/)", text)
+        url = re.search(r"page: served at (http://127\.0\.0\.1:(\d+)/)", text)
         assert url and url.group(2) != "8765", text
         try:  # the URL printed is the demo's own daemon (any HTTP answer: it listens)
             urllib.request.urlopen(url.group(1), timeout=30).close()

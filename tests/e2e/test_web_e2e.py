@@ -53,12 +53,25 @@ def browser(tmp_path: Path) -> Iterator[object]:
         driver.quit()
 
 
-def _status(url: str) -> int:
+def _status(url: str, token: str = "") -> int:
+    headers = {"authorization": f"Bearer {token}"} if token else {}
     try:
-        with urllib.request.urlopen(url, timeout=10) as r:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as r:
             return r.status
     except urllib.error.HTTPError as exc:
         return exc.code
+
+
+def _log_in(driver: object, tree: DaemonTree) -> str:
+    """Open the link `selvad web-url` prints (the page sets its cookie and drops the token
+    from the address); the page's URL."""
+    url = tree.web_url()
+    assert _status(url) == 401  # nothing without the token
+    driver.get(tree.web_link())  # type: ignore[attr-defined]
+    assert driver.current_url == url, driver.current_url  # type: ignore[attr-defined]
+    cookies = driver.get_cookies()  # type: ignore[attr-defined]
+    assert [(c["httpOnly"], c["sameSite"]) for c in cookies] == [(True, "Strict")], cookies
+    return url
 
 
 def _duration(driver: object, css: str) -> list[float]:
@@ -141,7 +154,7 @@ def test_dashboard_run_page_ab_cancel_and_path_tricks(tree: DaemonTree, browser:
     tree.write_job("long", "birds", on_change=False, steps=100000,
                    save_every=50000)
     tree.start()
-    url = tree.web_url()
+    url = _log_in(driver, tree)
     runs = tree.wait_for(lambda: len(tree.runs("birds", "train")) == 2 and
                          tree.runs("birds", "train"), 60, "the sweep's two runs")
     for run in runs:
@@ -164,7 +177,7 @@ def test_dashboard_run_page_ab_cancel_and_path_tricks(tree: DaemonTree, browser:
     step = driver.find_element(By.CSS_SELECTOR, '#live [data-field="step"]')
     cell = driver.find_element(By.CSS_SELECTOR, f'tr[data-run="{long.id}"] [data-cell="step"]')
     seen, cells = {step.text}, {cell.text}
-    probe = Latencies(url).start()  # the page stays responsive while a run trains
+    probe = Latencies(url, tree.web_token()).start()  # the page stays responsive while a run trains
     deadline = time.monotonic() + 60
     while (len(seen) < 3 or len(cells) < 3 or time.monotonic() < deadline - 55) \
             and time.monotonic() < deadline:  # live updates (and 5 s of latencies at least)
@@ -181,11 +194,13 @@ def test_dashboard_run_page_ab_cancel_and_path_tricks(tree: DaemonTree, browser:
     driver.save_screenshot(str(shots / "run_cancelled.png"))
 
     for trick in (f"runs/{first.id}/files/..%2F..%2F..%2Fselvad.toml",
-                  f"runs/{first.id}/files/%2e%2e%2frun.toml", f"runs/{first.id}/files/worker.log",
+                  f"runs/{first.id}/files/%2e%2e%2frun.toml",
+                  f"runs/{first.id}/files/worker.log%2F..%2F..%2F..%2Fselvad.toml",
                   f"runs/{first.id}/files/%2Fetc%2Fpasswd", "runs/..%2F..%2Fselvad.toml/files/x",
                   "static/..%2F..%2Fcli.py"):
-        assert _status(url + trick) == 404, trick
-    assert _status(f"{url}runs/{first.id}/files/meta.json") == 200
+        assert _status(url + trick, tree.web_token()) == 404, trick
+    assert _status(f"{url}runs/{first.id}/files/meta.json", tree.web_token()) == 200
+    assert _status(f"{url}runs/{first.id}/files/meta.json") == 401
 
 
 def test_idle_daemon_with_the_page_open_stays_under_1_percent_cpu(tree: DaemonTree,
@@ -199,10 +214,10 @@ def test_idle_daemon_with_the_page_open_stays_under_1_percent_cpu(tree: DaemonTr
     tree.add_clips("birds", 3)
     tree.write_job("birds", "birds", on_change=False)
     proc = tree.start()
-    url = tree.web_url()
+    url = _log_in(browser, tree)
     tree.wait_for(lambda: (runs := tree.runs()) and all(r.state == "done" for r in runs), 120,
                   "the extraction run to end")
-    browser.get(url)  # type: ignore[attr-defined]
+    browser.get(url)  # type: ignore[attr-defined]  # with _log_in's cookie
     time.sleep(2)  # the start-up scan and the first page load are over
     polls = ("return performance.getEntriesByType('resource')"
              ".filter(e => e.name.endsWith('/api/status')).length")

@@ -31,11 +31,13 @@ P95_LIMIT, MAX_LIMIT = 0.5, 2.0  # seconds
 
 class Latencies:
     """A thread fetching each of `paths` under `url` in turn every `pause` seconds until
-    `stop()`; `seconds[path]` holds each response time (a failed request counts as 99 s)."""
+    `stop()`, with the page's `token`; `seconds[path]` holds each response time (a failed
+    request counts as 99 s)."""
 
-    def __init__(self, url: str, paths: tuple[str, ...] = ("", "api/status"),
+    def __init__(self, url: str, token: str, paths: tuple[str, ...] = ("", "api/status"),
                  pause: float = 0.1) -> None:
         self.url, self.paths, self.pause = url, paths, pause
+        self.headers = {"authorization": f"Bearer {token}"}
         self.seconds: dict[str, list[float]] = {p: [] for p in paths}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -49,7 +51,8 @@ class Latencies:
             for path in self.paths:
                 t0 = time.monotonic()
                 try:
-                    with urllib.request.urlopen(self.url + path, timeout=30) as r:
+                    request = urllib.request.Request(self.url + path, headers=self.headers)
+                    with urllib.request.urlopen(request, timeout=30) as r:
                         r.read()
                         took = time.monotonic() - t0 if r.status == 200 else 99.0
                 except OSError:
@@ -108,7 +111,7 @@ def test_page_stays_responsive_while_5000_clips_validate(tree: DaemonTree,
     tree.wait_for(lambda: any(e.get("event") == "dataset.invalid" for e in tree.events()), 30,
                   "the empty dataset's first check")
     wav, npz = _clip_bytes()
-    probe = Latencies(url).start()
+    probe = Latencies(url, tree.web_token()).start()
     t0 = time.monotonic()
     for i in range(CLIPS):
         (big / f"c{i:04d}.wav").write_bytes(wav)
@@ -126,8 +129,9 @@ def test_page_stays_responsive_while_5000_clips_validate(tree: DaemonTree,
     assert event["event"] == "dataset.valid" and validating, (event, validating[-3:])
     Latencies.check(figures, f"while {CLIPS} clips validate", min_n=max(10, int(busy)))
     # the dashboard lists the dataset with the warnings the daemon just found
-    with urllib.request.urlopen(url, timeout=10) as r:
-        home = r.read().decode()
+    status, body = tree.web_get("")
+    assert status == 200
+    home = body.decode()
     row = home.split('id="datasets"', 1)[1].split("</table>", 1)[0]
     # short audio, short clip and sync features, and the Inspector's SNR (a steady sine)
     assert f'data-warnings="{4 * CLIPS}"' in row

@@ -1,7 +1,9 @@
 // selvad page: live progress (polls /api/status every 2 s while a run is active, every 5 s
 // on an idle dashboard to notice a run starting, never while the tab is hidden) and A/B
 // listening between checkpoints (run page) or runs (sweep page): one player; switching
-// keeps the playback position. No inline script (CSP).
+// keeps the playback position; after an action (Train now, Retry, Cancel) the daemon's
+// answer replaces "waiting for the daemon's answer" (polled, then the page reloads to
+// show what changed). No inline script (CSP).
 "use strict";
 
 function fmtDuration(s) {
@@ -109,8 +111,34 @@ function setupAB() {
   showPictures();
 }
 
+const ANSWER_POLL_MS = 500, ANSWER_WAIT_MS = 120000;
+
+// the notice of an action the daemon has not answered yet: ask until it has, then reload
+// (the same URL, ?request=ID: the server renders the answer and the new state)
+async function waitForAnswer(notice, since) {
+  try {
+    const r = await fetch(`/api/requests/${encodeURIComponent(notice.dataset.request)}`,
+                          { cache: "no-store" });
+    const answer = await r.json();
+    if (answer.handled) {
+      notice.textContent = answer.result;
+      delete notice.dataset.waiting;
+      location.replace(location.href);
+      return;
+    }
+  } catch (e) { /* daemon restarting: try again */ }
+  if (Date.now() - since > ANSWER_WAIT_MS) {
+    notice.textContent = "request recorded; the daemon has not answered yet (is it running? "
+      + "`systemctl status selvad`); it acts on it when it runs";
+    return;
+  }
+  setTimeout(() => waitForAnswer(notice, since), ANSWER_POLL_MS);
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   setupAB();
+  const notice = document.getElementById("notice");
+  if (notice && notice.dataset.waiting) waitForAnswer(notice, Date.now());
   const live = document.getElementById("live");
   if (live) setTimeout(poll, shownRuns(live).length ? LIVE_POLL_MS : IDLE_POLL_MS);
 });

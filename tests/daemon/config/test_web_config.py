@@ -1,4 +1,5 @@
-"""The `[web]` section: defaults, the listen address, and the token needed off loopback."""
+"""The `[web]` section: defaults, the listen address, and the token (written by the daemon
+when not set; a set one must be long enough)."""
 
 from __future__ import annotations
 
@@ -23,13 +24,14 @@ def test_ipv6_loopback_and_free_port() -> None:
     assert (web.host, web.port, web.loopback) == ("::1", 0, True)
 
 
-def test_off_loopback_without_token_is_refused() -> None:
+def test_a_short_token_is_refused() -> None:
     with pytest.raises(ConfigError) as err:
-        _web(listen="0.0.0.0:8765")
-    assert "selvad.toml:web.token: other machines can reach the page" in str(err.value)
+        _web(listen="0.0.0.0:8765", token="short")
+    assert "selvad.toml:web.token: too short to keep the page private" in str(err.value)
 
 
-def test_off_loopback_with_token_or_disabled_is_fine() -> None:
+def test_off_loopback_without_token_uses_the_generated_one() -> None:
+    assert _web(listen="0.0.0.0:8765").token == ""  # the daemon writes <state_dir>/web_token
     assert not _web(listen="0.0.0.0:8765", token="s" * 16).loopback
     assert not _web(listen="0.0.0.0:8765", enabled=False).enabled
 

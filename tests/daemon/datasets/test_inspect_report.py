@@ -202,12 +202,10 @@ def test_a_section_nothing_applies_is_an_error_not_ignored(tmp_path):
 def test_the_web_page_lists_the_figures_of_the_kept_report(four, tmp_path):
     import os
 
-    from starlette.testclient import TestClient
-
     from selvad.datasets.report import save_last_report
     from selvad.runs.queue import RunQueue
     from selvad.runs.watched import WatchedTable
-    from selvad.web.app import create_app
+    from tests.daemon.web.test_app import client_for
     from tests.daemon.web.test_listening import _tree
 
     cfg, q, _ = _tree(tmp_path)
@@ -215,7 +213,7 @@ def test_the_web_page_lists_the_figures_of_the_kept_report(four, tmp_path):
                      os.path.abspath(four))
     WatchedTable(q).record("dataset", os.path.abspath(four), "ds")
     assert isinstance(q, RunQueue)
-    home = TestClient(create_app(cfg)).get("/").text
+    home = client_for(cfg).get("/").text
     figures = home.split('class="findings figures"', 1)[1].split("</ul>", 1)[0]
     assert 'data-figures="5"' in home and "<b>noisy.wav</b>: SNR" in figures
     assert "LUFS" in figures and "dBTP" in figures and "HF shelf" in figures

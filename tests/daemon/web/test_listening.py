@@ -11,15 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from starlette.testclient import TestClient
 
 from selvad.datasets.report import load_last_report, save_last_report
 from selvad.datasets.validate import validate_dataset
 from selvad.runs.rundir import run_dir_for
 from selvad.runs.watched import WatchedTable
-from selvad.web.app import create_app
 
-from .test_app import _sweep, _tree
+from .test_app import _sweep, _tree, client_for
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 32
 
@@ -27,7 +25,7 @@ PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 32
 def test_checkpoint_table_shows_each_samples_spectrogram(tmp_path: Path) -> None:
     cfg, _, run_id = _tree(tmp_path)
     out = next((tmp_path / "out" / "birds").iterdir())
-    client = TestClient(create_app(cfg))
+    client = client_for(cfg)
     old = client.get(f"/runs/{run_id}").text  # an older run: no pictures, no talk of them
     assert "<img" not in old.split('id="checkpoints"', 1)[1].split("<h2>Curves", 1)[0]
     assert "The pictures show" not in old and 'id="ab-pic-a"' not in old
@@ -57,7 +55,7 @@ def test_sweep_page_plays_two_runs_against_each_other(tmp_path: Path) -> None:
         sf.write(out / "sample_reference.wav", np.zeros(1600, dtype=np.float32) + 0.1, 16000)
         meta = json.loads((out / "meta.json").read_text())
         (out / "meta.json").write_text(json.dumps({**meta, "sample_clip": f"clip{n}"}))
-    page = TestClient(create_app(cfg)).get("/sweeps/birds").text
+    page = client_for(cfg).get("/sweeps/birds").text
     ab = page.split('id="ab"', 1)[1].split("</section>", 1)[0]
     a, b = (ab.split(f'id="ab-{side}"', 1)[1].split("</select>", 1)[0] for side in "ab")
     for select in (a, b):  # every checkpoint of every run, grouped by run with its settings
@@ -85,7 +83,7 @@ def test_dashboard_lists_each_datasets_errors_and_warnings(tmp_path: Path) -> No
     assert kept is not None and "clips" not in kept and kept["warning_count"] == report.warning_count
     WatchedTable(q).record("dataset", os.path.abspath(data), "data/birds",
                            problem="1 error(s) for tiny_16k: no .npz files")
-    home = TestClient(create_app(cfg)).get("/").text
+    home = client_for(cfg).get("/").text
     row = home.split('id="datasets"', 1)[1].split("</table>", 1)[0]
     assert "state failed\">invalid" in row
     assert f'data-warnings="{report.warning_count}"' in row
@@ -94,4 +92,4 @@ def test_dashboard_lists_each_datasets_errors_and_warnings(tmp_path: Path) -> No
     assert "no .npz files in this directory" in errors
     assert "<b>clip0.wav</b>" in warnings and "→" in warnings  # the file, the problem, the fix
     path.write_text("[not a report")  # unreadable: the row stays, without the lists
-    assert 'class="findings' not in TestClient(create_app(cfg)).get("/").text
+    assert 'class="findings' not in client_for(cfg).get("/").text

@@ -7,15 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from starlette.testclient import TestClient
 
 from selvad.datasets.report import save_last_report
 from selvad.datasets.validate import validate_dataset
 from selvad.runs.watched import WatchedTable
-from selvad.web.app import create_app
 from tests.video_files import make_video
 
-from .test_app import _tree
+from .test_app import _tree, client_for
 
 
 def test_dataset_table_lists_video_clips(tmp_path: Path) -> None:
@@ -28,7 +26,7 @@ def test_dataset_table_lists_video_clips(tmp_path: Path) -> None:
     report = validate_dataset(data, "tiny_16k")
     save_last_report(report, cfg.paths.state_dir, os.path.abspath(data))
     WatchedTable(q).record("dataset", os.path.abspath(data), "data/cars")
-    row = TestClient(create_app(cfg)).get("/").text.split('id="datasets"', 1)[1].split("</table>", 1)[0]
+    row = client_for(cfg).get("/").text.split('id="datasets"', 1)[1].split("</table>", 1)[0]
     assert "3 clips (3 from videos)" in row
     videos = row.split('class="findings videos"', 1)[1].split("</ul>", 1)[0]
     assert "<b>long_part02</b>: long.mp4, 8-16 s" in videos
