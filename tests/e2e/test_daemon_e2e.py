@@ -104,6 +104,7 @@ def test_job_run_outputs_cli_edit_cancel_retry(tree: DaemonTree) -> None:
     assert tree.wait_exit(60) == 0
 
 
+@pytest.mark.slow
 def test_slow_copy_settles_and_bad_dataset_does_not_block_others(make_tree) -> None:
     """(a) clips copied slowly in chunks are not picked up before they settle; (d) a bad
     clip gives a validation error for its dataset while another dataset trains."""
@@ -145,6 +146,7 @@ def test_slow_copy_settles_and_bad_dataset_does_not_block_others(make_tree) -> N
     assert tree.runs(job="bad") == []
 
 
+@pytest.mark.slow
 def test_sighup_reloads_and_sigterm_leaves_checkpoint_and_queued_run(tree: DaemonTree) -> None:
     """(g) SIGHUP: RELOADING=1 (+MONOTONIC_USEC) then READY=1, the run goes on;
     (f) SIGTERM: STOPPING=1, a checkpoint of the current step, the run back in `queued`."""

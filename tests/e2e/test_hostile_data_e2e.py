@@ -39,6 +39,7 @@ def _verdict(tree: DaemonTree, dataset: str) -> dict[str, Any] | None:
     return None
 
 
+@pytest.mark.slow
 def test_compressed_bomb_is_flagged_and_memory_stays_bounded(tree: DaemonTree) -> None:
     """A 1 MB np.savez_compressed-style file declaring (1, 262144, 1024) float32 (1 GiB
     once loaded) took the daemon from ~54 MB to 2.36 GB during validation. Long feature

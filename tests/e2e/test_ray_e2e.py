@@ -59,6 +59,7 @@ def _progress_steps(run_dir: Path) -> list[int]:
     return [e["step"] for e in events if e.get("event", "progress") == "progress"]
 
 
+@pytest.mark.slow
 def test_two_nodes_node_loss_resumes_cancel_stops_remote_run(cluster, tree: DaemonTree) -> None:
     _use_ray(tree, cluster.address)
     tree.add_clips("alpha", 3, seed=1)

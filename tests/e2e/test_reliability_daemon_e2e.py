@@ -58,6 +58,7 @@ def _events(path: Path, name: str) -> list[dict]:
     return out
 
 
+@pytest.mark.slow
 def test_second_daemon_is_refused_and_kill_9_leaves_no_stale_lock(tree: DaemonTree) -> None:
     tree.add_clips("birds", 3)
     tree.write_job("birds", "birds", steps=5000, save_every=1000, log_every=10)

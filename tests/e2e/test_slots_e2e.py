@@ -30,6 +30,7 @@ def _ckpts(tree: DaemonTree, job: str, run_id: str) -> list[Path]:
     return sorted((tree.root / "out" / job / run_id).glob("adapter_step*.pt"))
 
 
+@pytest.mark.slow
 def test_two_slots_run_two_runs_at_once_crash_cancel_retry(tree: DaemonTree) -> None:
     _two_slots(tree)
     for name in ("alpha", "beta"):

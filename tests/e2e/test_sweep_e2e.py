@@ -18,6 +18,7 @@ def _summary(tree: DaemonTree) -> dict:
     return json.loads((tree.root / "out" / "tones" / "sweep" / "sweep_summary.json").read_text())
 
 
+@pytest.mark.slow
 def test_sweep_of_three_runs_through_the_daemon(tree: DaemonTree) -> None:
     tree.add_clips("tones", 3)
     path = tree.write_job("tones", "tones", steps=10, save_every=5, log_every=5)

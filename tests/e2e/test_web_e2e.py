@@ -1,7 +1,7 @@
 """End-to-end: the web page of the real daemon on the tiny tree, in headless Chromium.
 
-Debian's `chromium` and `chromium-driver` (installed by .ci/run) driven by Selenium. The
-test trains a sweep of two short runs and checks the run page (every checkpoint with a
+Debian's `chromium` and `chromium-driver` driven by Selenium (slow tests: `apt-get install -y
+chromium chromium-driver` first). The test trains a sweep of two short runs and checks the run page (every checkpoint with a
 playable audio element and its spectrogram, A/B switching keeping the position) and the
 sweep page (A/B between the two runs and the reference clip), then starts a long run from
 the page, sees the dashboard's progress move (and `/`, `/api/status` answer fast meanwhile)
@@ -33,7 +33,7 @@ CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[object]:
     if not (CHROMIUM and DRIVER):
-        pytest.fail("Chromium is missing: apt-get install -y chromium chromium-driver (.ci/run does)")
+        pytest.fail("Chromium is missing: apt-get install -y chromium chromium-driver")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 

@@ -101,6 +101,7 @@ def _validated(tree: DaemonTree) -> dict[str, Any] | None:
                  and e.get("dataset") == "big" and e.get("clips") == CLIPS), None)
 
 
+@pytest.mark.slow
 def test_page_stays_responsive_while_5000_clips_validate(tree: DaemonTree,
                                                          record_property: Any) -> None:
     big = tree.dataset("big")

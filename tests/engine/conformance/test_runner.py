@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from selva_engine.conformance.runner import main, run_golden, tolerance_for
 
@@ -61,6 +62,7 @@ def test_unknown_kind_fails(tmp_path):
     assert proc.stdout.strip().endswith("0 passed, 1 failed")
 
 
+@pytest.mark.slow
 def test_full_runner_on_shared_goldens(golden_dir):
     proc = subprocess.run([sys.executable, "-m", "selva_engine.conformance", str(golden_dir)],
                           capture_output=True, text=True, timeout=600)

@@ -157,6 +157,7 @@ def test_a_flag_that_disagrees_with_the_checkpoint_is_an_error(tmp_path, dataset
         train(config(dataset, run, tiny_weights, steps=4, resume="latest", alpha=2.0))
 
 
+@pytest.mark.slow
 def test_mixup_and_noise_are_deterministic_and_resume_exactly(tmp_path, dataset,
                                                                tiny_weights) -> None:
     kw = dict(log_every=1, latent_mixup_alpha=0.4, latent_noise_sigma=0.05)
@@ -173,6 +174,7 @@ def test_mixup_and_noise_are_deterministic_and_resume_exactly(tmp_path, dataset,
                           tmp_path / "part" / "adapter_final.pt")
 
 
+@pytest.mark.slow
 def test_loss_falls_with_pissa_curriculum_and_mixup(tmp_path, dataset, tiny_weights) -> None:
     result, losses = _run(config(dataset, tmp_path / "l", tiny_weights, steps=60, save_every=60,
                                  log_every=5, batch_size=4, lr=2e-3, warmup_steps=5,

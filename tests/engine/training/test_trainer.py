@@ -205,6 +205,7 @@ def test_stop_before_training_leaves_no_checkpoint(tmp_path, dataset, tiny_weigh
     assert not list((tmp_path / "early").glob("adapter_*.pt"))
 
 
+@pytest.mark.slow
 def test_bf16_on_a_cpu_with_native_bf16(tmp_path, dataset, tiny_weights, monkeypatch):
     """Where the CPU computes bf16 natively the default precision stays bf16: autocast with
     the frozen weights stored in bf16 and fp32 LoRA weights, end to end. Checkpoints that
