@@ -21,7 +21,7 @@ from pathlib import Path
 from selva_engine.model.variants import variant_names
 from selva_engine.training.options import CHOICES, TrainConfig
 
-__all__ = ["build_train_parser", "sample_main", "train_main"]
+__all__ = ["build_sample_parser", "build_train_parser", "sample_main", "train_main"]
 
 EXIT_INTERRUPTED = 3
 
@@ -270,44 +270,76 @@ def _unexpected(prog: str, exc: Exception, as_json: bool, where: Path | None = N
     return 1
 
 
-def sample_main(argv: list[str] | None = None) -> int:
-    """`selva-sample`: one .wav from an .npz (+ adapter at a strength); returns the exit status."""
-    p = argparse.ArgumentParser(prog="selva-sample", description="Generate audio for one clip.")
-    p.add_argument("--npz", required=True, help="features file written by the SelVA Feature Extractor")
-    p.add_argument("--output", required=True, help="output .wav path")
+def build_sample_parser() -> argparse.ArgumentParser:
+    """`selva-sample`'s flags: the LoRA Loader's and Sampler's widgets (the Sampler's defaults),
+    plus, with --video, the Feature Extractor's prompt and mask."""
+    p = argparse.ArgumentParser(
+        prog="selva-sample", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Generate audio for one clip: from the Feature Extractor's .npz (--npz), or from a "
+        "video (--video: Feature Extractor -> LoRA Loader -> Sampler in one command).")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--npz", help="features file written by the SelVA Feature Extractor")
+    src.add_argument("--video", help="video file (.mp4 .mov .mkv .webm .avi); needs --prompt")
+    p.add_argument("--output", required=True, help="output .wav; with --video also .mp4/.m4v/.mov/.mkv: "
+                   "the original picture (stream copied, not re-encoded) with the generated sound as AAC")
     p.add_argument("--adapter", default="", help="adapter_final.pt / adapter_stepNNNNN.pt (none: baseline)")
-    p.add_argument("--strength", type=float, default=1.0)
+    p.add_argument("--strength", type=float, default=1.0, help="adapter strength (0 = the base model)")
     p.add_argument("--variant", default=None,
                    help="default: the variant the adapter's meta names, else large_44k")
     p.add_argument("--selva_dir", default=os.environ.get("SELVA_DIR", ""),
-                   help="weights directory (ComfyUI models/selva layout); default $SELVA_DIR")
-    p.add_argument("--prompt", default=None, help="default: the prompt stored in the .npz")
-    p.add_argument("--negative_prompt", default="")
-    p.add_argument("--cfg", type=float, default=4.5)
-    p.add_argument("--steps", type=int, default=25)
-    p.add_argument("--seed", type=int, default=0, help="noise seed (default 0, as the Sampler node)")
+                   help="weights directory (ComfyUI models/selva layout; with --video also the video "
+                   "encoders, as `selva-weights check` lists them); default $SELVA_DIR")
+    p.add_argument("--prompt", default=None, help="what the sound is; required with --video (the Feature "
+                   "Extractor encodes it with the frames); with --npz default: the prompt stored in it")
+    p.add_argument("--mask", default=None, help="--video only: mask image (static) or video (per frame)")
+    p.add_argument("--mask_strength", type=float, default=1.0,
+                   help="--video only: 1 = background fully grey, 0 = no mask")
+    p.add_argument("--negative_prompt", default="", help="CFG's negative prompt (empty: none)")
+    p.add_argument("--cfg", type=float, default=4.5, help="classifier-free guidance scale")
+    p.add_argument("--steps", type=int, default=25, help="Euler steps")
+    p.add_argument("--seed", type=int, default=0, help="noise seed (as the Sampler node)")
     p.add_argument("--duration", type=float, default=None,
-                   help="seconds (at most 30); default: the .npz's duration, else 8")
-    p.add_argument("--device", default="auto")
-    args = p.parse_args(argv)
+                   help="seconds (at most 30); default: the .npz's duration (else 8) or the video's "
+                   "(its first 30 s if longer)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    return p
+
+
+def _render(args: argparse.Namespace) -> Path:
+    """Run the chain `args` ask for (imports here: `--help` does not load torch)."""
+    from selva_engine.inference.render import synthesize
+    from selva_engine.inference.render_video import VideoRequest, check_output, render_video
+
+    common = dict(output=Path(args.output), variant=args.variant, selva_dir=args.selva_dir,
+                  adapter=args.adapter or None, strength=args.strength,
+                  negative_prompt=args.negative_prompt, cfg=args.cfg, steps=args.steps, seed=args.seed,
+                  duration=args.duration, device=args.device)
+    if args.video is None:
+        if args.mask is not None:
+            raise ValueError("--mask works on video frames; use it with --video (an .npz is encoded already)")
+        check_output(Path(args.output), with_video=False)
+        return synthesize(npz=Path(args.npz), prompt=args.prompt, **common)
+    req = VideoRequest(Path(args.video), args.prompt or "", Path(args.mask) if args.mask else None,
+                       args.mask_strength)
+    return render_video(req=req, **common)
+
+
+def sample_main(argv: list[str] | None = None) -> int:
+    """`selva-sample`: one .wav (or, with --video, a video with the sound) from an .npz or a video
+    (+ adapter at a strength); returns the exit status (0 written, 2 bad input or missing weights)."""
+    args = build_sample_parser().parse_args(argv)
     if not args.selva_dir:
         _to_stderr("selva-sample: error: no weights directory was given; pass --selva_dir DIR "
                    "(the ComfyUI models/selva folder) or set $SELVA_DIR")
         return 2
 
     from selva_engine.errors import DatasetError
-    from selva_engine.inference.render import synthesize
     from selva_engine.io import UnsafeFileError
     from selva_engine.model.lora import AdapterError
     from selva_engine.weights.locate import MissingWeightsError
 
     try:
-        path = synthesize(
-            npz=Path(args.npz), output=Path(args.output), variant=args.variant,
-            selva_dir=args.selva_dir, adapter=args.adapter or None, strength=args.strength,
-            prompt=args.prompt, negative_prompt=args.negative_prompt, cfg=args.cfg,
-            steps=args.steps, seed=args.seed, duration=args.duration, device=args.device,
-        )
+        path = _render(args)
     except (DatasetError, MissingWeightsError, AdapterError, UnsafeFileError, FileNotFoundError,
             ValueError) as exc:
         _to_stderr(f"selva-sample: error: {exc}")

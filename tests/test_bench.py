@@ -62,3 +62,15 @@ def test_extract_throughput_prints_stages_memory_and_ratio():
         assert all(float(g) > 0 for g in match.groups()), row
     same = next(x for x in lines if x.startswith("same features"))
     assert float(same.split("difference| ")[1].split()[0]) < 1e-2, same
+
+
+@pytest.mark.slow
+def test_render_throughput_prints_stages_and_ratio():
+    lines = run_bench("render_throughput.py", "--device", "cpu", "--duration", "1", "--steps", "2",
+                      "--rounds", "1")
+    assert speedup(lines) > 0
+    for name in ("faithful", "ours"):
+        row = next(x for x in lines if x.startswith(f"{name} "))
+        match = re.search(r"([\d.]+) renders/s\s+ms/render: features\s+([\d.]+)\s+euler\s+([\d.]+)\s+"
+                          r"vae\s+([\d.]+)\s+vocoder\s+([\d.]+)", row)
+        assert match and all(float(g) > 0 for g in match.groups()), row
