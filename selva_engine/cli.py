@@ -286,6 +286,9 @@ def build_sample_parser() -> argparse.ArgumentParser:
     p.add_argument("--strength", type=float, default=1.0, help="adapter strength (0 = the base model)")
     p.add_argument("--variant", default=None,
                    help="default: the variant the adapter's meta names, else large_44k")
+    p.add_argument("--allow-other-variant", action="store_true",
+                   help="load an adapter whose meta names another variant than --variant (refused "
+                   "otherwise; it loads only when every tensor's shape matches)")
     p.add_argument("--selva_dir", default=os.environ.get("SELVA_DIR", ""),
                    help="weights directory (ComfyUI models/selva layout; with --video also the video "
                    "encoders, as `selva-weights check` lists them); default $SELVA_DIR")
@@ -313,7 +316,8 @@ def _render(args: argparse.Namespace) -> Path:
     common = dict(output=Path(args.output), variant=args.variant, selva_dir=args.selva_dir,
                   adapter=args.adapter or None, strength=args.strength,
                   negative_prompt=args.negative_prompt, cfg=args.cfg, steps=args.steps, seed=args.seed,
-                  duration=args.duration, device=args.device)
+                  duration=args.duration, device=args.device,
+                  allow_other_variant=args.allow_other_variant)
     if args.video is None:
         if args.mask is not None:
             raise ValueError("--mask works on video frames; use it with --video (an .npz is encoded already)")

@@ -46,7 +46,8 @@ def resolve_duration(npz: Path, stored: float | None, duration: float | None) ->
 def synthesize(*, npz: Path, output: Path, variant: str | None, selva_dir: str | Path,
                adapter: str | Path | None = None, strength: float = 1.0, prompt: str | None = None,
                negative_prompt: str = "", cfg: float = 4.5, steps: int = 25, seed: int = 0,
-               duration: float | None = None, device: str = "auto") -> Path:
+               duration: float | None = None, device: str = "auto",
+               allow_other_variant: bool = False) -> Path:
     """`selva-sample --npz`: features file (+ adapter) -> .wav at `output`; returns the path.
 
     Like ComfyUI-SelVA's LoRA Loader + Sampler: the variant defaults to the one the adapter's
@@ -63,7 +64,7 @@ def synthesize(*, npz: Path, output: Path, variant: str | None, selva_dir: str |
     if feats.variant and feats.variant != synth.variant.name:
         _note(f"{npz} was extracted for {feats.variant}; generating with {synth.variant.name} "
               "(features are variant-independent)")
-    synth.set_adapter(adapter, strength)
+    synth.set_adapter(adapter, strength, allow_other_variant=allow_other_variant)
     text = (feats.npz_prompt or "") if prompt is None or not prompt.strip() else prompt
     wave = synth.generate(feats.clip, feats.sync, text, seed=seed, negative_prompt=negative_prompt,
                           cfg=cfg, steps=steps)

@@ -120,7 +120,7 @@ def _fit(arr: np.ndarray, rows: int) -> np.ndarray:
 def render_video(*, req: VideoRequest, output: Path, variant: str | None, selva_dir: str | Path,
                  adapter: str | Path | None = None, strength: float = 1.0, negative_prompt: str = "",
                  cfg: float = 4.5, steps: int = 25, seed: int = 0, duration: float | None = None,
-                 device: str = "auto") -> Path:
+                 device: str = "auto", allow_other_variant: bool = False) -> Path:
     """`selva-sample --video`: a video + prompt (+ adapter) -> `output` (.wav, or the video with
     the generated sound when output is .mp4/.m4v/.mov/.mkv); returns the path written.
 
@@ -135,7 +135,7 @@ def render_video(*, req: VideoRequest, output: Path, variant: str | None, selva_
     feats = video_features(req, selva_dir, device=device, duration=duration)
     synth = Synthesizer(name, selva_dir, device=device, duration=feats.duration)
     seq = synth.variant.sequence(feats.duration)
-    synth.set_adapter(adapter, strength)
+    synth.set_adapter(adapter, strength, allow_other_variant=allow_other_variant)
     wave = synth.generate(_fit(feats.clip_features, seq.clip_seq_len), _fit(feats.sync_features, seq.sync_seq_len),
                           req.prompt, seed=seed, negative_prompt=negative_prompt, cfg=cfg, steps=steps)
     if as_video:

@@ -85,12 +85,15 @@ class Synthesizer:
     def sampling_rate(self) -> int:
         return self.variant.audio.sampling_rate
 
-    def set_adapter(self, path: str | Path | None, strength: float = 1.0) -> None:
-        """Apply the adapter at `path` at `strength` (replacing any previous one); None removes."""
+    def set_adapter(self, path: str | Path | None, strength: float = 1.0, *,
+                    allow_other_variant: bool = False) -> None:
+        """Apply the adapter at `path` at `strength` (replacing any previous one); None removes.
+        An adapter whose meta names another variant is refused unless `allow_other_variant`."""
         remove_lora(self.model)
         self.adapter = None
         if path is not None:
-            apply_adapter(self.model, load_adapter(path), strength=strength, variant=self.variant.name)
+            apply_adapter(self.model, load_adapter(path), strength=strength, variant=self.variant.name,
+                          allow_other_variant=allow_other_variant)
             self.adapter = Path(path)
 
     def set_duration(self, duration: float) -> None:

@@ -449,16 +449,20 @@ def apply_adapter(
     *,
     strength: float = 1.0,
     variant: str | None = None,
+    allow_other_variant: bool = False,
 ) -> list[str]:
     """Wrap `model` as the adapter's meta says, load its tensors, set `strength`.
 
-    Refuses an adapter made for another variant (when both are known) and any key or shape
-    mismatch, so a partial load never happens silently. Returns the wrapped layer names.
+    Refuses an adapter made for another variant (when both are known, unless
+    `allow_other_variant`) and, always, any key or shape mismatch, so a partial load never
+    happens silently. Returns the wrapped layer names.
     """
     src = str(adapter.path or "adapter")
     meta_variant = adapter.meta.get("variant")
-    if variant and meta_variant and meta_variant != variant:
-        raise AdapterError(f"{src} was trained for variant {meta_variant!r}, not {variant!r}")
+    if variant and meta_variant and meta_variant != variant and not allow_other_variant:
+        raise AdapterError(f"{src} was trained for variant {meta_variant!r}, not {variant!r}; use "
+                           f"{meta_variant!r}, or load it anyway with --allow-other-variant (it "
+                           "loads only when every tensor's shape matches)")
     if lora_layers(model):
         raise AdapterError("the model already carries a LoRA adapter; remove it first")
     names = apply_lora(

@@ -179,13 +179,27 @@ def checkpoint_options(ckpt: dict[str, Any]) -> dict[str, Any]:
     return {"rank": rank, "alpha": float(meta.get("alpha") or rank) if rank else None,
             "target": ([target] if isinstance(target, str) else list(target)) if target else None,
             "rslora": bool(meta["use_rslora"]) if "use_rslora" in meta else None,
-            "init_mode": "pissa" if residual else str(meta.get("init_mode") or "standard")}
+            "init_mode": "pissa" if residual else str(meta.get("init_mode") or "standard"),
+            **_optimizer_options(ckpt.get("optimizer"))}
+
+
+def _optimizer_options(optimizer: Any) -> dict[str, float | None]:
+    """The base learning rate and weight decay of a checkpoint's optimizer state (its first
+    parameter group: the LoRA A matrices), which loading that state brings back whatever
+    the options say; None where the state does not hold them."""
+    groups = optimizer.get("param_groups") if isinstance(optimizer, dict) else None
+    group = groups[0] if isinstance(groups, list) and groups and isinstance(groups[0], dict) else {}
+    lr, decay = group.get("initial_lr", group.get("lr")), group.get("weight_decay")
+    return {"lr": float(lr) if isinstance(lr, (int, float)) else None,
+            "weight_decay": float(decay) if isinstance(decay, (int, float)) else None}
 
 
 def reconcile_resume(ctx: RunContext, resume: Resume | None) -> RunContext:
-    """A resumed run continues as its checkpoint was trained: rank, alpha, target, rsLoRA and
-    init mode come from the checkpoint (a "warning" event says which). An option set to
-    something else than its default that disagrees is a TrainError naming both values."""
+    """A resumed run continues as its checkpoint was trained: rank, alpha, target, rsLoRA,
+    init mode, and the learning rate and weight decay its optimizer state brings back, come
+    from the checkpoint (a "warning" event says which), so the adapter meta records what was
+    really trained with. An option set to something else than its default that disagrees is
+    a TrainError naming both values."""
     if resume is None:
         return ctx
     cfg, default = ctx.cfg, TrainConfig()

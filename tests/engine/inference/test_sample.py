@@ -11,7 +11,7 @@ from selva_engine.training.options import TrainConfig
 from selva_engine.training.trainer import train
 
 
-def test_sample_baseline_and_adapter(tmp_path, make_clips, tiny_weights):
+def test_sample_baseline_and_adapter(tmp_path, make_clips, tiny_weights, capsys):
     data = make_clips(tmp_path / "data", 2)
     cfg = TrainConfig(data_dir=str(data), output_dir=str(tmp_path / "run"), variant="tiny_16k",
                       selva_dir=str(tiny_weights), steps=4, save_every=4, log_every=2, batch_size=2,
@@ -30,6 +30,20 @@ def test_sample_baseline_and_adapter(tmp_path, make_clips, tiny_weights):
     assert np.array_equal(base, sf.read(tmp_path / "again.wav")[0])  # fixed seed: deterministic
     assert not np.array_equal(base, sf.read(tmp_path / "lora.wav")[0])
     assert np.array_equal(base, sf.read(tmp_path / "s0.wav")[0])  # strength 0 = base model
+    # an adapter whose meta names another variant of the same shapes: refused, with the flag
+    # that loads it; with the flag it is the same adapter
+    from selva_engine.model.lora import load_adapter, save_adapter
+
+    trained = load_adapter(tmp_path / "run" / "adapter_final.pt")
+    other = save_adapter(tmp_path / "other.pt", trained.state_dict, {**trained.meta, "variant": "small_16k"})
+    capsys.readouterr()
+    assert sample_main(common + ["--output", str(tmp_path / "o.wav"), "--adapter", str(other)]) == 2
+    said = capsys.readouterr().err
+    assert "trained for variant 'small_16k', not 'tiny_16k'" in said and "--allow-other-variant" in said
+    assert not (tmp_path / "o.wav").exists()
+    assert sample_main(common + ["--output", str(tmp_path / "o.wav"), "--adapter", str(other),
+                                 "--allow-other-variant"]) == 0
+    assert np.array_equal(sf.read(tmp_path / "lora.wav")[0], sf.read(tmp_path / "o.wav")[0])
     # a variant whose weights are not in selva_dir is a clear error, exit 2
     assert sample_main(["--npz", str(data / "clip00.npz"), "--variant", "tiny_44k", "--selva_dir",
                         str(tiny_weights), "--output", str(tmp_path / "x.wav")]) == 2

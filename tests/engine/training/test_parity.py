@@ -157,6 +157,31 @@ def test_a_flag_that_disagrees_with_the_checkpoint_is_an_error(tmp_path, dataset
         train(config(dataset, run, tiny_weights, steps=4, resume="latest", alpha=2.0))
 
 
+def test_resuming_their_checkpoint_records_the_lr_and_decay_it_trains_with(tmp_path, dataset,
+                                                                          tiny_weights) -> None:
+    """Loading a checkpoint's optimizer state brings back its learning rate and weight decay:
+    the run's meta says so (not the options' defaults), and an explicit other value is refused."""
+    run = _their_checkpoint(tmp_path, dataset, tiny_weights)
+    path = run / "adapter_step00003.pt"
+    ckpt = torch.load(path, weights_only=True)
+    for group in ckpt["optimizer"]["param_groups"]:
+        group.update(initial_lr=group["initial_lr"] * 3, lr=group["lr"] * 3, weight_decay=0.05)
+    torch.save(ckpt, path)
+    base = ckpt["optimizer"]["param_groups"][0]["initial_lr"]
+    events: list[dict] = []
+    unset = TrainConfig().lr  # the test config's lr is not the default: leave it out here
+    result = train(config(dataset, run, tiny_weights, steps=5, save_every=5, resume="latest",
+                          lr=unset), events=events.append)
+    meta = load_adapter(result.final_adapter).meta
+    assert meta["lr"] == base and meta["weight_decay"] == 0.05
+    assert json.loads((run / "meta.json").read_text())["lr"] == base
+    said = " ".join(e.get("message", "") for e in events if e.get("event") == "warning")
+    assert f"lr {base!r}" in said and "weight_decay 0.05" in said
+    with pytest.raises(TrainError, match=r"weight_decay 0\.2 but the checkpoint was trained with 0\.05"):
+        train(config(dataset, run, tiny_weights, steps=6, resume="latest", lr=unset,
+                     weight_decay=0.2))
+
+
 @pytest.mark.slow
 def test_mixup_and_noise_are_deterministic_and_resume_exactly(tmp_path, dataset,
                                                                tiny_weights) -> None:
