@@ -226,3 +226,22 @@ def test_a_symlinked_job_file_is_refused_with_a_problem_the_page_shows(daemon,
     problem = d.events.watched.get("job", "linked").problem
     assert problem and "symbolic link" in problem and "copy" in problem
 
+
+
+def test_a_failed_tick_logs_where_not_what_the_error_quoted(daemon, monkeypatch) -> None:
+    """An error inside one step of the main loop is logged by type and code frames only: its
+    message may quote a job file or a clip's metadata, which stays out of the log."""
+    from structlog.testing import capture_logs
+
+    d = daemon()
+
+    def leak() -> None:
+        raise ValueError('jobs/secret.toml: prompt = "the client\'s unreleased trailer"')
+
+    monkeypatch.setattr(d, "_heartbeat", leak)
+    with capture_logs() as logs:
+        d._tick()  # the step fails, the tick (and the daemon) goes on
+    failed = [e for e in logs if e["event"] == "daemon.tick_failed"]
+    assert len(failed) == 1 and failed[0]["error"] == "ValueError"
+    assert failed[0]["step"] == "leak" and failed[0]["frames"][-1].endswith("in leak")
+    assert "unreleased" not in repr(logs)
