@@ -125,9 +125,15 @@ def test_requests_cancel_retry_enqueue_skip(daemon, tmp_path: Path) -> None:
     assert results[1].startswith(f"queued {train.id} again")
     assert results[2].endswith("outside the training windows") and train.id in d.skip_window
     assert results[3].startswith("no run with id 'nope'")
-    assert results[4].startswith("queued ") and train.id not in results[4]  # forced new run
+    # the retried run is queued again: an identical run is never queued twice (21.8)
+    assert results[4].startswith("nothing queued: an identical run is already queued")
     assert results[5].startswith("no job file")
     assert d.queue.pending_requests() == []
+    d.queue.set_state(train.id, "cancelled")  # once it has ended, enqueue forces a new run
+    again = d.queue.request("enqueue", job="birds")
+    d.requests.handle_pending()
+    said = d.queue.get_request(again).result
+    assert said.startswith("queued ") and train.id not in said
 
 
 def test_training_waits_for_the_window_but_extraction_does_not(daemon, tmp_path: Path) -> None:
