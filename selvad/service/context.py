@@ -32,6 +32,9 @@ class JobEvents(Protocol):
     def check(self, job: Job) -> tuple[bool, dict[str, Any]]:
         """Validate the job's dataset; (ok, manifest)."""
 
+    def weights_problem(self, job: Job) -> str:
+        """Why the configured weights cannot run the job's variant ("" when they can)."""
+
     def ready_to_start(self, run: Run) -> bool:
         """Whether `run` may start now (its dataset settled and valid; manifest current)."""
 
@@ -48,6 +51,7 @@ class DaemonContext(Protocol):
     wake: threading.Event
     skip_window: set[str]
     events: JobEvents
+    weights_problems: dict[str, str] | None  # variant -> why the weights cannot run it
 
     def manifest(self, job: Job) -> dict[str, Any]:
         """The current file manifest (names, sizes, content hashes) of `job`'s dataset."""

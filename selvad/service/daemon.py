@@ -95,6 +95,9 @@ class Daemon:
         self.wake = threading.Event()
         self.inbox: deque[Any] = deque()
         self.jobs: dict[str, Job] = {}
+        # why each variant cannot run from the weights directory ("" = it can), from the
+        # start-up probe and each reload's; None: not checked (jobs are then not held)
+        self.weights_problems: dict[str, str] | None = None
         self.running: dict[str, RunHandle] = {}  # run id -> its child (or Ray task)
         self._runner: Runner | None = None  # built from [device]/[executor] at start-up
         self.skip_window: set[str] = set()
@@ -215,7 +218,8 @@ class Daemon:
     def _serve(self) -> int:
         # clips at another rate than the model's need it; probed in a child so that torch
         # never loads into the daemon (idle RSS ~60 MB instead of ~530 MB)
-        stack = probe_in_child()
+        probe = probe_in_child(weights_dir=self.cfg.paths.weights_dir)
+        stack, self.weights_problems = probe.stack, probe.weights
         if not stack.ok:
             self.log.error("daemon.audio_stack_broken", problem=stack.problem, fix=stack.fix,
                            pair=stack.pair)
@@ -479,6 +483,8 @@ class Daemon:
             return
         self._reload_executor(new)
         self.cfg = new
+        # the weights may have been fixed (the reload is how a user says so): check again
+        self.weights_problems = probe_in_child(weights_dir=new.paths.weights_dir).weights
         setup_logging(new.logging.format, new.logging.level)
         self._prepare_dirs()
         if self.watcher is not None:

@@ -194,10 +194,19 @@ class EventHandler:
         self.d.jobs[job.name] = job
         old, new = self.watched.fingerprint("job", job.name), _file_digest(job.path)
         change = "unchanged" if old == new else ("modified" if old else ev.change)
-        self.watched.record("job", job.name, str(job.path), fingerprint=new)
+        missing = self.weights_problem(job)
+        self.watched.record("job", job.name, str(job.path), fingerprint=new,
+                            problem=f"{missing} (then reload the daemon: SIGHUP)" if missing else None)
         self.log.info("job.loaded", job=job.name, change=change, dataset=job.dataset,
                       variant=job.base.variant, runs=len(job.resolve_runs()),
                       on_change=job.trigger.on_change)
+        if missing:  # its runs would fail at the start of training: hold the job
+            self.d.jobs.pop(job.name, None)
+            self.train_due.pop(job.name, None)
+            self.log.error("job.weights_missing", job=job.name, variant=job.base.variant,
+                           problem=missing, fix="download the missing files, or set `variant` "
+                           "to one the weights can run; then reload the daemon (SIGHUP)")
+            return
         if self.settling(job.dataset_dir):  # never validate half-copied clips
             self.waiting.add(job.name)
             self.log.info("job.waiting_for_dataset", job=job.name, dataset=job.dataset,
@@ -210,6 +219,11 @@ class EventHandler:
             return
         if self.queue_job(job, reason=f"job file {change}", train=False) is not None:
             self._arm(job, why="job file saved")
+
+    def weights_problem(self, job: Job) -> str:
+        """Why the configured weights cannot run `job`'s variant ("" when they can, or when
+        the daemon has not checked them)."""
+        return (self.d.weights_problems or {}).get(job.base.variant, "")
 
     def forget_job(self, ev: JobEvent) -> None:
         """A job file was deleted: forget the job (its queued runs stay)."""

@@ -167,6 +167,9 @@ class RequestHandler:
         if job is None:
             return (f"job file {path} is invalid (`selvad check-job {path} --config "
                     f"{self.d.cfg.path}` lists every problem; so does `selvad status`)")
+        missing = self.d.events.weights_problem(job)
+        if missing:
+            return f"nothing queued: {missing}; then reload the daemon (SIGHUP)"
         self.d.jobs[job.name] = job
         ids = self.d.events.queue_job(job, reason="enqueue requested", force=True)
         if ids is None:

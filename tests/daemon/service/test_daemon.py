@@ -251,3 +251,31 @@ def test_a_failed_tick_logs_where_not_what_the_error_quoted(daemon, monkeypatch)
     assert len(failed) == 1 and failed[0]["error"] == "ValueError"
     assert failed[0]["step"] == "leak" and failed[0]["frames"][-1].endswith("in leak")
     assert "unreleased" not in repr(logs)
+
+
+def test_a_job_whose_variant_the_weights_cannot_run_is_a_problem_at_load(
+        make_config, tmp_path: Path, tiny_weights: Path) -> None:
+    """The start-up probe (a real child) checks every variant against the weights: a job for
+    one the weights cannot run queues nothing, and says which files and which command, in
+    the problem `selvad status` and the page show; enqueue says the same; a job whose
+    variant can run is queued as before."""
+    from selvad.service.stackprobe import probe_in_child
+
+    d = Daemon(make_config(f'weights_dir = "{tiny_weights}"\n'))  # in [paths]
+    d.queue = RunQueue(d.cfg.paths.queue_path)
+    probe = probe_in_child(weights_dir=d.cfg.paths.weights_dir)
+    assert probe.stack.ok and probe.weights is not None
+    assert probe.weights["tiny_16k"] == "" and "selva-weights check" in probe.weights["small_16k"]
+    d.weights_problems = probe.weights
+    make_dataset(tmp_path / "datasets" / "birds", 3)
+    path = _job(tmp_path, "big", "birds")
+    path.write_text(path.read_text().replace("tiny_16k", "small_16k"))
+    d.events.handle(JobEvent(path, "created"))
+    assert _kinds(d, "big", "birds") == [] and "big" not in d.jobs
+    seen = d.events.watched.get("job", "big")
+    assert seen is not None and seen.problem.startswith("variant small_16k cannot run from")
+    asked = d.queue.request("enqueue", job="big")
+    d.requests.handle_pending()
+    assert d.queue.get_request(asked).result.startswith("nothing queued: variant small_16k cannot run")
+    d.events.handle(JobEvent(_job(tmp_path, "birds", "birds"), "created"))
+    assert ("train", "queued") in _kinds(d, "birds")
