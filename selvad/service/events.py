@@ -312,6 +312,8 @@ class EventHandler:
             self.log.info("dataset.changed", dataset=ev.name, path=str(ev.path),
                           files=list(ev.files)[:50], changed=len(ev.files),
                           jobs=[j.name for j in jobs])
+        if not jobs and changed:
+            self._check_unused(ev)
         seen_variants: set[str] = set()
         for job in jobs:
             ok, manifest = self.check(job)
@@ -327,6 +329,32 @@ class EventHandler:
                 self._queue_loaded(job, reason="job file created; its dataset settled")
             elif job.trigger.on_change and (changed or waited):
                 self._arm(job, why="dataset changed")
+
+    def _check_unused(self, ev: DatasetEvent) -> None:
+        """Validate a dataset no job names yet (for the variant a new job would get), so its
+        problems show in status and on the page before anyone writes a job for it."""
+        variant = self._new_job_variant()
+        report = validate_dataset(ev.path, variant, progress=lambda done, total: self.d.keepalive(
+            f"validating {ev.name}: {done}/{total} clips"))
+        report.advice.insert(0, f"no job uses this dataset yet; write one with `selvad init-job "
+                                f"NAME --dataset {ev.name}`")
+        self._keep(report, str(ev.path))
+        key = os.path.abspath(ev.path)
+        self.watched.record("dataset", key, str(ev.path), problem=None if report.ok else (
+            f"{report.error_count} error(s) for {variant}: see `selvad validate {ev.path} "
+            f"--variant {variant}`"))
+        self.log.info("dataset.unused", dataset=ev.name, **report_fields(report))
+
+    def _new_job_variant(self) -> str:
+        """The variant `selvad init-job` would give a new job: `[defaults] variant`, else
+        large_44k when the weights can run it (or were not checked), else one they can."""
+        chosen = self.d.cfg.defaults.get("variant")
+        if isinstance(chosen, str):
+            return chosen
+        problems = self.d.weights_problems or {}
+        if not problems.get("large_44k"):
+            return "large_44k"
+        return next((v for v, why in problems.items() if not why), "large_44k")
 
     def _dataset_changed(self, ev: DatasetEvent) -> bool:
         """Record the dataset's manifest hash; True unless it is the one recorded before."""

@@ -279,3 +279,27 @@ def test_a_job_whose_variant_the_weights_cannot_run_is_a_problem_at_load(
     assert d.queue.get_request(asked).result.startswith("nothing queued: variant small_16k cannot run")
     d.events.handle(JobEvent(_job(tmp_path, "birds", "birds"), "created"))
     assert ("train", "queued") in _kinds(d, "birds")
+
+
+def test_a_dataset_no_job_names_is_validated_and_listed(daemon, tmp_path: Path) -> None:
+    """A dataset folder without a job is checked when it settles (for the variant a new job
+    would get), kept for the page with "no job uses it yet", and its errors are a problem."""
+    import os
+
+    from structlog.testing import capture_logs
+
+    from selvad.datasets.report import load_last_report
+
+    d = daemon('[defaults]\nvariant = "tiny_16k"\n')
+    make_dataset(tmp_path / "datasets" / "owls", 3)
+    (tmp_path / "datasets" / "owls" / "clip01.wav").write_bytes(b"not audio")
+    with capture_logs() as logs:
+        d.events.handle(DatasetEvent(tmp_path / "datasets", "owls", "changed", ("clip01.wav",)))
+    said = [e for e in logs if e["event"] == "dataset.unused"]
+    assert len(said) == 1 and said[0]["variant"] == "tiny_16k" and said[0]["error_count"] >= 1
+    path = os.path.abspath(tmp_path / "datasets" / "owls")
+    kept = load_last_report(d.cfg.paths.state_dir, path)
+    assert kept is not None and kept["advice"][0].startswith("no job uses this dataset yet")
+    seen = d.events.watched.get("dataset", path)
+    assert seen is not None and seen.problem.startswith("1 error(s) for tiny_16k")
+    assert _kinds(d, "owls") == []  # nothing is queued without a job
