@@ -94,10 +94,16 @@ class RequestHandler:
         if run.state not in ("failed", "cancelled"):
             return f"run {run.id} is {run.state}; only failed or cancelled runs can be retried"
         spec, problem = self._current_spec(run)
-        if req.job is not None and spec is not None and spec.config_hash != run.config_hash:
+        moved = self._clips_moved(run)
+        if req.job is not None and spec is not None and (spec.config_hash != run.config_hash
+                                                         or moved):
             return self._retry_current(run, spec)
         if req.job is not None and problem:
             return f"not retried: {problem}"
+        if moved:
+            return (f"not retried: the clips of dataset {run.dataset} changed since {run.id} "
+                    f"saved its last checkpoint ({moved}), so it cannot resume; `selvad retry "
+                    f"{run.id} --current` starts a fresh run on the current clips")
         q.set_state(run.id, "queued")
         self.log.info("run.state", state="queued", run_id=run.id, job=run.job,
                       dataset=run.dataset, kind=run.kind, reason="retry requested")
@@ -110,6 +116,22 @@ class RequestHandler:
         return (f"queued {run.id} again with the config it ran ({resumes})"
                 + (f"; the job file has changed since: `selvad retry {run.id} "
                    "--current` runs its current config" if changed else ""))
+
+    def _clips_moved(self, run: Run) -> str:
+        """For a training run that would resume: which clips were added or removed since it
+        was queued ("" when none, or when it starts from step 0 anyway). A resume needs the
+        checkpoint's clips (the trainer refuses others, after minutes of extraction)."""
+        job = self.d.jobs.get(run.job)
+        if run.kind != "train" or job is None or not self._resume_phrase(run).startswith("it resumes"):
+            return ""
+        try:
+            now = _clip_stems(self.d.manifest(job))
+        except OSError:
+            return ""
+        then = _clip_stems(run.manifest)
+        added, removed = len(now - then), len(then - now)
+        return ", ".join(part for part in (f"{added} added" if added else "",
+                                           f"{removed} removed" if removed else "") if part)
 
     def _resume_phrase(self, run: Run) -> str:
         """Where a retried run starts: from its newest step checkpoint, or from step 0 when
@@ -190,3 +212,11 @@ class RequestHandler:
         self.d.skip_window.add(run.id)
         self.d.wake.set()
         return f"{run.id} may start outside the training windows"
+
+
+def _clip_stems(manifest: dict) -> set[str]:
+    """The clips a manifest names, as paths without their suffix (dog.wav -> dog): a changed
+    audio format or prompts.txt leaves a resume possible, an added or removed clip does not."""
+    names = (str(f.get("name", "")) for f in manifest.get("files", []))
+    return {str(Path(n).with_suffix("")) for n in names
+            if Path(n).suffix.lower() not in (".txt", ".toml") and not n.startswith("audition/")}

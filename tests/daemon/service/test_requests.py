@@ -121,3 +121,30 @@ def test_retry_says_where_the_run_starts_from_its_run_directory(daemon: Daemon,
     answer = _answer(d, "retry", run_id=run_id)
     assert f"it starts from step 0: its run directory {run_dir} is gone" in answer, answer
     assert "resumes" not in answer
+
+
+def test_retry_after_clips_changed_says_it_cannot_resume_and_current_starts_fresh(
+        daemon: Daemon, tmp_path: Path) -> None:
+    """A checkpoint holds its clips: with a clip added since, `retry` answers at once that
+    the run cannot resume (not "it resumes" and a failure after the extraction), and
+    `--current` queues a fresh run on the current clips."""
+    d = daemon
+    assert d.queue is not None
+    run_id = _cancelled_run(d, tmp_path)
+    run_dir = d.cfg.paths.output_root / "birds" / run_id
+    run_dir.mkdir(parents=True)
+    (run_dir / "adapter_step00010.pt").write_bytes(b"x")
+    birds = tmp_path / "datasets" / "birds"
+    (birds / "prompts.txt").write_text("clip00.npz: a finch\n")  # prompts: still resumable
+    assert "it resumes from its newest checkpoint" in _answer(d, "retry", run_id=run_id)
+    assert _answer(d, "cancel", run_id=run_id) == f"cancelled {run_id}"
+    for suffix in (".npz", ".wav"):
+        (birds / f"clip09{suffix}").write_bytes((birds / f"clip00{suffix}").read_bytes())
+    answer = _answer(d, "retry", run_id=run_id)
+    assert answer.startswith(f"not retried: the clips of dataset birds changed since {run_id}")
+    assert "(1 added)" in answer and f"`selvad retry {run_id} --current`" in answer
+    assert d.queue.get(run_id).state == "cancelled"
+    answer = _answer(d, "retry", run_id=run_id, job="birds")
+    assert answer.startswith("queued ") and f"{run_id} keeps the config it ran" in answer
+    new = d.queue.get(answer.split()[1])
+    assert new.state == "queued" and new.id != run_id and new.manifest != d.queue.get(run_id).manifest
