@@ -23,7 +23,7 @@ from selvad.runs.queue import RunQueue
 __all__ = ["RETRY_DELAYS", "RowWriter"]
 
 RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 10.0)  # seconds between tries of a failing write
-_ORDER = ("state", "progress", "note", "final")  # the order pending writes are applied in
+_ORDER = ("state", "device", "progress", "note", "final")  # the order pending writes are applied in
 
 
 class RowWriter:
@@ -53,6 +53,10 @@ class RowWriter:
         """Store progress fields (see RunQueue.update_progress); None values are ignored,
         newer values replace pending ones."""
         self._put("progress", {k: v for k, v in fields.items() if v is not None})
+
+    def device(self, label: str) -> None:
+        """Store the device the run really uses (the child's choice of an "auto" slot)."""
+        self._put("device", label)
 
     def note(self, text: str | None) -> None:
         """Show `text` as the active run's note in `selvad status` (None clears it)."""
@@ -145,6 +149,8 @@ class RowWriter:
             self.queue.set_state(self.run_id, new, output_dir=output_dir)
         elif kind == "progress":
             self.queue.update_progress(self.run_id, **value)
+        elif kind == "device":
+            self.queue.set_device(self.run_id, value)
         elif kind == "note":
             self.queue.set_note(self.run_id, value)
         else:

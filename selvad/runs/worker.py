@@ -232,6 +232,8 @@ class RunProcess:
         kind = ev["event"]
         if kind == "train_start":
             self.total_steps, self.step = ev.get("steps"), ev.get("step")
+            if self.slot.device == "auto" and ev.get("device"):  # name the device it chose
+                self._write().device(f"auto: {ev['device']}")
             if self.state == "extracting":
                 self._write().state("training", output_dir=str(self.out_dir))
                 self.state = "training"

@@ -154,6 +154,7 @@ def test_done_run_stores_progress_state_and_prunes(cfg: DaemonConfig, queue: Run
     assert outcome is not None and outcome.state == "done"
     row = queue.get(run.id)
     assert row.state == "done" and row.step == 10 and row.total_steps == 10
+    assert row.device == "auto: cpu"  # the one "auto" slot names the device the child chose
     assert row.loss == pytest.approx(0.1) and row.eta_s == 0.0 and row.samples_per_s == 4.0
     out = run_dir_for(cfg, run)
     assert row.output_dir == str(out)
