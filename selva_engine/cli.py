@@ -158,8 +158,8 @@ def _human(event: dict) -> str | None:
         eta = event["eta_s"]
         left = ("last checkpoint and sample next" if event["step"] >= event["steps"]
                 else f"ETA {int(eta // 60)}m{int(eta % 60):02d}s")
-        return (f"step {event['step']}/{event['steps']}  loss {event['loss']:.4f} "
-                f"(smoothed {event['smoothed_loss']:.4f})  lr {event['lr']:.2e}  "
+        return (f"step {event['step']}/{event['steps']}  train loss (smoothed) "
+                f"{event['smoothed_loss']:.4f}  lr {event['lr']:.2e}  "
                 f"grad {event['grad_norm']:.3f}  {event['samples_per_s']:.1f} samples/s  {left}")
     if kind == "checkpoint":
         val = f", val loss {event['val_loss']:.4f}" if event.get("val_loss") is not None else ""

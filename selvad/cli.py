@@ -124,7 +124,7 @@ def _run_cells(run: Run) -> list[str]:
     return [run.id, run.state, run.kind, run.job + sweep, step, loss, when]
 
 
-RUN_HEADER = ["run id", "state", "kind", "job", "step", "loss", "created"]
+RUN_HEADER = ["run id", "state", "kind", "job", "step", "train loss (smoothed)", "created"]
 
 
 def _run_lines(runs: Sequence[Run], header: bool = False, indent: str = "") -> list[str]:
@@ -209,7 +209,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         if r.error:  # a note on a live run (e.g. stalled: no output for 30 minutes)
             print(f"  note: {r.error}")
         if r.kind == "train":
-            loss = f"  loss {r.loss:.4f}" if r.loss is not None else ""
+            loss = f"  train loss (smoothed) {r.loss:.4f}" if r.loss is not None else ""
             rate = f"  {r.samples_per_s:.1f} samples/s" if r.samples_per_s else ""
             print(f"  {progress_bar(r.step, r.total_steps)}  step {r.step or 0}/"
                   f"{r.total_steps or '?'}{loss}{rate}  ETA {format_duration(r.eta_s)}")

@@ -49,12 +49,13 @@ def progress_line(step: int | None, total: int | None, *, loss: float | None = N
                   smoothed: float | None = None, samples_per_s: float | None = None,
                   eta_s: float | None = None, width: int = 24) -> str:
     """One line for a training run's progress, like kohya's or ai-toolkit's bars:
-    '[######..................]  25% step 500/2000  loss 0.6123 (smoothed 0.6412)
+    '[######..................]  25% step 500/2000  train loss (smoothed) 0.6412
     3.1 samples/s  ETA 4m10s'; fields that are None are left out (except the ETA: '?')."""
     parts = [f"{progress_bar(step, total, width)} step {step or 0}/{total or '?'}"]
-    if loss is not None:
-        sm = f" (smoothed {format_number(smoothed)})" if smoothed is not None else ""
-        parts.append(f"loss {format_number(loss)}{sm}")
+    if smoothed is not None:  # the one loss figure shown everywhere (status, page, sweeps)
+        parts.append(f"train loss (smoothed) {format_number(smoothed)}")
+    elif loss is not None:
+        parts.append(f"train loss {format_number(loss)}")
     if samples_per_s:
         parts.append(f"{samples_per_s:.1f} samples/s")
     parts.append(f"ETA {format_duration(eta_s)}")

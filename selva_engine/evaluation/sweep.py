@@ -47,7 +47,11 @@ def run_results(run_dir: Path | str) -> dict[str, Any]:
     progress, checkpoints = read_progress(run_dir)
     steps = [r["step"] for r in progress]
     losses = [float(r["loss"]) for r in progress]
-    smoothed = ema(losses)
+    # the trainer's own smoothed loss (what status, the page and the terminal show), else,
+    # for runs logged before it was recorded, an EMA over the log points
+    logged = [r.get("smoothed_loss") for r in progress]
+    smoothed = ([float(v) for v in logged] if all(isinstance(v, (int, float)) for v in logged)
+                else ema(losses))
     out: dict[str, Any] = {"loss_history": {"step": steps, "loss": losses, "smoothed": smoothed},
                            "log_interval": steps[0] if steps else None}
     if smoothed:
@@ -61,6 +65,8 @@ def run_results(run_dir: Path | str) -> dict[str, Any]:
         at[str(c["step"])] = prior[-1] if prior else None
     out["loss_at_steps"] = at
     out["validation_loss"] = {str(c["step"]): c.get("val_loss") for c in checkpoints}
+    held_out = [v for v in out["validation_loss"].values() if isinstance(v, (int, float))]
+    out["best_val_loss"] = min(held_out) if held_out else None  # what picks adapter_best.pt
     out["train_fixed_loss"] = {str(c["step"]): c.get("train_fixed_loss") for c in checkpoints}
     out["spectral_metrics"] = {str(c["step"]): c.get("metrics", {}) for c in checkpoints}
     out["checkpoints"] = {str(c["step"]): c.get("path") for c in checkpoints}

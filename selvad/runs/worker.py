@@ -242,8 +242,9 @@ class RunProcess:
             self._write().progress(step=self.step, total_steps=self.total_steps)
         elif kind == "progress":
             self.step, self.total_steps = ev.get("step"), ev.get("steps")
-            self._write().progress(step=self.step, total_steps=self.total_steps,
-                                   loss=ev.get("loss"), samples_per_s=ev.get("samples_per_s"),
+            self._write().progress(step=self.step, total_steps=self.total_steps,  # smoothed:
+                                   loss=ev.get("smoothed_loss", ev.get("loss")),  # one figure
+                                   samples_per_s=ev.get("samples_per_s"),
                                    eta_s=ev.get("eta_s"))
             self.log.info("run.progress", step=self.step, steps=self.total_steps,
                           loss=ev.get("loss"), smoothed_loss=ev.get("smoothed_loss"),

@@ -37,6 +37,7 @@ class SweepRow:
     config: dict[str, Any]  # only the settings that differ between the sweep's runs
     duration_s: float | None
     final_loss: float | None  # smoothed training loss at the end
+    best_val_loss: float | None  # lowest held-out loss (what picks adapter_best.pt)
     min_loss: float | None
     min_loss_step: int | None
     recommended: str | None  # the run's recommended adapter file name
@@ -177,7 +178,8 @@ class SweepView:
             sweep_id=str(exp.get("id")), run_id=run.id if run else None,
             state=run.state if run else str(exp.get("status")),
             config={k: config.get(k) for k in varied}, duration_s=exp.get("duration_seconds"),
-            final_loss=res.get("final_loss"), min_loss=res.get("min_loss"),
+            final_loss=res.get("final_loss"), best_val_loss=res.get("best_val_loss"),
+            min_loss=res.get("min_loss"),
             min_loss_step=res.get("min_loss_step"), recommended=rec.get("id"),
             strength_range=rec.get("strength_range"), reason=rec.get("reason"), sample=sample,
             error=(run.error if run else exp.get("error")))

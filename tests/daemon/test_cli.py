@@ -56,7 +56,7 @@ def test_status_shows_the_current_run_with_a_bar(config: Path, queue: RunQueue, 
     queue.enqueue("birds", "birds", {"steps": 300}, {"files": []})
     assert main(["status", "--config", str(config)]) == 0
     out = capsys.readouterr().out
-    assert f"current: {run_id}" in out and "step 50/200" in out and "loss 0.1234" in out
+    assert f"current: {run_id}" in out and "step 50/200" in out and "train loss (smoothed) 0.1234" in out
     assert "ETA 2m05s" in out and "#" in out and "queued (1)" in out
     assert main(["status", "--json", "--config", str(config)]) == 0
     data = json.loads(capsys.readouterr().out)

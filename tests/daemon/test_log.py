@@ -105,7 +105,7 @@ def test_console_lines_are_short_and_rounded(restore_logging) -> None:
              message="x " * 800)
     out = buf.getvalue().splitlines()
     assert len(out) == 2 + 20 + 1 and all(len(line) < 400 for line in out), out
-    assert "step 5/20" in out[0] and "loss 0.6123 (smoothed 0.6247)" in out[0]
+    assert "step 5/20" in out[0] and "train loss (smoothed) 0.6247" in out[0] and "0.6123" not in out[0]
     assert "3.1 samples/s" in out[0] and "ETA 2m10s" in out[0] and "0.612345678" not in out[0]
     assert "files=(300 below)" in out[1] and "(1600 chars)" in out[1]
     assert out[2] == "    files: clip_0000.wav" and out[21] == "    files: clip_0019.wav"

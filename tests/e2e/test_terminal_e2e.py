@@ -57,8 +57,8 @@ def test_run_on_a_terminal_shows_a_live_progress_bar(tree: DaemonTree) -> None:
     # the bar is redrawn in place (carriage return, clear line) with rounded numbers
     bars = re.findall(r"\r\x1b\[K[^\r\n]*step (\d+)/20[^\r\n]*", out)
     assert "20" in bars, out[-3000:]
-    assert re.search(r"\[#+\.*\]\s+\d+% step \d+/20  loss \d\.\d{1,4}(e-?\d+)? \(smoothed "
-                     r"\d\.\d{1,4}(e-?\d+)?\)  [\d.]+ samples/s  ETA \d+(s|m\d\ds)", out), out[-3000:]
+    assert re.search(r"\[#+\.*\]\s+\d+% step \d+/20  train loss \(smoothed\) "
+                     r"\d\.\d{1,4}(e-?\d+)?  [\d.]+ samples/s  ETA \d+(s|m\d\ds)", out), out[-3000:]
     lines = re.split(r"[\r\n]+", out)
     assert max(len(line) for line in lines) < 400, max(lines, key=len)
     assert re.search(r"run\.state .*state=done", out), out[-3000:]

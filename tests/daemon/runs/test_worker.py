@@ -155,7 +155,7 @@ def test_done_run_stores_progress_state_and_prunes(cfg: DaemonConfig, queue: Run
     row = queue.get(run.id)
     assert row.state == "done" and row.step == 10 and row.total_steps == 10
     assert row.device == "auto: cpu"  # the one "auto" slot names the device the child chose
-    assert row.loss == pytest.approx(0.1) and row.eta_s == 0.0 and row.samples_per_s == 4.0
+    assert row.loss == pytest.approx(0.5) and row.eta_s == 0.0  # the smoothed loss and row.samples_per_s == 4.0
     out = run_dir_for(cfg, run)
     assert row.output_dir == str(out)
     assert sorted(p.name for p in out.glob("adapter_*")) == ["adapter_final.pt",
