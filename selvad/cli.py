@@ -25,7 +25,7 @@ from pathlib import Path
 from selvad.config.daemon import DEFAULT_CONFIG_PATH, DaemonConfig, default_config_path, load_config
 from selvad.config.jobs import check_run_id, job_file
 from selvad.config.schema import ConfigError
-from selvad.display import format_duration, progress_bar
+from selvad.display import eta_text, progress_bar
 from selvad.runs.queue import STATES, Run, RunQueue
 from selvad.runs.statelock import daemon_running
 from selvad.runs.watched import WatchedTable
@@ -212,7 +212,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             loss = f"  train loss (smoothed) {r.loss:.4f}" if r.loss is not None else ""
             rate = f"  {r.samples_per_s:.1f} samples/s" if r.samples_per_s else ""
             print(f"  {progress_bar(r.step, r.total_steps)}  step {r.step or 0}/"
-                  f"{r.total_steps or '?'}{loss}{rate}  ETA {format_duration(r.eta_s)}")
+                  f"{r.total_steps or '?'}{loss}{rate}  {eta_text(r.step, r.total_steps, r.eta_s)}")
     table = _run_lines(queued + recent, indent="  ")  # one alignment for both lists
     if queued:
         print(f"queued ({len(queued)}):")

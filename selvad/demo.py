@@ -297,16 +297,16 @@ class _Narrator:
         return None
 
     def progress(self) -> str | None:
-        from selvad.display import format_duration, progress_bar
+        from selvad.display import eta_text, progress_bar
         from selvad.runs.queue import RunQueue
 
         runs = RunQueue(self.queue_path).list_runs(states=["training"])
         if not runs:
             return None
         r = runs[-1]
-        loss = f"  loss {r.loss:.4f}" if r.loss is not None else ""
+        loss = f"  train loss (smoothed) {r.loss:.4f}" if r.loss is not None else ""
         return (f"training: {progress_bar(r.step, r.total_steps)}  step {r.step}/{r.total_steps}"
-                f"{loss}  ETA {format_duration(r.eta_s)}")
+                f"{loss}  {eta_text(r.step, r.total_steps, r.eta_s)}")
 
 
 def _tree(root: Path) -> None:

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
-__all__ = ["follow", "format_duration", "format_number", "progress_bar", "progress_line"]
+__all__ = ["eta_text", "follow", "format_duration", "format_number", "progress_bar", "progress_line"]
 
 
 def format_duration(seconds: float | None) -> str:
@@ -45,6 +45,14 @@ def format_number(value: float | int | None) -> str:
     return f"{value:.4g}"
 
 
+def eta_text(step: int | None, total: int | None, eta_s: float | None) -> str:
+    """'ETA 4m10s', or, once the last step is trained, what still takes time (the last
+    checkpoint and its sample: minutes on a big model, never "ETA 0s")."""
+    if step is not None and total and step >= total:
+        return "last checkpoint and sample next"
+    return f"ETA {format_duration(eta_s)}"
+
+
 def progress_line(step: int | None, total: int | None, *, loss: float | None = None,
                   smoothed: float | None = None, samples_per_s: float | None = None,
                   eta_s: float | None = None, width: int = 24) -> str:
@@ -58,7 +66,7 @@ def progress_line(step: int | None, total: int | None, *, loss: float | None = N
         parts.append(f"train loss {format_number(loss)}")
     if samples_per_s:
         parts.append(f"{samples_per_s:.1f} samples/s")
-    parts.append(f"ETA {format_duration(eta_s)}")
+    parts.append(eta_text(step, total, eta_s))
     return "  ".join(parts)
 
 

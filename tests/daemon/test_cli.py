@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from selvad.cli import main
-from selvad.display import format_duration, progress_bar
+from selvad.display import eta_text, format_duration, progress_bar
 from selvad.runs.queue import RunQueue
 
 REPO = Path(__file__).resolve().parents[2]
@@ -44,6 +44,9 @@ def test_progress_bar_and_durations() -> None:
     assert progress_bar(None, None, width=4) == "[....]   0%"
     assert format_duration(3725) == "1h02m" and format_duration(65) == "1m05s"
     assert format_duration(None) == "?"
+    # at 100 % the last checkpoint and its sample still take time: never "ETA 0s"
+    assert eta_text(50, 200, 125.0) == "ETA 2m05s"
+    assert eta_text(200, 200, 0.0) == "last checkpoint and sample next"
 
 
 def test_status_without_a_database_says_how_to_start(config: Path, capsys) -> None:
