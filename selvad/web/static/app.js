@@ -20,7 +20,8 @@ function showRun(run) {
     step: run.step ?? 0, total_steps: run.total_steps ?? "?",
     loss: run.loss === null ? "-" : run.loss.toFixed(4),
     samples_per_s: run.samples_per_s ? run.samples_per_s.toFixed(1) : "-",
-    eta_s: fmtDuration(run.eta_s),
+    eta: run.total_steps && (run.step ?? 0) >= run.total_steps
+      ? "last checkpoint and sample next" : `about ${fmtDuration(run.eta_s)} left`,
   };
   for (const [k, v] of Object.entries(fields)) {
     const el = section.querySelector(`[data-field="${k}"]`);

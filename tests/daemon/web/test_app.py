@@ -291,3 +291,20 @@ def test_sweep_files_behind_a_symlinked_directory_give_404(tmp_path: Path) -> No
     assert client.get("/sweeps/birds/files/sweep_summary.json").status_code == 404
     page = client.get("/sweeps/birds")  # the job still has a sweep: its runs from the queue
     assert page.status_code == 200 and page.text.count('class="sweep-run"') == 2
+
+
+def test_the_live_progress_says_what_is_left_at_100_percent(site: Any, monkeypatch) -> None:
+    """At the last step the checkpoint and its sample still take minutes: the page says so
+    instead of "about 0s left"."""
+    import selvad.web.app as web_app
+
+    monkeypatch.setattr(web_app, "STATUS_INTERVAL", 0.0)  # no shared answer between the views
+    client, q, run_id, _ = site
+    q.claim(run_id)
+    q.set_state(run_id, "training")
+    q.update_progress(run_id, step=10, total_steps=20, loss=0.5, samples_per_s=3.0, eta_s=65.0)
+    live = client.get("/").text.split('class="current"', 1)[1].split("</section>", 1)[0]
+    assert "about 1m05s left" in live and "train loss (smoothed) <b" in live
+    q.update_progress(run_id, step=20, eta_s=0.0)
+    live = client.get("/").text.split('class="current"', 1)[1].split("</section>", 1)[0]
+    assert "last checkpoint and sample next" in live and "0s left" not in live
