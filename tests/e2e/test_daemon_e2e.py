@@ -43,6 +43,7 @@ def _ts(event: dict) -> float:
     return datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")).timestamp()
 
 
+@pytest.mark.slow  # ~70 s: the default run keeps the kill -9 resume, which trains to done too
 def test_job_run_outputs_cli_edit_cancel_retry(tree: DaemonTree) -> None:
     """(h) READY=1 once armed, (b) every output file, (i) status/runs/cancel/retry,
     (c) an edited job queues a new run."""
