@@ -265,14 +265,37 @@ class _DefaultsHelp(argparse.HelpFormatter):
         return f"{text} (default: %(default)s)"
 
 
+def _batch(p: argparse.ArgumentParser, args: argparse.Namespace) -> Any:
+    """The `--from` file read (None without it); exits 2 through `p` when the folders are
+    given twice or not at all."""
+    if args.batch is None:
+        if not (args.data_dir and args.output_dir):
+            p.error("--data_dir and --output_dir are required (or --from eval_batch.json)")
+        return None
+    if args.data_dir or args.output_dir:
+        p.error("--from gives data_dir and output_dir; leave out --data_dir and --output_dir")
+    from selva_engine.evaluation.batchfile import read_eval_batch
+
+    batch = read_eval_batch(args.batch)
+    print(f"{args.batch}: {batch.name!r}, {len(batch.adapters)} adapter(s), steps {batch.steps}, "
+          f"seed {batch.seed} (the LoRA Evaluator's file)", flush=True)
+    return batch
+
+
 def main(argv: list[str] | None = None) -> int:
     """`selva-eval` command line; returns the exit status (0 ok, 2 bad input)."""
     p = argparse.ArgumentParser(prog="selva-eval", description=__doc__.split("\n\n")[0],
                                 formatter_class=_DefaultsHelp)
-    p.add_argument("--data_dir", required=True,
-                   help="dataset directory of stem.npz + audio pairs to generate for")
-    p.add_argument("--output_dir", required=True,
-                   help="where samples, eval_summary.json and metric_comparison.png go")
+    p.add_argument("--data_dir", default=None,
+                   help="dataset directory of stem.npz + audio pairs to generate for "
+                        "(required unless --from gives it)")
+    p.add_argument("--output_dir", default=None,
+                   help="where samples, eval_summary.json and metric_comparison.png go "
+                        "(required unless --from gives it)")
+    p.add_argument("--from", dest="batch", default=None, metavar="FILE",
+                   help="ComfyUI-SelVA's LoRA Evaluator file (eval_batch.json): its data_dir, "
+                        "output_dir, steps, seed and adapters (an entry without a path is the "
+                        "base model); relative paths from the file's folder")
     p.add_argument("--variant", default=None,
                    help="model variant (" + ", ".join(variant_names(include_tiny=True))
                         + "); default: the one the runs or adapters were trained for, else "
@@ -294,7 +317,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                    help="auto: cuda when available")
     args = p.parse_args(argv)
-    specs = []
+    try:
+        batch = _batch(p, args)
+    except ValueError as exc:
+        print(f"selva-eval: error: {exc}", file=sys.stderr)
+        return 2
+    specs = list(batch.adapters) if batch else []
     for item in args.adapter:
         ident, sep, path = item.partition("=")
         path = path if sep else ident
@@ -309,9 +337,12 @@ def main(argv: list[str] | None = None) -> int:
         how = ("" if args.variant else " (the one the runs/adapters were trained for)" if found
                else " (the default: no run or adapter names one)")
         print(f"variant: {variant}{how}", flush=True)
-        evaluate(data_dir=Path(args.data_dir), output_dir=Path(args.output_dir), variant=variant,
-                 selva_dir=args.selva_dir, adapters=specs, include_baseline=not args.no_baseline,
-                 clips=args.clips, steps=args.steps, seed=args.seed, cfg=args.cfg,
+        evaluate(data_dir=batch.data_dir if batch else Path(args.data_dir),
+                 output_dir=batch.output_dir if batch else Path(args.output_dir), variant=variant,
+                 selva_dir=args.selva_dir, adapters=specs,
+                 include_baseline=not args.no_baseline and batch is None,  # the file says
+                 clips=args.clips, steps=batch.steps if batch else args.steps,
+                 seed=batch.seed if batch else args.seed, cfg=args.cfg,
                  strength=args.strength, device=args.device)
     except (ValueError, FileNotFoundError) as exc:
         print(f"selva-eval: error: {exc}", file=sys.stderr)

@@ -169,3 +169,35 @@ def test_run_dir_lists_every_adapter_the_anchor_writes(tmp_path):
     assert set(specs) == {"final", "final_001", "final_surgery", "cancelled00150"}
     assert specs["cancelled00150"].step == 150
     assert specs["final_001"].path.name == "adapter_final_001.pt"
+
+
+def test_their_eval_batch_file_runs_with_from(trained_run, tiny_weights, tmp_path, capsys):
+    """ComfyUI-SelVA's LoRA Evaluator file (its docstring's format: an entry without a path
+    is the base model) runs as given: same samples as the same options on the command line;
+    what has no equivalent is one error naming the key."""
+    root, data, _, _ = trained_run
+    folder = tmp_path / "evals"
+    folder.mkdir()
+    batch = {"name": "eval_batch_1", "data_dir": str(data), "output_dir": "batch1",  # relative
+             "steps": 2, "seed": 7, "adapters": [
+                 {"id": "baseline"}, {"id": "lr_5e3", "path": str(root / "run" / "adapter_final.pt")}]}
+    (folder / "eval_batch.json").write_text(json.dumps(batch))
+    common = ["--selva_dir", str(tiny_weights), "--clips", "1", "--device", "cpu"]
+    assert eval_main(["--from", str(folder / "eval_batch.json"), *common]) == 0
+    summary = json.loads((folder / "batch1" / "eval_summary.json").read_text())
+    assert [a["id"] for a in summary["adapters"]] == ["baseline", "lr_5e3"]
+    assert all(a["status"] == "ok" for a in summary["adapters"])
+    assert eval_main(["--data_dir", str(data), "--output_dir", str(tmp_path / "flags"), "--steps", "2",
+                      "--seed", "7", "--adapter", f"lr_5e3={root / 'run' / 'adapter_final.pt'}", *common]) == 0
+    flags = json.loads((tmp_path / "flags" / "eval_summary.json").read_text())
+    assert [a["avg_metrics"] for a in flags["adapters"]] == [a["avg_metrics"] for a in summary["adapters"]]
+    capsys.readouterr()
+    (folder / "bad.json").write_text(json.dumps({**batch, "dtype": "bf16"}))
+    assert eval_main(["--from", str(folder / "bad.json"), *common]) == 2
+    assert "'dtype' has no selva-eval equivalent" in capsys.readouterr().err
+    (folder / "nodir.json").write_text(json.dumps({"output_dir": "x", "adapters": [{"id": "b"}]}))
+    assert eval_main(["--from", str(folder / "nodir.json"), *common]) == 2
+    assert "'data_dir' is required" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as given_twice:
+        eval_main(["--from", str(folder / "eval_batch.json"), "--data_dir", str(data), *common])
+    assert given_twice.value.code == 2
