@@ -13,8 +13,6 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from selva_engine.evaluation.evaluate import AdapterSpec
-
 __all__ = ["EvalBatch", "MAX_BATCH_BYTES", "read_eval_batch"]
 
 MAX_BATCH_BYTES = 1 << 20  # a list of adapters: 1 MiB is far beyond any real one
@@ -31,7 +29,7 @@ class EvalBatch:
     output_dir: Path
     steps: int
     seed: int
-    adapters: list[AdapterSpec]  # path None: the base model, under the file's own id
+    adapters: list[tuple[str, Path | None]]  # (id, file); None: the base model
 
 
 def read_eval_batch(path: Path | str) -> EvalBatch:
@@ -51,7 +49,7 @@ def read_eval_batch(path: Path | str) -> EvalBatch:
         raise ValueError(f"{path}: 'adapters' must be a non-empty list of {{\"id\", \"path\"}} "
                          "entries (an entry without a path is the base model)")
     adapters = [_adapter(path, i, e) for i, e in enumerate(entries)]
-    ids = [a.id for a in adapters]
+    ids = [ident for ident, _ in adapters]
     if len(set(ids)) != len(ids):
         raise ValueError(f"{path}: adapter ids must differ (each names its output folder)")
     return EvalBatch(str(spec.get("name") or path.stem), _where(path, spec["data_dir"]),
@@ -83,7 +81,7 @@ def _integer(path: Path, spec: dict, key: str, default: int, low: int) -> int:
     return value
 
 
-def _adapter(path: Path, i: int, entry: object) -> AdapterSpec:
+def _adapter(path: Path, i: int, entry: object) -> tuple[str, Path | None]:
     if not isinstance(entry, dict) or not isinstance(entry.get("id"), str) or not entry["id"].strip():
         raise ValueError(f"{path}: adapters[{i}] needs an 'id' (a name for its output folder)")
     unknown = sorted(set(entry) - set(ADAPTER_KEYS))
@@ -99,7 +97,7 @@ def _adapter(path: Path, i: int, entry: object) -> AdapterSpec:
     if any(ch in ident for ch in '/\\:*?"<>|') or ident in (".", ".."):
         raise ValueError(f"{path}: adapters[{i}] id {ident!r} is not a folder name; use letters, "
                          "digits, '-' and '_'")
-    return AdapterSpec(ident, _where(path, where) if where.strip() else None)
+    return ident, (_where(path, where) if where.strip() else None)
 
 
 def _where(batch: Path, value: str) -> Path:

@@ -322,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"selva-eval: error: {exc}", file=sys.stderr)
         return 2
-    specs = list(batch.adapters) if batch else []
+    specs = [AdapterSpec(ident, path) for ident, path in batch.adapters] if batch else []
     for item in args.adapter:
         ident, sep, path = item.partition("=")
         path = path if sep else ident
