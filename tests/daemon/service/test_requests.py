@@ -106,14 +106,19 @@ def test_retry_current_refuses_a_job_that_is_a_path(daemon: Daemon, tmp_path: Pa
     assert _answer(daemon, "retry", run_id=run_id, job="../x").startswith("refused: ")
 
 
-def test_retry_says_where_the_run_starts_from_its_run_directory(daemon: Daemon,
-                                                               tmp_path: Path) -> None:
-    d = daemon
-    assert d.queue is not None
+def _cancelled_run_with_a_checkpoint(d: Daemon, tmp_path: Path) -> tuple[str, Path]:
     run_id = _cancelled_run(d, tmp_path)
     run_dir = d.cfg.paths.output_root / "birds" / run_id
     run_dir.mkdir(parents=True)
     (run_dir / "adapter_step00010.pt").write_bytes(b"x")
+    return run_id, run_dir
+
+
+def test_retry_says_where_the_run_starts_from_its_run_directory(daemon: Daemon,
+                                                               tmp_path: Path) -> None:
+    d = daemon
+    assert d.queue is not None
+    run_id, run_dir = _cancelled_run_with_a_checkpoint(d, tmp_path)
     assert "it resumes from its newest checkpoint" in _answer(d, "retry", run_id=run_id)
     assert _answer(d, "cancel", run_id=run_id) == f"cancelled {run_id}"
     (run_dir / "adapter_step00010.pt").unlink()
@@ -130,10 +135,7 @@ def test_retry_after_clips_changed_says_it_cannot_resume_and_current_starts_fres
     `--current` queues a fresh run on the current clips."""
     d = daemon
     assert d.queue is not None
-    run_id = _cancelled_run(d, tmp_path)
-    run_dir = d.cfg.paths.output_root / "birds" / run_id
-    run_dir.mkdir(parents=True)
-    (run_dir / "adapter_step00010.pt").write_bytes(b"x")
+    run_id, run_dir = _cancelled_run_with_a_checkpoint(d, tmp_path)
     birds = tmp_path / "datasets" / "birds"
     (birds / "prompts.txt").write_text("clip00.npz: a finch\n")  # prompts: still resumable
     assert "it resumes from its newest checkpoint" in _answer(d, "retry", run_id=run_id)
