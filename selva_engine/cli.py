@@ -363,11 +363,14 @@ def extract_main(argv: list[str] | None = None) -> int:
     p.add_argument("--selva_dir", default=os.environ.get("SELVA_DIR", ""))
     p.add_argument("--cache_dir", required=True)
     p.add_argument("--device", default="auto")
+    p.add_argument("--prepare", default="{}",
+                   help='a job\'s [prepare] values as JSON, over dataset.toml\'s (e.g. \'{"loudness": true}\')')
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
 
     from selva_engine.data.dataset import load_dataset
     from selva_engine.data.extract import FeatureCache, extract_clips
+    from selva_engine.data.prepare_file import read_prepare_settings
     from selva_engine.data.video_extract import add_video_clips
     from selva_engine.errors import DatasetError
     from selva_engine.io import UnsafeFileError
@@ -386,9 +389,12 @@ def extract_main(argv: list[str] | None = None) -> int:
         add_video_clips(scan, variant, weights=weights, cache=cache, device=device, progress=emit)
         for problem in scan.problems:
             emit({"event": "warning", "message": f"skipping clip: {problem}"})
-        emit({"event": "extract_start", "clips": len(scan.clips)})
+        prepare, bad = read_prepare_settings(args.data_dir, json.loads(args.prepare))
+        for problem in bad:
+            emit({"event": "warning", "message": f"[prepare] of dataset.toml not used: {problem}"})
+        emit({"event": "extract_start", "clips": len(scan.clips), "prepare": list(prepare.steps())})
         _, _, stats = extract_clips(scan.clips, variant, weights=weights, cache=cache, device=device,
-                                    progress=emit)
+                                    progress=emit, prepare=prepare)
         emit({"event": "extract_done", **stats.to_dict()})
     except (DatasetError, MissingWeightsError, UnsafeFileError, FileNotFoundError, ValueError) as exc:
         emit({"event": "error", "error": type(exc).__name__, "message": str(exc)})

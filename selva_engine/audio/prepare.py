@@ -33,7 +33,8 @@ import numpy as np
 from selva_engine.audio.files import fit_length, read_audio, resample, to_mono
 from selva_engine.audio.inspect import integrated_lufs, true_peak_dbtp
 
-__all__ = ["PREPARE_LIMITS", "STEP_ORDER", "PrepareSettings", "load_prepared_audio", "prepare"]
+__all__ = ["PREPARE_LIMITS", "STEP_ORDER", "PrepareSettings", "check_prepare_value", "load_prepared_audio",
+           "prepare"]
 
 STEP_ORDER = ("resample", "loudness", "compress", "hf_smooth")
 

@@ -1,7 +1,8 @@
 """Extraction: audio -> VAE posterior latents, prompts -> CLIP text features, cached.
 
 The cache is content-addressed: an audio entry is keyed by the sha256 of the audio file's
-bytes, the VAE's fingerprint and the canonical length/rate; a text entry by the prompt and
+bytes, the VAE's fingerprint and the canonical length/rate (and, when `[prepare]` steps are on,
+their settings' digest: prepared and plain latents never mix); a text entry by the prompt and
 the text encoder's fingerprint. Entries are `.npz` files written atomically and read with
 allow_pickle=False, so a rerun, a resumed run or a second job on the same clips performs no
 encoder call at all. Encoders are loaded only when something is missing, run in batches,
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 
 from selva_engine.audio.files import load_audio
+from selva_engine.audio.prepare import PrepareSettings, load_prepared_audio
 from selva_engine.data.dataset import Clip
 from selva_engine.errors import open_error
 from selva_engine.io import atomic_write_bytes, file_fingerprint, open_regular
@@ -34,6 +36,7 @@ __all__ = [
     "directory_fingerprint",
     "extract_clips",
     "hash_file",
+    "latent_key",
 ]
 
 ProgressFn = Callable[[dict], None]
@@ -173,6 +176,7 @@ def extract_clips(
     codec_factory: Callable[[], object] | None = None,
     text_factory: Callable[[], object] | None = None,
     stop: threading.Event | None = None,
+    prepare: PrepareSettings | None = None,
 ) -> tuple[list[ExtractedClip], dict[str, np.ndarray], ExtractionStats]:
     """Fill the cache for `clips` and return them extracted, plus extra prompts' features.
 
@@ -182,6 +186,9 @@ def extract_clips(
     text encoder. `codec_factory` / `text_factory` build the encoders lazily (defaults load
     them from `weights`, a `selva_engine.weights.locate.VariantWeights`); they are called only if
     something is missing.
+    `prepare` (the `[prepare]` steps, `selva_engine.audio.prepare`) is applied to each clip's
+    audio before encoding; its digest joins the latent key, so prepared and plain latents never
+    mix (with no step on the key is the plain one).
     Returns (clips, {prompt: (Nt, D)}, stats). When `stop` is set, it returns after the
     current batch with an empty clip list (what was encoded so far stays in the cache).
     """
@@ -190,7 +197,7 @@ def extract_clips(
     seq = variant.sequence()
     vae_id = FeatureCache.key("vae", directory_fingerprint(weights.vae), variant.mode, str(seq.num_audio_frames))
     text_id = FeatureCache.key("text", directory_fingerprint(weights.text_encoder))
-    audio_keys = [FeatureCache.key(hash_file(c.audio_path), vae_id) for c in clips]
+    audio_keys = [latent_key(hash_file(c.audio_path), vae_id, prepare) for c in clips]
     latents, missing_audio = _cached_latents(job, clips, audio_keys)
     prompts = list(dict.fromkeys([c.prompt for c in clips] + list(extra_prompts)))
     text_feats, missing_text = _cached_text(job, prompts, text_id)
@@ -199,7 +206,8 @@ def extract_clips(
     if missing_audio:
         codec = codec_factory() if codec_factory else _default_codec(variant, weights, device)
         try:
-            _encode_audio(job, codec, missing_audio, seq.sampling_rate, seq.num_audio_frames, latents)
+            _encode_audio(job, codec, missing_audio, seq.sampling_rate, seq.num_audio_frames, latents,
+                          prepare or PrepareSettings())
         finally:
             _free(codec)
     if missing_text:
@@ -250,12 +258,25 @@ def _cached_text(job: _Job, prompts: list[str], text_id: str) -> tuple[dict[str,
     return feats, missing
 
 
+def latent_key(audio_hash: str, vae_id: str, prepare: PrepareSettings | None = None) -> str:
+    """The latent cache key of one clip's audio: its hash, the VAE's identity and, when any
+    `[prepare]` step is on, the steps' digest (with none, the key every earlier cache holds)."""
+    if prepare is None or not prepare.any():
+        return FeatureCache.key(audio_hash, vae_id)
+    return FeatureCache.key(audio_hash, vae_id, "prepare", prepare.digest())
+
+
 def _encode_audio(job: _Job, codec, missing: list[tuple[Clip, str]], sampling_rate: int, n_samples: int,
-                  latents: dict[str, dict[str, np.ndarray]]) -> None:
-    """Encode the missing clips' audio (`n_samples` at `sampling_rate` Hz) in batches into
-    the cache and into `latents` (by key), until done or stopped."""
+                  latents: dict[str, dict[str, np.ndarray]], prepare: PrepareSettings) -> None:
+    """Encode the missing clips' audio (`n_samples` at `sampling_rate` Hz, prepared as `prepare`
+    says) in batches into the cache and into `latents` (by key), until done or stopped."""
+    def load(path: Path) -> np.ndarray:
+        if prepare.any():
+            return load_prepared_audio(path, sampling_rate, n_samples, prepare)
+        return load_audio(path, sampling_rate, n_samples)
+
     for chunk in job.batches(missing):
-        wave = np.stack([load_audio(c.audio_path, sampling_rate, n_samples) for c, _ in chunk])  # (B, T)
+        wave = np.stack([load(c.audio_path) for c, _ in chunk])  # (B, T)
         with torch.no_grad():
             mean, std = codec.encode(torch.from_numpy(wave).to(job.device))  # (B, N, L) each
         for i, (_, key) in enumerate(chunk):

@@ -214,6 +214,7 @@ class Checkpointer:
         report.write_meta(self.ctx.out_dir, {
             **meta, "best": state.best or None, "final": final, "recommendation": state.recommendation,
             "sample_clip": stems[data.sample_idx], "system": self.system,
+            "prepare": self.ctx.prepare.applied(),
             "sample_reference_metrics": self.reference_metrics,
             "val_clip_stems": [stems[i] for i in data.val_idx],
             "checkpoints": [checkpoint_name(s) for s in hist["ckpt_step"]],

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from selva_engine.audio.prepare import check_prepare_value
+
 __all__ = ["CHOICES", "TrainConfig"]
 
 # Options whose value must be one of a fixed set.
@@ -88,6 +90,21 @@ class TrainConfig:
     video_mask_strength: float | None = None  # the node's mask_strength (0..1)
     video_mask_clip: bool | None = None  # apply the mask to the CLIP frames
     video_mask_sync: bool | None = None  # apply the mask to the sync frames
+    # [prepare]: the audio preparation steps before encoding (selva_engine.audio.prepare;
+    # None: the dataset.toml [prepare] value, else the ComfyUI-SelVA node's default, steps off)
+    prepare_resample: bool | None = None  # soxr VHQ to the model's rate
+    prepare_loudness: bool | None = None  # BS.1770 gain to prepare_target_lufs + true-peak ceiling
+    prepare_target_lufs: float | None = None  # LUFS (-40..-6; node: -23)
+    prepare_true_peak_dbtp: float | None = None  # dBTP (-6..0; node: -1)
+    prepare_compress: bool | None = None  # parallel compression (pedalboard Compressor)
+    prepare_threshold_db: float | None = None  # dBFS (-40..-6; node: -18)
+    prepare_ratio: float | None = None  # :1 (1.5..4; node: 2.5)
+    prepare_attack_ms: float | None = None  # ms (1..100; node: 10)
+    prepare_release_ms: float | None = None  # ms (20..500; node: 100)
+    prepare_mix: float | None = None  # 0 dry .. 1 compressed (node: 0.4)
+    prepare_hf_smooth: bool | None = None  # low-pass blend
+    prepare_cutoff_hz: float | None = None  # Hz (2000..20000; node: 12000)
+    prepare_blend: float | None = None  # 0 original .. 1 low-passed (node: 0.7)
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
@@ -96,6 +113,12 @@ class TrainConfig:
         values = {"split": self.video_split, "mask_strength": self.video_mask_strength,
                   "mask_clip": self.video_mask_clip, "mask_sync": self.video_mask_sync}
         return {k: v for k, v in values.items() if v is not None}
+
+    @property
+    def prepare_settings(self) -> dict[str, Any]:
+        """The `[prepare]` settings this config sets (keys of selva_engine.audio.prepare.PrepareSettings)."""
+        return {f.name[len("prepare_"):]: getattr(self, f.name) for f in fields(self)
+                if f.name.startswith("prepare_") and getattr(self, f.name) is not None}
 
     @property
     def effective_alpha(self) -> float:
@@ -136,6 +159,11 @@ class TrainConfig:
             out.append(("lora_dropout", f"got {self.lora_dropout!r}, expected 0 <= p < 1"))
         if self.video_mask_strength is not None and not 0.0 <= float(self.video_mask_strength) <= 1.0:
             out.append(("video_mask_strength", f"got {self.video_mask_strength!r}, expected 0..1"))
+        for key, value in self.prepare_settings.items():
+            try:
+                check_prepare_value(key, value)
+            except ValueError as exc:
+                out.append((f"prepare_{key}", str(exc).split(": ", 1)[1]))
         if self.alpha is not None and not float(self.alpha) > 0:
             out.append(("alpha", f"got {self.alpha!r}, expected a number > 0"))
         if not self.target or not all(isinstance(t, str) and t for t in self.target):

@@ -21,6 +21,7 @@ import torch
 
 from selva_engine.data.dataset import load_dataset
 from selva_engine.data.extract import ExtractedClip, FeatureCache, extract_clips
+from selva_engine.data.prepare_file import read_prepare_settings
 from selva_engine.data.video_extract import add_video_clips
 from selva_engine.device import resolve_device
 from selva_engine.io import remove_temp_files
@@ -98,8 +99,11 @@ def open_run(cfg: TrainConfig, events: EventFn | None) -> RunContext:
     if not cfg.resume and (steps := list_checkpoints(out_dir)):
         raise TrainError(f"{out_dir} holds step checkpoints of another run ({steps[-1][1].name}); "
                          "resume it with --resume latest, or train into an empty --output_dir")
+    prepare, bad = read_prepare_settings(cfg.data_dir, cfg.prepare_settings)
+    for problem in bad:
+        log.warn(f"[prepare] of dataset.toml not used: {problem}")
     return RunContext(cfg=cfg, out_dir=out_dir, variant=variant, weights=weights, device=device,
-                      precision=precision, log=log, final_name=free_final_name(out_dir))
+                      precision=precision, log=log, final_name=free_final_name(out_dir), prepare=prepare)
 
 
 def free_final_name(out_dir: Path) -> str:
@@ -143,11 +147,12 @@ def extract_data(ctx: RunContext, stop: threading.Event, codec_factory: Callable
         scan.clips = [c for c in scan.clips if c.stem not in left_out]
     if not scan.clips:
         raise TrainError(f"{cfg.data_dir}: no usable clips (see the warnings above)")
-    log.emit({"event": "extract_start", "clips": len(scan.clips)})
+    log.emit({"event": "extract_start", "clips": len(scan.clips), "prepare": list(ctx.prepare.steps())})
     clips, extra_text, stats = extract_clips(
         scan.clips, ctx.variant, weights=ctx.weights, cache=cache, device=ctx.device,
         extra_prompts=[cfg.sample_negative_prompt] if cfg.sample_negative_prompt else [],
         progress=log.emit, codec_factory=codec_factory, text_factory=text_factory, stop=stop,
+        prepare=ctx.prepare,
     )
     if stop.is_set():
         return None

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from selva_engine.audio.prepare import PrepareSettings
 from selva_engine.data.extract import ExtractedClip
 from selva_engine.io import atomic_write_text
 from selva_engine.model.flow import FlowMatching
@@ -98,6 +99,9 @@ class RunContext:
     # adapter_final.pt, or adapter_final_NNN.pt when the directory holds one from an earlier
     # run (never overwritten, as ComfyUI-SelVA does)
     final_name: str = "adapter_final.pt"
+    # the [prepare] steps applied to the clips' audio before encoding: dataset.toml's with
+    # the config's prepare_* values over them (selva_engine.data.prepare_file)
+    prepare: PrepareSettings = PrepareSettings()
 
 
 @dataclass(frozen=True)

@@ -70,7 +70,8 @@ SAFE_NAME_RULE = "letters, digits, '.', '_', '-', at most 64, starting with a le
 # TrainConfig options added after 0.1, with their defaults (see config_hash).
 LATER_OPTIONS = {"init_mode": "standard", "curriculum_switch": 0.6, "latent_mixup_alpha": 0.0,
                  "latent_noise_sigma": 0.0, "spectral_surgery": "off", "video_split": None,
-                 "video_mask_strength": None, "video_mask_clip": None, "video_mask_sync": None}
+                 "video_mask_strength": None, "video_mask_clip": None, "video_mask_sync": None,
+                 **{f"prepare_{k}": None for k in SETTING_SECTIONS["prepare"]}}
 # TrainConfig fields the daemon fills itself; they never change what a run learns.
 HASH_EXCLUDED = ("data_dir", "output_dir", "selva_dir", "resume", "device", "cache_dir",
                  "exclude_clips")
@@ -127,7 +128,9 @@ class Job:
 
     def extract_run(self) -> RunSpec:
         """The extraction run of this job's dataset: keyed by what the cache depends on."""
-        key = {"kind": "extract", "variant": self.base.variant}
+        key: dict = {"kind": "extract", "variant": self.base.variant}
+        if self.base.prepare_settings:  # prepared latents are other cache entries: another run
+            key["prepare"] = self.base.prepare_settings
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
         # named after the dataset, not the job, so that several jobs on the same dataset and
         # variant share one extraction run (the queue de-duplicates on the name and hashes)

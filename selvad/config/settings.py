@@ -1,7 +1,7 @@
 """The settings schema shared by job files and the daemon's `[defaults]`: sections, keys, types.
 
 A job file and `[defaults]` set the same TrainConfig fields through the same sections
-(`[lora]`, `[train]`, `[sample]`, `[validation]`, `[eval]`, `[video]`) plus `variant`, `priority` and
+(`[lora]`, `[train]`, `[sample]`, `[validation]`, `[eval]`, `[video]`, `[prepare]`) plus `variant`, `priority` and
 `[trigger]`. This module reads and checks those keys; selvad.config.jobs merges them into runs
 and selvad.config.daemon checks `[defaults]` with `check_defaults`.
 """
@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from selva_engine.audio.prepare import PREPARE_LIMITS, PrepareSettings
 from selva_engine.model.variants import VARIANTS
 from selva_engine.training.options import TrainConfig
 from selvad.config.schema import (
@@ -43,6 +44,8 @@ SETTING_SECTIONS: dict[str, dict[str, str]] = {
     "validation": {"val_clips": "val_clips", "overfit_patience": "overfit_patience"},
     "eval": {"clips": "eval_clips", "steps": "eval_steps", "cfg": "eval_cfg"},
     "video": {k: f"video_{k}" for k in ("split", "mask_strength", "mask_clip", "mask_sync")},
+    # the audio preparation steps (selva_engine.audio.prepare), over dataset.toml's [prepare]
+    "prepare": {k: f"prepare_{k}" for k in PrepareSettings.__dataclass_fields__},
 }
 
 # Other names of a key, accepted as the key itself: timestep_mode is ComfyUI-SelVA's and
@@ -76,6 +79,9 @@ SETTLE_MAX_MINUTES = 7 * 24 * 60  # a week
 def limit_problem(name: str, value: Any) -> str:
     """"" when `value` of TrainConfig field `name` is within its LIMITS, else the expected
     range in words (the lower bound checks stay TrainConfig.problems()'s)."""
+    if name.startswith("prepare_") and name[len("prepare_"):] in PREPARE_LIMITS and value is not None:
+        lo, hi = PREPARE_LIMITS[name[len("prepare_"):]]
+        return "" if lo <= value <= hi else f"a number from {lo:g} to {hi:g}"
     hi = LIMITS.get(name)
     if hi is None or value is None or isinstance(value, str | bool | tuple):
         return ""

@@ -66,6 +66,21 @@ _DOCS: dict[str, str] = {
                            '"auto" = dataset.toml, else 1',
     "video_mask_clip": 'apply the mask to the CLIP frames; "auto" = dataset.toml, else true',
     "video_mask_sync": 'apply the mask to the sync frames; "auto" = dataset.toml, else true',
+    # [prepare]: "auto" = the dataset.toml [prepare] value, else the ComfyUI-SelVA node's default
+    "prepare_resample": 'step 1: resample to the model\'s rate with soxr VHQ; "auto" = dataset.toml, else off',
+    "prepare_loudness": 'step 2: BS.1770 loudness to target_lufs, then the true-peak ceiling; "auto" = '
+                        "dataset.toml, else off",
+    "prepare_target_lufs": 'integrated loudness in LUFS (-40..-6); "auto" = dataset.toml, else -23',
+    "prepare_true_peak_dbtp": 'true-peak ceiling in dBTP after the gain (-6..0); "auto" = dataset.toml, else -1',
+    "prepare_compress": 'step 3: parallel compression (pedalboard); "auto" = dataset.toml, else off',
+    "prepare_threshold_db": 'compressor threshold in dBFS (-40..-6); "auto" = dataset.toml, else -18',
+    "prepare_ratio": 'compressor ratio (1.5..4); "auto" = dataset.toml, else 2.5',
+    "prepare_attack_ms": 'compressor attack in ms (1..100); "auto" = dataset.toml, else 10',
+    "prepare_release_ms": 'compressor release in ms (20..500); "auto" = dataset.toml, else 100',
+    "prepare_mix": 'compressed share of the mix (0 = dry .. 1); "auto" = dataset.toml, else 0.4',
+    "prepare_hf_smooth": 'step 4: blend a low-pass in (soft HF cut); "auto" = dataset.toml, else off',
+    "prepare_cutoff_hz": 'low-pass cutoff in Hz (2000..20000); "auto" = dataset.toml, else 12000',
+    "prepare_blend": 'low-passed share (0 = original .. 1); "auto" = dataset.toml, else 0.7',
 }
 
 

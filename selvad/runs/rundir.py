@@ -17,6 +17,7 @@ from typing import Any
 
 import tomli_w
 
+from selva_engine.data.prepare_file import read_prepare_settings
 from selva_engine.training.options import TrainConfig
 from selvad.config.daemon import DaemonConfig
 from selvad.runs.queue import Run
@@ -77,13 +78,16 @@ def write_run_toml(path: Path, run: Run, train_cfg: TrainConfig) -> Path:
     """Write `run.toml`: a `[run]` table (id, job, sweep, dataset, hashes, attempt), the
     resolved `[config]` (None written as "auto") and `[[files]]`, the dataset files the run
     was queued with (name, size, sha256: its manifest; a change to the dataset queues a
-    newer run instead). Atomic (temp file + rename); returns path."""
+    newer run instead), and `[prepare]`: the audio preparation steps applied, with their
+    settings ({"steps": []} when none). Atomic (temp file + rename); returns path."""
     doc = {
         "run": {"id": run.id, "job": run.job, "sweep_id": run.sweep_id, "dataset": run.dataset,
                 "kind": run.kind, "priority": run.priority, "config_hash": run.config_hash,
                 "manifest_hash": run.manifest_hash, "attempt": run.attempts,
                 "files": len(run.manifest.get("files", []))},
         "config": _toml_safe(train_cfg.to_dict()),
+        # what the child applies: dataset.toml's [prepare] with the job's values over it
+        "prepare": read_prepare_settings(train_cfg.data_dir, train_cfg.prepare_settings)[0].applied(),
         "files": [{k: f[k] for k in ("name", "size", "sha256") if f.get(k) is not None}
                   for f in run.manifest.get("files", [])],
     }

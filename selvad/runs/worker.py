@@ -145,7 +145,12 @@ class RunProcess:
                 "--variant", str(self.run.config["variant"]),
                 "--selva_dir", str(self.cfg.paths.weights_dir or ""),
                 "--cache_dir", str(self.cfg.paths.effective_cache_dir),
-                "--device", self.slot.device, "--json"]
+                "--device", self.slot.device, "--prepare", json.dumps(self._prepare_overrides()), "--json"]
+
+    def _prepare_overrides(self) -> dict:
+        """The job's `[prepare]` values (TrainConfig's prepare_* fields set), for the extract child."""
+        return {k[len("prepare_"):]: v for k, v in self.run.config.items()
+                if k.startswith("prepare_") and v is not None}
 
     def start(self) -> None:
         """Prepare the run directory (run.toml, `latest` link for training runs) and start

@@ -3,6 +3,7 @@ that speaks the engine's JSON-lines protocol (no model, no torch: fast)."""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -260,3 +261,30 @@ def test_stop_orphan_ignores_missing_or_foreign_pids(cfg: DaemonConfig, queue: R
     pid_file.write_text(f"{os.getpid()}\n")  # alive, but not a selvad child
     assert stop_orphan(cfg, run) is None and not pid_file.exists()
 
+
+
+def test_run_toml_records_the_prepare_steps_applied(tmp_path: Path, cfg: DaemonConfig,
+                                                    queue: RunQueue) -> None:
+    run = _claimed(queue, cfg)
+    data = cfg.paths.dataset_roots[0] / "birds"
+    (data / "dataset.toml").write_text("[prepare]\nloudness = true\ntarget_lufs = -18\nhf_smooth = true\n")
+    try:
+        tc = TrainConfig(variant="tiny_16k", data_dir=str(data), prepare_hf_smooth=False, prepare_true_peak_dbtp=-2.0)
+        doc = tomllib.loads(write_run_toml(tmp_path / "p" / "run.toml", run, tc).read_text())
+        # dataset.toml's steps, the job's values over them (hf_smooth off, its ceiling)
+        assert doc["prepare"] == {"steps": ["loudness"],
+                                  "loudness": {"target_lufs": -18.0, "true_peak_dbtp": -2.0}}
+        plain = tomllib.loads(write_run_toml(tmp_path / "q" / "run.toml", run,
+                                             TrainConfig(variant="tiny_16k")).read_text())
+        assert plain["prepare"] == {"steps": []}
+    finally:
+        (data / "dataset.toml").unlink()
+
+
+def test_extract_child_gets_the_jobs_prepare_values(cfg: DaemonConfig, queue: RunQueue) -> None:
+    tc = TrainConfig(data_dir=str(cfg.paths.dataset_roots[0] / "birds"), variant="tiny_16k",
+                     prepare_loudness=True, prepare_target_lufs=-20.0)
+    run = queue.enqueue("birds", "birds", tc.to_dict(), {"files": []}, kind="extract")
+    assert run is not None
+    cmd = RunProcess(queue.claim(run.id), queue, cfg)._command()
+    assert json.loads(cmd[cmd.index("--prepare") + 1]) == {"loudness": True, "target_lufs": -20.0}
