@@ -1,9 +1,10 @@
 """`<dataset>/dataset.toml`: settings that belong to a dataset rather than to one job.
 
 One small reader shared by every section; each section is parsed by the module that uses it.
-Known sections: `[inspect]` (the Inspector's thresholds, `InspectThresholds`) and `[video]`
-(read by the video extraction). Any other section is an error, so a setting that nothing
-applies is never ignored silently. `inspect_thresholds` also takes an override table (the
+Known sections: `[inspect]` (the Inspector's thresholds, `InspectThresholds`), `[video]`
+(read by the video extraction) and `[prepare]` (the audio preparation steps before encoding,
+applied by the engine; checked here with `prepare_problems` so a bad value is in the report).
+Any other section is an error, so a setting that nothing applies is never ignored silently. `inspect_thresholds` also takes an override table (the
 `inspect` argument of `validate_dataset`), applied key by key over the dataset file's.
 
     [inspect]
@@ -24,13 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from selva_engine.audio.inspect import InspectThresholds
+from selva_engine.audio.prepare import PREPARE_LIMITS, PrepareSettings
 from selva_engine.data.dataset_file import DATASET_FILE
 from selva_engine.data.dataset_file import read_dataset_file as read_toml_file
 from selvad.config.schema import Problems, join_key, parse_section
 
-__all__ = ["DATASET_FILE", "SECTIONS", "inspect_thresholds", "read_dataset_file"]
+__all__ = ["DATASET_FILE", "SECTIONS", "inspect_thresholds", "prepare_problems", "read_dataset_file"]
 
-SECTIONS = ("inspect", "video")
+SECTIONS = ("inspect", "video", "prepare")
 # field -> (lowest, highest) accepted, both inclusive
 INSPECT_RANGES = {"min_snr_db": (0.0, 120.0), "codec_shelf_db": (0.0, 200.0),
                   "max_silent_fraction": (0.0, 1.0), "clip_peak": (0.0, 4.0),
@@ -90,3 +92,24 @@ def inspect_thresholds(tables: dict[str, Any], origin: Path | str,
             values[key] = value
         problems.extend(p.items)
     return dataclasses.replace(InspectThresholds(), **values), problems
+
+
+def prepare_problems(tables: dict[str, Any], origin: Path | str) -> list[str]:
+    """The problems of a dataset file's `[prepare]` table, as `file:prepare.key: problem (got X,
+    expected Y)`: unknown keys, wrong types, values outside the nodes' ranges (PREPARE_LIMITS)."""
+    p = Problems(Path(origin))
+    table = tables.get("prepare") or {}
+    known = list(PrepareSettings.__dataclass_fields__)
+    for key, value in table.items():
+        kp = join_key("prepare", key)
+        if key not in known:
+            p.unknown(kp, key, known)
+        elif key not in PREPARE_LIMITS:
+            if not isinstance(value, bool):
+                p.add(kp, "wrong type", got=value, expected="true or false")
+        elif isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            p.add(kp, "wrong type", got=value, expected="a number")
+        elif not PREPARE_LIMITS[key][0] <= value <= PREPARE_LIMITS[key][1]:
+            lo, hi = PREPARE_LIMITS[key]
+            p.add(kp, "out of range", got=value, expected=f"a number from {lo:g} to {hi:g}")
+    return p.items

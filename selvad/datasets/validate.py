@@ -61,7 +61,12 @@ from selvad.config.daemon import default_config_path, load_config
 from selvad.config.jobs import resolve_dataset
 from selvad.config.schema import ConfigError
 from selvad.datasets.advice import advise
-from selvad.datasets.datasetfile import DATASET_FILE, inspect_thresholds, read_dataset_file
+from selvad.datasets.datasetfile import (
+    DATASET_FILE,
+    inspect_thresholds,
+    prepare_problems,
+    read_dataset_file,
+)
 from selvad.datasets.report import (
     ERROR,
     WARNING,
@@ -407,6 +412,7 @@ def validate_dataset(directory: Path | str, variant: Variant | str = "large_44k"
     else:
         tables, problems = read_dataset_file(directory)
         report.thresholds, more = inspect_thresholds(tables, directory / DATASET_FILE, inspect)
+        more += prepare_problems(tables, directory / DATASET_FILE)
         prefix = f"{directory / DATASET_FILE}:"
         for message in problems + more:
             problem, _, fix = message.removeprefix(prefix).strip().partition(" (fix: ")

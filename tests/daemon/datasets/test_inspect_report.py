@@ -193,10 +193,21 @@ def test_the_run_child_writes_the_skipped_clips_into_the_runs_config(four, tmp_p
 
 def test_a_section_nothing_applies_is_an_error_not_ignored(tmp_path):
     d = make(tmp_path, {"ok": (clean(), "WAV")})
-    (d / "dataset.toml").write_text("[prepare]\nloudness = true\n")
+    (d / "dataset.toml").write_text("[mastering]\nloudness = true\n")
     r = V.validate_dataset(d, VARIANT)
     bad = next(f for f in r.findings if f.code == "bad-dataset-file")
-    assert not r.ok and "prepare: unknown section" in bad.message
+    assert not r.ok and "mastering: unknown section" in bad.message
+
+
+def test_a_bad_prepare_value_in_the_dataset_file_is_in_the_report(tmp_path):
+    d = make(tmp_path, {"ok": (clean(), "WAV")})
+    (d / "dataset.toml").write_text("[prepare]\nloudness = true\ntarget_lufs = 5.0\nspeed = 2\n")
+    r = V.validate_dataset(d, VARIANT)
+    messages = " ".join(f.message for f in r.findings if f.code == "bad-dataset-file")
+    assert not r.ok
+    assert "prepare.target_lufs: out of range" in messages and "prepare.speed" in messages
+    (d / "dataset.toml").write_text("[prepare]\nloudness = true\ntarget_lufs = -16.0\n")
+    assert V.validate_dataset(d, VARIANT).ok
 
 
 def test_the_web_page_lists_the_figures_of_the_kept_report(four, tmp_path):
