@@ -79,6 +79,7 @@ def test_every_checkpoint_auditions_every_video(audition_run, dataset):
     assert not any(c.stem in ("street", "kitchen") for c in result.output_dir.glob("*.wav"))
 
 
+@pytest.mark.slow
 def test_training_is_the_same_without_auditions(tmp_path, audition_run, dataset, tiny_weights):
     plain_data = tmp_path / "plain_data"
     plain_data.mkdir()
