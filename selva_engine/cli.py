@@ -121,6 +121,8 @@ def _checkpoint_args(p: argparse.ArgumentParser, d: TrainConfig) -> None:
                    help="CFG scale of each checkpoint's sample")
     g.add_argument("--sample_negative_prompt", default=d.sample_negative_prompt,
                    help="negative prompt of each checkpoint's sample")
+    g.add_argument("--sample_videos", nargs="*", default=list(d.sample_videos),
+                   help="audition videos (paths in the dataset) rendered at each checkpoint, besides audition/")
     g.add_argument("--eval_clips", type=int, default=d.eval_clips,
                    help="after training, evaluate every checkpoint on N clips (0 = off)")
     g.add_argument("--eval_steps", type=int, default=d.eval_steps,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import subprocess
@@ -74,3 +75,13 @@ def test_render_throughput_prints_stages_and_ratio():
         match = re.search(r"([\d.]+) renders/s\s+ms/render: features\s+([\d.]+)\s+euler\s+([\d.]+)\s+"
                           r"vae\s+([\d.]+)\s+vocoder\s+([\d.]+)", row)
         assert match and all(float(g) > 0 for g in match.groups()), row
+
+
+def test_audition_share_reads_a_runs_checkpoint_records(tmp_path):
+    records = [{"time": 100.0, "event": "progress", "step": 1},
+               {"time": 150.0, "event": "checkpoint", "step": 500, "audition_s": 2.5},
+               "torn", {"time": 200.0, "event": "checkpoint", "step": 1000, "audition_s": 2.5}]
+    (tmp_path / "progress.jsonl").write_text(
+        "\n".join(r if isinstance(r, str) else json.dumps(r) for r in records) + "\n")
+    lines = run_bench("audition_share.py", str(tmp_path))
+    assert lines[-1] == "audition share: 5.0 %" and lines[0].startswith("step     500")

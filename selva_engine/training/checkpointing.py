@@ -3,7 +3,9 @@
 `Checkpointer.write(parts, state, final=...)` reads the pending losses back, computes the
 fixed-noise losses (held-out clips and the first training clips), generates and writes the
 sample `sample_stepNNNNN.wav` with its spectral metrics and its spectrogram picture
-(`sample_stepNNNNN.png`, selva_engine.outputs.spectrogram), saves `adapter_stepNNNNN.pt` (and
+(`sample_stepNNNNN.png`, selva_engine.outputs.spectrogram), renders the audition videos
+(selva_engine.training.audition: `audition/<video>_stepNNNNN.wav/.png/.mp4`, their wall time
+in the record's `audition_s`), saves `adapter_stepNNNNN.pt` (and
 `adapter_best.pt` when the validation loss improved), then rewrites the loss and metric
 plots and meta.json and logs the "checkpoint" record. The checkpoint file itself is
 described in selva_engine.outputs.checkpoint; its content comes from trainstate.checkpoint_payload.
@@ -29,6 +31,7 @@ from selva_engine.model.lora import lora_state_dict, save_adapter
 from selva_engine.outputs import report
 from selva_engine.outputs.checkpoint import checkpoint_name, list_checkpoints, save_checkpoint
 from selva_engine.outputs.spectrogram import write_spectrogram
+from selva_engine.training.audition import Auditions
 from selva_engine.training.loop import adapter_meta, overfitting
 from selva_engine.training.state import (
     RunContext,
@@ -65,6 +68,7 @@ class CheckpointEval:
     train_fixed_loss: float
     sample_path: Path
     metrics: dict[str, float]  # spectral metrics of the sample against its clip's audio
+    audition: dict[str, Any] | None = None  # {"seconds", "files"} of the auditions; None without
 
 
 class Checkpointer:
@@ -73,8 +77,8 @@ class Checkpointer:
     sample clip's own metrics (computed with the first sample; the reference of the
     recommendation) and the system facts recorded in meta.json."""
 
-    def __init__(self, ctx: RunContext, data: TrainData) -> None:
-        self.ctx, self.data = ctx, data
+    def __init__(self, ctx: RunContext, data: TrainData, auditions: Auditions | None = None) -> None:
+        self.ctx, self.data, self.auditions = ctx, data, auditions
         self.init_mode = ctx.cfg.init_mode  # after a resume: the checkpoint's (reconcile_resume)
         self.codec: Any = None
         self.reference_metrics: dict[str, float] | None = None
@@ -100,6 +104,9 @@ class Checkpointer:
         self._write_reports(state, meta, final)
         record = {"event": "checkpoint", "step": step, "path": str(path), "sample": str(ev.sample_path),
                   "val_loss": ev.val_loss, "train_fixed_loss": ev.train_fixed_loss, "metrics": ev.metrics}
+        if ev.audition is not None:  # seconds the auditions took: their share of the run's time
+            record["audition_s"] = ev.audition["seconds"]
+            ctx.log.emit({"event": "audition", "step": step, **ev.audition})
         ctx.log.append(record)
         report.write_metric_plot(ctx.out_dir / "metrics.png", state.history["ckpt_step"],
                                  [json.loads(m) for m in state.history["metrics"]],
@@ -121,7 +128,8 @@ class Checkpointer:
         sample = _size(samples[-1]) if samples else WAV_HEADER + 2 * int(seq.duration * seq.sampling_rate)
         reports = sum(_size(out_dir / name) for name in REPORT_FILES) or REPORTS_BYTES
         adapters = lora * ((1 if self.data.val_idx else 0) + (1 if final else 0))
-        return ckpt + sample + SPECTROGRAM_BYTES + reports + adapters + SPACE_SLACK
+        auditions = self.auditions.space_needed() if self.auditions is not None else 0
+        return ckpt + sample + SPECTROGRAM_BYTES + reports + adapters + auditions + SPACE_SLACK
 
     def meta(self, step: int) -> dict[str, Any]:
         """The adapter meta (ComfyUI-SelVA keys plus ours) of this run at `step`."""
@@ -130,8 +138,8 @@ class Checkpointer:
                             len(data.val_idx), init_mode=self.init_mode)
 
     def evaluate(self, parts: TrainParts, step: int) -> CheckpointEval:
-        """Fixed-noise losses and the sample of the model as it is at `step` (in eval mode,
-        back in train mode after). Draws no number from the global RNG."""
+        """Fixed-noise losses, the sample and the auditions of the model as it is at `step` (in
+        eval mode, back in train mode after). Draws no number from the global RNG."""
         data, model = self.data, parts.model
         model.eval()
         with torch.no_grad(), parts.autocast:
@@ -140,8 +148,10 @@ class Checkpointer:
             train_fixed = parts.probe.loss(model, parts.conditions, data.lat_mean,
                                            data.train_idx[:PROBE_TRAIN_CLIPS])
         sample_path, metrics = self._sample(parts, step)
+        audition = (self.auditions.render(model, self.codec, parts.autocast, data.negative_text, step)
+                    if self.auditions is not None else None)
         model.train()
-        return CheckpointEval(val_loss, train_fixed, sample_path, metrics)
+        return CheckpointEval(val_loss, train_fixed, sample_path, metrics, audition)
 
     def _sample(self, parts: TrainParts, step: int) -> tuple[Path, dict[str, float]]:
         """Generate the sample clip from fixed noise (seed + 3), decode, loudness-normalise and

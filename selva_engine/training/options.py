@@ -70,6 +70,9 @@ class TrainConfig:
     sample_steps: int = 25  # Euler steps of the checkpoint sample
     sample_cfg: float = 4.5  # CFG strength of the checkpoint sample (<1 = conditional only)
     sample_negative_prompt: str = ""  # negative prompt of the checkpoint sample
+    # audition videos besides the dataset's audition/ folder: paths relative to the dataset,
+    # rendered at every checkpoint with the sample settings (selva_engine.training.audition)
+    sample_videos: tuple[str, ...] = ()
     eval_clips: int = 0  # after the run, evaluate every checkpoint on N clips (0 = off)
     eval_steps: int = 25  # Euler steps of the evaluation samples
     eval_cfg: float = 4.5  # CFG strength of the evaluation samples
@@ -166,6 +169,8 @@ class TrainConfig:
                 out.append((f"prepare_{key}", str(exc).split(": ", 1)[1]))
         if self.alpha is not None and not float(self.alpha) > 0:
             out.append(("alpha", f"got {self.alpha!r}, expected a number > 0"))
+        out += [("sample_videos", f"got {rel!r}, expected a path relative to the dataset, inside it")
+                for rel in self.sample_videos if not _inside_relative(rel)]
         if not self.target or not all(isinstance(t, str) and t for t in self.target):
             out.append(("target", f"got {list(self.target)!r}, expected non-empty module suffixes"))
         return out
@@ -175,6 +180,7 @@ class TrainConfig:
         d = asdict(self)
         d["target"] = list(self.target)
         d["exclude_clips"] = list(self.exclude_clips)
+        d["sample_videos"] = list(self.sample_videos)
         d.pop("extra")
         return d
 
@@ -191,7 +197,17 @@ class TrainConfig:
             data["target"] = (t,) if isinstance(t, str) else tuple(t)
         if "exclude_clips" in data:
             data["exclude_clips"] = tuple(str(stem) for stem in data["exclude_clips"])
+        if "sample_videos" in data:
+            v = data["sample_videos"]
+            data["sample_videos"] = (v,) if isinstance(v, str) else tuple(v)
         return cls(**data)
+
+
+def _inside_relative(rel: Any) -> bool:
+    """A non-empty relative path that never climbs out (no leading slash, no '..' part)."""
+    if not isinstance(rel, str) or not rel.strip() or rel.startswith(("/", "\\")):
+        return False
+    return ".." not in rel.replace("\\", "/").split("/")
 
 
 def option_names() -> list[str]:

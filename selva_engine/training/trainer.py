@@ -8,6 +8,7 @@
     reconcile_resume  a resume continues with its checkpoint's rank, alpha, target, rsLoRA
                     and init mode (PiSSA or standard)
     prepare_data    train/validation split, clip tensors on the device
+    prepare_auditions  the audition videos' features (selva_engine.training.audition)
     build_model     generator + LoRA, optimizer, schedule, RNGs, step runner
     resume_run      step 0, or everything restored from the step checkpoint
     announce_start  the "train_start" event
@@ -44,6 +45,7 @@ from selva_engine.io import DiskFullError, is_disk_full
 from selva_engine.model.lora import lora_state_dict, save_adapter
 from selva_engine.outputs import report
 from selva_engine.outputs.checkpoint import checkpoint_name
+from selva_engine.training.audition import prepare_auditions
 from selva_engine.training.checkpointing import Checkpointer
 from selva_engine.training.loop import Stopper, TrainError
 from selva_engine.training.options import TrainConfig
@@ -126,11 +128,13 @@ def _train(cfg: TrainConfig, stopper: Stopper, events: EventFn | None,
     resume = find_resume(cfg, ctx.out_dir)
     ctx = reconcile_resume(ctx, resume)  # a resume continues as its checkpoint was trained
     data = prepare_data(ctx, clips, extra_text, resume)
+    i = data.sample_idx  # auditions are heard with the sample clip's prompt
+    auditions = prepare_auditions(ctx, data.clips[i].prompt, data.text_f[i:i + 1])
     # seeds the global RNG: every random draw follows from here
     parts = build_model(ctx, data, fresh=resume is None)
     state = resume_run(ctx, parts, resume)
     announce_start(ctx, data, parts, state)
-    checkpointer = Checkpointer(ctx, data)
+    checkpointer = Checkpointer(ctx, data, auditions)
     run_steps(ctx, parts, state, checkpointer, stopper)
     result = finish(ctx, parts, state, checkpointer)
     if result.status == "done" and ctx.cfg.spectral_surgery != "off":

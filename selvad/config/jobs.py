@@ -10,7 +10,7 @@ Schema (every key optional except `dataset`; the job's name is the file stem)::
     [train]       lr, steps, warmup_steps, batch_size, grad_accum, save_every, precision,
                   seed, timestep_sampling, logit_normal_sigma, lr_schedule, lora_plus_ratio,
                   weight_decay, grad_clip, latent_sampling, log_every
-    [sample]      steps, cfg, negative_prompt   (-> sample_steps, sample_cfg, ...)
+    [sample]      steps, cfg, negative_prompt, videos   (-> sample_steps, sample_cfg, ...)
     [validation]  val_clips ("auto" or an integer), overfit_patience
     [trigger]     on_change (retrain when the dataset changes), settle_minutes
     [eval]        clips (0 = off), steps, cfg: evaluate every checkpoint after the run
@@ -71,7 +71,7 @@ SAFE_NAME_RULE = "letters, digits, '.', '_', '-', at most 64, starting with a le
 LATER_OPTIONS = {"init_mode": "standard", "curriculum_switch": 0.6, "latent_mixup_alpha": 0.0,
                  "latent_noise_sigma": 0.0, "spectral_surgery": "off", "video_split": None,
                  "video_mask_strength": None, "video_mask_clip": None, "video_mask_sync": None,
-                 **{f"prepare_{k}": None for k in SETTING_SECTIONS["prepare"]}}
+                 "sample_videos": [], **{f"prepare_{k}": None for k in SETTING_SECTIONS["prepare"]}}
 # TrainConfig fields the daemon fills itself; they never change what a run learns.
 HASH_EXCLUDED = ("data_dir", "output_dir", "selva_dir", "resume", "device", "cache_dir",
                  "exclude_clips")

@@ -40,7 +40,7 @@ SETTING_SECTIONS: dict[str, dict[str, str]] = {
     "lora": {k: k for k in ("rank", "alpha", "target", "rslora", "lora_dropout", "init_mode")},
     "train": {k: k for k in TRAIN_KEYS},
     "sample": {"steps": "sample_steps", "cfg": "sample_cfg",
-               "negative_prompt": "sample_negative_prompt"},
+               "negative_prompt": "sample_negative_prompt", "videos": "sample_videos"},
     "validation": {"val_clips": "val_clips", "overfit_patience": "overfit_patience"},
     "eval": {"clips": "eval_clips", "steps": "eval_steps", "cfg": "eval_cfg"},
     "video": {k: f"video_{k}" for k in ("split", "mask_strength", "mask_clip", "mask_sync")},

@@ -55,6 +55,8 @@ _DOCS: dict[str, str] = {
     "sample_steps": "Euler steps of each checkpoint sample",
     "sample_cfg": "classifier-free guidance strength of the samples",
     "sample_negative_prompt": "negative prompt of the samples",
+    "sample_videos": "audition videos (paths in the dataset) rendered at every checkpoint, besides the "
+                     "dataset's audition/ folder",
     "val_clips": 'held-out clips for validation loss; "auto" = 1 when >= 8 clips, else 0',
     "overfit_patience": "warn after N checkpoints of rising validation loss",
     "eval_clips": "after the run, compare every checkpoint on N clips by samples and metrics (0 = off)",

@@ -75,7 +75,7 @@ from selvad.datasets.report import (
     ValidationReport,
     write_report,
 )
-from selvad.datasets.video_validate import check_videos
+from selvad.datasets.video_validate import check_auditions, check_videos
 
 __all__ = ["Finding", "ValidationReport", "main", "validate_dataset", "write_report"]
 
@@ -339,6 +339,7 @@ def _check_dataset(report: ValidationReport, directory: Path, variant: Variant,
                  and not e.name.startswith(".")]
     videos = check_videos(report, directory, prompts, {os.path.splitext(n)[0] for n in npz_names},
                           _check_audio, video)
+    check_auditions(report, directory)
     if not npz_names and not videos:
         report.add(ERROR, "", "empty-dataset", "no .npz files in this directory and no videos",
                    "put videos (stem.mp4, with the clean recording stem.wav beside each) in it, "

@@ -8,18 +8,27 @@ dataset.toml. Warnings: the video's own sound is used (the guide recommends clea
 recordings), a video longer than 8 s without `split`, what differs from ComfyUI's VHS decode
 (size not a multiple of 8, rotation, variable frame rate, very short), a `.npz` beside the video.
 The clean recording gets the audio checks of `validate` (`check_audio`).
+
+The `audition/` folder's videos (rendered at every checkpoint, never clips: see
+selva_engine.training.audition) are probed by `check_auditions`; a bad one is a warning naming
+it, as training goes on without it.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 from selva_engine.data.dataset import AUDIO_SUFFIXES
-from selva_engine.data.videos import CLIP_SECONDS, VideoClip, scan_videos
+from selva_engine.data.videos import CLIP_SECONDS, VideoClip, is_video_name, scan_videos
+from selva_engine.errors import DatasetError
+from selva_engine.video.probe import probe_video
 from selvad.datasets.report import ERROR, WARNING, ClipEntry, ValidationReport
 
-__all__ = ["check_videos", "window_label"]
+__all__ = ["AUDITION_DIR", "check_auditions", "check_videos", "window_label"]
+
+AUDITION_DIR = "audition"  # selva_engine.training.audition's (that module loads torch)
 
 AudioCheck = Callable[[ValidationReport, str, Path, float | None], bool]
 
@@ -59,3 +68,21 @@ def check_videos(report: ValidationReport, directory: Path, prompts: dict[str, s
             report.clips.append(ClipEntry(clip.stem, clip.prompt, _prompt_source(clip, prompts),
                                           video=window_label(clip)))
     return len({c.video_path for c in found.clips}) + len(found.problems)
+
+
+def check_auditions(report: ValidationReport, directory: Path) -> list[str]:
+    """Probe the videos of `directory/audition/` (never clips); a bad one is a warning naming
+    `audition/<name>`. Returns the names of the usable audition videos."""
+    folder = directory / AUDITION_DIR
+    if not folder.is_dir():
+        return []
+    good = []
+    for name in sorted(n for n in os.listdir(folder) if is_video_name(n)):
+        try:
+            probe_video(folder / name, root=directory)
+        except DatasetError as err:
+            report.add(WARNING, f"{AUDITION_DIR}/{name}", "bad-audition-video",
+                       f"audition video left out: {err.problem}", err.fix)
+            continue
+        good.append(name)
+    return good

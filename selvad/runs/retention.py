@@ -11,8 +11,9 @@ The disk policy, per run directory:
   step checkpoint (the resume point) whatever `keep_last` says, and the newest checkpoint
   that loads (when the highest-numbered files are unreadable, it is the resume point);
 - a pruned step checkpoint takes its sample (`sample_stepNNNNN.wav`, and its spectrogram
-  `sample_stepNNNNN.png`) with it, so every
-  sample left to audition has the checkpoint it came from;
+  `sample_stepNNNNN.png`) and its audition files (`audition/<video>_stepNNNNN.wav/.png/.mp4`,
+  selva_engine.training.audition) with it, so every sample left to audition has the
+  checkpoint it came from;
 - the temp files of writes a kill cut short go after TEMP_GRACE_S.
 
 So a run keeps at most `keep_last` + 2 (+ 4 spread) step checkpoints and their samples,
@@ -34,6 +35,10 @@ __all__ = ["GUIDE_MARKS", "TEMP_GRACE_S", "checkpoints_to_prune", "protected_che
            "prune_run_dir", "spread_checkpoints"]
 
 _STEP_CKPT_RE = re.compile(r"^adapter_step(\d+)\.pt$")
+# selva_engine.training.audition's AUDITION_DIR, not imported: that module loads torch, which
+# never loads into the daemon
+AUDITION_DIR = "audition"
+AUDITION_SUFFIXES = (".wav", ".png", ".mp4")  # what a checkpoint writes per audition video
 GUIDE_MARKS = (500, 1000, 2000)  # the steps the training guide says to audition
 # temp files younger than this are left alone: pruning runs after a run has ended, but a
 # retried run may already write again; a live write's temp file is seconds old at most
@@ -112,4 +117,19 @@ def prune_run_dir(run_dir: Path | str, keep_last: int, finished: bool = True,
         for gone in (name, *(n for n in (sample + ".wav", sample + ".png") if n in names)):
             (run_dir / gone).unlink(missing_ok=True)
             removed.append(run_dir / gone)
+        removed += _prune_auditions(run_dir, name)
     return removed + remove_temp_files(run_dir, before=time.time() - TEMP_GRACE_S)
+
+
+def _prune_auditions(run_dir: Path, checkpoint: str) -> list[Path]:
+    """Delete the audition files (`audition/<video>_stepNNNNN.wav/.png/.mp4`) of `checkpoint`."""
+    folder = run_dir / AUDITION_DIR
+    m = _STEP_CKPT_RE.match(checkpoint)
+    if m is None or not folder.is_dir():
+        return []
+    tail = f"_step{int(m.group(1)):05d}"
+    gone = [p for p in folder.iterdir() if p.is_file() and p.suffix in AUDITION_SUFFIXES
+            and p.stem.endswith(tail)]
+    for path in gone:
+        path.unlink(missing_ok=True)
+    return gone

@@ -236,3 +236,14 @@ def test_newest_trainer_options_are_job_keys_and_sweepable(daemon_cfg: DaemonCon
     with pytest.raises(JobError, match=r"train\.curriculum_switch"):
         load_job(job_file(daemon_cfg, 'dataset = "birds"\n[train]\ncurriculum_switch = 2.0\n'),
                  daemon_cfg)
+
+
+def test_sample_videos_reach_the_run_and_paths_out_of_the_dataset_are_problems(daemon_cfg: DaemonConfig) -> None:
+    job = load_job(job_file(daemon_cfg, 'dataset = "birds"\n[sample]\nvideos = ["more/street.mp4"]\n'), daemon_cfg)
+    (run,) = job.resolve_runs()
+    assert run.config.sample_videos == ("more/street.mp4",)
+    assert TrainConfig.from_dict(run.config.to_dict()).sample_videos == ("more/street.mp4",)
+    plain = load_job(job_file(daemon_cfg, 'dataset = "birds"\n', "plain"), daemon_cfg)
+    assert config_hash(plain.base) == config_hash(TrainConfig(**{**plain.base.to_dict(), "sample_videos": ()}))
+    probs = job_problems(daemon_cfg, 'dataset = "birds"\n[sample]\nvideos = ["../x.mp4"]\n')
+    assert any("sample.videos" in p and "inside it" in p for p in probs), probs

@@ -76,3 +76,21 @@ def test_job_video_section_sets_the_run_and_beats_dataset_toml(tmp_path: Path) -
     (ds / "dataset.toml").write_text("[video]\nsplit = false\n")
     scan = load_dataset(ds, get_variant("tiny_16k"), collect=True, video=cfg.video_settings)
     assert [c.stem for c in scan.videos] == ["long_part01", "long_part02", "long_part03"]
+
+
+def test_audition_videos_are_no_clips_and_a_bad_one_is_a_warning(tmp_path: Path) -> None:
+    ds = tmp_path / "cars"
+    ds.mkdir()
+    make_video(ds / "clean.mp4")
+    _wav(ds / "clean.wav")
+    (ds / "audition").mkdir()
+    make_video(ds / "audition" / "street.mp4")
+    make_video(ds / "audition" / "kitchen.mov", audio_rate=16000)
+    (ds / "audition" / "broken.mp4").write_text("not a video")
+    r = V.validate_dataset(ds, "tiny_16k")
+    assert r.ok and [c.stem for c in r.clips] == ["clean"]
+    assert [(f.file, f.code) for f in r.warnings if f.code == "bad-audition-video"] == [
+        ("audition/broken.mp4", "bad-audition-video")]
+    bad = next(f for f in r.warnings if f.code == "bad-audition-video")
+    assert bad.fix and "left out" in bad.message
+    assert all("audition" not in name for name in dataset_manifest(ds)["files"])

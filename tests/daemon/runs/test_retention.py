@@ -110,3 +110,21 @@ def test_a_pruned_checkpoint_takes_its_sample_and_best_and_recommended_stay(tmp_
     assert {"adapter_final.pt", "adapter_best.pt", "loss.png", "meta.json"} <= set(left)
     samples = {n[len("sample_"):-4] for n in left if n.startswith("sample_")}
     assert samples == {n[len("adapter_"):-3] for n in left if n.startswith("adapter_step")}
+
+
+def test_a_pruned_checkpoint_takes_its_audition_files(tmp_path) -> None:
+    """audition/<video>_stepNNNNN.wav/.png/.mp4 go with their checkpoint, the others stay."""
+    (tmp_path / "audition").mkdir()
+    for step in (1, 2):
+        (tmp_path / f"adapter_step{step:05d}.pt").write_bytes(b"x")
+        for video in ("street", "kitchen_step2"):
+            for suffix in (".wav", ".png", ".mp4"):
+                (tmp_path / "audition" / f"{video}_step{step:05d}{suffix}").write_bytes(b"x")
+    (tmp_path / "audition" / "notes_step00001.txt").write_bytes(b"x")
+    removed = prune_run_dir(tmp_path, 1, keep_spread=False)
+    assert sorted(p.name for p in removed) == sorted(
+        ["adapter_step00001.pt"] + [f"{v}_step00001{s}" for v in ("street", "kitchen_step2")
+                                    for s in (".wav", ".png", ".mp4")])
+    assert sorted(p.name for p in (tmp_path / "audition").iterdir()) == sorted(
+        ["notes_step00001.txt"] + [f"{v}_step00002{s}" for v in ("street", "kitchen_step2")
+                                   for s in (".wav", ".png", ".mp4")])
