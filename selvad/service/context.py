@@ -27,10 +27,14 @@ class JobEvents(Protocol):
         """Load and remember a job file; None (logged) when it is invalid."""
 
     def queue_job(self, job: Job, reason: str, force: bool = False) -> list[str] | None:
-        """Validate the job's dataset and queue its runs; None when the dataset is invalid."""
+        """Validate the job's dataset and queue its runs; None when the dataset is invalid
+        (or still being validated off the main loop: then they are queued once it is valid)."""
 
-    def check(self, job: Job) -> tuple[bool, dict[str, Any]]:
-        """Validate the job's dataset; (ok, manifest)."""
+    def check(self, job: Job) -> tuple[bool | None, dict[str, Any]]:
+        """Validate the job's dataset; (ok, manifest); ok None while validated off the loop."""
+
+    def validating(self, job: Job) -> bool:
+        """Whether the job's dataset is being validated off the main loop now."""
 
     def weights_problem(self, job: Job) -> str:
         """Why the configured weights cannot run the job's variant ("" when they can)."""
@@ -62,6 +66,10 @@ class DaemonContext(Protocol):
     def enqueue(self, spec: RunSpec, manifest: dict[str, Any], reason: str,
                 force: bool = False, explicit: bool = False) -> Run | None:
         """Queue `spec` on `manifest`; None when the same run exists already."""
+
+    def post(self, item: Any) -> None:
+        """Hand an item to the main loop's inbox (safe from any thread)."""
+        ...
 
     def keepalive(self, activity: str) -> None:
         """Feed the systemd watchdog and show `activity` during long main-thread work."""

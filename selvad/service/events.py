@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +37,9 @@ from selvad.datasets.validate import ValidationReport, validate_dataset
 from selvad.datasets.watch import DatasetEvent, JobEvent
 from selvad.runs.queue import WAITING, Run, manifest_hash
 from selvad.runs.watched import WatchedTable
+from selvad.service import offloop
 from selvad.service.context import DaemonContext
+from selvad.service.offloop import Key, ValidationDone
 
 __all__ = ["EventHandler", "report_fields"]
 
@@ -71,7 +75,9 @@ class EventHandler:
         self.log = daemon.log
         self.train_due: dict[str, float] = {}  # job name -> monotonic deadline
         self.waiting: set[str] = set()  # jobs loaded while their dataset was settling
-        self._reports: dict[tuple[str, str, str], ValidationReport] = {}
+        self._reports: dict[Key, ValidationReport] = {}
+        self._failed: dict[Key, str] = {}  # a background validation that raised: its problem
+        self._background = offloop.BackgroundValidator(daemon.post)
 
     @property
     def watched(self) -> WatchedTable:
@@ -87,18 +93,23 @@ class EventHandler:
             self.on_job(event)
         elif isinstance(event, DatasetEvent):
             self.on_dataset(event)
+        elif isinstance(event, ValidationDone):
+            self.on_validated(event)
         else:
             self.log.warning("daemon.unknown_event", item=repr(event)[:200])
 
     # -- validation ----------------------------------------------------------------------
 
-    def check(self, job: Job) -> tuple[bool, dict[str, Any]]:
+    def check(self, job: Job, then: Callable[[], None] | None = None
+              ) -> tuple[bool | None, dict[str, Any]]:
         """Validate `job`'s dataset for its variant; returns (ok, manifest).
 
         A report is computed and logged once per (dataset, variant, manifest hash); an
         unchanged dataset is not read again. A missing directory is not ok. The queued runs
         of the jobs on an invalid dataset are held (they wait), and released when it is
-        valid again; the dataset's problem is recorded for `selvad status`.
+        valid again; the dataset's problem is recorded for `selvad status`. A heavy dataset
+        (`offloop.OFF_LOOP_BYTES`) is validated on a worker thread: ok is None until its
+        report is in, and `then` runs on the main loop once it is.
         """
         try:
             manifest = self.d.manifest(job)
@@ -110,21 +121,71 @@ class EventHandler:
                             "fix `dataset` in the job file")
             return False, {"files": []}
         key = (str(job.dataset_dir), job.base.variant, manifest_hash(manifest))
+        if key in self._failed:
+            self._hold(job, self._failed[key])
+            return False, manifest
         report = self._reports.get(key)
         if report is None:
-            report = validate_dataset(
-                job.dataset_dir, job.base.variant, config=job.base, targets=job.base.target,
-                progress=lambda done, total: self.d.keepalive(
-                    f"validating {job.dataset}: {done}/{total} clips"))
-            self._reports[key] = report
-            self._keep(report, key[0])
-            if report.ok:
-                self.log.info("dataset.valid", dataset=job.dataset, **report_fields(report))
-            else:
-                self.log.error("dataset.invalid", dataset=job.dataset, jobs_blocked=self._names(
-                    job), **report_fields(report))
+            def validate() -> ValidationReport:
+                return validate_dataset(job.dataset_dir, job.base.variant, config=job.base,
+                                        targets=job.base.target, progress=progress)
+
+            def progress(done: int, total: int) -> None:
+                if threading.current_thread() is threading.main_thread():  # the loop is busy
+                    self.d.keepalive(f"validating {job.dataset}: {done}/{total} clips")
+
+            if self._later(key, validate, manifest, then, job.dataset):
+                return None, manifest
+            report = validate()
+            self._record(key, report, job.dataset)
         self._hold(job, None if report.ok else _problem(job, report))
         return report.ok, manifest
+
+    def validating(self, job: Job) -> bool:
+        """Whether `job`'s dataset is being validated off the main loop now."""
+        return any(k[0] == str(job.dataset_dir) and k[1] == job.base.variant
+                   for k in self._background.keys())
+
+    def _later(self, key: Key, validate: Callable[[], ValidationReport], manifest: dict[str, Any],
+               then: Callable[[], None] | None, name: str) -> bool:
+        """Start (or join) the off-loop validation of a heavy dataset; False: do it inline."""
+        size = offloop.dataset_bytes(manifest)
+        if not self._background.pending(key) and size <= offloop.OFF_LOOP_BYTES:
+            return False
+        if not self._background.pending(key):
+            self.log.info("dataset.validating", dataset=name, dataset_dir=key[0], variant=key[1],
+                          files=len(manifest.get("files", [])), bytes=size,
+                          note="validated off the main loop; what waits for it goes on after")
+        self._background.start(key, validate, then)
+        return True
+
+    def _record(self, key: Key, report: ValidationReport, name: str) -> None:
+        """Keep and log a new report of the dataset `key[0]` for variant `key[1]`."""
+        self._reports[key] = report
+        self._keep(report, key[0])
+        if report.ok:
+            self.log.info("dataset.valid", dataset=name, **report_fields(report))
+        else:
+            blocked = sorted(j.name for j in self.jobs_for(Path(key[0])) if j.base.variant == key[1])
+            self.log.error("dataset.invalid", dataset=name, jobs_blocked=blocked,
+                           **report_fields(report))
+
+    def on_validated(self, done: ValidationDone) -> None:
+        """A background validation ended: record its report, then run what waited for it."""
+        report, error, after = self._background.take(done.key)
+        name = os.path.basename(done.key[0].rstrip(os.sep))
+        if error is not None:
+            self.log.error("dataset.validation_failed", dataset=name, dataset_dir=done.key[0],
+                           variant=done.key[1], error=type(error).__name__)
+            self._failed[done.key] = (f"dataset {done.key[0]} could not be validated "
+                                      f"({type(error).__name__}); see the daemon's log, fix or "
+                                      f"remove the file it names, then save the job file again")
+        elif done.key[1].startswith(offloop.UNUSED):
+            self._reports[done.key] = report  # reported by the continuation, with its advice
+        elif report is not None:
+            self._record(done.key, report, name)
+        for step in after:
+            step()
 
     def _keep(self, report: ValidationReport, dataset_dir: str) -> None:
         """Keep `report` for the web page's dataset list (a failed write is logged only)."""
@@ -217,8 +278,12 @@ class EventHandler:
         if change == "unchanged" or not job.trigger.on_change or not job.trigger.settle_minutes:
             self._queue_loaded(job, reason=f"job file {change}")
             return
-        if self.queue_job(job, reason=f"job file {change}", train=False) is not None:
-            self._arm(job, why="job file saved")
+        def queue_and_arm() -> None:
+            if self.d.jobs.get(job.name) is job and self.queue_job(
+                    job, reason=f"job file {change}", train=False, then=queue_and_arm) is not None:
+                self._arm(job, why="job file saved")
+
+        queue_and_arm()
 
     def weights_problem(self, job: Job) -> str:
         """Why the configured weights cannot run `job`'s variant ("" when they can, or when
@@ -258,15 +323,21 @@ class EventHandler:
         prefix = os.path.abspath(dataset_dir) + os.sep
         return any(p.startswith(prefix) for p in watcher.tracker.pending())
 
-    def queue_job(self, job: Job, reason: str, force: bool = False,
-                  train: bool = True) -> list[str] | None:
+    def queue_job(self, job: Job, reason: str, force: bool = False, train: bool = True,
+                  then: Callable[[], None] | None = None) -> list[str] | None:
         """Validate `job`'s dataset and queue its extraction and (with `train`) training
         runs; returns the ids of the training runs queued (empty when all are duplicates or
         `train` is false), None when the dataset is invalid. `force` queues a plain job
         again even when an identical run is done; a sweep's runs are never forced: a
         re-queued sweep skips the runs already done (or queued) and re-runs only failed,
-        cancelled or new entries."""
-        ok, manifest = self.check(job)
+        cancelled or new entries. While a heavy dataset is validated off the main loop this
+        returns None and runs again (or runs `then`) once the report is in, unless the job
+        was reloaded meanwhile."""
+        def again() -> None:
+            if self.d.jobs.get(job.name) is job:
+                self.queue_job(job, reason, force, train)
+
+        ok, manifest = self.check(job, then=then or again)
         if not ok:
             return None
         self.d.enqueue(job.extract_run(), manifest, reason=reason, explicit=force)
@@ -314,6 +385,15 @@ class EventHandler:
                           jobs=[j.name for j in jobs])
         if not jobs and changed:
             self._check_unused(ev)
+        self._dataset_jobs(ev, changed)
+
+    def _dataset_jobs(self, ev: DatasetEvent, changed: bool) -> None:
+        """What a settled dataset means for the jobs on it: queue extraction once per variant,
+        arm or queue training. Waits (and runs again) while a report is still being made."""
+        jobs = self.jobs_for(ev.path)
+        for job in jobs:
+            if self.check(job, then=lambda: self._dataset_jobs(ev, changed))[0] is None:
+                return
         seen_variants: set[str] = set()
         for job in jobs:
             ok, manifest = self.check(job)
@@ -334,8 +414,26 @@ class EventHandler:
         """Validate a dataset no job names yet (for the variant a new job would get), so its
         problems show in status and on the page before anyone writes a job for it."""
         variant = self._new_job_variant()
-        report = validate_dataset(ev.path, variant, progress=lambda done, total: self.d.keepalive(
-            f"validating {ev.name}: {done}/{total} clips"))
+        try:
+            manifest = self.d.dataset_manifest(ev.path, ev.name)
+        except OSError:
+            manifest = {"files": []}
+        key = (str(ev.path), offloop.UNUSED + variant, manifest_hash(manifest))
+
+        def validate() -> ValidationReport:
+            return validate_dataset(ev.path, variant, progress=lambda done, total: (
+                threading.current_thread() is threading.main_thread()
+                and self.d.keepalive(f"validating {ev.name}: {done}/{total} clips")))
+
+        def report_later() -> None:
+            report = self._reports.pop(key, None)
+            if report is not None:
+                self._report_unused(ev, variant, report)
+
+        if not self._later(key, validate, manifest, report_later, ev.name):
+            self._report_unused(ev, variant, validate())
+
+    def _report_unused(self, ev: DatasetEvent, variant: str, report: ValidationReport) -> None:
         report.advice.insert(0, f"no job uses this dataset yet; write one with `selvad init-job "
                                 f"NAME --dataset {ev.name}`")
         self._keep(report, str(ev.path))

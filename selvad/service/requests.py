@@ -167,6 +167,10 @@ class RequestHandler:
     def _retry_current(self, run: Run, spec: RunSpec) -> str:
         job = self.d.jobs[spec.job]
         ok, manifest = self.d.events.check(job)
+        if ok is None:
+            return (f"nothing queued yet: dataset {job.dataset_dir} is being validated (a large "
+                    f"dataset, off the main loop); run the retry again when the daemon's log says "
+                    f"dataset.valid for it")
         if not ok:
             return (f"nothing queued: dataset {job.dataset_dir} has errors "
                     f"(`selvad validate {job.dataset_dir} --variant {job.base.variant}`)")
@@ -194,6 +198,9 @@ class RequestHandler:
             return f"nothing queued: {missing}; then reload the daemon (SIGHUP)"
         self.d.jobs[job.name] = job
         ids = self.d.events.queue_job(job, reason="enqueue requested", force=True)
+        if ids is None and self.d.events.validating(job):
+            return (f"dataset {job.dataset_dir} is being validated (a large dataset, off the "
+                    f"main loop); {req.job}'s runs are queued as soon as it is valid")
         if ids is None:
             return (f"nothing queued: dataset {job.dataset_dir} has errors "
                     f"(`selvad validate {job.dataset_dir} --variant {job.base.variant}`)")
