@@ -10,11 +10,11 @@ switched on, and always applied in the nodes' documented chain order:
    too quiet to measure is left as it is, as in the node;
 3. `compress`: pedalboard's Compressor blended with the dry signal (parallel compression,
    `mix` 0 = dry, 1 = fully compressed);
-4. `hf_smooth`: a biquad low-pass at `cutoff_hz` (Q 0.707) blended with the dry signal by
+4. `spectral_match`: a per-band EQ towards the VAE's training mel means (`data_mean`),
+   `match_strength` of the way, each band within ±`match_max_gain_db`, the RMS kept
+   (`selva_engine.audio.spectral`);
+5. `hf_smooth`: a biquad low-pass at `cutoff_hz` (Q 0.707) blended with the dry signal by
    `blend`, then the clip's RMS restored and the peak kept at or below 1.
-
-The node chain's Spectral Matcher (per-band EQ towards the VAE's training mel means) is not
-implemented: see the README's "Preparing the audio".
 
 The prepared audio is derived data: it lives only in memory (and through the latents it gives,
 in the feature cache, keyed by `PrepareSettings.digest()`); the user's files are never written.
@@ -32,11 +32,12 @@ import numpy as np
 
 from selva_engine.audio.files import fit_length, read_audio, resample, to_mono
 from selva_engine.audio.inspect import integrated_lufs, true_peak_dbtp
+from selva_engine.audio.spectral import SpectralTarget, spectral_match
 
 __all__ = ["PREPARE_LIMITS", "STEP_ORDER", "PrepareSettings", "check_prepare_value", "load_prepared_audio",
            "prepare"]
 
-STEP_ORDER = ("resample", "loudness", "compress", "hf_smooth")
+STEP_ORDER = ("resample", "loudness", "compress", "spectral_match", "hf_smooth")
 
 # The nodes' ranges: key -> (lowest, highest) accepted value.
 PREPARE_LIMITS: dict[str, tuple[float, float]] = {
@@ -47,6 +48,8 @@ PREPARE_LIMITS: dict[str, tuple[float, float]] = {
     "attack_ms": (1.0, 100.0),  # ms
     "release_ms": (20.0, 500.0),  # ms
     "mix": (0.0, 1.0),
+    "match_strength": (0.0, 1.0),
+    "match_max_gain_db": (1.0, 30.0),  # dB
     "cutoff_hz": (2000.0, 20000.0),  # Hz
     "blend": (0.0, 1.0),
 }
@@ -66,6 +69,9 @@ class PrepareSettings:
     attack_ms: float = 10.0  # ms
     release_ms: float = 100.0  # ms
     mix: float = 0.4  # 0 = dry only, 1 = fully compressed
+    spectral_match: bool = False  # per-band EQ towards the VAE's mel means
+    match_strength: float = 0.8  # 0 = none .. 1 = the full way
+    match_max_gain_db: float = 12.0  # dB, each band's change at most
     hf_smooth: bool = False  # low-pass blend
     cutoff_hz: float = 12000.0  # Hz
     blend: float = 0.7  # 0 = original, 1 = fully low-passed
@@ -81,6 +87,7 @@ class PrepareSettings:
         """What is applied, for run.toml and meta.json: {"steps": [...], <step>: {settings}}."""
         groups = {"loudness": ("target_lufs", "true_peak_dbtp"),
                   "compress": ("threshold_db", "ratio", "attack_ms", "release_ms", "mix"),
+                  "spectral_match": ("match_strength", "match_max_gain_db"),
                   "hf_smooth": ("cutoff_hz", "blend"), "resample": ()}
         out: dict = {"steps": list(self.steps())}
         for step in self.steps():
@@ -119,8 +126,10 @@ def check_prepare_value(key: str, value: object) -> None:
         raise ValueError(f"{key}: out of range (got {value!r}, expected {lo:g} to {hi:g})")
 
 
-def prepare(wave: np.ndarray, rate: int, settings: PrepareSettings) -> np.ndarray:
-    """Apply the loudness, compress and HF-smooth steps switched on to (T,) float32 at `rate` Hz.
+def prepare(wave: np.ndarray, rate: int, settings: PrepareSettings,
+            target: SpectralTarget | None = None) -> np.ndarray:
+    """Apply the loudness, compress, spectral-match and HF-smooth steps switched on to (T,)
+    float32 at `rate` Hz (the spectral match aims at `target`, the variant's VAE means).
 
     Returns a new (T,) float32 array (the input is not modified). The resample step happens at
     load time (`load_prepared_audio`), since it decides how the file reaches `rate`.
@@ -130,13 +139,17 @@ def prepare(wave: np.ndarray, rate: int, settings: PrepareSettings) -> np.ndarra
         out = _normalise_loudness(out, rate, settings.target_lufs, settings.true_peak_dbtp)
     if settings.compress:
         out = _compress(out, rate, settings)
+    if settings.spectral_match:
+        if target is None or target.mel.sampling_rate != rate:
+            raise ValueError("the spectral match needs the variant's VAE means at the model's rate")
+        out = spectral_match(out, target, settings.match_strength, settings.match_max_gain_db)
     if settings.hf_smooth:
         out = _hf_smooth(out, rate, settings.cutoff_hz, settings.blend)
     return out
 
 
 def load_prepared_audio(path: Path | str, sampling_rate: int, num_samples: int, settings: PrepareSettings,
-                        root: Path | str | None = None) -> np.ndarray:
+                        root: Path | str | None = None, target: SpectralTarget | None = None) -> np.ndarray:
     """`load_audio` with the preparation steps: mono float32 of exactly `num_samples`.
 
     Reads the file (inside `root`, by default its own directory), mixes to mono, resamples to
@@ -153,7 +166,7 @@ def load_prepared_audio(path: Path | str, sampling_rate: int, num_samples: int, 
         mono = soxr.resample(mono, raw.sampling_rate, int(sampling_rate), quality="VHQ").astype(np.float32)
     else:
         mono = resample(mono, raw.sampling_rate, int(sampling_rate))
-    return prepare(fit_length(mono, int(num_samples)), int(sampling_rate), settings)
+    return prepare(fit_length(mono, int(num_samples)), int(sampling_rate), settings, target)
 
 
 def _normalise_loudness(wave: np.ndarray, rate: int, target_lufs: float, ceiling_dbtp: float) -> np.ndarray:

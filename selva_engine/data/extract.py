@@ -24,6 +24,7 @@ import torch
 
 from selva_engine.audio.files import load_audio
 from selva_engine.audio.prepare import PrepareSettings, load_prepared_audio
+from selva_engine.audio.spectral import spectral_target
 from selva_engine.data.dataset import Clip
 from selva_engine.errors import open_error
 from selva_engine.io import atomic_write_bytes, file_fingerprint, open_regular
@@ -270,9 +271,11 @@ def _encode_audio(job: _Job, codec, missing: list[tuple[Clip, str]], sampling_ra
                   latents: dict[str, dict[str, np.ndarray]], prepare: PrepareSettings) -> None:
     """Encode the missing clips' audio (`n_samples` at `sampling_rate` Hz, prepared as `prepare`
     says) in batches into the cache and into `latents` (by key), until done or stopped."""
+    target = spectral_target(codec) if prepare.spectral_match else None
+
     def load(path: Path) -> np.ndarray:
         if prepare.any():
-            return load_prepared_audio(path, sampling_rate, n_samples, prepare)
+            return load_prepared_audio(path, sampling_rate, n_samples, prepare, target=target)
         return load_audio(path, sampling_rate, n_samples)
 
     for chunk in job.batches(missing):

@@ -105,6 +105,9 @@ class TrainConfig:
     prepare_attack_ms: float | None = None  # ms (1..100; node: 10)
     prepare_release_ms: float | None = None  # ms (20..500; node: 100)
     prepare_mix: float | None = None  # 0 dry .. 1 compressed (node: 0.4)
+    prepare_spectral_match: bool | None = None  # per-band EQ towards the VAE's mel means
+    prepare_match_strength: float | None = None  # 0 none .. 1 the full way (node: 0.8)
+    prepare_match_max_gain_db: float | None = None  # dB per band at most (1..30; node: 12)
     prepare_hf_smooth: bool | None = None  # low-pass blend
     prepare_cutoff_hz: float | None = None  # Hz (2000..20000; node: 12000)
     prepare_blend: float | None = None  # 0 original .. 1 low-passed (node: 0.7)

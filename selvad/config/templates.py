@@ -80,7 +80,10 @@ _DOCS: dict[str, str] = {
     "prepare_attack_ms": 'compressor attack in ms (1..100); "auto" = dataset.toml, else 10',
     "prepare_release_ms": 'compressor release in ms (20..500); "auto" = dataset.toml, else 100',
     "prepare_mix": 'compressed share of the mix (0 = dry .. 1); "auto" = dataset.toml, else 0.4',
-    "prepare_hf_smooth": 'step 4: blend a low-pass in (soft HF cut); "auto" = dataset.toml, else off',
+    "prepare_spectral_match": 'step 4: per-band EQ towards the VAE\'s training mel means; "auto" = dataset.toml, else off',
+    "prepare_match_strength": 'how far towards the VAE\'s means (0..1); "auto" = dataset.toml, else 0.8',
+    "prepare_match_max_gain_db": 'largest change of one band in dB (1..30); "auto" = dataset.toml, else 12',
+    "prepare_hf_smooth": 'step 5: blend a low-pass in (soft HF cut); "auto" = dataset.toml, else off',
     "prepare_cutoff_hz": 'low-pass cutoff in Hz (2000..20000); "auto" = dataset.toml, else 12000',
     "prepare_blend": 'low-passed share (0 = original .. 1); "auto" = dataset.toml, else 0.7',
 }

@@ -90,3 +90,14 @@ def test_extract_command_applies_the_prepare_values(tmp_path, make_clips, tiny_w
     assert extract_main(args) == 0  # plain: other entries, encoded again
     events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert next(e for e in events if e["event"] == "extract_done")["audio_encoded"] == 2
+
+
+def test_spectral_match_aims_at_the_weights_vae_means(tmp_path, make_clips, tiny_weights):
+    data = make_clips(tmp_path / "data", 2)
+    events: list[dict] = []
+    train(config(data, tmp_path / "match", tiny_weights, steps=2, save_every=2, prepare_spectral_match=True,
+                 prepare_match_strength=0.5), events=events.append)
+    assert _done(events)["audio_encoded"] == 2
+    meta = json.loads((tmp_path / "match" / "meta.json").read_text())
+    assert meta["prepare"] == {"steps": ["spectral_match"],
+                               "spectral_match": {"match_strength": 0.5, "match_max_gain_db": 12.0}}
