@@ -27,12 +27,15 @@ import json
 import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from selva_engine.audio.files import fit_length, read_audio, resample, to_mono
 from selva_engine.audio.inspect import integrated_lufs, true_peak_dbtp
-from selva_engine.audio.spectral import SpectralTarget, spectral_match
+
+if TYPE_CHECKING:  # spectral imports torch; the daemon reads PREPARE_LIMITS without it
+    from selva_engine.audio.spectral import SpectralTarget
 
 __all__ = ["PREPARE_LIMITS", "STEP_ORDER", "PrepareSettings", "check_prepare_value", "load_prepared_audio",
            "prepare"]
@@ -142,6 +145,7 @@ def prepare(wave: np.ndarray, rate: int, settings: PrepareSettings,
     if settings.spectral_match:
         if target is None or target.mel.sampling_rate != rate:
             raise ValueError("the spectral match needs the variant's VAE means at the model's rate")
+        from selva_engine.audio.spectral import spectral_match  # torch: only where the step runs
         out = spectral_match(out, target, settings.match_strength, settings.match_max_gain_db)
     if settings.hf_smooth:
         out = _hf_smooth(out, rate, settings.cutoff_hz, settings.blend)
