@@ -29,7 +29,7 @@ import numpy as np
 
 from selva_engine.audio.files import fit_length
 
-__all__ = ["AUGMENT_LIMITS", "AugmentSettings", "VariantDraw", "apply_variant", "augment_variant",
+__all__ = ["AUGMENT_LIMITS", "INTEGER_KEYS", "AugmentSettings", "VariantDraw", "apply_variant", "augment_variant",
            "check_augment_value", "draw_variant", "variant_stem"]
 
 # key -> (lowest, highest) accepted value; the node's ranges, the stretch the notes' safe one.
@@ -57,8 +57,9 @@ class AugmentSettings:
     keep_originals: bool = True  # false: only the variants are trained on
 
     def applied(self) -> dict:
-        """What is applied, for run.toml and meta.json: {} when off, else every setting."""
-        return asdict(self) if self.enabled else {}
+        """What is applied, for run.toml and meta.json: {"enabled": false} when off, else
+        every setting."""
+        return asdict(self) if self.enabled else {"enabled": False}
 
     def digest(self) -> str:
         """Hex sha256 of what decides a variant's audio (not `variants` nor `keep_originals`,

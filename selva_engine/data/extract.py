@@ -2,7 +2,8 @@
 
 The cache is content-addressed: an audio entry is keyed by the sha256 of the audio file's
 bytes, the VAE's fingerprint and the canonical length/rate (and, when `[prepare]` steps are on,
-their settings' digest: prepared and plain latents never mix); a text entry by the prompt and
+their settings' digest: prepared and plain latents never mix; an `[augment]` variant's key adds
+the augmentation's digest, the clip's stem and the variant's number); a text entry by the prompt and
 the text encoder's fingerprint. Entries are `.npz` files written atomically and read with
 allow_pickle=False, so a rerun, a resumed run or a second job on the same clips performs no
 encoder call at all. Encoders are loaded only when something is missing, run in batches,
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from selva_engine.audio.augment import AugmentSettings, augment_variant, variant_stem
 from selva_engine.audio.files import load_audio
 from selva_engine.audio.prepare import PrepareSettings, load_prepared_audio
 from selva_engine.audio.spectral import spectral_target
@@ -38,6 +40,7 @@ __all__ = [
     "extract_clips",
     "hash_file",
     "latent_key",
+    "variant_key",
 ]
 
 ProgressFn = Callable[[dict], None]
@@ -81,6 +84,7 @@ class ExtractedClip:
     text: np.ndarray  # (Nt, D) float32
     clip: np.ndarray  # (Nc, clip_dim) float32
     sync: np.ndarray  # (Ns, sync_dim) float32
+    origin: str = ""  # an [augment] variant: its original clip's stem ("" for an original)
 
 
 @dataclass
@@ -178,6 +182,8 @@ def extract_clips(
     text_factory: Callable[[], object] | None = None,
     stop: threading.Event | None = None,
     prepare: PrepareSettings | None = None,
+    augment: AugmentSettings | None = None,
+    augment_clips: Sequence[Clip] = (),
 ) -> tuple[list[ExtractedClip], dict[str, np.ndarray], ExtractionStats]:
     """Fill the cache for `clips` and return them extracted, plus extra prompts' features.
 
@@ -190,6 +196,9 @@ def extract_clips(
     `prepare` (the `[prepare]` steps, `selva_engine.audio.prepare`) is applied to each clip's
     audio before encoding; its digest joins the latent key, so prepared and plain latents never
     mix (with no step on the key is the plain one).
+    `augment` (when enabled) makes `augment.variants` variants of each of `augment_clips`
+    (the training clips: the caller decides the split first), from the prepared audio; they
+    follow the clips in the result as `<stem>@aug01`... with `origin` = the clip's stem.
     Returns (clips, {prompt: (Nt, D)}, stats). When `stop` is set, it returns after the
     current batch with an empty clip list (what was encoded so far stays in the cache).
     """
@@ -198,8 +207,8 @@ def extract_clips(
     seq = variant.sequence()
     vae_id = FeatureCache.key("vae", directory_fingerprint(weights.vae), variant.mode, str(seq.num_audio_frames))
     text_id = FeatureCache.key("text", directory_fingerprint(weights.text_encoder))
-    audio_keys = [latent_key(hash_file(c.audio_path), vae_id, prepare) for c in clips]
-    latents, missing_audio = _cached_latents(job, clips, audio_keys)
+    items = _audio_items(clips, vae_id, prepare, augment, augment_clips)
+    latents, missing_audio = _cached_latents(job, items)
     prompts = list(dict.fromkeys([c.prompt for c in clips] + list(extra_prompts)))
     text_feats, missing_text = _cached_text(job, prompts, text_id)
     job.total = len(missing_audio) + len(missing_text)
@@ -208,7 +217,7 @@ def extract_clips(
         codec = codec_factory() if codec_factory else _default_codec(variant, weights, device)
         try:
             _encode_audio(job, codec, missing_audio, seq.sampling_rate, seq.num_audio_frames, latents,
-                          prepare or PrepareSettings())
+                          prepare or PrepareSettings(), augment or AugmentSettings())
         finally:
             _free(codec)
     if missing_text:
@@ -222,26 +231,45 @@ def extract_clips(
     if job.stopped():
         return [], {}, job.stats
     out = [
-        ExtractedClip(stem=c.stem, audio_path=c.audio_path, prompt=c.prompt, latent_mean=latents[key]["mean"],
-                      latent_std=latents[key]["std"], text=text_feats[c.prompt], clip=c.clip, sync=c.sync)
-        for c, key in zip(clips, audio_keys, strict=True)
+        ExtractedClip(stem=variant_stem(c.stem, n) if n else c.stem, audio_path=c.audio_path, prompt=c.prompt,
+                      latent_mean=latents[key]["mean"], latent_std=latents[key]["std"], text=text_feats[c.prompt],
+                      clip=c.clip, sync=c.sync, origin=c.stem if n else "")
+        for c, key, n in items
     ]
     return out, {p: text_feats[p] for p in extra_prompts}, job.stats
 
 
-def _cached_latents(job: _Job, clips: Sequence[Clip], keys: list[str]
-                    ) -> tuple[dict[str, dict[str, np.ndarray]], list[tuple[Clip, str]]]:
-    """({key: {"mean", "std"}} of the clips found in the cache, [(clip, key)] still to encode,
+AudioItem = tuple[Clip, str, int]  # (clip, latent key, variant number: 0 = the clip itself)
+
+
+def _audio_items(clips: Sequence[Clip], vae_id: str, prepare: PrepareSettings | None,
+                 augment: AugmentSettings | None, augment_clips: Sequence[Clip]) -> list[AudioItem]:
+    """Every audio entry the run needs: each clip, then each variant of each `augment_clips`
+    clip when `augment` is enabled (numbered 1..variants), with its latent key."""
+    hashes = {c.audio_path: hash_file(c.audio_path) for c in clips}
+    items: list[AudioItem] = [(c, latent_key(hashes[c.audio_path], vae_id, prepare), 0) for c in clips]
+    if augment is not None and augment.enabled:
+        for c in augment_clips:
+            audio_hash = hashes.get(c.audio_path) or hash_file(c.audio_path)
+            items += [(c, variant_key(latent_key(audio_hash, vae_id, prepare), augment, c.stem, n), n)
+                      for n in range(1, augment.variants + 1)]
+    return items
+
+
+def _cached_latents(job: _Job, items: list[AudioItem]
+                    ) -> tuple[dict[str, dict[str, np.ndarray]], list[AudioItem]]:
+    """({key: {"mean", "std"}} of the items found in the cache, the items still to encode,
     each key once: clips with identical audio share one entry). Counts the hits."""
     latents: dict[str, dict[str, np.ndarray]] = {}
-    missing: list[tuple[Clip, str]] = []
-    for clip, key in zip(clips, keys, strict=True):
+    missing: list[AudioItem] = []
+    for item in items:
+        key = item[1]
         hit = job.cache.get("latent", key)
         if hit is not None and {"mean", "std"} <= set(hit):
             latents[key] = hit
             job.stats.audio_cached += 1
-        elif key not in (k for _, k in missing):
-            missing.append((clip, key))
+        elif key not in (k for _, k, _ in missing):
+            missing.append(item)
     return latents, missing
 
 
@@ -267,22 +295,33 @@ def latent_key(audio_hash: str, vae_id: str, prepare: PrepareSettings | None = N
     return FeatureCache.key(audio_hash, vae_id, "prepare", prepare.digest())
 
 
-def _encode_audio(job: _Job, codec, missing: list[tuple[Clip, str]], sampling_rate: int, n_samples: int,
-                  latents: dict[str, dict[str, np.ndarray]], prepare: PrepareSettings) -> None:
-    """Encode the missing clips' audio (`n_samples` at `sampling_rate` Hz, prepared as `prepare`
-    says) in batches into the cache and into `latents` (by key), until done or stopped."""
+def variant_key(clip_key: str, augment: AugmentSettings, stem: str, number: int) -> str:
+    """The latent cache key of variant `number` of the clip `stem` whose own (prepared) key
+    is `clip_key`: the variant is made from that audio, drawn by the augmentation's digest,
+    the stem and the number."""
+    return FeatureCache.key(clip_key, "augment", augment.digest(), stem, str(number))
+
+
+def _encode_audio(job: _Job, codec, missing: list[AudioItem], sampling_rate: int, n_samples: int,
+                  latents: dict[str, dict[str, np.ndarray]], prepare: PrepareSettings,
+                  augment: AugmentSettings) -> None:
+    """Encode the missing items' audio (`n_samples` at `sampling_rate` Hz, prepared as `prepare`
+    says, then a variant's augmentation) in batches into the cache and into `latents` (by key),
+    until done or stopped."""
     target = spectral_target(codec) if prepare.spectral_match else None
 
-    def load(path: Path) -> np.ndarray:
+    def load(clip: Clip, number: int) -> np.ndarray:
         if prepare.any():
-            return load_prepared_audio(path, sampling_rate, n_samples, prepare, target=target)
-        return load_audio(path, sampling_rate, n_samples)
+            wave = load_prepared_audio(clip.audio_path, sampling_rate, n_samples, prepare, target=target)
+        else:
+            wave = load_audio(clip.audio_path, sampling_rate, n_samples)
+        return augment_variant(wave, sampling_rate, augment, clip.stem, number) if number else wave
 
     for chunk in job.batches(missing):
-        wave = np.stack([load(c.audio_path) for c, _ in chunk])  # (B, T)
+        wave = np.stack([load(c, n) for c, _, n in chunk])  # (B, T)
         with torch.no_grad():
             mean, std = codec.encode(torch.from_numpy(wave).to(job.device))  # (B, N, L) each
-        for i, (_, key) in enumerate(chunk):
+        for i, (_, key, _) in enumerate(chunk):
             entry = {"mean": mean[i].float().cpu().numpy(), "std": std[i].float().cpu().numpy()}
             job.cache.put("latent", key, **entry)
             latents[key] = entry

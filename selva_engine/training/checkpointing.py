@@ -22,6 +22,7 @@ import torch
 
 from selva_engine.audio.codec import load_audio_codec
 from selva_engine.audio.files import load_audio
+from selva_engine.audio.prepare import load_prepared_audio
 from selva_engine.evaluation.metrics import compute_metrics
 from selva_engine.evaluation.recommend import Candidate, recommend
 from selva_engine.evaluation.sweep import system_info
@@ -45,6 +46,8 @@ __all__ = ["CheckpointEval", "Checkpointer"]
 
 PROBE_TRAIN_CLIPS = 8  # training clips whose fixed-noise loss is tracked at each checkpoint
 REFERENCE_SAMPLE = "sample_reference.wav"  # the sample clip's own audio, written once
+# the same clip after the [prepare] steps, as the VAE encoded it (written once, when any is on)
+PREPARED_REFERENCE = "sample_reference_prepared.wav"
 REPORT_FILES = ("loss_raw.png", "loss_smoothed.png", "loss_validation.png", "metrics.png", "meta.json")
 REPORTS_BYTES = 256 << 10  # the report files before the first checkpoint has written them
 WAV_HEADER = 44  # bytes
@@ -175,12 +178,31 @@ class Checkpointer:
         metrics = compute_metrics(wave, seq.sampling_rate, reference=ref).to_dict()
         if self.reference_metrics is None:
             self.reference_metrics = compute_metrics(ref, seq.sampling_rate).to_dict()
-            # the clip's own audio as the model hears it (mono, its rate, 8 s), at the samples'
-            # loudness: what every sample is listened against (the web page's reference)
-            loud = report.loudness_normalize(ref)
-            ref_path = report.write_wav(ctx.out_dir / REFERENCE_SAMPLE, loud, seq.sampling_rate)
-            write_spectrogram(ref_path.with_suffix(".png"), loud, seq.sampling_rate, "reference clip")
+            self._write_references(ref)
         return path, metrics
+
+    def _write_references(self, ref: Any) -> None:
+        """Write the sample clip's own audio as the model hears it (mono, its rate, 8 s), at the
+        samples' loudness: what every sample is listened against (the web page's reference);
+        and, when a [prepare] step is on, the same clip prepared as it was encoded, at that
+        loudness too (so what is heard beside the original is the steps' change of sound)."""
+        ctx, seq = self.ctx, self.ctx.variant.sequence()
+        loud = report.loudness_normalize(ref)
+        ref_path = report.write_wav(ctx.out_dir / REFERENCE_SAMPLE, loud, seq.sampling_rate)
+        write_spectrogram(ref_path.with_suffix(".png"), loud, seq.sampling_rate, "reference clip")
+        if not ctx.prepare.any():
+            return
+        target = None
+        if ctx.prepare.spectral_match:
+            from selva_engine.audio.spectral import spectral_target
+
+            target = spectral_target(self.codec)  # the decoder's VAE keeps its data_mean
+        prepared = load_prepared_audio(self.data.clips[self.data.sample_idx].audio_path, seq.sampling_rate,
+                                       seq.num_audio_frames, ctx.prepare, target=target)
+        loud = report.loudness_normalize(prepared)
+        path = report.write_wav(ctx.out_dir / PREPARED_REFERENCE, loud, seq.sampling_rate)
+        write_spectrogram(path.with_suffix(".png"), loud, seq.sampling_rate,
+                          "reference clip, prepared (" + ", ".join(ctx.prepare.steps()) + ")")
 
     def _save(self, parts: TrainParts, state: RunState, meta: dict, val_loss: float | None) -> Path:
         """Save adapter_best.pt when `val_loss` is the best yet (updating state.best), then
@@ -225,6 +247,7 @@ class Checkpointer:
             **meta, "best": state.best or None, "final": final, "recommendation": state.recommendation,
             "sample_clip": stems[data.sample_idx], "system": self.system,
             "prepare": self.ctx.prepare.applied(),
+            "augment": self.ctx.augment.applied(),
             "sample_reference_metrics": self.reference_metrics,
             "val_clip_stems": [stems[i] for i in data.val_idx],
             "checkpoints": [checkpoint_name(s) for s in hist["ckpt_step"]],

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from selva_engine.audio.augment import check_augment_value
 from selva_engine.audio.prepare import check_prepare_value
 
 __all__ = ["CHOICES", "TrainConfig"]
@@ -111,6 +112,15 @@ class TrainConfig:
     prepare_hf_smooth: bool | None = None  # low-pass blend
     prepare_cutoff_hz: float | None = None  # Hz (2000..20000; node: 12000)
     prepare_blend: float | None = None  # 0 original .. 1 low-passed (node: 0.7)
+    # [augment]: variants of the training clips, encoded once after [prepare] (selva_engine.
+    # audio.augment; None: the dataset.toml [augment] value, else the Augmenter node's default)
+    augment_enabled: bool | None = None  # make variants (default off)
+    augment_variants: int | None = None  # copies per training clip (1..20; node: 2)
+    augment_gain_db: float | None = None  # gain drawn from ±dB (0..12; node: 3)
+    augment_pitch_semitones: float | None = None  # pitch shift drawn from ±semitones (0..4; node: 0)
+    augment_stretch: float | None = None  # speed drawn from 1 ± this (0..0.1, the safe range; node: 0)
+    augment_seed: int | None = None  # with the clip and variant number, decides each draw (node: 42)
+    augment_keep_originals: bool | None = None  # false: train on the variants only (node: true)
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
@@ -125,6 +135,12 @@ class TrainConfig:
         """The `[prepare]` settings this config sets (keys of selva_engine.audio.prepare.PrepareSettings)."""
         return {f.name[len("prepare_"):]: getattr(self, f.name) for f in fields(self)
                 if f.name.startswith("prepare_") and getattr(self, f.name) is not None}
+
+    @property
+    def augment_settings(self) -> dict[str, Any]:
+        """The `[augment]` settings this config sets (keys of selva_engine.audio.augment.AugmentSettings)."""
+        return {f.name[len("augment_"):]: getattr(self, f.name) for f in fields(self)
+                if f.name.startswith("augment_") and getattr(self, f.name) is not None}
 
     @property
     def effective_alpha(self) -> float:
@@ -170,6 +186,11 @@ class TrainConfig:
                 check_prepare_value(key, value)
             except ValueError as exc:
                 out.append((f"prepare_{key}", str(exc).split(": ", 1)[1]))
+        for key, value in self.augment_settings.items():
+            try:
+                check_augment_value(key, value)
+            except ValueError as exc:
+                out.append((f"augment_{key}", str(exc).split(": ", 1)[1]))
         if self.alpha is not None and not float(self.alpha) > 0:
             out.append(("alpha", f"got {self.alpha!r}, expected a number > 0"))
         out += [("sample_videos", f"got {rel!r}, expected a path relative to the dataset, inside it")

@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
+from selva_engine.data.augment_file import read_augment_settings
 from selva_engine.data.dataset import load_dataset
 from selva_engine.data.extract import ExtractedClip, FeatureCache, extract_clips
 from selva_engine.data.prepare_file import read_prepare_settings
@@ -39,10 +40,10 @@ from selva_engine.training.loop import (
     autocast_for,
     effective_precision,
     make_scheduler,
-    split_clips,
     store_frozen_in_compute_dtype,
 )
 from selva_engine.training.options import TrainConfig
+from selva_engine.training.split import split_with_variants
 from selva_engine.training.state import (
     ClipConditions,
     EventFn,
@@ -102,8 +103,12 @@ def open_run(cfg: TrainConfig, events: EventFn | None) -> RunContext:
     prepare, bad = read_prepare_settings(cfg.data_dir, cfg.prepare_settings)
     for problem in bad:
         log.warn(f"[prepare] of dataset.toml not used: {problem}")
+    augment, bad = read_augment_settings(cfg.data_dir, cfg.augment_settings)
+    for problem in bad:
+        log.warn(f"[augment] of dataset.toml not used: {problem}")
     return RunContext(cfg=cfg, out_dir=out_dir, variant=variant, weights=weights, device=device,
-                      precision=precision, log=log, final_name=free_final_name(out_dir), prepare=prepare)
+                      precision=precision, log=log, final_name=free_final_name(out_dir), prepare=prepare,
+                      augment=augment)
 
 
 def free_final_name(out_dir: Path) -> str:
@@ -123,6 +128,8 @@ def extract_data(ctx: RunContext, stop: threading.Event, codec_factory: Callable
     """Scan the data directory and extract every usable clip through the feature cache
     (`cfg.cache_dir`, default `<output_dir>/.cache`), the sample's negative prompt too.
 
+    With `[augment]` on, the training clips (the originals' split, `split_with_variants`)
+    get their variants too; a held-out clip gets none.
     Emits a warning per dataset warning and skipped clip, then extract_start,
     extract_progress and extract_done. Returns (clips, {negative prompt: text features}),
     or None when `stop` was set meanwhile (what was encoded stays cached). Raises TrainError
@@ -147,12 +154,17 @@ def extract_data(ctx: RunContext, stop: threading.Event, codec_factory: Callable
         scan.clips = [c for c in scan.clips if c.stem not in left_out]
     if not scan.clips:
         raise TrainError(f"{cfg.data_dir}: no usable clips (see the warnings above)")
-    log.emit({"event": "extract_start", "clips": len(scan.clips), "prepare": list(ctx.prepare.steps())})
+    augment_clips = []
+    if ctx.augment.enabled:  # the split of the originals, as prepare_data will make it
+        train_idx, _ = split_with_variants(scan.clips, cfg.val_clips, cfg.seed)
+        augment_clips = [scan.clips[i] for i in train_idx]
+    log.emit({"event": "extract_start", "clips": len(scan.clips), "prepare": list(ctx.prepare.steps()),
+              "variants": len(augment_clips) * ctx.augment.variants if ctx.augment.enabled else 0})
     clips, extra_text, stats = extract_clips(
         scan.clips, ctx.variant, weights=ctx.weights, cache=cache, device=ctx.device,
         extra_prompts=[cfg.sample_negative_prompt] if cfg.sample_negative_prompt else [],
         progress=log.emit, codec_factory=codec_factory, text_factory=text_factory, stop=stop,
-        prepare=ctx.prepare,
+        prepare=ctx.prepare, augment=ctx.augment, augment_clips=augment_clips,
     )
     if stop.is_set():
         return None
@@ -243,20 +255,21 @@ def reconcile_resume(ctx: RunContext, resume: Resume | None) -> RunContext:
 
 def prepare_data(ctx: RunContext, clips: list[ExtractedClip], extra_text: dict[str, np.ndarray],
                  resume: Resume | None) -> TrainData:
-    """Split the clips into training and validation clips (a resumed run keeps its
+    """Split the clips into training and validation clips, on the originals, with each
+    `[augment]` variant beside its original (`split_with_variants`; a resumed run keeps its
     checkpoint's split; TrainError when the clips changed since) and put every clip's
     tensors on the device once, so no step copies them from the host."""
     cfg, device = ctx.cfg, ctx.device
     stems = [c.stem for c in clips]
+    keep = not ctx.augment.enabled or ctx.augment.keep_originals
+    train_idx, val_idx = split_with_variants(clips, cfg.val_clips, cfg.seed, keep_originals=keep)
     if resume and "split" in resume.checkpoint:
         split = resume.checkpoint["split"]
-        if sorted(split["train"] + split["val"]) != sorted(stems):
+        if sorted(split["train"] + split["val"]) != sorted(stems[i] for i in train_idx + val_idx):
             raise TrainError(f"{resume.path}: the dataset changed since this checkpoint "
                              "(clips differ); start a fresh run instead of resuming")
         train_idx = [stems.index(s) for s in split["train"]]
         val_idx = [stems.index(s) for s in split["val"]]
-    else:
-        train_idx, val_idx = split_clips(clips, cfg.val_clips, cfg.seed)
 
     def stack(attr: str) -> torch.Tensor:
         return torch.from_numpy(np.stack([getattr(c, attr) for c in clips])).to(device)

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from selva_engine.audio.augment import AugmentSettings
 from selva_engine.audio.prepare import PrepareSettings
 from selva_engine.data.extract import ExtractedClip
 from selva_engine.io import atomic_write_text
@@ -102,6 +103,9 @@ class RunContext:
     # the [prepare] steps applied to the clips' audio before encoding: dataset.toml's with
     # the config's prepare_* values over them (selva_engine.data.prepare_file)
     prepare: PrepareSettings = PrepareSettings()
+    # the [augment] variants of the training clips, encoded after [prepare]: dataset.toml's
+    # with the config's augment_* values over them (selva_engine.data.augment_file)
+    augment: AugmentSettings = AugmentSettings()
 
 
 @dataclass(frozen=True)

@@ -71,7 +71,8 @@ SAFE_NAME_RULE = "letters, digits, '.', '_', '-', at most 64, starting with a le
 LATER_OPTIONS = {"init_mode": "standard", "curriculum_switch": 0.6, "latent_mixup_alpha": 0.0,
                  "latent_noise_sigma": 0.0, "spectral_surgery": "off", "video_split": None,
                  "video_mask_strength": None, "video_mask_clip": None, "video_mask_sync": None,
-                 "sample_videos": [], **{f"prepare_{k}": None for k in SETTING_SECTIONS["prepare"]}}
+                 "sample_videos": [], **{f"prepare_{k}": None for k in SETTING_SECTIONS["prepare"]},
+                 **{f"augment_{k}": None for k in SETTING_SECTIONS["augment"]}}
 # TrainConfig fields the daemon fills itself; they never change what a run learns.
 HASH_EXCLUDED = ("data_dir", "output_dir", "selva_dir", "resume", "device", "cache_dir",
                  "exclude_clips")

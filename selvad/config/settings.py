@@ -1,7 +1,7 @@
 """The settings schema shared by job files and the daemon's `[defaults]`: sections, keys, types.
 
 A job file and `[defaults]` set the same TrainConfig fields through the same sections
-(`[lora]`, `[train]`, `[sample]`, `[validation]`, `[eval]`, `[video]`, `[prepare]`) plus `variant`, `priority` and
+(`[lora]`, `[train]`, `[sample]`, `[validation]`, `[eval]`, `[video]`, `[prepare]`, `[augment]`) plus `variant`, `priority` and
 `[trigger]`. This module reads and checks those keys; selvad.config.jobs merges them into runs
 and selvad.config.daemon checks `[defaults]` with `check_defaults`.
 """
@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from selva_engine.audio.augment import AUGMENT_LIMITS, AugmentSettings
 from selva_engine.audio.prepare import PREPARE_LIMITS, PrepareSettings
 from selva_engine.model.variants import VARIANTS
 from selva_engine.training.options import TrainConfig
@@ -46,6 +47,8 @@ SETTING_SECTIONS: dict[str, dict[str, str]] = {
     "video": {k: f"video_{k}" for k in ("split", "mask_strength", "mask_clip", "mask_sync")},
     # the audio preparation steps (selva_engine.audio.prepare), over dataset.toml's [prepare]
     "prepare": {k: f"prepare_{k}" for k in PrepareSettings.__dataclass_fields__},
+    # variants of the training clips (selva_engine.audio.augment), over dataset.toml's [augment]
+    "augment": {k: f"augment_{k}" for k in AugmentSettings.__dataclass_fields__},
 }
 
 # Other names of a key, accepted as the key itself: timestep_mode is ComfyUI-SelVA's and
@@ -82,6 +85,10 @@ def limit_problem(name: str, value: Any) -> str:
     if name.startswith("prepare_") and name[len("prepare_"):] in PREPARE_LIMITS and value is not None:
         lo, hi = PREPARE_LIMITS[name[len("prepare_"):]]
         return "" if lo <= value <= hi else f"a number from {lo:g} to {hi:g}"
+    if name.startswith("augment_") and name[len("augment_"):] in AUGMENT_LIMITS and value is not None:
+        lo, hi = AUGMENT_LIMITS[name[len("augment_"):]]
+        kind = "an integer" if isinstance(value, int) else "a number"
+        return "" if lo <= value <= hi else f"{kind} from {lo:g} to {hi:g}"
     hi = LIMITS.get(name)
     if hi is None or value is None or isinstance(value, str | bool | tuple):
         return ""

@@ -86,6 +86,18 @@ _DOCS: dict[str, str] = {
     "prepare_hf_smooth": 'step 5: blend a low-pass in (soft HF cut); "auto" = dataset.toml, else off',
     "prepare_cutoff_hz": 'low-pass cutoff in Hz (2000..20000); "auto" = dataset.toml, else 12000',
     "prepare_blend": 'low-passed share (0 = original .. 1); "auto" = dataset.toml, else 0.7',
+    # [augment]: "auto" = the dataset.toml [augment] value, else the Augmenter node's default
+    "augment_enabled": 'variants of each training clip, encoded once after [prepare], never validated on; '
+                       '"auto" = dataset.toml, else off',
+    "augment_variants": 'augmented copies of each training clip (1..20); "auto" = dataset.toml, else 2',
+    "augment_gain_db": 'each variant\'s gain drawn from +-dB (0..12); "auto" = dataset.toml, else 3',
+    "augment_pitch_semitones": 'pitch shift drawn from +-semitones (0..4, 0 = none); "auto" = dataset.toml, '
+                               'else 0',
+    "augment_stretch": 'speed drawn from 1 +- this, duration fitted back (0..0.1: beyond, the sync with the '
+                       'video breaks); "auto" = dataset.toml, else 0',
+    "augment_seed": 'with the clip and the variant number, decides each variant; "auto" = dataset.toml, '
+                    'else 42',
+    "augment_keep_originals": 'false: train on the variants only; "auto" = dataset.toml, else true',
 }
 
 

@@ -2,8 +2,9 @@
 
 One small reader shared by every section; each section is parsed by the module that uses it.
 Known sections: `[inspect]` (the Inspector's thresholds, `InspectThresholds`), `[video]`
-(read by the video extraction) and `[prepare]` (the audio preparation steps before encoding,
-applied by the engine; checked here with `prepare_problems` so a bad value is in the report).
+(read by the video extraction), `[prepare]` (the audio preparation steps before encoding,
+applied by the engine; checked here with `prepare_problems` so a bad value is in the report)
+and `[augment]` (variants of the training clips; `augment_problems`, likewise).
 Any other section is an error, so a setting that nothing applies is never ignored silently. `inspect_thresholds` also takes an override table (the
 `inspect` argument of `validate_dataset`), applied key by key over the dataset file's.
 
@@ -24,15 +25,17 @@ import math
 from pathlib import Path
 from typing import Any
 
+from selva_engine.audio.augment import AUGMENT_LIMITS, INTEGER_KEYS, AugmentSettings
 from selva_engine.audio.inspect import InspectThresholds
 from selva_engine.audio.prepare import PREPARE_LIMITS, PrepareSettings
 from selva_engine.data.dataset_file import DATASET_FILE
 from selva_engine.data.dataset_file import read_dataset_file as read_toml_file
 from selvad.config.schema import Problems, join_key, parse_section
 
-__all__ = ["DATASET_FILE", "SECTIONS", "inspect_thresholds", "prepare_problems", "read_dataset_file"]
+__all__ = ["DATASET_FILE", "SECTIONS", "augment_problems", "inspect_thresholds", "prepare_problems",
+           "read_dataset_file"]
 
-SECTIONS = ("inspect", "video", "prepare")
+SECTIONS = ("inspect", "video", "prepare", "augment")
 # field -> (lowest, highest) accepted, both inclusive
 INSPECT_RANGES = {"min_snr_db": (0.0, 120.0), "codec_shelf_db": (0.0, 200.0),
                   "max_silent_fraction": (0.0, 1.0), "clip_peak": (0.0, 4.0),
@@ -97,19 +100,35 @@ def inspect_thresholds(tables: dict[str, Any], origin: Path | str,
 def prepare_problems(tables: dict[str, Any], origin: Path | str) -> list[str]:
     """The problems of a dataset file's `[prepare]` table, as `file:prepare.key: problem (got X,
     expected Y)`: unknown keys, wrong types, values outside the nodes' ranges (PREPARE_LIMITS)."""
+    return _table_problems("prepare", tables, origin, list(PrepareSettings.__dataclass_fields__),
+                           PREPARE_LIMITS, ())
+
+
+def augment_problems(tables: dict[str, Any], origin: Path | str) -> list[str]:
+    """The problems of a dataset file's `[augment]` table, in the same format: unknown keys,
+    wrong types, values outside AUGMENT_LIMITS (the node's ranges, the notes' safe stretch)."""
+    return _table_problems("augment", tables, origin, list(AugmentSettings.__dataclass_fields__),
+                           AUGMENT_LIMITS, INTEGER_KEYS)
+
+
+def _table_problems(section: str, tables: dict[str, Any], origin: Path | str, known: list[str],
+                    limits: dict[str, tuple[float, float]], integers: tuple[str, ...]) -> list[str]:
+    """The problems of the `[section]` table: a key of `limits` takes a number in its range
+    (an integer when in `integers`), any other known key true or false."""
     p = Problems(Path(origin))
-    table = tables.get("prepare") or {}
-    known = list(PrepareSettings.__dataclass_fields__)
+    table = tables.get(section) or {}
     for key, value in table.items():
-        kp = join_key("prepare", key)
+        kp = join_key(section, key)
+        kind = "an integer" if key in integers else "a number"
         if key not in known:
             p.unknown(kp, key, known)
-        elif key not in PREPARE_LIMITS:
+        elif key not in limits:
             if not isinstance(value, bool):
                 p.add(kp, "wrong type", got=value, expected="true or false")
-        elif isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            p.add(kp, "wrong type", got=value, expected="a number")
-        elif not PREPARE_LIMITS[key][0] <= value <= PREPARE_LIMITS[key][1]:
-            lo, hi = PREPARE_LIMITS[key]
-            p.add(kp, "out of range", got=value, expected=f"a number from {lo:g} to {hi:g}")
+        elif isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or (
+                key in integers and not isinstance(value, int)):
+            p.add(kp, "wrong type", got=value, expected=kind)
+        elif not limits[key][0] <= value <= limits[key][1]:
+            lo, hi = limits[key]
+            p.add(kp, "out of range", got=value, expected=f"{kind} from {lo:g} to {hi:g}")
     return p.items

@@ -63,6 +63,7 @@ from selvad.config.schema import ConfigError
 from selvad.datasets.advice import advise
 from selvad.datasets.datasetfile import (
     DATASET_FILE,
+    augment_problems,
     inspect_thresholds,
     prepare_problems,
     read_dataset_file,
@@ -414,6 +415,7 @@ def validate_dataset(directory: Path | str, variant: Variant | str = "large_44k"
         tables, problems = read_dataset_file(directory)
         report.thresholds, more = inspect_thresholds(tables, directory / DATASET_FILE, inspect)
         more += prepare_problems(tables, directory / DATASET_FILE)
+        more += augment_problems(tables, directory / DATASET_FILE)
         prefix = f"{directory / DATASET_FILE}:"
         for message in problems + more:
             problem, _, fix = message.removeprefix(prefix).strip().partition(" (fix: ")

@@ -17,6 +17,7 @@ from typing import Any
 
 import tomli_w
 
+from selva_engine.data.augment_file import read_augment_settings
 from selva_engine.data.prepare_file import read_prepare_settings
 from selva_engine.training.options import TrainConfig
 from selvad.config.daemon import DaemonConfig
@@ -79,7 +80,8 @@ def write_run_toml(path: Path, run: Run, train_cfg: TrainConfig) -> Path:
     resolved `[config]` (None written as "auto") and `[[files]]`, the dataset files the run
     was queued with (name, size, sha256: its manifest; a change to the dataset queues a
     newer run instead), and `[prepare]`: the audio preparation steps applied, with their
-    settings ({"steps": []} when none). Atomic (temp file + rename); returns path."""
+    settings ({"steps": []} when none), and `[augment]`: the variants made of the training
+    clips ({"enabled": false} when none). Atomic (temp file + rename); returns path."""
     doc = {
         "run": {"id": run.id, "job": run.job, "sweep_id": run.sweep_id, "dataset": run.dataset,
                 "kind": run.kind, "priority": run.priority, "config_hash": run.config_hash,
@@ -88,6 +90,7 @@ def write_run_toml(path: Path, run: Run, train_cfg: TrainConfig) -> Path:
         "config": _toml_safe(train_cfg.to_dict()),
         # what the child applies: dataset.toml's [prepare] with the job's values over it
         "prepare": read_prepare_settings(train_cfg.data_dir, train_cfg.prepare_settings)[0].applied(),
+        "augment": read_augment_settings(train_cfg.data_dir, train_cfg.augment_settings)[0].applied(),
         "files": [{k: f[k] for k in ("name", "size", "sha256") if f.get(k) is not None}
                   for f in run.manifest.get("files", [])],
     }

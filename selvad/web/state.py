@@ -5,7 +5,8 @@ Safe by construction: a URL never becomes a path. A run is looked up by id in th
 its files are the entries of its run directory whose names match one of a fixed set of
 artefact patterns (`ARTEFACTS`) and that are regular files, not links; the run directory
 must be a real directory inside `output_root`. The reference clip of a run is its
-`sample_reference.wav`, written there by the trainer; nothing outside output_root is served.
+`sample_reference.wav`, written there by the trainer (with `sample_reference_prepared.wav`, the
+same clip after the run's `[prepare]` steps, when any was on); nothing outside output_root is served.
 The spectrogram pictures (`sample_stepNNNNN.png`, `sample_reference.png`) are the trainer's
 too: runs from before it drew them show none (the page never writes into a run directory,
 and drawing on request would spend the training machine's CPU in the page's thread).
@@ -39,7 +40,8 @@ ARTEFACTS: dict[str, re.Pattern[str]] = {
         r"adapter_(?:step\d{5,}|final|final_\d{3}|final_surgery|final_\d{3}_surgery|best)\.pt"),
     "sample": re.compile(r"sample_step\d{5,}\.wav"),
     "reference": re.compile(r"sample_reference\.wav"),
-    "spectrogram": re.compile(r"sample_(?:step\d{5,}|reference)\.png"),
+    "prepared": re.compile(r"sample_reference_prepared\.wav"),  # after the run's [prepare] steps
+    "spectrogram": re.compile(r"sample_(?:step\d{5,}|reference|reference_prepared)\.png"),
     "plot": re.compile(r"(?:loss_raw|loss_smoothed|loss_validation|metrics)\.png"),
     "record": re.compile(r"(?:meta\.json|run\.toml|validation\.toml|progress\.jsonl)"),
     "log": re.compile(r"worker\.log"),

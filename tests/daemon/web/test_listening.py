@@ -4,6 +4,7 @@ dashboard's datasets with their errors and warnings from the daemon's last valid
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -93,3 +94,33 @@ def test_dashboard_lists_each_datasets_errors_and_warnings(tmp_path: Path) -> No
     assert "<b>clip0.wav</b>" in warnings and "→" in warnings  # the file, the problem, the fix
     path.write_text("[not a report")  # unreadable: the row stays, without the lists
     assert 'class="findings' not in client_for(cfg).get("/").text
+
+
+def test_the_prepared_reference_plays_beside_the_original(tmp_path: Path) -> None:
+    cfg, _, run_id = _tree(tmp_path)
+    out = next((tmp_path / "out" / "birds").iterdir())
+    client = client_for(cfg)
+    plain = client.get(f"/runs/{run_id}").text  # no [prepare] step: no prepared player
+    assert "sample_reference_prepared" not in plain and 'class="reference prepared"' not in plain
+    tone = (0.1 * np.sin(np.arange(1600) / 3)).astype(np.float32)
+    sf.write(out / "sample_reference_prepared.wav", tone, 16000)
+    (out / "sample_reference_prepared.png").write_bytes(PNG)
+    meta = json.loads((out / "meta.json").read_text())
+    (out / "meta.json").write_text(json.dumps({**meta, "prepare": {"steps": ["loudness", "hf_smooth"]}}))
+    page = client.get(f"/runs/{run_id}").text
+    table = page.split('id="checkpoints"', 1)[1].split("</table>", 1)[0]
+    rows = table.split("<tr")
+    ref = next(i for i, r in enumerate(rows) if r.startswith(' class="reference"'))
+    prepared = rows[ref + 1]  # the row right after the original's
+    assert prepared.startswith(' class="reference prepared"')
+    assert f'<audio controls preload="metadata" src="/runs/{run_id}/files/sample_reference_prepared.wav">' in prepared
+    assert "(loudness, hf_smooth)" in prepared
+    assert f'<img src="/runs/{run_id}/files/sample_reference_prepared.png"' in prepared
+    wav = client.get(f"/runs/{run_id}/files/sample_reference_prepared.wav")
+    assert wav.status_code == 200 and wav.headers["content-type"] == "audio/wav"
+    played, rate = sf.read(io.BytesIO(wav.content), dtype="float32")
+    assert rate == 16000 and np.allclose(played, tone, atol=1e-4)
+    (out / "sample_reference_prepared.wav").unlink()
+    (out / "sample_reference_prepared.wav").symlink_to(tmp_path / "secret.txt")  # never served
+    assert client.get(f"/runs/{run_id}/files/sample_reference_prepared.wav").status_code == 404
+    assert 'class="reference prepared"' not in client.get(f"/runs/{run_id}").text

@@ -44,7 +44,7 @@ def _active_samples(wave: np.ndarray) -> int:
 
 def test_defaults_are_the_nodes_and_off():
     s = AugmentSettings()
-    assert not s.enabled and s.applied() == {}
+    assert not s.enabled and s.applied() == {"enabled": False}
     assert (s.variants, s.gain_db, s.pitch_semitones, s.stretch, s.seed, s.keep_originals) == (2, 3.0, 0.0, 0.0,
                                                                                                42, True)
 
