@@ -210,6 +210,19 @@ def test_a_bad_prepare_value_in_the_dataset_file_is_in_the_report(tmp_path):
     assert V.validate_dataset(d, VARIANT).ok
 
 
+def test_a_bad_augment_value_in_the_dataset_file_is_in_the_report(tmp_path):
+    d = make(tmp_path, {"ok": (clean(), "WAV")})
+    (d / "dataset.toml").write_text("[augment]\nenabled = true\nstretch = 0.5\nvariants = 2.5\nspeed = 2\n")
+    r = V.validate_dataset(d, VARIANT)
+    messages = [f.message for f in r.findings if f.code == "bad-dataset-file"]
+    assert not r.ok and len(messages) == 3
+    assert "augment.stretch: out of range (got 0.5, expected a number from 0 to 0.1)" in messages[0]
+    assert "augment.variants: wrong type (got 2.5, expected an integer)" in messages[1]
+    assert "augment.speed" in messages[2]
+    (d / "dataset.toml").write_text("[augment]\nenabled = true\nstretch = 0.1\nvariants = 4\n")
+    assert V.validate_dataset(d, VARIANT).ok
+
+
 def test_the_web_page_lists_the_figures_of_the_kept_report(four, tmp_path):
     import os
 

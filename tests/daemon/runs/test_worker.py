@@ -281,6 +281,22 @@ def test_run_toml_records_the_prepare_steps_applied(tmp_path: Path, cfg: DaemonC
         (data / "dataset.toml").unlink()
 
 
+def test_run_toml_records_the_augment_applied(tmp_path: Path, cfg: DaemonConfig, queue: RunQueue) -> None:
+    run = _claimed(queue, cfg)
+    data = cfg.paths.dataset_roots[0] / "birds"
+    (data / "dataset.toml").write_text("[augment]\nenabled = true\nvariants = 3\n")
+    try:
+        tc = TrainConfig(variant="tiny_16k", data_dir=str(data), augment_keep_originals=False)
+        doc = tomllib.loads(write_run_toml(tmp_path / "p" / "run.toml", run, tc).read_text())
+        assert doc["augment"] == {"enabled": True, "variants": 3, "gain_db": 3.0, "pitch_semitones": 0.0,
+                                  "stretch": 0.0, "seed": 42, "keep_originals": False}
+        plain = tomllib.loads(write_run_toml(tmp_path / "q" / "run.toml", run,
+                                             TrainConfig(variant="tiny_16k")).read_text())
+        assert plain["augment"] == {"enabled": False}
+    finally:
+        (data / "dataset.toml").unlink()
+
+
 def test_extract_child_gets_the_jobs_prepare_values(cfg: DaemonConfig, queue: RunQueue) -> None:
     tc = TrainConfig(data_dir=str(cfg.paths.dataset_roots[0] / "birds"), variant="tiny_16k",
                      prepare_loudness=True, prepare_target_lufs=-20.0)
