@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from types import SimpleNamespace
 
+from selva_engine.audio.augment import AugmentSettings
 from selva_engine.audio.prepare import PrepareSettings
 from selva_engine.model.variants import get_variant
 from selva_engine.training import setup as S
@@ -28,7 +29,8 @@ def test_excluded_clips_are_not_extracted_and_each_is_named(tmp_path, monkeypatc
     cfg = TrainConfig(data_dir=str(tmp_path), variant="tiny_16k", exclude_clips=("b",))
     ctx = SimpleNamespace(cfg=cfg, log=EventLog(events.append, tmp_path / "progress.jsonl"),
                           out_dir=tmp_path, variant=get_variant("tiny_16k"), weights=None,
-                          device="cpu", prepare=PrepareSettings())
+                          device="cpu", prepare=PrepareSettings(),
+                          augment=AugmentSettings())
     S.extract_data(ctx, threading.Event(), None, None)
     assert seen == ["a", "c"]
     warnings = [e["message"] for e in events if e.get("event") == "warning"]
