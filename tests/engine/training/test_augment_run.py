@@ -111,3 +111,21 @@ def test_bad_augment_option_is_refused(tmp_path, tiny_weights):
     assert ("augment_variants", "out of range (got 0, expected 1 to 20)") in cfg.problems()
     with pytest.raises(TrainError, match="augment_variants"):
         train(config(tmp_path, tmp_path / "o", tiny_weights, augment_variants=0))
+
+
+@pytest.mark.slow
+def test_an_augmented_run_resumes_with_its_split_and_refuses_once_augment_changed(
+        tmp_path, make_clips, tiny_weights):
+    data = make_clips(tmp_path / "data", 3)
+    kw = dict(save_every=2, val_clips=1, augment_enabled=True, augment_variants=1)
+    train(config(data, tmp_path / "run", tiny_weights, steps=2, **kw))
+    first = find_latest(tmp_path / "run")[1]["split"]
+    events: list[dict] = []
+    result = train(config(data, tmp_path / "run", tiny_weights, steps=4, resume="latest", **kw),
+                   events=events.append)
+    assert result.status == "done" and result.step == 4
+    assert _events("extract_done", events)["audio_encoded"] == 0  # the variants came from the cache
+    assert find_latest(tmp_path / "run")[1]["split"] == first and len(first["train"]) == 4
+    with pytest.raises(TrainError, match="the dataset changed since this checkpoint"):
+        train(config(data, tmp_path / "run", tiny_weights, steps=6, resume="latest",
+                     **{**kw, "augment_variants": 2}))
