@@ -267,7 +267,8 @@ def prepare_data(ctx: RunContext, clips: list[ExtractedClip], extra_text: dict[s
         split = resume.checkpoint["split"]
         if sorted(split["train"] + split["val"]) != sorted(stems[i] for i in train_idx + val_idx):
             raise TrainError(f"{resume.path}: the dataset changed since this checkpoint "
-                             "(clips differ); start a fresh run instead of resuming")
+                             "(clips differ, or their [augment] variants); start a fresh run instead "
+                             "of resuming")
         train_idx = [stems.index(s) for s in split["train"]]
         val_idx = [stems.index(s) for s in split["val"]]
 
