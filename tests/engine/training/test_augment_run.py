@@ -126,6 +126,9 @@ def test_an_augmented_run_resumes_with_its_split_and_refuses_once_augment_change
     assert result.status == "done" and result.step == 4
     assert _events("extract_done", events)["audio_encoded"] == 0  # the variants came from the cache
     assert find_latest(tmp_path / "run")[1]["split"] == first and len(first["train"]) == 4
+    events = []
     with pytest.raises(TrainError, match="the dataset changed since this checkpoint"):
         train(config(data, tmp_path / "run", tiny_weights, steps=6, resume="latest",
-                     **{**kw, "augment_variants": 2}))
+                     **{**kw, "augment_variants": 2}), events=events.append)
+    # a second variant of each training clip: only those two are new to the cache
+    assert _events("extract_done", events)["audio_encoded"] == 2
