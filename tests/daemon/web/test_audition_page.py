@@ -4,6 +4,7 @@ real `audition/` folder (video/mp4, byte ranges), and an A/B player per audition
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -54,7 +55,7 @@ def test_each_audition_video_is_a_column_of_players_beside_the_sample(tmp_path: 
     assert len(rows) == 2
     for step, row in zip((10, 20), rows, strict=True):
         assert f'data-step="{step}"' in row
-        cells = re.findall(r'<td class="audition" data-video="([^"]+)">(.*?)</td>', row)
+        cells = re.findall(r'<td class="audition" data-video="([^"]+)">(.*?)</td>', row, re.S)
         assert [v for v, _ in cells] == ["rain walk", "street"]
         assert f'<video controls preload="metadata" width="320" src="/runs/{run_id}/files/audition/street_step{step:05d}.mp4">' in cells[1][1]
     assert f'src="/runs/{run_id}/files/audition/rain%20walk_step00010.wav"' in rows[0]
@@ -125,3 +126,19 @@ def test_ab_player_per_audition_video_offers_each_checkpoint(tmp_path: Path) -> 
     assert '<video class="ab-player"' in body and 'class="ab-play-b"' in body
     js = client.get("/static/app.js").text
     assert "setupVideoAB" in js and "switchSource(player" in js
+
+
+def test_the_recommendation_says_which_metrics_it_used(tmp_path: Path) -> None:
+    client, run_id, out = _site(tmp_path)
+    _renders(out, "street", (10, 20))
+    meta = json.loads((out / "meta.json").read_text())
+    used = ["validation loss on held-out clips", "hf energy ratio of the training-clip sample",
+            "hf energy ratio of the audition renders (street)"]
+    meta["recommendation"]["used"] = used
+    meta["audition_metrics"] = {"20": {"street": {"hf_energy_ratio": 0.4321}}}
+    (out / "meta.json").write_text(json.dumps(meta))
+    page = client.get(f"/runs/{run_id}").text
+    rec = page.split('id="recommendation"', 1)[1].split("</section>", 1)[0]
+    assert f'id="rec-used">Based on: {"; ".join(used)}.</p>' in rec
+    rows = _table(page).split('<tr class="ckpt')[1:]
+    assert "energy above 4 kHz: 0.432" in rows[1] and "energy above 4 kHz" not in rows[0]
