@@ -2,9 +2,12 @@
 
 The original tool's notes say lower training loss is not better audio. Our rule: take the
 checkpoint with the lowest fixed-noise validation loss (held-out clips; the training-clip
-probe when no clip is held out), unless its sample shows the "white noise on top" symptom
-(high-frequency energy ratio well above the reference audio's); then take the best one
-without the symptom. The strength range widens when the pick is clean and narrows toward
+probe when no clip is held out), unless its sample or one of its audition renders (the
+adapter on videos it never trained on: selva_engine.training.audition, `selva-eval --videos`)
+shows the "white noise on top" symptom (high-frequency energy ratio well above the reference
+audio's); then take the best one without the symptom. The renders have no reference audio of
+their own, so they are held against the same reference (the sound the adapter was trained
+to make). `Recommendation.used` names the figures the pick rests on. The strength range widens when the pick is clean and narrows toward
 lower strengths when the run shows overfitting or noise.
 """
 
@@ -31,6 +34,8 @@ class Candidate:
     val_loss: float | None = None
     train_fixed_loss: float | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    # audition video name -> the spectral metrics of this candidate's render of it (no reference)
+    audition_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -42,6 +47,7 @@ class Recommendation:
     reason: str
     strength_range: tuple[float, float]
     rejected: list[str] = field(default_factory=list)
+    used: list[str] = field(default_factory=list)  # the figures the pick rests on, in words
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -55,6 +61,29 @@ def noise_symptom(metrics: dict[str, float], reference_hf: float | None) -> bool
     if hf is None or reference_hf is None:
         return False
     return hf > NOISE_RATIO_FACTOR * reference_hf and hf > reference_hf + NOISE_ABS_MARGIN
+
+
+def _symptom(cand: Candidate, reference_hf: float | None) -> str | None:
+    """Why `cand` sounds noisy (its sample, else the first audition render that does), or None."""
+    if noise_symptom(cand.metrics, reference_hf):
+        return (f"{cand.id}: sample shows the white-noise symptom (hf ratio "
+                f"{cand.metrics['hf_energy_ratio']:.3f} vs reference {reference_hf:.3f})")
+    for video, metrics in sorted(cand.audition_metrics.items()):
+        if noise_symptom(metrics, reference_hf):
+            return (f"{cand.id}: audition video {video} shows the white-noise symptom (hf ratio "
+                    f"{metrics['hf_energy_ratio']:.3f} vs reference {reference_hf:.3f})")
+    return None
+
+
+def _used(loss_name: str, scored: list, reference_hf: float | None) -> list[str]:
+    """The figures a recommendation over the `scored` candidates rests on, in words."""
+    used = [loss_name]
+    if reference_hf is not None:
+        used.append("hf energy ratio of the training-clip sample")
+        videos = sorted({v for _, _, c in scored for v in c.audition_metrics})
+        if videos:
+            used.append(f"hf energy ratio of the audition renders ({', '.join(videos)})")
+    return used
 
 
 def _score(c: Candidate) -> float | None:
@@ -73,11 +102,10 @@ def recommend(candidates: list[Candidate], reference_hf: float | None = None,
         return Recommendation(None, None, "no checkpoint has a validation loss yet", (0.5, 1.0))
     uses_val = any(c.val_loss is not None and c.val_loss == c.val_loss for _, _, c in scored)
     loss_name = "validation loss on held-out clips" if uses_val else "fixed-noise loss on training clips"
-    rejected = []
+    rejected, used = [], _used(loss_name, scored, reference_hf)
     for score, _, cand in scored:
-        if noise_symptom(cand.metrics, reference_hf):
-            rejected.append(f"{cand.id}: sample shows the white-noise symptom (hf ratio "
-                            f"{cand.metrics['hf_energy_ratio']:.3f} vs reference {reference_hf:.3f})")
+        if (why := _symptom(cand, reference_hf)) is not None:
+            rejected.append(why)
             continue
         best = scored[0][2]
         if cand is best:
@@ -88,9 +116,9 @@ def recommend(candidates: list[Candidate], reference_hf: float | None = None,
         low, high = (0.5, 0.9) if overfitting or rejected else (0.7, 1.1)
         if overfitting:
             reason += "; the run overfits, so try it below full strength"
-        return Recommendation(cand.id, cand.path, reason, (low, high), rejected)
+        return Recommendation(cand.id, cand.path, reason, (low, high), rejected, used)
     # the guide's first fix for white noise is strength 0.6-0.7, before retraining
     return Recommendation(None, None, "every checkpoint shows the white-noise symptom; first try "
                           "the adapter at strength 0.6-0.7 (the guide's fix for white noise), "
                           "then retrain with fewer steps or a lower lr",
-                          NOISY_STRENGTH, rejected)
+                          NOISY_STRENGTH, rejected, used)

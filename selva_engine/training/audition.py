@@ -19,6 +19,9 @@ the job's sample settings (steps, cfg, negative prompt) from its own fixed noise
 seeded from the run seed and the video's name (never the global RNG, so training is the same
 with or without auditions), and written as `audition/<video>_stepNNNNN.wav`, its spectrogram
 `.png` and `<video>_stepNNNNN.mp4`: the original picture, stream-copied, with the new sound.
+Each render's spectral metrics (evaluation.metrics, no reference: a new video has no sound to
+compare with) come back with the files; `read_audition_metrics` measures them again from the
+`.wav` files (the checkpoints before a resume), so the recommendation can weigh every one.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from selva_engine.data.extract import FeatureCache
 from selva_engine.data.video_extract import default_encoders_factory, video_features, video_identity
 from selva_engine.data.videos import VideoClip, is_video_name
 from selva_engine.errors import DatasetError
+from selva_engine.evaluation.metrics import compute_metrics
 from selva_engine.inference.sample import decode_to_audio, generate_latents
 from selva_engine.outputs import report
 from selva_engine.outputs.spectrogram import write_spectrogram
@@ -45,7 +49,7 @@ from selva_engine.video.mux import MuxError, mux_audio
 from selva_engine.video.probe import VideoError, probe_video
 
 __all__ = ["AUDITION_DIR", "AuditionVideo", "Auditions", "audition_files", "find_audition_videos",
-           "prepare_auditions"]
+           "prepare_auditions", "read_audition_metrics"]
 
 AUDITION_DIR = "audition"  # in the dataset: the videos; in the run directory: what each checkpoint made
 NOISE_SEED = 4  # the auditions' noise: seed + 4 + crc32(name) (the sample's is seed + 3)
@@ -71,6 +75,21 @@ def audition_files(name: str, step: int) -> tuple[str, str, str]:
     """The file names a checkpoint at `step` writes for audition video `name` (.wav, .png, .mp4)."""
     stem = f"{name}_step{step:05d}"
     return f"{stem}.wav", f"{stem}.png", f"{stem}.mp4"
+
+
+def read_audition_metrics(out_dir: Path, names: Sequence[str], step: int) -> dict[str, dict[str, float]]:
+    """{video: spectral metrics} of the `.wav` renders of the videos `names` at `step` found in
+    `out_dir/audition/` (a missing or unreadable file is left out). Reads files only."""
+    import soundfile as sf
+
+    out = {}
+    for name in names:
+        try:
+            wave, rate = sf.read(out_dir / AUDITION_DIR / audition_files(name, step)[0], dtype="float32")
+        except (OSError, RuntimeError):  # soundfile raises LibsndfileError (a RuntimeError)
+            continue
+        out[name] = compute_metrics(wave.mean(axis=1) if wave.ndim == 2 else wave, rate).to_dict()
+    return out
 
 
 def find_audition_videos(data_dir: Path | str, named: Sequence[str] = ()) -> tuple[list[Path], list[str]]:
@@ -182,13 +201,15 @@ class Auditions:
     def render(self, model: Any, codec: Any, autocast: Any, negative_text: torch.Tensor | None,
                step: int) -> dict[str, Any]:
         """Sample, decode and write every video's files for the checkpoint at `step` (the model
-        as it is, eval mode); returns {"seconds": wall time, "files": paths written}."""
+        as it is, eval mode); returns {"seconds": wall time, "files": paths written, "metrics":
+        {video name: spectral metrics of its new sound}}."""
         started = time.monotonic()
         ctx, cfg = self.ctx, self.ctx.cfg
         out = ctx.out_dir / AUDITION_DIR
         out.mkdir(parents=True, exist_ok=True)
         rate = ctx.variant.sequence().sampling_rate
         files: list[str] = []
+        metrics: dict[str, dict[str, float]] = {}
         for video in self.videos:
             gen = torch.Generator().manual_seed(video.noise_seed(cfg.seed))
             noise = torch.randn(1, ctx.variant.sequence().latent_seq_len, ctx.variant.latent_dim, generator=gen)
@@ -198,7 +219,8 @@ class Auditions:
             wave = decode_to_audio(codec, lat)[0].float().cpu().numpy()
             wave = report.loudness_normalize(wave[: int(round(video.seconds * rate))])
             files += self._write(out, video, wave, rate, step)
-        return {"seconds": round(time.monotonic() - started, 3), "files": files}
+            metrics[video.name] = compute_metrics(wave, rate).to_dict()
+        return {"seconds": round(time.monotonic() - started, 3), "files": files, "metrics": metrics}
 
     def _write(self, out: Path, video: AuditionVideo, wave: np.ndarray, rate: int, step: int) -> list[str]:
         """The .wav, .png and .mp4 of one video (a video that cannot be muxed: a warning, once)."""

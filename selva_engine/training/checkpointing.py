@@ -5,7 +5,8 @@ fixed-noise losses (held-out clips and the first training clips), generates and 
 sample `sample_stepNNNNN.wav` with its spectral metrics and its spectrogram picture
 (`sample_stepNNNNN.png`, selva_engine.outputs.spectrogram), renders the audition videos
 (selva_engine.training.audition: `audition/<video>_stepNNNNN.wav/.png/.mp4`, their wall time
-in the record's `audition_s`), saves `adapter_stepNNNNN.pt` (and
+in the record's `audition_s`, their spectral metrics in meta.json's `audition_metrics`, weighed
+by the recommendation), saves `adapter_stepNNNNN.pt` (and
 `adapter_best.pt` when the validation loss improved), then rewrites the loss and metric
 plots and meta.json and logs the "checkpoint" record. The checkpoint file itself is
 described in selva_engine.outputs.checkpoint; its content comes from trainstate.checkpoint_payload.
@@ -32,7 +33,7 @@ from selva_engine.model.lora import lora_state_dict, save_adapter
 from selva_engine.outputs import report
 from selva_engine.outputs.checkpoint import checkpoint_name, list_checkpoints, save_checkpoint
 from selva_engine.outputs.spectrogram import write_spectrogram
-from selva_engine.training.audition import Auditions
+from selva_engine.training.audition import Auditions, read_audition_metrics
 from selva_engine.training.loop import adapter_meta, overfitting
 from selva_engine.training.state import (
     RunContext,
@@ -85,6 +86,7 @@ class Checkpointer:
         self.init_mode = ctx.cfg.init_mode  # after a resume: the checkpoint's (reconcile_resume)
         self.codec: Any = None
         self.reference_metrics: dict[str, float] | None = None
+        self.audition_metrics: dict[int, dict[str, dict[str, float]]] = {}  # step -> video -> metrics
         self.system = system_info()
 
     def write(self, parts: TrainParts, state: RunState, *, final: bool) -> Path:
@@ -101,6 +103,8 @@ class Checkpointer:
         require_free_space(ctx.out_dir, self.space_needed(parts, final), "a checkpoint")
         meta = self.meta(step)
         ev = self.evaluate(parts, step)
+        if ev.audition is not None:
+            self.audition_metrics[step] = ev.audition["metrics"]
         state.add_checkpoint(step, ev.val_loss, ev.train_fixed_loss, ev.metrics)
         path = self._save(parts, state, meta, ev.val_loss)
         self._judge(state)
@@ -225,12 +229,20 @@ class Checkpointer:
                               "while the training loss fell: the adapter is overfitting; prefer adapter_best.pt")
         state.recommendation = recommend(
             [Candidate(checkpoint_name(s), str(self.ctx.out_dir / checkpoint_name(s)), s,
-                       None if v != v else v, tf, json.loads(m))
+                       None if v != v else v, tf, json.loads(m), self._audition_metrics(s))
              for s, v, tf, m in zip(hist["ckpt_step"], hist["val_loss"], hist["train_fixed_loss"],
                                     hist["metrics"], strict=True)],
             reference_hf=(self.reference_metrics or {}).get("hf_energy_ratio"),
             overfitting=state.overfitting,
         ).to_dict()
+
+    def _audition_metrics(self, step: int) -> dict[str, dict[str, float]]:
+        """The audition renders' metrics at `step`: this run's, or measured from the `.wav`
+        files a run before a resume wrote (kept for the next checkpoints)."""
+        if step not in self.audition_metrics and self.auditions is not None:
+            names = [v.name for v in self.auditions.videos]
+            self.audition_metrics[step] = read_audition_metrics(self.ctx.out_dir, names, step)
+        return self.audition_metrics.get(step, {})
 
     def _write_reports(self, state: RunState, meta: dict, final: bool) -> None:
         """Rewrite the loss plots and meta.json: the adapter meta plus best, recommendation,
@@ -252,6 +264,8 @@ class Checkpointer:
             "val_clip_stems": [stems[i] for i in data.val_idx],
             "checkpoints": [checkpoint_name(s) for s in hist["ckpt_step"]],
             "metrics": {str(s): json.loads(m) for s, m in zip(hist["ckpt_step"], hist["metrics"], strict=True)},
+            "audition_metrics": {str(s): self.audition_metrics[s] for s in hist["ckpt_step"]
+                                 if self.audition_metrics.get(s)},
         })
 
     def close(self) -> None:

@@ -2,7 +2,8 @@
 
 Pages: `/` (queue, current run with a live progress bar, jobs, datasets and job files with
 their problems), `/runs/<id>` (config, loss plots, checkpoint table with sample and reference
-audio, A/B listening, downloads), `/sweeps/<job>` (the sweep's runs side by side). API:
+audio and a column of audition video players per audition video, A/B listening on the sample
+and on each audition video, downloads), `/sweeps/<job>` (the sweep's runs side by side). API:
 `/api/status` (what `selvad status --json` prints), `/api/runs/<id>`, `/api/sweeps/<job>`. Actions are POST
 forms with the CSRF token that write request rows into the queue, as the CLI does; the main
 loop answers them. Reads go through selvad.web.state (read-only); files only as artefacts.
@@ -44,7 +45,7 @@ __all__ = ["create_app"]
 
 HERE = Path(__file__).parent
 STATIC = {"app.js": "text/javascript", "style.css": "text/css"}
-MEDIA = {".pt": "application/octet-stream", ".wav": "audio/wav", ".png": "image/png",
+MEDIA = {".pt": "application/octet-stream", ".wav": "audio/wav", ".png": "image/png", ".mp4": "video/mp4",
          ".json": "application/json", ".toml": "text/plain", ".jsonl": "text/plain",
          ".log": "text/plain; charset=utf-8"}
 ACTIONS = ("cancel", "retry")
@@ -127,6 +128,7 @@ class WebApp:
         meta = self.state.meta(run)
         return self.page(request, "run.html", run=run, files=files, meta=meta,
                          checkpoints=self.state.checkpoints(run, files, meta),
+                         videos=self.state.audition_videos(files),
                          reference=self.state.reference(run) is not None,
                          rec=meta.get("recommendation") or {}, notice=self._notice(request))
 
@@ -164,12 +166,20 @@ class WebApp:
     # -- files --------------------------------------------------------------------------
 
     def run_file(self, request: Request) -> Response:
-        name = request.path_params["name"]
-        path = self.state.artefact(request.path_params["run_id"], name)
+        return self._serve(request.path_params["run_id"], request.path_params["name"])
+
+    def audition_file(self, request: Request) -> Response:
+        """`/runs/<id>/files/audition/<name>`: a render in the run directory's audition/ folder."""
+        return self._serve(request.path_params["run_id"], f"audition/{request.path_params['name']}")
+
+    def _serve(self, run_id: str, name: str) -> Response:
+        """Artefact `name` of run `run_id` (404 for anything else). FileResponse answers
+        `Range` requests with 206, which a `<video>` element needs to seek."""
+        path = self.state.artefact(run_id, name)
         if path is None:
             return self.not_found("file")
         download = path.suffix == ".pt"
-        return FileResponse(path, media_type=MEDIA[path.suffix], filename=name if download else None,
+        return FileResponse(path, media_type=MEDIA[path.suffix], filename=path.name if download else None,
                             content_disposition_type="attachment" if download else "inline")
 
     def reference(self, request: Request) -> Response:
@@ -269,6 +279,7 @@ def create_app(cfg: DaemonConfig, token: str | None = None) -> Starlette:
         Route("/", web.index),
         Route("/runs/{run_id}", web.run_page),
         Route("/runs/{run_id}/files/{name}", web.run_file),
+        Route("/runs/{run_id}/files/audition/{name}", web.audition_file),
         Route("/runs/{run_id}/reference", web.reference),
         Route("/runs/{run_id}/{action}", web.act, methods=["POST"]),
         Route("/jobs/{job}/{action}", web.act, methods=["POST"]),

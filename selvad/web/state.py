@@ -4,7 +4,8 @@ SQLite connections) and the files of known runs.
 Safe by construction: a URL never becomes a path. A run is looked up by id in the queue;
 its files are the entries of its run directory whose names match one of a fixed set of
 artefact patterns (`ARTEFACTS`) and that are regular files, not links; the run directory
-must be a real directory inside `output_root`. The reference clip of a run is its
+must be a real directory inside `output_root`; the audition renders are read from its
+`audition/` folder only when that is a real directory too (never a link). The reference clip of a run is its
 `sample_reference.wav`, written there by the trainer (with `sample_reference_prepared.wav`, the
 same clip after the run's `[prepare]` steps, when any was on); nothing outside output_root is served.
 The spectrogram pictures (`sample_stepNNNNN.png`, `sample_reference.png`) are the trainer's
@@ -21,7 +22,7 @@ import re
 import sqlite3
 import stat
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -32,7 +33,7 @@ from selvad.runs.queue import ACTIVE, STATES, TERMINAL, Run
 from selvad.runs.rundir import run_dir_for
 from selvad.runs.watched import Watched
 
-__all__ = ["ARTEFACTS", "Checkpoint", "ReadOnlyState", "servable", "status_dict"]
+__all__ = ["ARTEFACTS", "Checkpoint", "ReadOnlyState", "audition_video", "servable", "status_dict"]
 
 # artefact kind -> the names a run directory may serve under it
 ARTEFACTS: dict[str, re.Pattern[str]] = {
@@ -45,7 +46,10 @@ ARTEFACTS: dict[str, re.Pattern[str]] = {
     "plot": re.compile(r"(?:loss_raw|loss_smoothed|loss_validation|metrics)\.png"),
     "record": re.compile(r"(?:meta\.json|run\.toml|validation\.toml|progress\.jsonl)"),
     "log": re.compile(r"worker\.log"),
+    # each checkpoint's audition renders (selva_engine.training.audition), in the run's audition/
+    "audition": re.compile(r"audition/[^/\x00.][^/\x00]*_step\d{5,}\.(?:wav|png|mp4)"),
 }
+AUDITION_DIR = "audition"  # the run directory's folder of audition renders (not a link)
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".aiff", ".aif", ".mp3", ".m4a", ".opus")
 PROGRESS_MAX_BYTES = 32 << 20  # progress.jsonl larger than this is not parsed for the table
 STEP = re.compile(r"_step(\d{5,})\.")
@@ -62,6 +66,13 @@ class Checkpoint:
     val_loss: float | None
     metrics: dict[str, float]
     recommended: bool
+    # audition video name -> {"mp4" | "wav" | "png": file name under audition/}, of this step
+    auditions: dict[str, dict[str, str]] = field(default_factory=dict)
+
+
+def audition_video(name: str) -> str:
+    """The audition video of a render's file name: `audition/<video>_stepNNNNN.mp4` -> `<video>`."""
+    return name[len(AUDITION_DIR) + 1:].rsplit("_step", 1)[0]
 
 
 def status_dict(cfg: DaemonConfig, runs: list[Run], problems: list[Watched]) -> dict[str, Any]:
@@ -85,6 +96,18 @@ def _regular(path: Path) -> bool:
         return servable(os.lstat(path))
     except OSError:
         return False
+
+
+def _scan(folder: Path, prefix: str) -> dict[str, str]:
+    """{prefix + name: artefact kind} of the servable regular files directly in `folder`."""
+    out = {}
+    with os.scandir(folder) as entries:
+        for e in entries:
+            name = prefix + e.name
+            kind = next((k for k, rx in ARTEFACTS.items() if rx.fullmatch(name)), None)
+            if kind and _regular(Path(e.path)):
+                out[name] = kind
+    return out
 
 
 class ReadOnlyState:
@@ -170,12 +193,12 @@ class ReadOnlyState:
         path = self.run_dir(run)
         if path is None:
             return {}
-        out = {}
-        with os.scandir(path) as entries:
-            for e in entries:
-                kind = next((k for k, rx in ARTEFACTS.items() if rx.fullmatch(e.name)), None)
-                if kind and _regular(Path(e.path)):
-                    out[e.name] = kind
+        out = _scan(path, "")
+        try:
+            if stat.S_ISDIR(os.lstat(path / AUDITION_DIR).st_mode):  # a real folder, never a link
+                out.update(_scan(path / AUDITION_DIR, AUDITION_DIR + "/"))
+        except OSError:
+            pass
         return dict(sorted(out.items()))
 
     def artefact(self, run_id: str, name: str) -> Path | None:
@@ -204,17 +227,27 @@ class ReadOnlyState:
     def checkpoints(self, run: Run, files: dict[str, str], meta: dict[str, Any]) -> list[Checkpoint]:
         """The checkpoint table: one row per step with a kept adapter or a sample."""
         steps: dict[int, dict[str, str]] = {}
+        renders: dict[int, dict[str, dict[str, str]]] = {}
         for name, kind in files.items():
             m = STEP.search(name)
             if m and kind in ("adapter", "sample", "spectrogram"):
                 steps.setdefault(int(m.group(1)), {})[kind] = name
+            elif m and kind == "audition":
+                video, step = audition_video(name), int(m.group(1))
+                steps.setdefault(step, {})
+                renders.setdefault(step, {}).setdefault(video, {})[name.rsplit(".", 1)[1]] = name
         val = self._val_losses(run, files)
         metrics = meta.get("metrics") or {}
         picked = (meta.get("recommendation") or {}).get("id")
         return [Checkpoint(step, d.get("adapter"), d.get("sample"), d.get("spectrogram"),
                            val.get(step), metrics.get(str(step)) or {},
-                           picked is not None and picked == f"adapter_step{step:05d}.pt")
+                           picked is not None and picked == f"adapter_step{step:05d}.pt",
+                           renders.get(step, {}))
                 for step, d in sorted(steps.items())]
+
+    def audition_videos(self, files: dict[str, str]) -> list[str]:
+        """The names of the run's audition videos (sorted): one column each on the run page."""
+        return sorted({audition_video(n) for n, kind in files.items() if kind == "audition"})
 
     def _val_losses(self, run: Run, files: dict[str, str]) -> dict[int, float]:
         path = self.artefact(run.id, "progress.jsonl") if "progress.jsonl" in files else None

@@ -1,7 +1,7 @@
 // selvad page: live progress (polls /api/status every 2 s while a run is active, every 5 s
 // on an idle dashboard to notice a run starting, never while the tab is hidden) and A/B
-// listening between checkpoints (run page) or runs (sweep page): one player; switching
-// keeps the playback position; after an action (Train now, Retry, Cancel) the daemon's
+// listening between checkpoints (run page) or runs (sweep page), and between checkpoints on
+// each audition video (run page): one player each; switching keeps the playback position; after an action (Train now, Retry, Cancel) the daemon's
 // answer replaces "waiting for the daemon's answer" (polled, then the page reloads to
 // show what changed). No inline script (CSP).
 "use strict";
@@ -69,6 +69,16 @@ async function poll() {
   setTimeout(poll, shownRuns(live).length ? LIVE_POLL_MS : IDLE_POLL_MS);
 }
 
+// a new source for an <audio> or <video> player, playing on from the same moment when it was playing
+function switchSource(media, src) {
+  const t = media.currentTime, playing = !media.paused;
+  media.src = src;
+  media.addEventListener("loadedmetadata", () => {
+    media.currentTime = Math.min(t, media.duration || t);
+    if (playing) media.play();
+  }, { once: true });
+}
+
 function setupAB() {
   const audio = document.getElementById("ab-audio");
   if (!audio) return;
@@ -94,14 +104,9 @@ function setupAB() {
   }
   function choose(which) {
     showPictures();
-    const t = audio.currentTime, playing = !audio.paused;
     for (const [k, b] of Object.entries(buttons)) if (b) b.classList.toggle("on", k === which);
     audio.dataset.which = which;
-    audio.src = srcOf[which]();
-    audio.addEventListener("loadedmetadata", () => {
-      audio.currentTime = Math.min(t, audio.duration || t);
-      if (playing) audio.play();
-    }, { once: true });
+    switchSource(audio, srcOf[which]());
   }
   for (const [k, b] of Object.entries(buttons)) if (b) b.addEventListener("click", () => choose(k));
   for (const id of ["ab-a", "ab-b"]) {
@@ -110,6 +115,22 @@ function setupAB() {
   audio.dataset.which = "a";
   audio.src = srcOf.a();
   showPictures();
+}
+
+// the run page's A/B on one audition video (section.ab-video): two checkpoints' renders, one player
+function setupVideoAB(section) {
+  const player = section.querySelector("video.ab-player");
+  const selects = { a: section.querySelector("select.ab-a"), b: section.querySelector("select.ab-b") };
+  const buttons = { a: section.querySelector(".ab-play-a"), b: section.querySelector(".ab-play-b") };
+  function choose(which) {
+    for (const [k, b] of Object.entries(buttons)) b.classList.toggle("on", k === which);
+    player.dataset.which = which;
+    switchSource(player, selects[which].value);
+  }
+  for (const [k, b] of Object.entries(buttons)) b.addEventListener("click", () => choose(k));
+  for (const s of Object.values(selects)) s.addEventListener("change", () => choose(player.dataset.which));
+  player.dataset.which = "a";
+  player.src = selects.a.value;
 }
 
 const ANSWER_POLL_MS = 500, ANSWER_WAIT_MS = 120000;
@@ -138,6 +159,7 @@ async function waitForAnswer(notice, since) {
 
 document.addEventListener("DOMContentLoaded", () => {
   setupAB();
+  for (const section of document.querySelectorAll("section.ab-video")) setupVideoAB(section);
   const notice = document.getElementById("notice");
   if (notice && notice.dataset.waiting) waitForAnswer(notice, Date.now());
   const live = document.getElementById("live");

@@ -30,6 +30,21 @@ def test_recommend_prefers_low_val_loss_without_noise():
     assert rec.id == "y" and "training clips" in rec.reason
 
 
+def test_recommend_rejects_a_checkpoint_whose_audition_render_is_noisy_and_says_what_it_used():
+    clean, noisy = {"hf_energy_ratio": 0.05}, {"hf_energy_ratio": 0.40}
+    cands = [Candidate("a", "a.pt", 100, 0.50, 0.4, clean, {"street": clean, "rain": noisy}),
+             Candidate("b", "b.pt", 200, 0.55, 0.3, clean, {"street": clean, "rain": clean})]
+    rec = recommend(cands, reference_hf=0.05)
+    assert rec.id == "b" and "sounds noisy" in rec.reason
+    assert rec.rejected == ["a: audition video rain shows the white-noise symptom (hf ratio 0.400 vs reference 0.050)"]
+    assert rec.used == ["validation loss on held-out clips", "hf energy ratio of the training-clip sample",
+                        "hf energy ratio of the audition renders (rain, street)"]
+    assert rec.to_dict()["used"] == rec.used
+    plain = recommend([Candidate("a", "a.pt", 100, 0.50, 0.4, clean)], reference_hf=0.05)
+    assert plain.id == "a" and plain.used == ["validation loss on held-out clips",
+                                              "hf energy ratio of the training-clip sample"]
+
+
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory, make_clips, tiny_weights):
     root = tmp_path_factory.mktemp("evalrun")

@@ -3,6 +3,7 @@ the picture stream-copied), the training is the same without them, bad ones are 
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -11,7 +12,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from selva_engine.training.audition import AuditionVideo, find_audition_videos
+from selva_engine.evaluation.metrics import compute_metrics
+from selva_engine.training.audition import (
+    AuditionVideo,
+    find_audition_videos,
+    read_audition_metrics,
+)
 from selva_engine.training.options import TrainConfig
 from selva_engine.training.trainer import train
 from tests.video_files import make_video
@@ -77,6 +83,24 @@ def test_every_checkpoint_auditions_every_video(audition_run, dataset):
     assert not np.array_equal(sf.read(folder / "street_step00002.wav")[0],
                               sf.read(folder / "street_step00004.wav")[0])
     assert not any(c.stem in ("street", "kitchen") for c in result.output_dir.glob("*.wav"))
+
+
+def test_audition_metrics_are_recorded_and_weighed_by_the_recommendation(audition_run):
+    result, events = audition_run
+    meta = json.loads((result.output_dir / "meta.json").read_text())
+    renders = meta["audition_metrics"]
+    assert sorted(renders) == ["2", "4"] and all(sorted(v) == ["kitchen", "street"] for v in renders.values())
+    # the metrics are those of the .wav files on disk (what read_audition_metrics measures again)
+    folder = result.output_dir / "audition"
+    wave, rate = sf.read(folder / "street_step00004.wav", dtype="float32")
+    assert renders["4"]["street"] == pytest.approx(compute_metrics(wave, rate).to_dict(), rel=2e-3)  # 16-bit file
+    again = read_audition_metrics(result.output_dir, ["street", "kitchen", "gone"], 4)
+    assert sorted(again) == ["kitchen", "street"]  # a video without a file is left out
+    for video in again:
+        assert again[video] == pytest.approx(renders["4"][video], rel=2e-3)
+    assert [e["metrics"].keys() for e in events if e["event"] == "audition"][0] == {"street", "kitchen"}
+    used = meta["recommendation"]["used"]
+    assert used[-1] == "hf energy ratio of the audition renders (kitchen, street)", used
 
 
 @pytest.mark.slow
