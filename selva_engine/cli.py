@@ -406,6 +406,37 @@ def extract_main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def render_main(argv: list[str] | None = None) -> int:
+    """`python -m selva_engine.cli render --spec FILE --json`: one render run of the daemon
+    (`inference.render_job`). Exit 0 written, 2 bad input or missing weights, 1 otherwise."""
+    p = argparse.ArgumentParser(prog="selva-render", description="Render one video of a render folder.")
+    p.add_argument("--spec", required=True, help="the JSON spec the daemon wrote")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+
+    from selva_engine.errors import DatasetError
+    from selva_engine.inference.render_job import RenderSpec, run_render
+    from selva_engine.io import UnsafeFileError
+    from selva_engine.model.lora import AdapterError
+    from selva_engine.weights.locate import MissingWeightsError
+
+    def emit(event: dict) -> None:
+        print(json.dumps(event, default=str), flush=True)
+
+    try:
+        spec = RenderSpec.from_dict(json.loads(Path(args.spec).read_text()))
+        run_render(spec, emit)
+    except (DatasetError, MissingWeightsError, AdapterError, UnsafeFileError, FileNotFoundError,
+            ValueError) as exc:
+        emit({"event": "error", "error": type(exc).__name__, "message": str(exc)})
+        _to_stderr(f"selva-render: error: {exc}", with_traceback=True)
+        return 2
+    except Exception as exc:  # the run boundary: one sentence out, the traceback to stderr
+        return _unexpected("selva-render", exc, args.json, Path(args.spec).parent)
+    emit({"event": "done"})
+    return 0
+
+
 def _cuda() -> bool:
     import torch
 
@@ -413,10 +444,10 @@ def _cuda() -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m selva_engine.cli {train,extract,sample,extract-video} ...` (what the daemon's worker runs)."""
+    """`python -m selva_engine.cli {train,extract,sample,extract-video,render} ...` (what the daemon's worker runs)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = {"train": train_main, "extract": extract_main, "sample": sample_main,
-                "extract-video": extract_video_main}
+                "extract-video": extract_video_main, "render": render_main}
     if not argv or argv[0] not in commands:
         print(f"usage: python -m selva_engine.cli {{{','.join(commands)}}} [options]", file=sys.stderr)
         return 2

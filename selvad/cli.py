@@ -308,7 +308,7 @@ def _request(args: argparse.Namespace, action: str, run_id: str | None = None,
         problem = _job_file_problem(path, str(job))
         if problem:
             return _fail(problem)
-    q = _queue(cfg, must_exist=action == "enqueue")
+    q = _queue(cfg, must_exist=action in ("enqueue", "render"))
     if q is None:
         return _no_db(cfg)
     if run_id is not None and q.get(run_id) is None:
@@ -438,6 +438,10 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument(what, help="job name" if what == "job" else "run id")
         c.add_argument("--wait", type=float, default=10.0,
                        help="seconds to wait for the daemon's answer (default 10)")
+        if name == "enqueue":
+            c.add_argument("--render", action="store_true",
+                           help="render every video of the job's render folder again, with the "
+                                "adapter chosen now (a newer recommendation reaches old renders so)")
         if name == "retry":
             c.add_argument("--current", action="store_true",
                            help="run the job file's current config (default: the config "
@@ -534,7 +538,7 @@ def _dispatch(argv: list[str]) -> int:
         "import-sweep": cmd_import_sweep,
         "web-url": cmd_web_url,
         "status": _state_command(cmd_status), "runs": _state_command(cmd_runs),
-        "enqueue": _state_command(lambda a: _request(a, "enqueue", job=a.job)),
+        "enqueue": _state_command(lambda a: _request(a, "render" if a.render else "enqueue", job=a.job)),
         "cancel": _state_command(lambda a: _request(a, "cancel", run_id=a.run)),
         "retry": _state_command(lambda a: _request(a, "retry", run_id=a.run)),
     }

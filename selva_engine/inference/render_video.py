@@ -26,7 +26,7 @@ from selva_engine.video.decode import StreamInfo, node_differences, read_stream_
 from selva_engine.video.extractor import NodeFeatures, extract_videos, prepare_frames
 from selva_engine.video.mux import CONTAINERS, mux_audio
 
-__all__ = ["AUDIO_SUFFIX", "VideoRequest", "check_output", "render_video", "video_features"]
+__all__ = ["AUDIO_SUFFIX", "VideoRequest", "check_output", "generate_for_video", "render_video", "video_features"]
 
 AUDIO_SUFFIX = ".wav"
 
@@ -117,19 +117,17 @@ def _fit(arr: np.ndarray, rows: int) -> np.ndarray:
     return out
 
 
-def render_video(*, req: VideoRequest, output: Path, variant: str | None, selva_dir: str | Path,
-                 adapter: str | Path | None = None, strength: float = 1.0, negative_prompt: str = "",
-                 cfg: float = 4.5, steps: int = 25, seed: int = 0, duration: float | None = None,
-                 device: str = "auto", allow_other_variant: bool = False) -> Path:
-    """`selva-sample --video`: a video + prompt (+ adapter) -> `output` (.wav, or the video with
-    the generated sound when output is .mp4/.m4v/.mov/.mkv); returns the path written.
+def generate_for_video(*, req: VideoRequest, variant: str | None, selva_dir: str | Path,
+                       adapter: str | Path | None = None, strength: float = 1.0, negative_prompt: str = "",
+                       cfg: float = 4.5, steps: int = 25, seed: int = 0, duration: float | None = None,
+                       device: str = "auto", allow_other_variant: bool = False) -> tuple[np.ndarray, int, float]:
+    """The chain's sound for `req`: (waveform, sampling rate, seconds generated).
 
     The variant defaults to the adapter's meta (else large_44k) and its weights are checked
-    before anything is encoded; the Sampler's defaults are `synthesize`'s. Written atomically.
+    before anything is encoded; the Sampler's defaults are `synthesize`'s.
     """
     from selva_engine.weights.locate import resolve
 
-    as_video = check_output(output, with_video=True)
     name = variant or adapter_variant(adapter) or "large_44k"
     resolve(selva_dir, get_variant(name).name)  # MissingWeightsError before minutes of encoding
     feats = video_features(req, selva_dir, device=device, duration=duration)
@@ -138,6 +136,18 @@ def render_video(*, req: VideoRequest, output: Path, variant: str | None, selva_
     synth.set_adapter(adapter, strength, allow_other_variant=allow_other_variant)
     wave = synth.generate(_fit(feats.clip_features, seq.clip_seq_len), _fit(feats.sync_features, seq.sync_seq_len),
                           req.prompt, seed=seed, negative_prompt=negative_prompt, cfg=cfg, steps=steps)
+    return wave, synth.sampling_rate, float(feats.duration)
+
+
+def render_video(*, req: VideoRequest, output: Path, **options) -> Path:
+    """`selva-sample --video`: a video + prompt (+ adapter) -> `output` (.wav, or the video with
+    the generated sound when output is .mp4/.m4v/.mov/.mkv); returns the path written.
+
+    `options` are `generate_for_video`'s (variant, selva_dir, adapter, strength, ...).
+    Written atomically.
+    """
+    as_video = check_output(output, with_video=True)
+    wave, rate, _ = generate_for_video(req=req, **options)
     if as_video:
-        return mux_audio(req.video, wave, synth.sampling_rate, output)
-    return write_wav(output, wave, synth.sampling_rate)
+        return mux_audio(req.video, wave, rate, output)
+    return write_wav(output, wave, rate)

@@ -49,6 +49,7 @@ class PathsConfig:
     state_dir: Path = Path("/var/lib/selvad/state")  # queue.sqlite3 lives here
     weights_dir: Path | None = None  # SelVA weights (ComfyUI models/selva layout); None = tiny
     cache_dir: Path | None = None  # extraction cache; None = <state_dir>/cache
+    render_root: Path | None = None  # <render_root>/<job>/: videos rendered with the job's adapter
 
     @property
     def queue_path(self) -> Path:

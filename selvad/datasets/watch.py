@@ -122,13 +122,13 @@ class Watcher:
     Callback exceptions are logged and do not stop the watcher.
     """
 
-    def __init__(self, dataset_roots: Iterable[Path], jobs_dir: Path, *,
+    def __init__(self, dataset_roots: Iterable[Path], jobs_dir: Path | None, *,
                  on_dataset: Callable[[DatasetEvent], Any], on_job: Callable[[JobEvent], Any],
                  settle_seconds: float = 10.0, use_polling: bool = False,
                  poll_interval: float = 5.0, ignore: Sequence[str] = (),
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.roots = [Path(os.path.abspath(r)) for r in dataset_roots]
-        self.jobs_dir = Path(os.path.abspath(jobs_dir))
+        self.jobs_dir = Path(os.path.abspath(jobs_dir)) if jobs_dir is not None else None  # None: folders only
         self.on_dataset, self.on_job = on_dataset, on_job
         self.use_polling, self.poll_interval = use_polling, poll_interval
         self.ignore = tuple(ignore)
@@ -150,7 +150,7 @@ class Watcher:
     def _classify(self, path: str) -> tuple[str, Any]:
         """("job", None) | ("dataset", (root, name)) | ("file", (root, name)) | ("", None)."""
         p = Path(path)
-        if p.parent == self.jobs_dir:
+        if self.jobs_dir is not None and p.parent == self.jobs_dir:
             ok = p.suffix == ".toml" and not is_ignored(p.name, self.ignore)
             return ("job", None) if ok else ("", None)
         for root in self.roots:
@@ -188,7 +188,8 @@ class Watcher:
                 except OSError:
                     pass
         try:  # not only regular files: the daemon reports a FIFO `*.toml` as an invalid job
-            seen.update(e.path for e in os.scandir(self.jobs_dir) if not e.is_dir())
+            if self.jobs_dir is not None:
+                seen.update(e.path for e in os.scandir(self.jobs_dir) if not e.is_dir())
         except OSError:
             pass
         with self._lock:
@@ -291,7 +292,8 @@ class Watcher:
                 if getattr(event, "dest_path", ""):
                     watcher.notice(os.fsdecode(event.dest_path))
 
-        for path, recursive in [(r, True) for r in self.roots] + [(self.jobs_dir, False)]:
+        jobs = [(self.jobs_dir, False)] if self.jobs_dir is not None else []
+        for path, recursive in [(r, True) for r in self.roots] + jobs:
             if path in self._watched or not path.is_dir():
                 continue
             try:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from selva_engine.training.options import TrainConfig
 
-__all__ = ["KILL_RETRY_DELAYS", "MESSAGE_LIMIT", "REASON_LIMIT", "describe_exit", "kill_cause",
+__all__ = ["KILL_RETRY_DELAYS", "MESSAGE_LIMIT", "PROCESS", "REASON_LIMIT", "describe_exit", "kill_cause",
            "last_exception_line", "one_line", "oom_kill_count", "sigkill_verdict"]
 
 KILL_RETRY_DELAYS = (30.0, 120.0)  # seconds before automatic retry 1, 2, ... of a killed run
@@ -32,10 +32,13 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 _EXC_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b(: .*)?$")
 
 
+PROCESS = {"train": "training", "extract": "extraction", "render": "render"}  # a run kind's process, in words
+
+
 def describe_exit(code: int, kind: str = "train") -> str:
     """Words for a child's exit status (negative = killed by that signal); `kind` is the
     run's kind ("train" or "extract"), so the sentence names the right process."""
-    process = "training" if kind == "train" else "extraction"
+    process = PROCESS.get(kind, kind)
     if code < 0:
         try:
             name = signal.Signals(-code).name

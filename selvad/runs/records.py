@@ -3,7 +3,7 @@
 States and the only legal moves (`transition` enforces them)::
 
     queued -> extracting -> training -> done | failed | cancelled
-    extracting -> done                  (an extraction-only run ends after extracting)
+    extracting -> done                  (an extraction or render run ends after extracting)
     queued -> cancelled
     extracting | training -> queued     (daemon shutdown, or resume after a crash)
     failed | cancelled -> queued        (retry)
@@ -28,8 +28,8 @@ __all__ = ["ACTIONS", "ACTIVE", "KINDS", "STATES", "SUPERSEDED", "TERMINAL", "WA
 STATES = ("queued", "extracting", "training", "done", "failed", "cancelled")
 ACTIVE = ("extracting", "training")
 TERMINAL = ("done", "failed", "cancelled")
-KINDS = ("train", "extract")
-ACTIONS = ("cancel", "retry", "enqueue", "skip")
+KINDS = ("train", "extract", "render")
+ACTIONS = ("cancel", "retry", "enqueue", "skip", "render")
 # the note (`error` column) of a queued run held back because its dataset has errors, and
 # the note of a queued run that a newer config or dataset replaced ("superseded by RUN")
 WAITING = "waiting: dataset has errors"

@@ -44,6 +44,7 @@ from selvad.config.daemon import DaemonConfig
 from selvad.log import get_logger
 from selvad.runs.child import signal_group
 from selvad.runs.exits import (
+    PROCESS,
     REASON_LIMIT,
     describe_exit,
     kill_cause,
@@ -53,6 +54,7 @@ from selvad.runs.exits import (
     sigkill_verdict,
 )
 from selvad.runs.queue import Run, RunQueue
+from selvad.runs.render import RenderProblem, choose_adapter, render_spec, renders_dir
 from selvad.runs.retention import prune_run_dir
 from selvad.runs.rowwriter import RowWriter
 from selvad.runs.rundir import (
@@ -110,6 +112,8 @@ class RunProcess:
                               kind=run.kind, device=slot.label)
         self.is_train = run.kind == "train"
         self.out_dir = run_dir_for(cfg, run) if self.is_train else state_dir_for(cfg, run)
+        # where the run's results are (the queue's output_dir): a render's is the job's renders/
+        self.results_dir = renders_dir(cfg, run.job) if run.kind == "render" else self.out_dir
         self.private = state_dir_for(cfg, run)
         self.proc: subprocess.Popen[bytes] | None = None
         self.cancel_requested = False
@@ -141,11 +145,27 @@ class RunProcess:
             # so not here on the daemon's main loop; every option is read from the JSON file
             return [*trampoline, "--validation", str(self.out_dir / "validation.toml"),
                     "train", "--config_json", str(cfg_json), "--json"]
+        if self.run.kind == "render":
+            return [*trampoline, "render", "--spec", str(self._render_spec()), "--json"]
         return [*trampoline, "extract", "--data_dir", str(self.run.config["data_dir"]),
                 "--variant", str(self.run.config["variant"]),
                 "--selva_dir", str(self.cfg.paths.weights_dir or ""),
                 "--cache_dir", str(self.cfg.paths.effective_cache_dir),
                 "--device", self.slot.device, "--prepare", json.dumps(self._prepare_overrides()), "--json"]
+
+    def _render_spec(self) -> Path:
+        """Choose the render's adapter now and write the child's spec; RenderProblem (one
+        sentence with the fix) when it cannot start."""
+        choice = choose_adapter(self.cfg, self.queue, self.run)
+        if choice is None:
+            raise RenderProblem(f"job {self.run.job} has no finished training run to render with; "
+                                f"`selvad enqueue {self.run.job} --render` once one is done")
+        spec = render_spec(self.cfg, self.run, choice, self.slot.device)
+        path = self.private / "render.json"
+        atomic_write(path, json.dumps(spec, indent=2) + "\n")
+        self.log.info("run.render_adapter", adapter=spec["adapter"], strength=spec["strength"],
+                      video=spec["video"], chosen_by=choice.used.get("chosen_by"))
+        return path
 
     def _prepare_overrides(self) -> dict:
         """The job's `[prepare]` values (TrainConfig's prepare_* fields set), for the extract child."""
@@ -275,7 +295,7 @@ class RunProcess:
             # the daemon validated before queueing; the data changed since
             self.log.warning("run.validation_errors", **fields)
         elif kind in ("extract_start", "extract_done", "video_extract_start", "video_extract_done",
-                      "interrupted", "done"):
+                      "render_start", "render_done", "interrupted", "done"):
             self.log.info(f"run.{kind}", **fields)
         else:  # extract_progress, validation without errors and anything new
             self.log.debug(f"run.{kind}", **fields)
@@ -356,7 +376,7 @@ class RunProcess:
                 if self._reader is not None:
                     self._reader.join(timeout=30)  # the last events (error, done) are read
                 self._decided = self._decide(code)
-                out_dir = str(self.out_dir) if self.is_train else None
+                out_dir = str(self.results_dir) if self.run.kind != "extract" else None
                 self._writer.final(self._decided.state, self._decided.error, out_dir,
                                    self._decided.retry_at)
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -387,7 +407,7 @@ class RunProcess:
         if code == -signal.SIGKILL:
             if self.cancel_requested or self.stop_requested:  # our own kill after a timeout
                 return Outcome("cancelled" if self.cancel_requested else "queued", exit_code=code)
-            process = "training" if self.is_train else "extraction"
+            process = PROCESS[self.run.kind]
             state, why, retry_at = sigkill_verdict(process, kill_cause(self._oom_before,
                                                                        oom_kill_count()),
                                                    self.run.auto_retries)

@@ -65,6 +65,7 @@ from selvad.runs.slots import DeviceError, resolve_slots
 from selvad.runs.statelock import StateDirLocked, StateLock
 from selvad.service import notify
 from selvad.service.events import EventHandler
+from selvad.service.renders import RenderEvent
 from selvad.service.requests import RequestHandler
 from selvad.service.runner import STOP_TIMEOUT, Runner
 from selvad.service.stackprobe import probe_in_child
@@ -103,6 +104,7 @@ class Daemon:
         self.skip_window: set[str] = set()
         self.queue: RunQueue | None = None
         self.watcher: Watcher | None = None
+        self.render_watcher: Watcher | None = None  # [paths] render_root's job folders
         self.scheduler: Any = None
         self._stop = False
         self._reload = False
@@ -149,6 +151,12 @@ class Daemon:
             if not root.is_dir():
                 self.log.warning("config.missing_dataset_root", path=str(root),
                                  fix="create it; it is watched as soon as it exists")
+        if p.render_root is not None and not p.render_root.is_dir():
+            try:
+                p.render_root.mkdir(parents=True, exist_ok=True)
+            except OSError:
+                self.log.warning("config.missing_render_root", path=str(p.render_root),
+                                 fix="create it; <render_root>/<job>/ takes the videos to render")
         if not p.jobs_dir.is_dir():
             try:
                 p.jobs_dir.mkdir(parents=True, exist_ok=True)
@@ -174,6 +182,13 @@ class Daemon:
                                settle_seconds=w.settle_seconds, use_polling=w.use_polling,
                                poll_interval=w.poll_interval, ignore=w.ignore)
         self.watcher.start()
+        if self.cfg.paths.render_root is not None:
+            self.render_watcher = Watcher([self.cfg.paths.render_root], None,
+                                          on_dataset=lambda ev: self.post(RenderEvent(ev)),
+                                          on_job=self.post, settle_seconds=w.settle_seconds,
+                                          use_polling=w.use_polling, poll_interval=w.poll_interval,
+                                          ignore=w.ignore)
+            self.render_watcher.start()
 
     def _schedule_kwargs(self) -> dict[str, Any]:
         return {"rescan_minutes": self.cfg.watch.rescan_minutes,
@@ -181,9 +196,10 @@ class Daemon:
                 "rescan": self._rescan, "retention": lambda: self.post("retention")}
 
     def _rescan(self) -> None:
-        if self.watcher is not None:
-            self.watcher.full_scan()
-            self.wake.set()
+        for watcher in (self.watcher, self.render_watcher):
+            if watcher is not None:
+                watcher.full_scan()
+        self.wake.set()
 
     # -- main loop -----------------------------------------------------------------------
 
@@ -487,8 +503,10 @@ class Daemon:
         self.weights_problems = probe_in_child(weights_dir=new.paths.weights_dir).weights
         setup_logging(new.logging.format, new.logging.level)
         self._prepare_dirs()
-        if self.watcher is not None:
-            self.watcher.stop()
+        for watcher in (self.watcher, self.render_watcher):
+            if watcher is not None:
+                watcher.stop()
+        self.render_watcher = None
         self.jobs.clear()  # reloaded by the new watcher's first scan ([defaults] may differ)
         self._start_watching()
         if self.scheduler is not None:
@@ -520,8 +538,9 @@ class Daemon:
     def _shutdown(self) -> int:
         notify.stopping()
         self.log.info("daemon.stopping", running=sorted(self.running))
-        if self.watcher is not None:
-            self.watcher.stop()
+        for watcher in (self.watcher, self.render_watcher):
+            if watcher is not None:
+                watcher.stop()
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=False)
         for comp in self.companions:

@@ -40,6 +40,7 @@ from selvad.runs.watched import WatchedTable
 from selvad.service import offloop
 from selvad.service.context import DaemonContext
 from selvad.service.offloop import Key, ValidationDone
+from selvad.service.renders import RenderEvent, RenderHandler
 
 __all__ = ["EventHandler", "report_fields"]
 
@@ -78,6 +79,7 @@ class EventHandler:
         self._reports: dict[Key, ValidationReport] = {}
         self._failed: dict[Key, str] = {}  # a background validation that raised: its problem
         self._background = offloop.BackgroundValidator(daemon.post)
+        self.renders = RenderHandler(daemon)  # the render folders' videos
 
     @property
     def watched(self) -> WatchedTable:
@@ -95,6 +97,8 @@ class EventHandler:
             self.on_dataset(event)
         elif isinstance(event, ValidationDone):
             self.on_validated(event)
+        elif isinstance(event, RenderEvent):
+            self.renders.on_folder(event)
         else:
             self.log.warning("daemon.unknown_event", item=repr(event)[:200])
 
@@ -268,6 +272,7 @@ class EventHandler:
                            problem=missing, fix="download the missing files, or set `variant` "
                            "to one the weights can run; then reload the daemon (SIGHUP)")
             return
+        self.renders.job_loaded(job)
         if self.settling(job.dataset_dir):  # never validate half-copied clips
             self.waiting.add(job.name)
             self.log.info("job.waiting_for_dataset", job=job.name, dataset=job.dataset,
@@ -472,6 +477,8 @@ class EventHandler:
         errors, and it trains on the dataset as it is now: when the files changed since it
         was queued (the change's own event is still on its way), its manifest is brought
         up to date, so run.toml lists exactly the files trained."""
+        if run.kind == "render":
+            return self.renders.ready(run)
         job = self.d.jobs.get(run.job)
         if run.kind != "train" or run.attempts or job is None or job.dataset != run.dataset:
             return True

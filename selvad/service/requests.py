@@ -14,6 +14,9 @@ and stores a one-line result the CLI prints. Actions:
 - enqueue JOB: the job file is (re)loaded, its dataset validated and its training runs
   queued even if the same runs exist already (an explicit request).
 - skip RUN: a queued training run may start outside the training windows.
+- render JOB: every video of the job's render folder is rendered again with the adapter
+  chosen now (`selvad enqueue JOB --render`, the page's button): how a newer recommendation
+  reaches the renders.
 
 A row is not trusted: a job that is not a job name (e.g. `../elsewhere/job`, which would
 read a file outside the jobs directory) and a run id that is not an id are refused with an
@@ -58,9 +61,9 @@ class RequestHandler:
         been written by anything that can write the database, so a job must be a job name
         (never a path) and a run id must be an id."""
         try:
-            if req.action == "enqueue" or req.job is not None:
+            if req.action in ("enqueue", "render") or req.job is not None:
                 job_file(self.d.cfg.paths.jobs_dir, req.job)
-            if req.action != "enqueue":
+            if req.action not in ("enqueue", "render"):
                 check_run_id(req.run_id)
         except ValueError as exc:
             return f"refused: {exc}"
@@ -209,6 +212,19 @@ class RequestHandler:
                     + (" (or done, for a sweep)" if job.sweeps else "")
                     + f"; `selvad runs {job.name}` lists them")
         return "queued " + ", ".join(ids)
+
+    def _render(self, req: Request) -> str:
+        job = self.d.jobs.get(str(req.job))
+        if job is None:
+            return (f"no job {req.job} is loaded (`selvad status` says why); its render folder is "
+                    "rendered once the job file is valid")
+        result = self.d.events.renders.queue_folder(job, reason="render requested", force=True)
+        if isinstance(result, str):
+            return f"nothing queued: {result}"
+        if not result:
+            return (f"nothing queued: no video in the render folder of {job.name}, or each is "
+                    "already queued or rendering")
+        return "queued " + ", ".join(result)
 
     def _skip(self, req: Request) -> str:
         q = self.d.queue
