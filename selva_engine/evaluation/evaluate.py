@@ -287,6 +287,9 @@ def evaluate(*, data_dir: Path, output_dir: Path, variant: str, selva_dir: str |
         log(f"evaluating {spec.id} on {len(chosen)} clips" + (f" and {len(videos)} videos" if videos else ""))
         results.append(_run_adapter(synth, spec, chosen, references, ref_metrics, output_dir, how, videos, log))
     synth.set_adapter(None)
+    if videos:
+        log(f"video renders: {output_dir}/<adapter>/videos/<video>.wav, .png and .mp4 "
+            f"({', '.join(v.name for v in videos)})")
     ok = [r for r in results if r["status"] == "ok"]
     ref_avg = _average(list(ref_metrics.values()))
     by_loss = [r["id"] for r in sorted((r for r in ok if r.get("val_loss") is not None or
