@@ -6,6 +6,10 @@ spectral metrics against the clip's reference audio (copied to `<out>/reference/
 ranks the adapters by validation loss (when their files carry it) and by metric distance
 to the references, and says which one it would pick and why. Outputs: eval_summary.json,
 metric_comparison.png and the .wav files. Deterministic for a fixed seed.
+
+With `--videos DIR` every adapter also renders each video of DIR, videos it never trained on
+(`evaluation.videos`: `<out>/<adapter id>/videos/<video>.wav/.png/.mp4`, the same noise per
+video for every adapter); the renders' noise symptom counts in the recommendation.
 """
 
 from __future__ import annotations
@@ -165,24 +169,110 @@ def run_variant(run_dirs: list[str], adapters: list[AdapterSpec]) -> str | None:
     return next(iter(found.values()), None)
 
 
+@dataclass(frozen=True)
+class _Sampling:
+    """How every sample is made: the first clip's seed, guidance, Euler steps, LoRA strength."""
+
+    seed: int
+    cfg: float
+    steps: int
+    strength: float
+
+
+def _run_adapter(synth: Any, spec: AdapterSpec, chosen: list, references: dict, ref_metrics: dict,
+                 output_dir: Path, how: _Sampling, videos: list, log: Any) -> dict:
+    """One adapter's entry: its clip samples (.wav) and metrics, its video renders (`videos`),
+    or status "failed" with the error (one broken adapter must not stop the comparison)."""
+    from selva_engine.evaluation.metrics import compute_metrics
+    from selva_engine.evaluation.videos import VIDEOS_DIR, render_videos
+    from selva_engine.outputs.report import loudness_normalize, write_wav
+
+    entry: dict = {"id": spec.id, "path": str(spec.path) if spec.path else None, "step": spec.step,
+                   "val_loss": spec.val_loss, "train_fixed_loss": spec.train_fixed_loss}
+    sr, seconds = synth.sampling_rate, synth.variant.sequence().duration
+    try:
+        synth.set_adapter(spec.path, how.strength)
+        per_clip = {}
+        for k, clip in enumerate(chosen):
+            wave = synth.generate(clip.clip, clip.sync, clip.prompt, seed=how.seed + k, cfg=how.cfg,
+                                  steps=how.steps, duration=seconds)
+            wave = loudness_normalize(wave)
+            write_wav(output_dir / spec.id / f"{clip.stem}.wav", wave, sr)
+            per_clip[clip.stem] = compute_metrics(wave, sr, reference=references[clip.stem]).to_dict()
+        entry.update(status="ok", clips=per_clip, avg_metrics=_average(list(per_clip.values())),
+                     metric_distance=float(np.mean([metric_distance(per_clip[s], ref_metrics[s])
+                                                    for s in per_clip])))
+        if videos:
+            entry["videos"] = render_videos(synth, videos, output_dir / spec.id / VIDEOS_DIR, seed=how.seed,
+                                            cfg=how.cfg, steps=how.steps, label=spec.id, log=log)
+        if spec.path is not None:
+            meta = safe_torch_load(spec.path, what="adapter").get("meta", {})
+            entry["meta"] = {k: v for k, v in meta.items() if isinstance(v, str | int | float | bool | list)}
+    except Exception as exc:  # one broken adapter must not stop the comparison
+        entry.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+    return entry
+
+
+def _recommend(ok: list[dict], reference_hf: float | None) -> Any:
+    """The recommendation over the trained adapters that ran: by loss (`recommend`), else, when
+    no file records one, by distance to the reference audio (`recommend_closest`); both weigh
+    the noise symptom of the clip samples and of the video renders."""
+    from selva_engine.evaluation.recommend import recommend_closest
+
+    trained = [r for r in ok if r["path"]]
+    cands = [Candidate(r["id"], r["path"], r["step"], r.get("val_loss"), r.get("train_fixed_loss"),
+                       r["avg_metrics"], r.get("videos", {})) for r in trained]
+    rec = recommend(cands, reference_hf=reference_hf)
+    if rec.id is None and trained and not rec.rejected:  # no losses known: plain adapter files
+        rec = recommend_closest(cands, {r["id"]: r["metric_distance"] for r in trained}, reference_hf)
+    return rec
+
+
+def _load_videos(videos_dir: Path | None, prompt: str | None, chosen: list, variant: Any,
+                 selva_dir: str | Path, device: str, log: Any) -> list:
+    """The `--videos` folder's videos encoded (none without one); ValueError for a folder
+    without videos, or when no video of it can be read."""
+    if videos_dir is None:
+        return []
+    from selva_engine.evaluation.videos import list_videos, prepare_videos
+
+    paths = list_videos(videos_dir, log=log)
+    text = prompt if prompt is not None else chosen[0].prompt
+    log(f"encoding {len(paths)} video(s) of {videos_dir} with the prompt {text!r}")
+    videos = prepare_videos(paths, prompt=text, selva_dir=selva_dir, variant=variant, device=device, log=log)
+    if not videos:
+        raise ValueError(f"{videos_dir}: none of its videos could be read (see the warnings above); "
+                         "re-encode them, e.g. `ffmpeg -i IN -c:v libx264 -pix_fmt yuv420p OUT.mp4`")
+    return videos
+
+
 def evaluate(*, data_dir: Path, output_dir: Path, variant: str, selva_dir: str | Path,
              adapters: list[AdapterSpec], include_baseline: bool = True, clips: int | None = None,
              steps: int = 25, seed: int = 42, cfg: float = 4.5, strength: float = 1.0,
-             device: str = "auto", log=print) -> dict:
-    """Run the evaluation described in the module docstring; returns the summary dict."""
+             device: str = "auto", videos_dir: Path | None = None, prompt: str | None = None,
+             log=print) -> dict:
+    """Run the evaluation described in the module docstring; returns the summary dict.
+
+    `videos_dir`: also render each video of that folder with every adapter (`evaluation.videos`),
+    with `prompt` (default: the first evaluated clip's)."""
     from selva_engine.audio.files import load_audio
     from selva_engine.data.dataset import load_dataset
     from selva_engine.evaluation.metrics import compute_metrics
     from selva_engine.inference.synth import Synthesizer
-    from selva_engine.outputs.report import loudness_normalize, write_wav
+    from selva_engine.model.variants import get_variant
+    from selva_engine.outputs.report import write_wav
+    from selva_engine.weights.locate import resolve
 
     start = time.monotonic()
     output_dir = Path(output_dir)
-    synth = Synthesizer(variant, selva_dir, device=device)
-    scan = load_dataset(data_dir, synth.variant, collect=True)
+    var = get_variant(variant)
+    resolve(selva_dir, var.name)  # missing weights: an error before minutes of video encoding
+    scan = load_dataset(data_dir, var, collect=True)
     chosen = scan.clips[: clips or len(scan.clips)]
     if not chosen:
         raise ValueError(f"{data_dir}: no usable clips to evaluate on")
+    videos = _load_videos(videos_dir, prompt, chosen, var, selva_dir, device, log)
+    synth = Synthesizer(var, selva_dir, device=device)
     seq, sr = synth.variant.sequence(), synth.sampling_rate
     references, ref_metrics = {}, {}
     for clip in chosen:
@@ -191,29 +281,15 @@ def evaluate(*, data_dir: Path, output_dir: Path, variant: str, selva_dir: str |
         ref_metrics[clip.stem] = compute_metrics(ref, sr).to_dict()
         write_wav(output_dir / "reference" / f"{clip.stem}.wav", ref, sr)
     specs = ([AdapterSpec("baseline", None)] if include_baseline else []) + list(adapters)
+    how = _Sampling(seed, cfg, steps, strength)
     results = []
     for spec in specs:
-        log(f"evaluating {spec.id} on {len(chosen)} clips")
-        entry: dict = {"id": spec.id, "path": str(spec.path) if spec.path else None, "step": spec.step,
-                       "val_loss": spec.val_loss, "train_fixed_loss": spec.train_fixed_loss}
-        try:
-            synth.set_adapter(spec.path, strength)
-            per_clip = {}
-            for k, clip in enumerate(chosen):
-                wave = synth.generate(clip.clip, clip.sync, clip.prompt, seed=seed + k, cfg=cfg, steps=steps)
-                wave = loudness_normalize(wave)
-                write_wav(output_dir / spec.id / f"{clip.stem}.wav", wave, sr)
-                per_clip[clip.stem] = compute_metrics(wave, sr, reference=references[clip.stem]).to_dict()
-            entry.update(status="ok", clips=per_clip, avg_metrics=_average(list(per_clip.values())),
-                         metric_distance=float(np.mean([metric_distance(per_clip[s], ref_metrics[s])
-                                                        for s in per_clip])))
-            if spec.path is not None:
-                meta = safe_torch_load(spec.path, what="adapter").get("meta", {})
-                entry["meta"] = {k: v for k, v in meta.items() if isinstance(v, str | int | float | bool | list)}
-        except Exception as exc:  # one broken adapter must not stop the comparison
-            entry.update(status="failed", error=f"{type(exc).__name__}: {exc}")
-        results.append(entry)
+        log(f"evaluating {spec.id} on {len(chosen)} clips" + (f" and {len(videos)} videos" if videos else ""))
+        results.append(_run_adapter(synth, spec, chosen, references, ref_metrics, output_dir, how, videos, log))
     synth.set_adapter(None)
+    if videos:
+        log(f"video renders: {output_dir}/<adapter>/videos/<video>.wav, .png and .mp4 "
+            f"({', '.join(v.name for v in videos)})")
     ok = [r for r in results if r["status"] == "ok"]
     ref_avg = _average(list(ref_metrics.values()))
     by_loss = [r["id"] for r in sorted((r for r in ok if r.get("val_loss") is not None or
@@ -221,15 +297,7 @@ def evaluate(*, data_dir: Path, output_dir: Path, variant: str, selva_dir: str |
                                         key=lambda r: (r["val_loss"] if r.get("val_loss") is not None
                                                        else r["train_fixed_loss"]))]
     by_distance = [r["id"] for r in sorted(ok, key=lambda r: r["metric_distance"])]
-    trained = [r for r in ok if r["path"]]
-    rec = recommend([Candidate(r["id"], r["path"], r["step"], r.get("val_loss"), r.get("train_fixed_loss"),
-                               r["avg_metrics"]) for r in trained], reference_hf=ref_avg.get("hf_energy_ratio"))
-    if rec.id is None and trained and not rec.rejected:
-        # no losses known (plain adapter files): pick the closest to the reference audio
-        best = min(trained, key=lambda r: r["metric_distance"])
-        rec.id, rec.path = best["id"], best["path"]
-        rec.reason = (f"closest spectral metrics to the reference audio (distance "
-                      f"{best['metric_distance']:.3f}); no validation loss was recorded in the files")
+    rec = _recommend(ok, ref_avg.get("hf_energy_ratio"))
     summary = {
         "data_dir": str(data_dir), "variant": synth.variant.name, "seed": seed, "steps": steps,
         "cfg": cfg, "strength": strength, "clips": [c.stem for c in chosen],
@@ -237,6 +305,9 @@ def evaluate(*, data_dir: Path, output_dir: Path, variant: str, selva_dir: str |
         "ranking": {"by_validation_loss": by_loss, "by_metric_distance": by_distance},
         "recommendation": rec.to_dict(), "duration_seconds": round(time.monotonic() - start, 2),
     }
+    if videos:
+        summary["videos"] = {"dir": str(videos_dir), "prompt": videos[0].prompt,
+                             "files": {v.name: {"path": str(v.path), "seconds": v.seconds} for v in videos}}
     atomic_write_json(output_dir / "eval_summary.json", summary)
     _bar_chart(output_dir / "metric_comparison.png", ["reference"] + [r["id"] for r in ok],
                [ref_avg] + [r["avg_metrics"] for r in ok])
@@ -316,6 +387,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--strength", type=float, default=1.0, help="LoRA strength")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                    help="auto: cuda when available")
+    p.add_argument("--videos", default=None, metavar="DIR",
+                   help="also render every video of DIR (.mp4/.mov/.mkv/.webm/.avi) with each adapter and "
+                        "the baseline: <output_dir>/<adapter>/videos/<video>.wav, .png and .mp4 (the "
+                        "picture copied, the new sound), the same noise per video for every adapter; their "
+                        "metrics count in the recommendation (also with --from)")
+    p.add_argument("--prompt", default=None,
+                   help="what the sound of the --videos is (default: the first evaluated clip's prompt)")
     args = p.parse_args(argv)
     try:
         batch = _batch(p, args)
@@ -343,7 +421,8 @@ def main(argv: list[str] | None = None) -> int:
                  include_baseline=not args.no_baseline and batch is None,  # the file says
                  clips=args.clips, steps=batch.steps if batch else args.steps,
                  seed=batch.seed if batch else args.seed, cfg=args.cfg,
-                 strength=args.strength, device=args.device)
+                 strength=args.strength, device=args.device,
+                 videos_dir=Path(args.videos) if args.videos else None, prompt=args.prompt)
     except (ValueError, FileNotFoundError) as exc:
         print(f"selva-eval: error: {exc}", file=sys.stderr)
         return 2

@@ -7,15 +7,17 @@ adapter on videos it never trained on: selva_engine.training.audition, `selva-ev
 shows the "white noise on top" symptom (high-frequency energy ratio well above the reference
 audio's); then take the best one without the symptom. The renders have no reference audio of
 their own, so they are held against the same reference (the sound the adapter was trained
-to make). `Recommendation.used` names the figures the pick rests on. The strength range widens when the pick is clean and narrows toward
-lower strengths when the run shows overfitting or noise.
+to make). Plain adapter files carry no loss: `recommend_closest` then takes the one whose
+samples are closest to the reference audio, with the same noise check. `Recommendation.used`
+names the figures the pick rests on. The strength range widens when the pick is clean and
+narrows toward lower strengths when the run shows overfitting or noise.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-__all__ = ["Candidate", "Recommendation", "noise_symptom", "recommend"]
+__all__ = ["Candidate", "Recommendation", "noise_symptom", "recommend", "recommend_closest"]
 
 # A sample shows the noise symptom when its hf ratio exceeds the reference's by both margins.
 NOISE_RATIO_FACTOR = 2.0
@@ -75,11 +77,12 @@ def _symptom(cand: Candidate, reference_hf: float | None) -> str | None:
     return None
 
 
-def _used(loss_name: str, scored: list, reference_hf: float | None) -> list[str]:
+def _used(loss_name: str, scored: list, reference_hf: float | None,
+          sample: str = "hf energy ratio of the training-clip sample") -> list[str]:
     """The figures a recommendation over the `scored` candidates rests on, in words."""
     used = [loss_name]
     if reference_hf is not None:
-        used.append("hf energy ratio of the training-clip sample")
+        used.append(sample)
         videos = sorted({v for _, _, c in scored for v in c.audition_metrics})
         if videos:
             used.append(f"hf energy ratio of the audition renders ({', '.join(videos)})")
@@ -122,3 +125,29 @@ def recommend(candidates: list[Candidate], reference_hf: float | None = None,
                           "the adapter at strength 0.6-0.7 (the guide's fix for white noise), "
                           "then retrain with fewer steps or a lower lr",
                           NOISY_STRENGTH, rejected, used)
+
+
+def recommend_closest(candidates: list[Candidate], distance: dict[str, float],
+                      reference_hf: float | None = None) -> Recommendation:
+    """When no candidate has a loss (plain adapter files): the one whose samples are closest to
+    the reference audio (`distance`: id -> metric distance, lower is closer) among those whose
+    samples and audition renders show no noise symptom; none, with the guide's fix, when all do."""
+    ranked = sorted((distance[c.id], c.id, c) for c in candidates
+                    if c.id in distance and distance[c.id] == distance[c.id])  # NaN: no distance
+    name = "spectral distance of the samples to the reference audio"
+    rejected = []
+    used = _used(name, ranked, reference_hf, "hf energy ratio of the samples")
+    for dist, _, cand in ranked:
+        if (why := _symptom(cand, reference_hf)) is not None:
+            rejected.append(why)
+            continue
+        reason = (f"closest spectral metrics to the reference audio (distance {dist:.3f}); no validation "
+                  "loss was recorded in the files")
+        if rejected:
+            reason += f"; {len(rejected)} closer one(s) sound noisy"
+        return Recommendation(cand.id, cand.path, reason, (0.5, 0.9) if rejected else (0.7, 1.1), rejected, used)
+    if not ranked:
+        return Recommendation(None, None, "no adapter produced samples to compare", (0.5, 1.0))
+    return Recommendation(None, None, "every adapter shows the white-noise symptom; first try the adapter at "
+                          "strength 0.6-0.7 (the guide's fix for white noise), then retrain with fewer steps or "
+                          "a lower lr", NOISY_STRENGTH, rejected, used)

@@ -216,3 +216,20 @@ def test_their_eval_batch_file_runs_with_from(trained_run, tiny_weights, tmp_pat
     with pytest.raises(SystemExit) as given_twice:
         eval_main(["--from", str(folder / "eval_batch.json"), "--data_dir", str(data), *common])
     assert given_twice.value.code == 2
+
+
+def test_without_losses_the_closest_clean_adapter_wins_and_noisy_renders_reject():
+    from selva_engine.evaluation.recommend import recommend_closest
+
+    clean, noisy = {"hf_energy_ratio": 0.05}, {"hf_energy_ratio": 0.40}
+    cands = [Candidate("near", "near.pt", metrics=clean, audition_metrics={"street": noisy}),
+             Candidate("far", "far.pt", metrics=clean, audition_metrics={"street": clean}),
+             Candidate("nan", "nan.pt", metrics=clean)]
+    rec = recommend_closest(cands, {"near": 0.1, "far": 0.3, "nan": float("nan")}, reference_hf=0.05)
+    assert rec.id == "far" and "closest spectral metrics" in rec.reason and "1 closer one(s) sound noisy" in rec.reason
+    assert rec.rejected == ["near: audition video street shows the white-noise symptom (hf ratio 0.400 vs "
+                            "reference 0.050)"]
+    assert rec.used == ["spectral distance of the samples to the reference audio", "hf energy ratio of the samples",
+                        "hf energy ratio of the audition renders (street)"]
+    none = recommend_closest(cands[:1], {"near": 0.1}, reference_hf=0.05)
+    assert none.id is None and none.strength_range == (0.6, 0.7) and "strength 0.6-0.7" in none.reason
