@@ -121,7 +121,12 @@ def _run_cells(run: Run) -> list[str]:
     step = f"{run.step}/{run.total_steps}" if run.step is not None and run.total_steps else "-"
     loss = f"{run.loss:.4f}" if run.loss is not None else "-"
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(run.created_at))
-    return [run.id, run.state, run.kind, run.job + sweep, step, loss, when]
+    return [run.id, run.state, run.kind, run.job + sweep + _rendered(run), step, loss, when]
+
+
+def _rendered(run: Run) -> str:
+    """" (VIDEO)" for a render run: the video it renders."""
+    return f" ({Path(run.config.get('video') or '?').name})" if run.kind == "render" else ""
 
 
 RUN_HEADER = ["run id", "state", "kind", "job", "step", "train loss (smoothed)", "created"]
@@ -203,7 +208,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         where = f"  on {r.device}" if r.device else ""
         state = f"{r.state} (cancelling: saving a checkpoint, then it stops)" \
             if r.id in stopping else r.state
-        print(f"current: {r.id}  {r.job}{sweep}  dataset {r.dataset}  {r.kind}  {state}{where}")
+        print(f"current: {r.id}  {r.job}{sweep}{_rendered(r)}  dataset {r.dataset}  {r.kind}  {state}{where}")
         if r.kind == "train" and (saved := last_checkpoint(r.output_dir)):
             print(f"  last checkpoint: step {saved[0]} ({saved[1]})")
         if r.error:  # a note on a live run (e.g. stalled: no output for 30 minutes)

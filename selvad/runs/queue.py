@@ -265,11 +265,11 @@ class RunQueue:
         return cur.rowcount == 1
 
     def set_note(self, run_id: str, note: str | None) -> None:
-        """Show `note` (None clears it) in the `error` column of an active run, e.g. that
-        its child stalled; a run that has ended keeps its own error."""
+        """Show `note` (None clears it) in the `error` column of a queued or active run, e.g.
+        that its child stalled or what it waits for; a run that has ended keeps its own error."""
         with self._write() as db:
-            db.execute("UPDATE runs SET error=?, updated_at=? WHERE id=? AND state IN (?, ?)",
-                       (note, time.time(), run_id, *ACTIVE))
+            db.execute("UPDATE runs SET error=?, updated_at=? WHERE id=? AND state IN (?, ?, ?)",
+                       (note, time.time(), run_id, "queued", *ACTIVE))
 
     def set_device(self, run_id: str, device: str) -> None:
         """Record where a run executes (a Ray run learns its node once placed)."""
@@ -303,13 +303,14 @@ class RunQueue:
             return cur.rowcount == 1
 
     def hold(self, jobs: Iterable[str], held: bool) -> list[str]:
-        """Hold back (`held`) or release the queued runs of `jobs`: a held run carries the
-        WAITING note and `next_run` skips it. Returns the ids whose note changed."""
+        """Hold back (`held`) or release the queued training and extraction runs of `jobs` (a
+        render uses a trained adapter, not the dataset): a held run carries the WAITING note
+        and `next_run` skips it. Returns the ids whose note changed."""
         jobs = list(jobs)
         if not jobs:
             return []
         marks = ", ".join("?" * len(jobs))
-        where = f"state='queued' AND job IN ({marks}) AND " + (
+        where = f"state='queued' AND kind!='render' AND job IN ({marks}) AND " + (
             "error IS NULL" if held else "error=?")
         args = (*jobs,) if held else (*jobs, WAITING)
         with self._write() as db:
@@ -343,13 +344,14 @@ class RunQueue:
     # -- requests -----------------------------------------------------------------------
 
     def request(self, action: str, run_id: str | None = None, job: str | None = None) -> int:
-        """Record a CLI request; cancel/retry/skip need `run_id`, enqueue needs `job`.
-        Returns the request id."""
+        """Record a CLI request; cancel/retry/skip need `run_id`, enqueue and render need
+        `job`. Returns the request id."""
         if action not in ACTIONS:
             raise ValueError(f"unknown action {action!r}; expected one of {', '.join(ACTIONS)}")
-        if action == "enqueue" and not job:
-            raise ValueError("an 'enqueue' request needs a job name")
-        if action != "enqueue" and not run_id:
+        by_job = action in ("enqueue", "render")
+        if by_job and not job:
+            raise ValueError(f"a {action!r} request needs a job name")
+        if not by_job and not run_id:
             raise ValueError(f"a {action!r} request needs a run id")
         with self._write() as db:
             cur = db.execute(

@@ -120,6 +120,7 @@ class DaemonTree:
             '[retention]\nkeep_last_checkpoints = 10\n[logging]\nformat = "json"\n'
             '[web]\nlisten = "127.0.0.1:0"\n')  # a free port: tests run side by side
         self.log_path = root / "daemon.log"
+        self.render_root: Path | None = None
         self.proc: subprocess.Popen[bytes] | None = None
         self.notify: FakeNotifySocket | None = None
         self._queue: RunQueue | None = None
@@ -147,6 +148,15 @@ class DaemonTree:
         tmp.write_text("\n".join(lines))
         os.replace(tmp, path)
         return path
+
+    def watch_renders(self) -> Path:
+        """Set `[paths] render_root = "render"` (before `start`); the render root."""
+        self.render_root = self.root / "render"
+        text = self.config.read_text()
+        if "render_root" not in text:
+            self.config.write_text(text.replace('state_dir = "state"\n',
+                                                'state_dir = "state"\nrender_root = "render"\n', 1))
+        return self.render_root
 
     # -- the daemon ----------------------------------------------------------------------
 
