@@ -12,7 +12,7 @@ queued run held by `hold` carries the note WAITING (its dataset has errors) and 
 "superseded by RUN" (such a run never counts as a duplicate).
 
 The CLI never talks to the daemon directly: it writes rows into `requests` (cancel, retry,
-enqueue, skip) that the daemon reads with `pending_requests` and marks handled. Each thread
+enqueue, skip, render) that the daemon reads with `pending_requests` and marks handled. Each thread
 gets its own connection; writes run in `BEGIN IMMEDIATE` transactions so that two
 processes never claim the same run. run is identified by its config hash plus its manifest hash (see selvad.datasets.manifest, whose
 helpers are re-exported here).
@@ -67,6 +67,8 @@ __all__ = [
     "new_run_id",
     "transition",
 ]
+
+JOB_ACTIONS = ("enqueue", "render")  # requests that name a job, not a run
 
 
 class RunQueue:
@@ -343,13 +345,13 @@ class RunQueue:
     # -- requests -----------------------------------------------------------------------
 
     def request(self, action: str, run_id: str | None = None, job: str | None = None) -> int:
-        """Record a CLI request; cancel/retry/skip need `run_id`, enqueue needs `job`.
-        Returns the request id."""
+        """Record a CLI request; cancel/retry/skip need `run_id`, enqueue and render need
+        `job`. Returns the request id."""
         if action not in ACTIONS:
             raise ValueError(f"unknown action {action!r}; expected one of {', '.join(ACTIONS)}")
-        if action == "enqueue" and not job:
-            raise ValueError("an 'enqueue' request needs a job name")
-        if action != "enqueue" and not run_id:
+        if action in JOB_ACTIONS and not job:
+            raise ValueError(f"a {action!r} request needs a job name")
+        if action not in JOB_ACTIONS and not run_id:
             raise ValueError(f"a {action!r} request needs a run id")
         with self._write() as db:
             cur = db.execute(
