@@ -73,8 +73,8 @@ def _facts(doc: dict[str, Any]) -> list[tuple[str, str, str | None]]:
     for label, table, key in FACTS:
         section = doc.get(table) if table else doc
         text = _text(section.get(key)) if isinstance(section, dict) else None
-        if table == "adapter" and key == "file" and text is not None:
-            text = PurePosixPath(text).name or "none (the base model)"
+        if key == "file" and text is not None:  # a name, not where the daemon keeps it
+            text = PurePosixPath(text).name or ("none (the base model)" if table == "adapter" else "")
         if text is None or text == "":
             continue
         link = None

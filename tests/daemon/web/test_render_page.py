@@ -75,6 +75,7 @@ def test_a_done_render_shows_its_player_picture_and_record(site: Any) -> None:
         f"<code>{v}</code>" for v in ("10", "0.75", "4.5", "25", "7", "8.0")]
     assert facts["chosen by"] == "<code>the job&#39;s recommendation</code>"
     assert facts["prompt"] == "<code>rain on a tin roof</code>" and "negative prompt" not in facts
+    assert facts["video"] == "<code>street.mp4</code>"
     assert "render-other" not in section and "checkpoints" not in page  # no training table
     api = client.get(f"/api/runs/{run_id}").json()
     assert api["render"]["mp4"] == "street.mp4" and api["files"]["street.render.toml"] == "record"
