@@ -8,6 +8,7 @@ until then: `next_run` and `claim` skip it while `not_before` lies in the future
 `auto_retries` counts those retries (a manual retry resets it). While a run is active its
 `error` column may hold a note for `selvad status` (e.g. that its child has stalled). A
 queued run held by `hold` carries the note WAITING (its dataset has errors) and is skipped;
+a queued render that waits for its job's first finished training run is noted by `note_queued`;
 `supersede` cancels queued, never started runs a newer config or dataset replaced, noted
 "superseded by RUN" (such a run never counts as a duplicate).
 
@@ -272,6 +273,13 @@ class RunQueue:
         with self._write() as db:
             db.execute("UPDATE runs SET error=?, updated_at=? WHERE id=? AND state IN (?, ?)",
                        (note, time.time(), run_id, *ACTIVE))
+
+    def note_queued(self, run_id: str, note: str | None) -> None:
+        """Show `note` (None clears it) on a run that is still queued, e.g. why a render
+        waits; a run that has started or ended keeps its own note or error."""
+        with self._write() as db:
+            db.execute("UPDATE runs SET error=?, updated_at=? WHERE id=? AND state='queued'",
+                       (note, time.time(), run_id))
 
     def set_device(self, run_id: str, device: str) -> None:
         """Record where a run executes (a Ray run learns its node once placed)."""
