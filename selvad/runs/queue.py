@@ -8,11 +8,12 @@ until then: `next_run` and `claim` skip it while `not_before` lies in the future
 `auto_retries` counts those retries (a manual retry resets it). While a run is active its
 `error` column may hold a note for `selvad status` (e.g. that its child has stalled). A
 queued run held by `hold` carries the note WAITING (its dataset has errors) and is skipped;
+a queued render that waits for its job's first finished training run is noted by `note_queued`;
 `supersede` cancels queued, never started runs a newer config or dataset replaced, noted
 "superseded by RUN" (such a run never counts as a duplicate).
 
 The CLI never talks to the daemon directly: it writes rows into `requests` (cancel, retry,
-enqueue, skip) that the daemon reads with `pending_requests` and marks handled. Each thread
+enqueue, skip, render) that the daemon reads with `pending_requests` and marks handled. Each thread
 gets its own connection; writes run in `BEGIN IMMEDIATE` transactions so that two
 processes never claim the same run. run is identified by its config hash plus its manifest hash (see selvad.datasets.manifest, whose
 helpers are re-exported here).
@@ -67,6 +68,8 @@ __all__ = [
     "new_run_id",
     "transition",
 ]
+
+JOB_ACTIONS = ("enqueue", "render")  # requests that name a job, not a run
 
 
 class RunQueue:
@@ -265,11 +268,18 @@ class RunQueue:
         return cur.rowcount == 1
 
     def set_note(self, run_id: str, note: str | None) -> None:
-        """Show `note` (None clears it) in the `error` column of a queued or active run, e.g.
-        that its child stalled or what it waits for; a run that has ended keeps its own error."""
+        """Show `note` (None clears it) in the `error` column of an active run, e.g. that
+        its child stalled; a run that has ended keeps its own error."""
         with self._write() as db:
-            db.execute("UPDATE runs SET error=?, updated_at=? WHERE id=? AND state IN (?, ?, ?)",
-                       (note, time.time(), run_id, "queued", *ACTIVE))
+            db.execute("UPDATE runs SET error=?, updated_at=? WHERE id=? AND state IN (?, ?)",
+                       (note, time.time(), run_id, *ACTIVE))
+
+    def note_queued(self, run_id: str, note: str | None) -> None:
+        """Show `note` (None clears it) on a run that is still queued, e.g. why a render
+        waits; a run that has started or ended keeps its own note or error."""
+        with self._write() as db:
+            db.execute("UPDATE runs SET error=?, updated_at=? WHERE id=? AND state='queued'",
+                       (note, time.time(), run_id))
 
     def set_device(self, run_id: str, device: str) -> None:
         """Record where a run executes (a Ray run learns its node once placed)."""
@@ -348,10 +358,9 @@ class RunQueue:
         `job`. Returns the request id."""
         if action not in ACTIONS:
             raise ValueError(f"unknown action {action!r}; expected one of {', '.join(ACTIONS)}")
-        by_job = action in ("enqueue", "render")
-        if by_job and not job:
+        if action in JOB_ACTIONS and not job:
             raise ValueError(f"a {action!r} request needs a job name")
-        if not by_job and not run_id:
+        if action not in JOB_ACTIONS and not run_id:
             raise ValueError(f"a {action!r} request needs a run id")
         with self._write() as db:
             cur = db.execute(

@@ -126,5 +126,5 @@ class RenderHandler:
             waiting = False
         note = WAITING_FOR_ADAPTER.format(job=run.job) if waiting else None
         if (run.error or None) != note and (note or (run.error or "").startswith("waiting: job")):
-            self.d.queue.set_note(run.id, note)
+            self.d.queue.note_queued(run.id, note)  # set_note would skip it: it is not active yet
         return not waiting

@@ -3,7 +3,7 @@
 Pages: `/` (queue, current run with a live progress bar, jobs, datasets and job files with
 their problems), `/runs/<id>` (config, loss plots, checkpoint table with sample and reference
 audio and a column of audition video players per audition video, A/B listening on the sample
-and on each audition video, downloads), `/sweeps/<job>` (the sweep's runs side by side). API:
+and on each audition video, downloads; a render run's player, picture and render.toml instead), `/sweeps/<job>` (the sweep's runs side by side). API:
 `/api/status` (what `selvad status --json` prints), `/api/runs/<id>`, `/api/sweeps/<job>`. Actions are POST
 forms with the CSRF token that write request rows into the queue, as the CLI does; the main
 loop answers them. Reads go through selvad.web.state (read-only); files only as artefacts.
@@ -49,6 +49,7 @@ MEDIA = {".pt": "application/octet-stream", ".wav": "audio/wav", ".png": "image/
          ".json": "application/json", ".toml": "text/plain", ".jsonl": "text/plain",
          ".log": "text/plain; charset=utf-8"}
 ACTIONS = ("cancel", "retry")
+JOB_ACTIONS = ("enqueue", "render")  # Train now; Render again (every video of its render folder)
 REQUEST_ID = re.compile(r"[0-9]{1,18}")  # a request row id (SQLite integers are 64-bit)
 STATUS_INTERVAL = 1.0  # seconds one computed /api/status answer is shared by every caller
 WAITING = "request sent; waiting for the daemon's answer…"
@@ -65,6 +66,15 @@ def _when(t: float | str | None) -> str:
             return t
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(t))
 
+
+def _what(run: Any) -> str:
+    """What a run (a Run or its dict) does, in words: training, preparing clips, a render."""
+    kind = run["kind"] if isinstance(run, dict) else run.kind
+    config = (run["config"] if isinstance(run, dict) else run.config) or {}
+    if kind == "render":
+        return f"render of {config.get('name') or 'a video'}"
+    return "training" if kind == "train" else "preparing clips"
+
 class WebApp:
     """The handlers, sharing the read-only state, the guard and the templates."""
 
@@ -74,6 +84,7 @@ class WebApp:
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
         self.templates.env.filters["duration"] = format_duration
         self.templates.env.filters["when"] = _when
+        self.templates.env.filters["what"] = _what
         self.static = {name: (HERE / "static" / name).read_bytes() for name in STATIC}
         self._queue: RunQueue | None = None
         self._status_lock = threading.Lock()
@@ -118,6 +129,7 @@ class WebApp:
                          datasets=[(w, self.state.dataset_report(w.name)) for w in watched
                                    if w.kind == "dataset"],
                          bad_jobs=[w for w in watched if w.kind == "job" and w.problem],
+                         renders={r.job for r in runs if r.kind == "render"},
                          notice=self._notice(request))
 
     def run_page(self, request: Request) -> Response:
@@ -130,7 +142,8 @@ class WebApp:
                          checkpoints=self.state.checkpoints(run, files, meta),
                          videos=self.state.audition_videos(files),
                          reference=self.state.reference(run) is not None,
-                         rec=meta.get("recommendation") or {}, notice=self._notice(request))
+                         rec=meta.get("recommendation") or {}, render=self.state.render(run, files),
+                         notice=self._notice(request))
 
     def sweep_page(self, request: Request) -> Response:
         job = request.path_params["job"]
@@ -220,8 +233,10 @@ class WebApp:
             return JSONResponse({"error": "No such run."}, 404)
         files = self.state.files(run)
         meta = self.state.meta(run)
+        render = self.state.render(run, files)
         return JSONResponse({**run.to_dict(), "files": files, "meta": meta,
-                             "checkpoints": [vars(c) for c in self.state.checkpoints(run, files, meta)]})
+                             "checkpoints": [vars(c) for c in self.state.checkpoints(run, files, meta)],
+                             **({"render": vars(render)} if render is not None else {})})
 
     def api_sweep(self, request: Request) -> Response:
         job = request.path_params["job"]
@@ -240,7 +255,7 @@ class WebApp:
             return PlainTextResponse("This form has expired: reload the page and try again.", 403)
         action = request.path_params["action"]
         if "job" in request.path_params:
-            if action != "enqueue":
+            if action not in JOB_ACTIONS:
                 return self.not_found("action")
             job = request.path_params["job"]
             try:
@@ -249,20 +264,21 @@ class WebApp:
                 return self.not_found("job")
             if job not in self.jobs() or not path.is_file():
                 return self.not_found("job")
-            return RedirectResponse(f"/?request={self._enqueue_request(job)}", 303)
+            return RedirectResponse(f"/?request={self._job_request(action, job)}", 303)
         run = self._run(request)
         if run is None or action not in ACTIONS:
             return self.not_found("run")
         req = self.queue().request(action, run_id=run.id)
         return RedirectResponse(f"/runs/{run.id}?request={req}", 303)
 
-    def _enqueue_request(self, job: str) -> int:
-        """The id of an enqueue request for `job`: the one still waiting for the daemon when
-        there is one (three clicks on Train now are one request), else a new one."""
+    def _job_request(self, action: str, job: str) -> int:
+        """The id of an `action` request (enqueue, render) for `job`: the one still waiting
+        for the daemon when there is one (three clicks on Train now are one request), else a
+        new one."""
         with self._status_lock:  # one writer at a time: two clicks never both miss the other
             q = self.queue()
-            waiting = [r for r in q.pending_requests() if r.action == "enqueue" and r.job == job]
-            return waiting[0].id if waiting else q.request("enqueue", job=job)
+            waiting = [r for r in q.pending_requests() if r.action == action and r.job == job]
+            return waiting[0].id if waiting else q.request(action, job=job)
 
     def queue(self) -> RunQueue:
         if self._queue is None:

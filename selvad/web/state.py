@@ -11,6 +11,9 @@ same clip after the run's `[prepare]` steps, when any was on); nothing outside o
 The spectrogram pictures (`sample_stepNNNNN.png`, `sample_reference.png`) are the trainer's
 too: runs from before it drew them show none (the page never writes into a run directory,
 and drawing on request would spend the training machine's CPU in the page's thread).
+A render run's directory is its job's shared `renders/` folder (a real directory inside
+output_root, like a run directory), and its artefacts are only the files of its own output stem
+(selvad.web.renders.render_names), never another render's.
 Anything else is `None`, which the app answers with 404.
 """
 
@@ -30,8 +33,10 @@ from urllib.parse import quote
 from selvad.config.daemon import DaemonConfig
 from selvad.datasets.report import load_last_report
 from selvad.runs.queue import ACTIVE, STATES, TERMINAL, Run
+from selvad.runs.render import renders_dir
 from selvad.runs.rundir import run_dir_for
 from selvad.runs.watched import Watched
+from selvad.web.renders import RenderView, render_names, render_view
 
 __all__ = ["ARTEFACTS", "Checkpoint", "ReadOnlyState", "audition_video", "servable", "status_dict"]
 
@@ -175,10 +180,14 @@ class ReadOnlyState:
 
     # -- files of runs ------------------------------------------------------------------
 
+    def _dir_path(self, run: Run) -> Path:
+        """Where the run's files are: its run directory, or a render's job `renders/` folder."""
+        return renders_dir(self.cfg, run.job) if run.kind == "render" else run_dir_for(self.cfg, run)
+
     def run_dir(self, run: Run) -> Path | None:
         """The run's directory when it is a real directory inside output_root, else None."""
         root = self.cfg.paths.output_root
-        path = run_dir_for(self.cfg, run)
+        path = self._dir_path(run)
         try:
             for part in (path.parent, path):
                 if not stat.S_ISDIR(os.lstat(part).st_mode):
@@ -193,6 +202,8 @@ class ReadOnlyState:
         path = self.run_dir(run)
         if path is None:
             return {}
+        if run.kind == "render":  # its own output stem's files only, in the shared folder
+            return {n: k for n, k in render_names(run.config.get("name")).items() if _regular(path / n)}
         out = _scan(path, "")
         try:
             if stat.S_ISDIR(os.lstat(path / AUDITION_DIR).st_mode):  # a real folder, never a link
@@ -206,8 +217,16 @@ class ReadOnlyState:
         run = self.run(run_id)
         if run is None or name not in self.files(run):
             return None
-        path = run_dir_for(self.cfg, run) / name
+        path = self._dir_path(run) / name
         return path if _regular(path) else None
+
+    def render(self, run: Run, files: dict[str, str]) -> RenderView | None:
+        """The render section of render run `run` with artefacts `files` (None for other kinds)."""
+        if run.kind != "render":
+            return None
+        name = str(run.config.get("name") or "")
+        record = self.artefact(run.id, name + ".render.toml") if name + ".render.toml" in files else None
+        return render_view(name, files, record)
 
     def meta(self, run: Run) -> dict[str, Any]:
         """The run's meta.json ({} when absent or unreadable)."""

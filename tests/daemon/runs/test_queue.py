@@ -173,9 +173,13 @@ def test_requests(q: RunQueue) -> None:
     q.mark_handled(r1, "cancelled")
     assert [r.id for r in q.pending_requests()] == [r2]
     assert q.get_request(r1).result == "cancelled" and q.get_request(r1).handled_at
-    for bad in (dict(action="nuke", run_id="x"), dict(action="cancel"), dict(action="enqueue")):
+    for bad in (dict(action="nuke", run_id="x"), dict(action="cancel"), dict(action="enqueue"),
+                dict(action="render", run_id=run.id)):
         with pytest.raises(ValueError):
             q.request(**bad)
+    r3 = q.request("render", job="birdjob")  # `selvad enqueue JOB --render`: a job, no run
+    assert [(r.id, r.action, r.job) for r in q.pending_requests()] == [(r2, "enqueue", "birdjob"),
+                                                                         (r3, "render", "birdjob")]
 
 
 def test_dataset_manifest_and_hash_cache(tmp_path: Path) -> None:
