@@ -25,7 +25,7 @@ from selvad.config.daemon import DaemonConfig
 from selvad.runs.queue import Run, RunQueue
 from selvad.runs.rundir import run_dir_for
 
-__all__ = ["RENDERS_DIR", "Choice", "RenderProblem", "choose_adapter", "folder_videos", "render_folder",
+__all__ = ["RENDERS_DIR", "Choice", "RenderProblem", "choose_adapter", "folder_videos", "output_names", "render_folder",
            "render_spec", "renders_dir"]
 
 RENDERS_DIR = "renders"
@@ -65,6 +65,14 @@ def folder_videos(folder: Path) -> list[Path]:
         return []
     return [p for p in entries if p.suffix.lower() in VIDEO_SUFFIXES and not p.name.startswith((".", "~"))
             and not p.is_symlink() and p.is_file()]
+
+
+def output_names(videos: list[Path]) -> dict[Path, str]:
+    """Each video's output stem: its own stem, or its whole name where two videos of the
+    folder share a stem (`street.mp4` and `street.mov` render to `street.mp4.wav` and
+    `street.mov.wav`, never over each other)."""
+    stems = [v.stem for v in videos]
+    return {v: v.stem if stems.count(v.stem) == 1 else v.name for v in videos}
 
 
 def _middle(rec: dict[str, Any] | None) -> float | None:

@@ -20,7 +20,13 @@ from selvad.config.render import folder_prompts, read_render_settings
 from selvad.config.schema import ConfigError
 from selvad.datasets.watch import DatasetEvent
 from selvad.runs.queue import Run
-from selvad.runs.render import RenderProblem, choose_adapter, folder_videos, render_folder
+from selvad.runs.render import (
+    RenderProblem,
+    choose_adapter,
+    folder_videos,
+    output_names,
+    render_folder,
+)
 from selvad.runs.watched import WatchedTable
 
 __all__ = ["RenderEvent", "RenderHandler", "WAITING_FOR_ADAPTER"]
@@ -89,21 +95,23 @@ class RenderHandler:
         self.watched.forget("render", str(folder))
         entries = {f["name"]: f for f in self.d.dataset_manifest(folder, f"renders of {job.name}")["files"]}
         ids = []
-        for video in folder_videos(folder):
+        videos = folder_videos(folder)
+        for video, name in output_names(videos).items():
             prompt = prompts.get(video.name) or settings.prompt or default_prompt  # the video's own line first
-            run = self._queue_video(job, folder, video, settings, prompt,
+            run = self._queue_video(job, folder, (video, name), settings, prompt,
                                     entries.get(video.name), reason, force)
             if run is not None:
                 ids.append(run.id)
         return ids
 
-    def _queue_video(self, job: Job, folder: Path, video: Path, settings: Any, prompt: str,
+    def _queue_video(self, job: Job, folder: Path, named: tuple[Path, str], settings: Any, prompt: str,
                      entry: dict | None, reason: str, force: bool) -> Run | None:
+        video, name = named  # the video and its output stem
         if entry is None or entry.get("problem"):
             self.log.warning("render.unreadable", job=job.name, video=str(video),
                              problem=(entry or {}).get("problem", "not readable"))
             return None
-        config = {"video": str(video), "folder": str(folder), "name": video.stem,
+        config = {"video": str(video), "folder": str(folder), "name": name,
                   "variant": job.base.variant, "data_dir": str(job.dataset_dir), "prompt": prompt,
                   "render": settings.to_dict()}
         assert self.d.queue is not None

@@ -34,3 +34,12 @@ def test_a_render_waits_with_a_note_until_its_job_has_trained(tmp_path: Path) ->
     assert handler.ready(waiting) is True
     started = q.get(render.id)
     assert started is not None and started.error is None
+
+
+def test_videos_sharing_a_stem_render_to_names_of_their_own(tmp_path: Path) -> None:
+    from selvad.runs.render import folder_videos, output_names
+
+    for name in ("street.mp4", "street.mov", "door.mkv", ".hidden.mp4", "notes.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    names = {v.name: n for v, n in output_names(folder_videos(tmp_path)).items()}
+    assert names == {"door.mkv": "door", "street.mov": "street.mov", "street.mp4": "street.mp4"}
