@@ -68,6 +68,8 @@ __all__ = [
     "transition",
 ]
 
+JOB_ACTIONS = ("enqueue", "render")  # the requests that name a job, not a run
+
 
 class RunQueue:
     """The queue database at `path` (created on first use); safe across threads/processes.
@@ -343,13 +345,13 @@ class RunQueue:
     # -- requests -----------------------------------------------------------------------
 
     def request(self, action: str, run_id: str | None = None, job: str | None = None) -> int:
-        """Record a CLI request; cancel/retry/skip need `run_id`, enqueue needs `job`.
+        """Record a CLI request; cancel/retry/skip need `run_id`, enqueue and render need `job`.
         Returns the request id."""
         if action not in ACTIONS:
             raise ValueError(f"unknown action {action!r}; expected one of {', '.join(ACTIONS)}")
-        if action == "enqueue" and not job:
-            raise ValueError("an 'enqueue' request needs a job name")
-        if action != "enqueue" and not run_id:
+        if action in JOB_ACTIONS and not job:
+            raise ValueError(f"an {action!r} request needs a job name")
+        if action not in JOB_ACTIONS and not run_id:
             raise ValueError(f"a {action!r} request needs a run id")
         with self._write() as db:
             cur = db.execute(
