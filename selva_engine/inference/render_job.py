@@ -16,6 +16,7 @@ why it was chosen, strength, CFG, steps, seed, prompts, seconds, variant, when).
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
@@ -126,6 +127,10 @@ def run_render(spec: RenderSpec, emit: Callable[[dict], None] = lambda e: None) 
     AdapterError, ValueError for bad settings: each message names the file and the fix.
     """
     video, out_dir = Path(spec.video), Path(spec.out_dir)
+    if not Path(os.path.abspath(video)).is_relative_to(os.path.abspath(spec.root)):
+        # probe_video would call it "a link outside the dataset directory", which it is not
+        raise ValueError(f"{video} is not in the render folder {spec.root}; a render run renders "
+                         "only the videos of its folder")
     info = probe_video(video, root=spec.root)  # before the encoders load, as a dataset's videos
     prompt = spec.prompt.strip() or dataset_prompt(spec)
     spec = replace(spec, prompt=prompt)

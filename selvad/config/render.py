@@ -106,8 +106,9 @@ def folder_prompts(folder: Path) -> tuple[str, dict[str, str]]:
     default, own = "", {}
     for line in (ln.strip() for ln in text.splitlines()):
         name, sep, rest = line.partition(":")
-        if sep and name.strip() and "/" not in name and (folder / name.strip()).is_file() and rest.strip():
-            own[name.strip()] = rest.strip()
+        if sep and name.strip() and "/" not in name and (folder / name.strip()).is_file():
+            if rest.strip():  # `clip.mp4:` alone gives that video no prompt, the others none either
+                own[name.strip()] = rest.strip()
         elif line and not default:
             default = line
     return default, own

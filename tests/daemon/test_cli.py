@@ -86,11 +86,13 @@ def test_requests_are_recorded_for_the_daemon(config: Path, queue: RunQueue, cap
     assert "init-job ghost" in capsys.readouterr().err
 
 
-def test_enqueue_render_records_a_render_request(config: Path, queue: RunQueue, tmp_path: Path,
-                                                 capsys) -> None:
+def test_enqueue_render_is_recorded_for_the_job(config: Path, queue: RunQueue, tmp_path: Path, capsys) -> None:
     (tmp_path / "jobs" / "birds.toml").write_text('dataset = "birds"\n')
     assert main(["enqueue", "birds", "--render", "--config", str(config), "--wait", "0"]) == 0
-    assert [(r.action, r.job) for r in queue.pending_requests()] == [("render", "birds")]
+    assert "recorded (render request" in capsys.readouterr().out
+    assert [(r.action, r.run_id, r.job) for r in queue.pending_requests()] == [("render", None, "birds")]
+    with pytest.raises(ValueError, match="'render' request needs a job name"):
+        queue.request("render")
 
 
 def test_init_job_writes_once(config: Path, tmp_path: Path, capsys) -> None:

@@ -7,6 +7,8 @@ import sqlite3
 import time
 from pathlib import Path
 
+import pytest
+
 from selvad.runs.queue import RunQueue
 from selvad.runs.queuedb import ADDED_COLUMNS, SCHEMA
 
@@ -111,3 +113,59 @@ def test_held_runs_wait_and_are_released(tmp_path: Path) -> None:
     q.set_state(other.id, "cancelled")
     assert q.next_run() is None
     assert q.hold(["j"], held=False) == [run.id] and q.next_run().id == run.id
+
+
+def _before_render_runs(schema: str) -> str:
+    """`schema` as it was before the render runs: no 'render' kind or request action."""
+    return schema.replace(", 'render')", ")")
+
+
+def _insert_run(conn: sqlite3.Connection, run_id: str, kind: str, state: str, **extra: object) -> None:
+    cols = {"id": run_id, "job": "j", "dataset": "d", "kind": kind, "state": state, "config_json": "{}",
+            "config_hash": f"c-{run_id}", "manifest_json": "{}", "manifest_hash": "m", "created_at": 1.0, **extra}
+    conn.execute(f"INSERT INTO runs ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                 tuple(cols.values()))
+
+
+@pytest.mark.parametrize("oldest", [False, True], ids=["before-render", "0.1"])
+def test_a_database_from_before_render_runs_keeps_its_runs_and_takes_render_runs(
+        tmp_path: Path, oldest: bool) -> None:
+    path = tmp_path / "queue.sqlite3"
+    conn = sqlite3.connect(path)
+    conn.executescript(_before_render_runs(_old_schema() if oldest else SCHEMA))
+    with pytest.raises(sqlite3.IntegrityError, match="CHECK"):  # the old constraint, as it was
+        _insert_run(conn, "r0", "render", "queued")
+    _insert_run(conn, "r1", "train", "done", finished_at=5.0, error=None, output_dir="/out/j/r1", step=40)
+    _insert_run(conn, "r2", "extract", "failed", error="bad clip")
+    _insert_run(conn, "r3", "train", "queued", priority=3)
+    if not oldest:
+        conn.execute("UPDATE runs SET device='cuda:1', auto_retries=2 WHERE id='r1'")
+    conn.execute("INSERT INTO requests (action, run_id, created_at) VALUES ('retry', 'r2', 2.0)")
+    conn.commit()
+    before = {row[0]: row for row in conn.execute("SELECT * FROM runs")} if not oldest else None
+    conn.close()
+
+    q = RunQueue(path)
+    r1, r2, r3 = q.get("r1"), q.get("r2"), q.get("r3")
+    assert (r1.kind, r1.state, r1.finished_at, r1.output_dir, r1.step) == ("train", "done", 5.0, "/out/j/r1", 40)
+    assert (r2.kind, r2.state, r2.error) == ("extract", "failed", "bad clip") and r3.priority == 3
+    assert q.pending_requests()[0].run_id == "r2"
+    if before is not None:  # every column of every row, unchanged
+        conn = sqlite3.connect(path)
+        assert {row[0]: row for row in conn.execute("SELECT * FROM runs")} == before
+        conn.close()
+    render = q.enqueue("j", "d", {"video": "/r/j/a.mp4"}, {"files": []}, kind="render", priority=100)
+    assert render is not None and q.get(render.id).kind == "render"
+    assert q.next_run().id == render.id  # the indexes came back: the queue orders as before
+    assert q.request("render", job="j") > 0
+    conn = sqlite3.connect(path)
+    tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    indexes = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type='index'"
+                                                " AND sql IS NOT NULL")}
+    conn.close()
+    assert not any(t.endswith("_old") for t in tables) and {"runs_state", "runs_identity"} <= indexes
+    q.close()
+    # opened again: up to date, nothing rewritten
+    again = RunQueue(path)
+    assert len(again.list_runs()) == 4 and again.get(render.id).kind == "render"
+    again.close()
