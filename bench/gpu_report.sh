@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every GPU measurement of issue 14 in one command, on the lent device machine:
-#   source .whl/env.sh && bash bench/gpu_report.sh [all|main|compile|profile|extract|golden]
+#   source .whl/env.sh && bash bench/gpu_report.sh [all|main|compile|profile|extract|render|golden]
 # (call the device with carry [".whl", ".golden"]; ../shared/tools/device-prep.sh makes them).
 #   main     before (the faithful ComfyUI-SelVA loop) and after (ours), with and without
 #            activation checkpointing, at small_16k@16, large_44k@4, large_44k@16: step ms,
@@ -13,6 +13,9 @@
 #   extract  video feature extraction, the node's path vs ours (bench/extract_throughput.py):
 #            clips/s, ms per clip by stage, peak memory; 1080p 8-s clips and 30-s videos
 #            of which 8 s are encoded; last line `speedup: X.XX`
+#   render   one render (features -> waveform), the Sampler node's loop vs ours
+#            (bench/render_throughput.py): renders/s and ms per stage; large_44k at 8 s with
+#            the real weights in $SELVA_DIR, else the tiny model; last line `speedup: X.XX`
 # Each stage runs under its own time limit (STAGE_TIMEOUT seconds, default 540) so that one
 # device call of at most 10 minutes can run one stage; `all` runs them in turn.
 set -euo pipefail
@@ -52,6 +55,11 @@ run_extract() {
     "$PY" bench/extract_throughput.py --clips 2 --seconds 30 --duration 8 --width 1920 --height 1080 --batch 2 \
     --rounds 1 ${SELVA_DIR:+--selva_dir "$SELVA_DIR"}
 }
+run_render() {
+  if [ -n "${SELVA_DIR:-}" ]; then set -- --selva_dir "$SELVA_DIR" --variant large_44k; else set -- --variant tiny_16k; fi
+  stage "render: the Sampler node's loop vs ours, 8 s, 25 steps, CFG 4.5" \
+    "$PY" bench/render_throughput.py --duration 8 --rounds "$ROUNDS" --device cuda "$@"
+}
 run_golden() {
   stage "goldens" "$PY" -m selva_engine.conformance "${SELVA_GOLDEN_DIR:-.golden}"
 }
@@ -62,6 +70,7 @@ case "${1:-all}" in
   profile) run_profile ;;
   golden) run_golden ;;
   extract) run_extract ;;
-  all) run_main; run_compile; run_profile; run_extract; run_golden ;;
-  *) echo "usage: bench/gpu_report.sh [all|main|compile|profile|extract|golden]" >&2; exit 2 ;;
+  render) run_render ;;
+  all) run_main; run_compile; run_profile; run_extract; run_render; run_golden ;;
+  *) echo "usage: bench/gpu_report.sh [all|main|compile|profile|extract|render|golden]" >&2; exit 2 ;;
 esac

@@ -7,7 +7,7 @@ render's length) and, in the A/B player of an audition video, switching checkpoi
 plays goes on from the same moment.
 
 Screenshots go to the test's temporary directory, or to `$SELVAD_SHOTS` when it is set; the
-README's picture of the audition column was made that way:
+README's pictures of the audition column and of a render run were made that way:
 `SELVAD_SHOTS=docs/images pytest -m slow tests/e2e/test_audition_browser_e2e.py`.
 """
 
@@ -122,8 +122,35 @@ def _shoot(driver: Any, shots: Path) -> Path:
     return path
 
 
+def _render_page(driver: Any, tree: DaemonTree, url: str, shots: Path) -> None:
+    """A video dropped into the job's render folder renders; its run page plays it (the
+    video's picture, its length) and Render again queues it anew."""
+    from selenium.webdriver.common.by import By
+
+    assert tree.render_root is not None
+    make_video(tree.render_root / "birds" / "porch.mp4", seconds=2.0, fps=25, width=160, height=120)
+    runs = tree.wait_for(lambda: [r for r in tree.runs("birds", "render") if r.state in ("done", "failed")],
+                         120, "the render run")
+    assert runs[0].state == "done", runs[0].error
+    driver.get(f"{url}runs/{runs[0].id}")
+    video = driver.find_element(By.ID, "render-video")
+    driver.execute_script("arguments[0].play();", video)
+    state = _wait(driver, video, lambda s: s["t"] > 0 and s["ready"] >= 2, 30, "the render to play")
+    assert state["src"].endswith("/files/porch.mp4") and state["width"] == 160, state
+    assert abs(state["duration"] - 2.0) < 0.25, state
+    driver.execute_script("arguments[0].pause(); arguments[0].currentTime = 0.6;", video)
+    facts = driver.find_element(By.ID, "render-facts").text
+    assert "adapter_final.pt" in facts and "4.5" in facts, facts
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+        "width": 1000, "height": 1400, "deviceScaleFactor": 0.75, "mobile": False})
+    driver.find_element(By.ID, "render").screenshot(str(shots / "render-run.png"))
+    driver.find_element(By.ID, "render-again").click()
+    tree.wait_for(lambda: len(tree.runs("birds", "render")) == 2, 60, "the render queued again")
+
+
 def test_audition_renders_play_and_ab_keeps_the_position(tree: DaemonTree, browser: Any,  # noqa: F811
                                                           tmp_path: Path) -> None:
+    (tree.watch_renders() / "birds").mkdir(parents=True)
     run_id = _train(tree)
     url = _log_in(browser, tree)
     browser.get(f"{url}runs/{run_id}")
@@ -133,3 +160,4 @@ def test_audition_renders_play_and_ab_keeps_the_position(tree: DaemonTree, brows
     shots.mkdir(parents=True, exist_ok=True)
     shot = _shoot(browser, shots)
     assert shot.stat().st_size > 0
+    _render_page(browser, tree, url, shots)
