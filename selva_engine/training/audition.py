@@ -14,7 +14,8 @@ features are zero-padded to the training lengths as a short training clip's are,
 is generated at the training length and cut to the video's. A bad video is one warning
 naming the file; training goes on without it.
 
-At each checkpoint (`Auditions.render`, the model in eval mode): every video is sampled with
+At each checkpoint (`Auditions.render`, the model in eval mode): the videos are sampled a
+training batch's worth at a time (one batched Euler pass and decode), each with
 the job's sample settings (steps, cfg, negative prompt) from its own fixed noise, a generator
 seeded from the run seed and the video's name (never the global RNG, so training is the same
 with or without auditions), and written as `audition/<video>_stepNNNNN.wav`, its spectrogram
@@ -210,17 +211,32 @@ class Auditions:
         rate = ctx.variant.sequence().sampling_rate
         files: list[str] = []
         metrics: dict[str, dict[str, float]] = {}
-        for video in self.videos:
-            gen = torch.Generator().manual_seed(video.noise_seed(cfg.seed))
-            noise = torch.randn(1, ctx.variant.sequence().latent_seq_len, ctx.variant.latent_dim, generator=gen)
-            with torch.no_grad(), autocast:
-                lat = generate_latents(model, video.clip_f, video.sync_f, self.text_f, noise=noise.to(ctx.device),
-                                       negative_text=negative_text, cfg=cfg.sample_cfg, steps=cfg.sample_steps)
-            wave = decode_to_audio(codec, lat)[0].float().cpu().numpy()
-            wave = report.loudness_normalize(wave[: int(round(video.seconds * rate))])
-            files += self._write(out, video, wave, rate, step)
-            metrics[video.name] = compute_metrics(wave, rate).to_dict()
+        size = max(1, cfg.batch_size)
+        for at in range(0, len(self.videos), size):  # a training batch's worth of videos at once
+            chunk = self.videos[at:at + size]
+            for video, wave in zip(chunk, self._sample(model, codec, autocast, negative_text, chunk), strict=True):
+                wave = report.loudness_normalize(wave[: int(round(video.seconds * rate))])
+                files += self._write(out, video, wave, rate, step)
+                metrics[video.name] = compute_metrics(wave, rate).to_dict()
         return {"seconds": round(time.monotonic() - started, 3), "files": files, "metrics": metrics}
+
+    def _sample(self, model: Any, codec: Any, autocast: Any, negative_text: torch.Tensor | None,
+                videos: list[AuditionVideo]) -> list[np.ndarray]:
+        """The waveforms of `videos`, sampled as one batch (one Euler pass, CFG's branches
+        batched, one VAE decode and vocoder call), each from its own fixed noise."""
+        ctx, cfg = self.ctx, self.ctx.cfg
+        seq = ctx.variant.sequence()
+        noise = torch.cat([torch.randn(1, seq.latent_seq_len, ctx.variant.latent_dim,
+                                       generator=torch.Generator().manual_seed(v.noise_seed(cfg.seed)))
+                           for v in videos]).to(ctx.device)
+        clip_f = torch.cat([v.clip_f for v in videos])
+        sync_f = torch.cat([v.sync_f for v in videos])
+        text_f = self.text_f.expand(len(videos), -1, -1)
+        with torch.no_grad(), autocast:
+            lat = generate_latents(model, clip_f, sync_f, text_f, noise=noise, negative_text=negative_text,
+                                   cfg=cfg.sample_cfg, steps=cfg.sample_steps)
+        waves = decode_to_audio(codec, lat).float().cpu().numpy()
+        return list(waves)
 
     def _write(self, out: Path, video: AuditionVideo, wave: np.ndarray, rate: int, step: int) -> list[str]:
         """The .wav, .png and .mp4 of one video (a video that cannot be muxed: a warning, once)."""

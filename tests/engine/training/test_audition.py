@@ -149,3 +149,43 @@ def test_audition_videos_are_found_in_order_and_seeded_by_name(tmp_path):
     assert TrainConfig(sample_videos=("../x.mp4", "/abs.mp4", "ok/v.mp4")).problems() == [
         ("sample_videos", "got '../x.mp4', expected a path relative to the dataset, inside it"),
         ("sample_videos", "got '/abs.mp4', expected a path relative to the dataset, inside it")]
+
+
+def test_a_checkpoints_auditions_are_one_batch_and_sound_as_each_alone(tiny_weights):
+    """Auditions.render samples a training batch's worth of videos at once (one Euler pass and
+    decode); each video's sound is what it is sampled alone, from the same fixed noise."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from selva_engine.audio.codec import load_audio_codec
+    from selva_engine.model.generator import load_generator
+    from selva_engine.model.variants import get_variant
+    from selva_engine.training.audition import Auditions
+    from selva_engine.weights.locate import resolve
+
+    v, weights = get_variant("tiny_16k"), resolve(tiny_weights, "tiny_16k")
+    model, codec = load_generator(weights.generator, v), load_audio_codec(v, weights, need_encoder=False)
+    s, g = v.sequence(), torch.Generator().manual_seed(5)
+    videos = [AuditionVideo(name, Path(f"{name}.mp4"), 1.0, torch.randn(1, s.clip_seq_len, v.clip_dim, generator=g),
+                            torch.randn(1, s.sync_seq_len, v.sync_dim, generator=g)) for name in ("a", "b", "c")]
+    text = torch.randn(1, 77, model.empty_string_feat.shape[-1], generator=g)
+
+    def sample(batch_size, chosen):
+        cfg = SimpleNamespace(seed=0, batch_size=batch_size, sample_cfg=4.5, sample_steps=2)
+        ctx = SimpleNamespace(cfg=cfg, variant=v, device=torch.device("cpu"))
+        calls = []
+        real = codec.decode
+        codec.decode = lambda lat: calls.append(lat.shape[0]) or real(lat)
+        try:
+            return Auditions(ctx, chosen, text)._sample(model, codec, torch.autocast("cpu", enabled=False),
+                                                        None, chosen), calls
+        finally:
+            codec.decode = real
+
+    together, calls = sample(3, videos)
+    assert calls == [3]  # one decode for the three
+    for video, wave in zip(videos, together, strict=True):
+        alone, _ = sample(1, [video])
+        np.testing.assert_allclose(wave, alone[0], rtol=1e-3, atol=1e-4)
+    assert not np.allclose(together[0], together[1], atol=1e-3)
