@@ -37,7 +37,7 @@ from selva_engine.outputs.spectrogram import write_spectrogram
 from selva_engine.video.decode import read_stream_info
 from selva_engine.video.extractor import PreparedFrames, extract_videos, prepare_frames
 from selva_engine.video.mux import MuxError, mux_audio
-from selva_engine.video.probe import VIDEO_SUFFIXES
+from selva_engine.video.probe import VIDEO_SUFFIXES, output_stems
 
 __all__ = ["VIDEOS_DIR", "EvalVideo", "list_videos", "prepare_videos", "render_videos"]
 
@@ -83,16 +83,6 @@ def list_videos(folder: Path | str, log: Callable[[str], None] = print) -> list[
     return found
 
 
-def _names(paths: Sequence[Path]) -> list[str]:
-    """Output stems: each video's stem, `_2`, `_3` ... appended when stems repeat."""
-    seen: dict[str, int] = {}
-    out = []
-    for path in paths:
-        seen[path.stem] = seen.get(path.stem, 0) + 1
-        out.append(path.stem if seen[path.stem] == 1 else f"{path.stem}_{seen[path.stem]}")
-    return out
-
-
 def _fit(arr: np.ndarray, rows: int) -> np.ndarray:
     """(1, T, D) features -> (rows, D) float32, cut or zero-padded."""
     out = np.zeros((rows, arr.shape[-1]), np.float32)
@@ -136,7 +126,7 @@ def prepare_videos(paths: Sequence[Path], *, prompt: str, selva_dir: str | Path,
     finally:
         encoders.free()
     videos = []
-    for name, (path, _), f in zip(_names([p for p, _ in ready]), ready, feats, strict=True):
+    for name, (path, _), f in zip(output_stems([p for p, _ in ready]), ready, feats, strict=True):
         at = variant.sequence(f.duration)
         videos.append(EvalVideo(name, path, f.duration, prompt, _fit(f.clip_features, at.clip_seq_len),
                                 _fit(f.sync_features, at.sync_seq_len)))

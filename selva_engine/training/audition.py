@@ -47,7 +47,7 @@ from selva_engine.inference.sample import decode_to_audio, generate_latents
 from selva_engine.outputs import report
 from selva_engine.outputs.spectrogram import write_spectrogram
 from selva_engine.video.mux import MuxError, mux_audio
-from selva_engine.video.probe import VideoError, probe_video
+from selva_engine.video.probe import VideoError, output_stems, probe_video
 
 __all__ = ["AUDITION_DIR", "AuditionVideo", "Auditions", "audition_files", "find_audition_videos",
            "prepare_auditions", "read_audition_metrics"]
@@ -112,16 +112,6 @@ def find_audition_videos(data_dir: Path | str, named: Sequence[str] = ()) -> tup
     return found, warnings
 
 
-def _names(paths: Sequence[Path]) -> list[str]:
-    """Output stems: each video's stem, `_2`, `_3` ... appended when stems repeat."""
-    seen: dict[str, int] = {}
-    out = []
-    for path in paths:
-        seen[path.stem] = seen.get(path.stem, 0) + 1
-        out.append(path.stem if seen[path.stem] == 1 else f"{path.stem}_{seen[path.stem]}")
-    return out
-
-
 def _probe(paths: Sequence[Path], root: Path, prompt: str, seconds: float, log: Any) -> list[VideoClip]:
     """A VideoClip (the first `seconds` at most, no mask, own track) of each readable video."""
     clips = []
@@ -166,7 +156,7 @@ def prepare_auditions(ctx: Any, prompt: str, text_f: torch.Tensor,
         encoders_factory=encoders_factory or default_encoders_factory(ctx.weights, ctx.device))
     for err in problems:
         ctx.log.warn(f"skipping audition video: {err}")
-    names = dict(zip([c.video_path for c in clips], _names([c.video_path for c in clips]), strict=True))
+    names = dict(zip([c.video_path for c in clips], output_stems([c.video_path for c in clips]), strict=True))
     videos = []
     for clip, entry in zip(clips, entries, strict=True):
         if entry is None:

@@ -32,7 +32,8 @@ from selva_engine.errors import DatasetError, open_error
 from selva_engine.io import open_regular
 from selva_engine.video.decode import cap_prop_fps, planar_float
 
-__all__ = ["VIDEO_SUFFIXES", "VideoError", "VideoInfo", "VideoLimits", "probe_video", "read_video_audio"]
+__all__ = ["VIDEO_SUFFIXES", "VideoError", "VideoInfo", "VideoLimits", "output_stems", "probe_video",
+           "read_video_audio"]
 
 VIDEO_SUFFIXES: tuple[str, ...] = (".mp4", ".mov", ".mkv", ".webm", ".avi")
 _REENCODE = "re-encode it, e.g. `ffmpeg -i IN -c:v libx264 -pix_fmt yuv420p -c:a aac OUT.mp4`"
@@ -278,3 +279,15 @@ def _fill_window(container, stream, out: np.ndarray, first: int) -> None:
             rows = min(out.shape[0], block.shape[0])
             out[:rows, lo - first : hi - first] = block[:rows, lo - pos : hi - pos]
         pos += block.shape[1]
+
+
+def output_stems(paths: list[Path]) -> list[str]:
+    """The output stem of each video of `paths` (in order): its stem, with `_2`, `_3` ...
+    appended where stems repeat (`street.mov`, `street.mp4` -> `street`, `street_2`), so the
+    renders of two videos never overwrite each other."""
+    seen: dict[str, int] = {}
+    out = []
+    for path in paths:
+        seen[path.stem] = seen.get(path.stem, 0) + 1
+        out.append(path.stem if seen[path.stem] == 1 else f"{path.stem}_{seen[path.stem]}")
+    return out

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from selva_engine.video.probe import VIDEO_SUFFIXES
+from selva_engine.video.probe import VIDEO_SUFFIXES, output_stems
 from selvad.config.daemon import DaemonConfig
 from selvad.runs.queue import Run, RunQueue
 from selvad.runs.rundir import run_dir_for
@@ -68,11 +68,10 @@ def folder_videos(folder: Path) -> list[Path]:
 
 
 def output_names(videos: list[Path]) -> dict[Path, str]:
-    """Each video's output stem: its own stem, or its whole name where two videos of the
-    folder share a stem (`street.mp4` and `street.mov` render to `street.mp4.wav` and
-    `street.mov.wav`, never over each other)."""
-    stems = [v.stem for v in videos]
-    return {v: v.stem if stems.count(v.stem) == 1 else v.name for v in videos}
+    """Each video's output stem, as auditions and `selva-eval --videos` name theirs: its stem,
+    `_2`, `_3` ... where stems repeat (`street.mov` and `street.mp4` render to `street.*` and
+    `street_2.*`, never over each other)."""
+    return dict(zip(videos, output_stems(videos), strict=True))
 
 
 def _middle(rec: dict[str, Any] | None) -> float | None:

@@ -42,4 +42,4 @@ def test_videos_sharing_a_stem_render_to_names_of_their_own(tmp_path: Path) -> N
     for name in ("street.mp4", "street.mov", "door.mkv", ".hidden.mp4", "notes.txt"):
         (tmp_path / name).write_bytes(b"x")
     names = {v.name: n for v, n in output_names(folder_videos(tmp_path)).items()}
-    assert names == {"door.mkv": "door", "street.mov": "street.mov", "street.mp4": "street.mp4"}
+    assert names == {"door.mkv": "door", "street.mov": "street", "street.mp4": "street_2"}
