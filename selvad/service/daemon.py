@@ -455,7 +455,9 @@ class Daemon:
     # -- systemd -------------------------------------------------------------------------
 
     def _status_text(self) -> str:
-        return self.runner.status_text()
+        """STATUS: the runs, and what an off-loop validation is doing."""
+        text, busy = self.runner.status_text(), self.events.background_activity()
+        return f"{text}; {busy}" if busy else text
 
     def _feed_watchdog(self, now: float) -> None:
         interval = notify.watchdog_interval()

@@ -135,8 +135,7 @@ class EventHandler:
                                         targets=job.base.target, progress=progress)
 
             def progress(done: int, total: int) -> None:
-                if threading.current_thread() is threading.main_thread():  # the loop is busy
-                    self.d.keepalive(f"validating {job.dataset}: {done}/{total} clips")
+                self._progress(key, f"validating {job.dataset}: {done}/{total} clips")
 
             if self._later(key, validate, manifest, then, job.dataset):
                 return None, manifest
@@ -149,6 +148,18 @@ class EventHandler:
         """Whether `job`'s dataset is being validated off the main loop now."""
         return any(k[0] == str(job.dataset_dir) and k[1] == job.base.variant
                    for k in self._background.keys())
+
+    def _progress(self, key: Key, activity: str) -> None:
+        """A validation's progress: on the main loop (which it keeps busy) the watchdog is fed
+        and STATUS shows it; on a worker thread it is kept for the heartbeat's STATUS."""
+        if threading.current_thread() is threading.main_thread():
+            self.d.keepalive(activity)
+        else:
+            self._background.note(key, activity)
+
+    def background_activity(self) -> str:
+        """What the off-loop validations are doing, for STATUS ("" when none runs)."""
+        return self._background.activity()
 
     def _later(self, key: Key, validate: Callable[[], ValidationReport], manifest: dict[str, Any],
                then: Callable[[], None] | None, name: str) -> bool:
@@ -426,9 +437,8 @@ class EventHandler:
         key = (str(ev.path), offloop.UNUSED + variant, manifest_hash(manifest))
 
         def validate() -> ValidationReport:
-            return validate_dataset(ev.path, variant, progress=lambda done, total: (
-                threading.current_thread() is threading.main_thread()
-                and self.d.keepalive(f"validating {ev.name}: {done}/{total} clips")))
+            return validate_dataset(ev.path, variant, progress=lambda done, total: self._progress(
+                key, f"validating {ev.name}: {done}/{total} clips"))
 
         def report_later() -> None:
             report = self._reports.pop(key, None)

@@ -7,7 +7,9 @@ of the dataset's files, in bounded memory: `selvad.datasets.validate`); when it 
 posts a `ValidationDone` to the main loop, which records the report and runs what was
 waiting for it (the event handler's continuations), so every queue and watched-table write
 stays on the main thread. A smaller dataset is validated inline, as before: a thread would
-only add a tick of latency.
+only add a tick of latency. While it runs, its progress ("validating big: 1200/5000 clips") is
+kept for the daemon's STATUS line (`activity`), which the main loop's heartbeat sends; the
+thread never feeds the watchdog, so a stuck main loop is still noticed.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class ValidationDone:
 @dataclass
 class _Pending:
     thread: threading.Thread
+    activity: str = ""  # its progress in words, for STATUS
     report: ValidationReport | None = None
     error: BaseException | None = None
     after: list[Callable[[], None]] = field(default_factory=list)
@@ -60,6 +63,16 @@ class BackgroundValidator:
 
     def keys(self) -> list[Key]:
         return list(self._pending)
+
+    def note(self, key: Key, activity: str) -> None:
+        """Record the progress of `key`'s validation (called from its thread)."""
+        pending = self._pending.get(key)
+        if pending is not None:
+            pending.activity = activity
+
+    def activity(self) -> str:
+        """What the running validations are doing, in words ("" when none is)."""
+        return "; ".join(p.activity for p in list(self._pending.values()) if p.activity)
 
     def start(self, key: Key, validate: Callable[[], ValidationReport],
               then: Callable[[], None] | None = None) -> None:

@@ -150,3 +150,28 @@ def test_a_validation_that_raises_is_a_problem_not_a_dead_loop(daemon: Daemon, t
     assert "dataset.validation_failed" in out.out + out.err
     (problem,) = [p for p in WatchedTable(d.queue).problems() if p.kind == "dataset"]
     assert "could not be validated (MemoryError)" in problem.problem
+
+
+def test_a_heavy_datasets_progress_shows_in_status_while_it_validates(daemon: Daemon, tmp_path: Path,
+                                                                       monkeypatch):
+    """The thread's progress reaches STATUS (systemctl status) through the main loop's text, and
+    goes when the report is in."""
+    monkeypatch.setattr(offloop, "OFF_LOOP_BYTES", 2_000_000)
+    reached, opened = threading.Event(), threading.Event()
+    real = events_module.validate_dataset
+
+    def held(directory, *args, **kwargs):
+        kwargs["progress"](2, 6)
+        reached.set()
+        assert opened.wait(30)
+        return real(directory, *args, **kwargs)
+
+    monkeypatch.setattr(events_module, "validate_dataset", held)
+    d = daemon
+    make_dataset(tmp_path / "datasets" / "heavy", 6)
+    d.events.handle(JobEvent(_job(tmp_path, "big", "heavy"), "created"))
+    assert reached.wait(30)
+    assert d._status_text().endswith("; validating heavy: 2/6 clips"), d._status_text()
+    opened.set()
+    _deliver(d)
+    assert "validating" not in d._status_text()
