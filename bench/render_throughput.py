@@ -12,7 +12,7 @@ textual inversion, offloading and progress bars are left out (off by default).
 Ours: `selva_engine.inference.synth.Synthesizer.generate` (prompt features cached, CFG's two
 branches as one batch of 2B through `Generator.guided_flow`, no normalisation).
 
-Per loop: renders/s of the whole render and ms per stage (features: text encoding and
+Per loop (the two take turns, render by render): renders/s of the whole render and ms per stage (features: text encoding and
 condition projection; euler: the `steps` guided velocity evaluations; vae: latent -> mel;
 vocoder: mel -> waveform), each stage synchronised on a GPU. Features are random of the
 variant's shapes at `--duration`; weights come from `--selva_dir` (default: a tiny model made
@@ -117,16 +117,23 @@ def faithful(synth: Synthesizer, clip: np.ndarray, sync: np.ndarray, steps: int,
     return audio.squeeze(1).cpu().numpy()[0]
 
 
-def measure(fn, synth: Synthesizer, args: argparse.Namespace) -> tuple[float, dict[str, float]]:
-    """(seconds per render, ms per stage per render) over `rounds` renders after one warm-up."""
+def measure(synth: Synthesizer, args: argparse.Namespace) -> dict[str, tuple[float, dict[str, float]]]:
+    """{loop: (seconds per render, ms per stage per render)} over `rounds` renders of each after
+    one warm-up each, the two loops taking turns render by render (so a machine that speeds up
+    or slows down during the run weighs on both alike)."""
     clip, sync = features(synth)
-    fn(synth, clip, sync, args.steps, args.cfg, Timer(synth.device))  # warm-up (allocator, kernels)
-    timer = Timer(synth.device)
-    t0 = time.perf_counter()
+    loops = {"faithful": faithful, "ours": ours}
+    timers = {name: Timer(synth.device) for name in loops}
+    seconds = dict.fromkeys(loops, 0.0)
+    for fn in loops.values():
+        fn(synth, clip, sync, args.steps, args.cfg, Timer(synth.device))  # warm-up (allocator, kernels)
     for _ in range(args.rounds):
-        fn(synth, clip, sync, args.steps, args.cfg, timer)
-    per = (time.perf_counter() - t0) / args.rounds
-    return per, {k: v / args.rounds for k, v in timer.ms.items()}
+        for name, fn in loops.items():
+            t0 = time.perf_counter()
+            fn(synth, clip, sync, args.steps, args.cfg, timers[name])
+            seconds[name] += time.perf_counter() - t0
+    return {name: (seconds[name] / args.rounds, {k: v / args.rounds for k, v in timers[name].ms.items()})
+            for name in loops}
 
 
 def main() -> None:
@@ -149,8 +156,7 @@ def main() -> None:
         synth = Synthesizer(args.variant, selva_dir, device=args.device, duration=args.duration)
         print(f"{args.variant} {args.duration:g} s, {args.steps} steps, CFG {args.cfg:g} on {synth.device}")
         times = {}
-        for name, fn in (("faithful", faithful), ("ours", ours)):
-            per, stages = measure(fn, synth, args)
+        for name, (per, stages) in measure(synth, args).items():
             times[name] = per
             parts = "  ".join(f"{k} {stages[k]:8.1f}" for k in STAGES)
             print(f"{name:8s} {1 / per:7.3f} renders/s  ms/render: {parts}", flush=True)
