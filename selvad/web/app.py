@@ -264,12 +264,22 @@ class WebApp:
                 return self.not_found("job")
             if job not in self.jobs() or not path.is_file():
                 return self.not_found("job")
-            return RedirectResponse(f"/?request={self._job_request(action, job)}", 303)
+            req = self._job_request(action, job)
+            back = self._back_to((form.get("run") or [""])[0], job)
+            return RedirectResponse(f"/runs/{back}?request={req}" if back else f"/?request={req}", 303)
         run = self._run(request)
         if run is None or action not in ACTIONS:
             return self.not_found("run")
         req = self.queue().request(action, run_id=run.id)
         return RedirectResponse(f"/runs/{run.id}?request={req}", 303)
+
+    def _back_to(self, run_id: str, job: str) -> str | None:
+        """The run page a job's button was pressed on (a run of that job), to return to."""
+        try:
+            run = self.state.run(check_run_id(run_id)) if run_id else None
+        except ValueError:
+            return None
+        return run.id if run is not None and run.job == job else None
 
     def _job_request(self, action: str, job: str) -> int:
         """The id of an `action` request (enqueue, render) for `job`: the one still waiting

@@ -200,6 +200,13 @@ def test_render_again_posts_a_render_request_for_the_job(site: Any) -> None:
     q.mark_handled(req.id, "queued 20261204-130000-beef")
     assert "queued 20261204-130000-beef" in client.get(r.headers["location"]).text
     assert client.post("/jobs/nope/render", data={"csrf": csrf}).status_code == 404
+    # pressed on the render's page: back to that page, with the daemon's answer there
+    back = client.post("/jobs/birds/render", data={"csrf": csrf, "run": run_id}, follow_redirects=False)
+    assert back.headers["location"].startswith(f"/runs/{run_id}?request=")
+    assert "id=\"notice\"" in client.get(back.headers["location"]).text
+    for other in ("../x", "20990101-000000-0000", "https://evil.example/"):  # never a page elsewhere
+        away = client.post("/jobs/birds/render", data={"csrf": csrf, "run": other}, follow_redirects=False)
+        assert away.headers["location"].startswith("/?request="), other
 
 
 def test_a_job_without_render_runs_has_no_render_button(site: Any) -> None:
