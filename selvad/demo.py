@@ -164,7 +164,7 @@ def _config_text(weights: Path, settle: float, listen: str) -> str:
     # readable lines when the user runs the daemon in a terminal as the closing lines say
     return (f'# selvad demo config (written by `selvad demo`)\n[paths]\n'
             f'dataset_roots = ["datasets"]\njobs_dir = "jobs"\noutput_root = "output"\n'
-            f'state_dir = "state"\nweights_dir = {json.dumps(str(weights))}\n\n'
+            f'state_dir = "state"\nweights_dir = {json.dumps(str(weights))}\nrender_root = "render"\n\n'
             f'[watch]\nsettle_seconds = {settle}\nuse_polling = false\nrescan_minutes = 0\n\n'
             f'[web]\nlisten = "{listen}"\n\n[logging]\nlevel = "info"\n')
 
@@ -395,8 +395,8 @@ def _run_demo(root: Path, steps: int, weights: str, variant: str, clips: int,
     print(f"writing {clips} synthetic clips to {root / 'staging'}", flush=True)
     make_dataset(root / "staging", clips, variant)
     _add_videos(root / "staging", weights_dir, variant)
-    for sub in ("datasets", "jobs", "output", "state"):
-        (root / sub).mkdir(exist_ok=True)
+    for sub in ("datasets", "jobs", "output", "state", "render/demo"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
     config = root / "selvad.toml"
     config.write_text(_config_text(weights_dir, settle=1.0, listen=free_listen()))
     (root / "jobs" / "demo.toml").write_text(_job_text(variant, steps, tiny))
@@ -496,6 +496,8 @@ def closing_lines(root: Path, run_dir: Path) -> str:
         f"  {exe} web-url --config {config}   # the page's link, token included",
         f"  edit {root / 'jobs' / 'demo.toml'} (a new run is queued), or drop more clips into "
         f"{root / 'datasets' / 'demo'}",
+        f"  drop a video into {root / 'render' / 'demo'}: it is rendered with the job's adapter into "
+        f"{root / 'output' / 'demo' / 'renders'} (the video with its new sound)",
     ])
 
 

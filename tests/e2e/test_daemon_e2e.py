@@ -250,6 +250,7 @@ def test_demo_runs_to_completion(tmp_path: Path) -> None:
     assert again.endswith(f"run --config {demo / 'selvad.toml'}")
     assert "recommended: " in proc.stdout
     assert f"web-url --config {demo / 'selvad.toml'}" in proc.stdout  # the page, later
+    assert f"drop a video into {demo / 'render' / 'demo'}" in proc.stdout and (demo / "render" / "demo").is_dir()
     status = subprocess.run([*again.replace(" run ", " status ").split()], capture_output=True,
                             text=True, timeout=scaled(60))  # the pasted command works
     assert status.returncode == 0 and "done" in status.stdout, status.stdout + status.stderr
