@@ -174,16 +174,17 @@ def _link_target(path: Path | str) -> str:
         return "?"
 
 
-def open_error(path: Path | str, exc: OSError) -> DatasetError:
+def open_error(path: Path | str, exc: OSError, folder: str = "dataset directory") -> DatasetError:
     """The DatasetError telling the user why `path` was not read, from the OSError that
-    `selva_engine.io.open_regular` / `regular_file_stat` raised for it."""
+    `selva_engine.io.open_regular` / `regular_file_stat` raised for it; `folder` names the
+    root it must lie in (e.g. "render folder")."""
     if isinstance(exc, SpecialFileError):
         return NotRegularFileError(path, f"is {exc.kind}, not a regular file; it is not read",
                                    "replace it with the real file, or remove it")
     if isinstance(exc, OutsideRootError):
-        return LinkOutsideError(path, f"is a link to {exc.target}, outside the dataset "
-                                "directory; it is not read", "copy the file into the dataset "
-                                "directory instead of linking to it, or remove the link")
+        return LinkOutsideError(path, f"is a link to {exc.target}, outside the {folder}; it is "
+                                "not read", f"copy the file into the {folder} instead of linking "
+                                "to it, or remove the link")
     if isinstance(exc, FileNotFoundError) and os.path.islink(path):
         return UnreadableFileError(path, f"is a broken symbolic link (to {_link_target(path)}, "
                                    "which does not exist)", "fix the link or remove it")

@@ -131,7 +131,7 @@ def run_render(spec: RenderSpec, emit: Callable[[dict], None] = lambda e: None) 
         # probe_video would call it "a link outside the dataset directory", which it is not
         raise ValueError(f"{video} is not in the render folder {spec.root}; a render run renders "
                          "only the videos of its folder")
-    info = probe_video(video, root=spec.root)  # before the encoders load, as a dataset's videos
+    info = probe_video(video, root=spec.root, folder="render folder")  # before the encoders load, as a dataset's videos
     prompt = spec.prompt.strip() or dataset_prompt(spec)
     spec = replace(spec, prompt=prompt)
     emit({"event": "render_start", "video": video.name, "adapter": spec.adapter,

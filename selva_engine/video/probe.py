@@ -210,18 +210,19 @@ def _read_header(path: Path, f: BinaryIO, limits: VideoLimits) -> dict:
 
 
 def probe_video(path: Path | str, *, root: Path | str | None = None,
-                limits: VideoLimits = VideoLimits()) -> VideoInfo:
+                limits: VideoLimits = VideoLimits(), folder: str = "dataset directory") -> VideoInfo:
     """Check one video and return its `VideoInfo`; raise one `DatasetError` when it is no clip.
 
     The file must be a regular file (inside `root` when given: a link out of it is refused
     unread). Headers are checked against `limits` before any frame is decoded; then the first
-    frame is decoded. Raises `VideoError` (or the `DatasetError` of `open_error`).
+    frame is decoded. Raises `VideoError` (or the `DatasetError` of `open_error`, naming
+    `root` as `folder`).
     """
     path = Path(path)
     try:
         f = open_regular(path, root)
     except OSError as exc:
-        raise open_error(path, exc) from exc
+        raise open_error(path, exc, folder) from exc
     with f:
         head = _read_header(path, f, limits)
         first = _first_frame(path, f)
