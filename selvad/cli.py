@@ -26,7 +26,7 @@ from selvad.config.daemon import DEFAULT_CONFIG_PATH, DaemonConfig, default_conf
 from selvad.config.jobs import check_run_id, job_file
 from selvad.config.schema import ConfigError
 from selvad.display import eta_text, progress_bar
-from selvad.runs.queue import STATES, Run, RunQueue
+from selvad.runs.queue import JOB_ACTIONS, STATES, Run, RunQueue
 from selvad.runs.statelock import daemon_running
 from selvad.runs.watched import WatchedTable
 
@@ -313,7 +313,7 @@ def _request(args: argparse.Namespace, action: str, run_id: str | None = None,
         problem = _job_file_problem(path, str(job))
         if problem:
             return _fail(problem)
-    q = _queue(cfg, must_exist=action in ("enqueue", "render"))
+    q = _queue(cfg, must_exist=action in JOB_ACTIONS)
     if q is None:
         return _no_db(cfg)
     if run_id is not None and q.get(run_id) is None:

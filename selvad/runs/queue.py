@@ -270,16 +270,18 @@ class RunQueue:
     def set_note(self, run_id: str, note: str | None) -> None:
         """Show `note` (None clears it) in the `error` column of an active run, e.g. that
         its child stalled; a run that has ended keeps its own error."""
-        with self._write() as db:
-            db.execute("UPDATE runs SET error=?, updated_at=? WHERE id=? AND state IN (?, ?)",
-                       (note, time.time(), run_id, *ACTIVE))
+        self._note(run_id, note, ACTIVE)
 
     def note_queued(self, run_id: str, note: str | None) -> None:
         """Show `note` (None clears it) on a run that is still queued, e.g. why a render
         waits; a run that has started or ended keeps its own note or error."""
+        self._note(run_id, note, ("queued",))
+
+    def _note(self, run_id: str, note: str | None, states: tuple[str, ...]) -> None:
+        """Set the `error` column of `run_id` to `note` while the run is in one of `states`."""
         with self._write() as db:
-            db.execute("UPDATE runs SET error=?, updated_at=? WHERE id=? AND state='queued'",
-                       (note, time.time(), run_id))
+            db.execute(f"UPDATE runs SET error=?, updated_at=? WHERE id=? AND state IN "
+                       f"({', '.join('?' * len(states))})", (note, time.time(), run_id, *states))
 
     def set_device(self, run_id: str, device: str) -> None:
         """Record where a run executes (a Ray run learns its node once placed)."""

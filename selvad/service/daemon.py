@@ -195,10 +195,13 @@ class Daemon:
                 "retention_minutes": self.cfg.retention.interval_minutes,
                 "rescan": self._rescan, "retention": lambda: self.post("retention")}
 
+    def _watchers(self) -> list[Watcher]:
+        """The running watchers: the datasets' and jobs', and the render root's when set."""
+        return [w for w in (self.watcher, self.render_watcher) if w is not None]
+
     def _rescan(self) -> None:
-        for watcher in (self.watcher, self.render_watcher):
-            if watcher is not None:
-                watcher.full_scan()
+        for watcher in self._watchers():
+            watcher.full_scan()
         self.wake.set()
 
     # -- main loop -----------------------------------------------------------------------
@@ -505,9 +508,8 @@ class Daemon:
         self.weights_problems = probe_in_child(weights_dir=new.paths.weights_dir).weights
         setup_logging(new.logging.format, new.logging.level)
         self._prepare_dirs()
-        for watcher in (self.watcher, self.render_watcher):
-            if watcher is not None:
-                watcher.stop()
+        for watcher in self._watchers():
+            watcher.stop()
         self.render_watcher = None
         self.jobs.clear()  # reloaded by the new watcher's first scan ([defaults] may differ)
         self._start_watching()
@@ -540,9 +542,8 @@ class Daemon:
     def _shutdown(self) -> int:
         notify.stopping()
         self.log.info("daemon.stopping", running=sorted(self.running))
-        for watcher in (self.watcher, self.render_watcher):
-            if watcher is not None:
-                watcher.stop()
+        for watcher in self._watchers():
+            watcher.stop()
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=False)
         for comp in self.companions:

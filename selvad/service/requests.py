@@ -28,7 +28,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from selvad.config.jobs import RunSpec, check_run_id, job_file
-from selvad.runs.queue import TERMINAL, Request, Run
+from selvad.runs.queue import JOB_ACTIONS, TERMINAL, Request, Run
 from selvad.runs.rundir import run_dir_for
 from selvad.service.context import DaemonContext
 
@@ -61,9 +61,9 @@ class RequestHandler:
         been written by anything that can write the database, so a job must be a job name
         (never a path) and a run id must be an id."""
         try:
-            if req.action in ("enqueue", "render") or req.job is not None:
+            if req.action in JOB_ACTIONS or req.job is not None:
                 job_file(self.d.cfg.paths.jobs_dir, req.job)
-            if req.action not in ("enqueue", "render"):
+            if req.action not in JOB_ACTIONS:
                 check_run_id(req.run_id)
         except ValueError as exc:
             return f"refused: {exc}"

@@ -35,7 +35,7 @@ from starlette.templating import Jinja2Templates
 from selvad.config.daemon import DaemonConfig
 from selvad.config.jobs import SAFE_NAME, check_run_id, job_file
 from selvad.display import format_duration
-from selvad.runs.queue import RunQueue
+from selvad.runs.queue import JOB_ACTIONS, RunQueue  # job actions: Train now, Render again
 from selvad.web.access import ensure_token
 from selvad.web.security import BODY_MAX_BYTES, Gate, Guard
 from selvad.web.state import ReadOnlyState
@@ -49,7 +49,6 @@ MEDIA = {".pt": "application/octet-stream", ".wav": "audio/wav", ".png": "image/
          ".json": "application/json", ".toml": "text/plain", ".jsonl": "text/plain",
          ".log": "text/plain; charset=utf-8"}
 ACTIONS = ("cancel", "retry")
-JOB_ACTIONS = ("enqueue", "render")  # Train now; Render again (every video of its render folder)
 REQUEST_ID = re.compile(r"[0-9]{1,18}")  # a request row id (SQLite integers are 64-bit)
 STATUS_INTERVAL = 1.0  # seconds one computed /api/status answer is shared by every caller
 WAITING = "request sent; waiting for the daemon's answer…"
